@@ -1,0 +1,170 @@
+//! The command line (design §3). Each command lives in its own module; `main.rs` only calls
+//! [`main`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A command's failure: the sentence printed to stderr and the exit code (1 the operation
+/// failed or the thing does not exist; 2 usage or configuration error).
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn failed(message: impl Into<String>) -> CliError {
+        CliError { code: 1, message: message.into() }
+    }
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError { code: 2, message: message.into() }
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+#[derive(Parser, Debug)]
+#[command(name = "vpp-reconciler", version, about = "Reconciles Apple Apps and Books (VPP) events")]
+pub struct Cli {
+    /// Path of the TOML configuration.
+    #[arg(long, global = true, env = "VPP_RECONCILER_CONFIG", default_value = "/etc/vpp-reconciler/config.toml")]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon in the foreground (Type=notify under systemd).
+    Run,
+    /// Validate the configuration and every secret file it references.
+    CheckConfig,
+    /// Start tracking an event (through the daemon's local API).
+    Track(TrackArgs),
+    /// List events, newest first.
+    Events(EventsArgs),
+    /// Show one event with its history, notifications, polls and failures.
+    Event(EventArgs),
+    /// Per token: uId, location, expiry, health, pending count, last syncs.
+    Tokens(JsonArg),
+    /// List sync runs.
+    Syncs(SyncsArgs),
+    /// Ask the daemon for a sync now.
+    Sync(SyncArgs),
+    /// Run the Apple API simulator.
+    Sim(SimArgs),
+    /// Run the demo: simulator and daemon on temp files with a faulty workload.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct JsonArg {
+    /// Print exactly one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TrackArgs {
+    #[arg(long)]
+    pub token: String,
+    #[arg(long = "event-id")]
+    pub event_id: String,
+    /// ASSOCIATE, DISASSOCIATE, REVOKE, CREATE, UPDATE or RETIRE.
+    #[arg(long = "type")]
+    pub event_type: String,
+    /// The request body sent to Apple (JSON), so entities can be counted and the request
+    /// resubmitted.
+    #[arg(long)]
+    pub request: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub outcome: Option<String>,
+    #[arg(long)]
+    pub token: Option<String>,
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EventArgs {
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncsArgs {
+    #[arg(long)]
+    pub token: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    #[arg(long)]
+    pub token: String,
+    /// assets, assignments or users.
+    #[arg(long)]
+    pub kind: String,
+    #[arg(long)]
+    pub full: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1:8790")]
+    pub listen: std::net::SocketAddr,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpp-reconciler: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> CliResult {
+    match cli.command {
+        _ => Err(CliError::failed("not implemented yet")),
+    }
+}

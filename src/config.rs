@@ -1,0 +1,1 @@
+//! Configuration (design §4). (being written)

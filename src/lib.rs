@@ -1,0 +1,17 @@
+//! vpp-reconciler: makes sure every Apple Apps and Books (VPP `mdm/v2`) event gets a final,
+//! recorded outcome, and re-syncs the MDM's view where an outcome was learned the hard way.
+//!
+//! Layout: a pure [`core`] (event state machine, scheduling, backoff, sync coalescing) driven
+//! by one [`executor`] loop, surrounded by thin adapters: [`apple`] (client), [`store`]
+//! (SQLite), [`webhook`] (notifications in), [`api`] (local HTTP API), [`cli`], and the
+//! Apple API simulator [`sim`].
+
+pub mod apple;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod secret;
+pub mod sim;
+pub mod store;
+pub mod telemetry;
+pub mod time;

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    vpp_reconciler::cli::main()
+}
