@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod check_config;
+mod sim;
+
 /// A command's failure: the sentence printed to stderr and the exit code (1 the operation
 /// failed or the thing does not exist; 2 usage or configuration error).
 #[derive(Debug)]
@@ -165,6 +168,8 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
+        Command::CheckConfig => check_config::run(&cli.config),
+        Command::Sim(args) => sim::run(args),
         _ => Err(CliError::failed("not implemented yet")),
     }
 }
