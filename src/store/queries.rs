@@ -539,7 +539,12 @@ pub struct EventDetail {
 
 fn view_from_record(conn: &Connection, rec: EventRecord) -> Result<EventView, StoreError> {
     let failures = failures_of(conn, &rec.event_id)?;
-    Ok(EventView {
+    Ok(EventView::from_record(rec, failures))
+}
+
+impl EventView {
+    pub fn from_record(rec: EventRecord, failures: Vec<Failure>) -> EventView {
+        EventView {
         event_id: rec.event_id,
         token: rec.token,
         event_type: rec.event_type,
@@ -554,7 +559,8 @@ fn view_from_record(conn: &Connection, rec: EventRecord) -> Result<EventView, St
         failures,
         superseded_by: rec.superseded_by,
         supersedes: rec.supersedes,
-    })
+        }
+    }
 }
 
 fn failures_of(conn: &Connection, event_id: &str) -> Result<Vec<Failure>, StoreError> {
@@ -639,6 +645,13 @@ fn parse_cursor(c: &str) -> Result<(i64, String), StoreError> {
     let bad = || StoreError::NotFound(format!("cursor {c:?}"));
     let (at, id) = c.split_once(':').ok_or_else(bad)?;
     Ok((at.parse().map_err(|_| bad())?, id.to_string()))
+}
+
+/// One event as listed, or `None`.
+pub fn list_event_view(conn: &Connection, event_id: &str) -> Result<Option<EventView>, StoreError> {
+    get_event(conn, event_id)?
+        .map(|rec| view_from_record(conn, rec))
+        .transpose()
 }
 
 pub fn get_event(conn: &Connection, event_id: &str) -> Result<Option<EventRecord>, StoreError> {
