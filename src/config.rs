@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::secret::Secret;
-use crate::time::{format_duration, parse_duration, Timestamp};
+use crate::time::{parse_duration, Timestamp};
 
 /// Default location of the configuration file (design §3).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vpp-reconciler/config.toml";
@@ -651,7 +651,7 @@ impl Validator<'_> {
         if service_config_refresh > Duration::from_secs(300) {
             self.warn(format!(
                 "apple.service_config_refresh {} is longer than the 5m Apple recommends",
-                q(&format_duration(service_config_refresh))
+                q(&display_duration(service_config_refresh))
             ));
         }
         Ok(AppleConfig {
@@ -754,30 +754,30 @@ impl Validator<'_> {
                 "reconcile.poll_max",
                 format!(
                     "{} is shorter than reconcile.poll_min {}",
-                    q(&format_duration(poll_max)),
-                    q(&format_duration(poll_min))
+                    q(&display_duration(poll_max)),
+                    q(&display_duration(poll_min))
                 ),
             ));
         }
         if poll_min < APPLE_POLL_FLOOR {
             self.warn(format!(
                 "reconcile.poll_min {} is below Apple's 30s floor between Event Status polls",
-                q(&format_duration_precise(poll_min))
+                q(&display_duration(poll_min))
             ));
         }
         if notification_grace < APPLE_NOTIFICATION_GRACE {
             self.warn(format!(
                 "reconcile.notification_grace {} is below the 5m Apple suggests waiting for \
                  notifications before polling",
-                q(&format_duration_precise(notification_grace))
+                q(&display_duration(notification_grace))
             ));
         }
         if give_up_after <= notification_grace {
             self.warn(format!(
                 "reconcile.give_up_after {} is not longer than reconcile.notification_grace {}: \
                  events will time out before their first poll",
-                q(&format_duration(give_up_after)),
-                q(&format_duration(notification_grace))
+                q(&display_duration(give_up_after)),
+                q(&display_duration(notification_grace))
             ));
         }
         let full_sync_schedule = raw
@@ -1072,12 +1072,24 @@ fn is_loopback_host(url: &reqwest::Url) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Sub-second precision matters for the floor warnings ("500ms").
-fn format_duration_precise(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format_duration(d)
+/// Formats a duration the way config files write them (`"30s"`, `"10m"`, `"24h"`, `"30d"`),
+/// using the largest unit that divides it exactly, so values round-trip through the parser.
+pub fn display_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    if s == 0 {
+        "0s".to_string()
+    } else if s % 86_400 == 0 && s >= 2 * 86_400 {
+        format!("{}d", s / 86_400)
+    } else if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
     } else {
-        humantime::format_duration(d).to_string()
+        format!("{s}s")
     }
 }
 
@@ -1228,6 +1240,23 @@ notification_auth_token_file = "acme.notify"
         assert_eq!(t.notification_auth_token.expose(), "notify-secret");
         assert_eq!(c.max_requests_per_second(t), 15);
         assert_eq!(c.webhook.route_for("acme"), "/apple/notifications/acme");
+    }
+
+    #[test]
+    fn durations_display_as_written() {
+        for (s, want) in [
+            ("30s", "30s"),
+            ("5m", "5m"),
+            ("24h", "24h"),
+            ("30d", "30d"),
+            ("1h 30m", "90m"),
+            ("500ms", "500ms"),
+            ("0s", "0s"),
+        ] {
+            let d = parse_duration(s).unwrap();
+            assert_eq!(display_duration(d), want);
+            assert_eq!(parse_duration(&display_duration(d)).unwrap(), d);
+        }
     }
 
     #[test]
