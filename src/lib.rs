@@ -11,6 +11,7 @@ pub mod apple;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod daemon;
 pub mod executor;
 pub mod secret;
 pub mod sim;
