@@ -667,6 +667,7 @@ impl Validator<'_> {
         const KEY: &str = "apple.base_url";
         let url = reqwest::Url::parse(s.trim())
             .map_err(|e| self.err(KEY, format!("{} is not a URL: {e}", q(&s))))?;
+        self.no_userinfo(KEY, &url)?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(self.err(KEY, format!("{} must be an http:// or https:// URL", q(&s))));
         }
@@ -891,6 +892,7 @@ impl Validator<'_> {
     fn notification_url(&mut self, key: &str, s: String) -> Result<String, ConfigError> {
         let url = reqwest::Url::parse(&s)
             .map_err(|e| self.err(key, format!("{} is not a URL: {e}", q(&s))))?;
+        self.no_userinfo(key, &url)?;
         if url.host_str().is_none() || url.fragment().is_some() {
             return Err(self.err(key, format!("{} must be an https:// URL to a host", q(&s))));
         }
@@ -915,6 +917,18 @@ impl Validator<'_> {
             ));
         }
         Ok(s)
+    }
+
+    /// Credentials in a URL would be printed and logged with it; refuse them, and do not
+    /// echo the URL.
+    fn no_userinfo(&self, key: &str, url: &reqwest::Url) -> Result<(), ConfigError> {
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.err(
+                key,
+                "must not contain a user name or password (value not shown)",
+            ));
+        }
+        Ok(())
     }
 
     /// Resolves a secret path: relative paths against `$CREDENTIALS_DIRECTORY` when set, else
@@ -1282,6 +1296,12 @@ notification_auth_token_file = "acme.notify"
             .unwrap();
         assert_eq!(l.config.apple.base_url, "http://127.0.0.1:9000/mdm/v2/");
         assert!(l.warnings.iter().all(|w| !w.contains("base_url")));
+        let e = f.err("[apple]\nbase_url = \"https://u:pw-secret@example.com/\"\n");
+        assert!(
+            e.contains("apple.base_url must not contain a user name"),
+            "{e}"
+        );
+        assert!(!e.contains("pw-secret"), "{e}");
         let e = f.err("[apple]\nbase_url = \"ftp://example.com/\"\n");
         assert!(
             e.contains("apple.base_url \"ftp://example.com/\" must be an http"),
