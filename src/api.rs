@@ -64,7 +64,11 @@ impl HttpError {
 impl From<StoreError> for HttpError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error in the local API");
-        HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )
     }
 }
 
@@ -139,17 +143,30 @@ pub struct ValidTrack {
     pub request: Option<String>,
 }
 
+/// A track request as received (API body or CLI arguments).
+#[derive(Debug, Default)]
+pub struct TrackFields<'a> {
+    pub token: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub submitted_at: Option<&'a str>,
+    pub request: Option<&'a Value>,
+}
+
 /// Validates a track request against the configured tokens (pure apart from `now`).
 pub fn validate_track(
     now: Timestamp,
-    token: &str,
-    event_id: &str,
-    event_type: &str,
-    submitted_at: Option<&str>,
-    request: Option<&Value>,
+    fields: &TrackFields<'_>,
     tokens: &HashSet<String>,
     timings: &Timings,
 ) -> Result<ValidTrack, HttpError> {
+    let TrackFields {
+        token,
+        event_id,
+        event_type,
+        submitted_at,
+        request,
+    } = *fields;
     validate_event_id(event_id).map_err(HttpError::bad_request)?;
     let event_type: EventType = event_type.parse().map_err(HttpError::bad_request)?;
     if !tokens.contains(token) {
@@ -201,20 +218,20 @@ pub async fn commit_track(
     state: &ApiState,
     valid: ValidTrack,
 ) -> Result<(StatusCode, EventView), HttpError> {
-    let _permit = state
-        .writes
-        .acquire()
-        .await
-        .map_err(|_| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "shutting down"))?;
+    let _permit = state.writes.acquire().await.map_err(|_| {
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "shutting down",
+        )
+    })?;
     let record = valid.record.clone();
     let committed = state.executor.committed.clone();
     let hook_record = record.clone();
     let outcome = state
         .store
         .write_then(
-            move |conn| {
-                queries::insert_tracked(conn, &record, valid.request.as_deref(), "tracked")
-            },
+            move |conn| queries::insert_tracked(conn, &record, valid.request.as_deref(), "tracked"),
             move |outcome| {
                 if let TrackOutcome::Created(notes) = outcome {
                     let _ = committed.send(Input::Tracked {
@@ -262,16 +279,14 @@ async fn track(
     let body: TrackBody = serde_json::from_slice(&body)
         .map_err(|e| HttpError::bad_request(format!("invalid track request: {e}")))?;
     let tokens = state.tokens.read().map(|t| t.clone()).unwrap_or_default();
-    let valid = validate_track(
-        Timestamp::now(),
-        &body.token,
-        &body.event_id,
-        &body.event_type,
-        body.submitted_at.as_deref(),
-        body.request.as_ref(),
-        &tokens,
-        &state.timings,
-    )?;
+    let fields = TrackFields {
+        token: &body.token,
+        event_id: &body.event_id,
+        event_type: &body.event_type,
+        submitted_at: body.submitted_at.as_deref(),
+        request: body.request.as_ref(),
+    };
+    let valid = validate_track(Timestamp::now(), &fields, &tokens, &state.timings)?;
     let (status, view) = commit_track(&state, valid).await?;
     Ok((status, Json(view)).into_response())
 }
@@ -291,8 +306,16 @@ pub struct ListQuery {
 impl ListQuery {
     pub fn to_filter(&self) -> Result<EventFilter, String> {
         Ok(EventFilter {
-            state: self.state.as_deref().map(str::parse::<EventState>).transpose()?,
-            outcome: self.outcome.as_deref().map(str::parse::<Outcome>).transpose()?,
+            state: self
+                .state
+                .as_deref()
+                .map(str::parse::<EventState>)
+                .transpose()?,
+            outcome: self
+                .outcome
+                .as_deref()
+                .map(str::parse::<Outcome>)
+                .transpose()?,
             token: self.token.clone(),
             event_type: self
                 .event_type
@@ -339,7 +362,10 @@ async fn get_event(
         .read(move |c| queries::event_detail(c, &id))
         .await?
         .ok_or_else(|| {
-            HttpError::not_found(format!("event {:?} is not tracked", truncate(&event_id, 140)))
+            HttpError::not_found(format!(
+                "event {:?} is not tracked",
+                truncate(&event_id, 140)
+            ))
         })?;
     Ok(Json(detail).into_response())
 }

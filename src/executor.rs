@@ -16,7 +16,9 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Action, Change, Core, EventRecord, EventType, NotificationInput, StatusResult, SyncKind};
+use crate::core::{
+    Action, Change, Core, EventRecord, EventType, NotificationInput, StatusResult, SyncKind,
+};
 use crate::store::{queries, Store};
 use crate::time::Timestamp;
 

@@ -140,7 +140,10 @@ pub fn event(config_path: &Path, args: EventArgs) -> CliResult {
                 "  {}  {}{}",
                 p.at,
                 p.result,
-                p.detail.as_ref().map(|d| format!("  {d}")).unwrap_or_default()
+                p.detail
+                    .as_ref()
+                    .map(|d| format!("  {d}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -181,7 +184,10 @@ pub fn tokens(config_path: &Path, args: JsonArg) -> CliResult {
             "{:<14} {:<18} {:<20} {:<12} {:<10} {:>7} {:>7}  {}",
             t.name,
             t.u_id.as_deref().unwrap_or("-"),
-            t.location.as_deref().or(t.org_name.as_deref()).unwrap_or("-"),
+            t.location
+                .as_deref()
+                .or(t.org_name.as_deref())
+                .unwrap_or("-"),
             t.expires_at
                 .map(|e| e.to_rfc3339()[..10].to_string())
                 .unwrap_or("-".into()),
@@ -191,7 +197,11 @@ pub fn tokens(config_path: &Path, args: JsonArg) -> CliResult {
             },
             t.pending,
             t.syncing,
-            if syncs.is_empty() { "-".into() } else { syncs.join(", ") }
+            if syncs.is_empty() {
+                "-".into()
+            } else {
+                syncs.join(", ")
+            }
         );
     }
     Ok(())

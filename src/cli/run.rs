@@ -10,8 +10,11 @@ use crate::daemon::{self, Listeners};
 
 pub fn run(config_path: &Path) -> CliResult {
     let loaded = load_config(config_path)?;
-    crate::telemetry::init(loaded.config.daemon.log_format, &loaded.config.daemon.log_level)
-        .map_err(CliError::usage)?;
+    crate::telemetry::init(
+        loaded.config.daemon.log_format,
+        &loaded.config.daemon.log_level,
+    )
+    .map_err(CliError::usage)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }

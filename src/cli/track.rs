@@ -24,7 +24,8 @@ pub fn run(config_path: &Path, args: TrackArgs) -> CliResult {
             })?)
         }
     };
-    let mut body = json!({"token": args.token, "eventId": args.event_id, "type": event_type.as_str()});
+    let mut body =
+        json!({"token": args.token, "eventId": args.event_id, "type": event_type.as_str()});
     if let Some(r) = request {
         body["request"] = r;
     }
@@ -36,7 +37,11 @@ pub fn run(config_path: &Path, args: TrackArgs) -> CliResult {
     match status {
         200 | 201 => {
             if !args.json {
-                let verb = if status == 201 { "tracking" } else { "already tracking" };
+                let verb = if status == 201 {
+                    "tracking"
+                } else {
+                    "already tracking"
+                };
                 println!(
                     "{verb} {} ({} for token {})",
                     args.event_id, event_type, args.token

@@ -15,7 +15,8 @@ pub fn delay(attempt: u32, min: Duration, max: Duration, seed: u64) -> Duration 
     let jitter = if jitter_span == 0 {
         0
     } else {
-        splitmix64(seed ^ u64::from(attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15)) % (jitter_span + 1)
+        splitmix64(seed ^ u64::from(attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            % (jitter_span + 1)
     };
     Duration::from_millis((base + jitter).clamp(min_ms, max_ms))
 }
@@ -50,11 +51,12 @@ mod tests {
         let min = 30 * S;
         let max = 600 * S;
         // Without jitter span influence, the bases are 30, 60, 120, 240, 480, 600, 600.
-        let bases: Vec<u64> = (0..7)
-            .map(|a| delay(a, min, max, 0).as_secs())
-            .collect();
+        let bases: Vec<u64> = (0..7).map(|a| delay(a, min, max, 0).as_secs()).collect();
         for (got, base) in bases.iter().zip([30u64, 60, 120, 240, 480, 600, 600]) {
-            assert!(*got >= base && *got <= (base + base / 4).min(600), "{got} vs {base}");
+            assert!(
+                *got >= base && *got <= (base + base / 4).min(600),
+                "{got} vs {base}"
+            );
         }
     }
 

@@ -107,7 +107,9 @@ impl EventRecord {
     /// grace period counted from submission.
     pub fn new_tracked(now: Timestamp, req: TrackRequest, timings: &Timings) -> EventRecord {
         let submitted_at = req.submitted_at.unwrap_or(now).min(now);
-        let first_check = submitted_at.saturating_add(timings.notification_grace).max(now);
+        let first_check = submitted_at
+            .saturating_add(timings.notification_grace)
+            .max(now);
         EventRecord {
             event_id: req.event_id,
             token: req.token,
@@ -450,11 +452,7 @@ impl Core {
                     && !rec.resubmitted
                     && rec.superseded_by.is_none()
                     && now >= rec.submitted_at.saturating_add(self.timings.resubmit_after);
-                let next = if resubmit {
-                    Next::Resubmit
-                } else {
-                    Next::Keep
-                };
+                let next = if resubmit { Next::Resubmit } else { Next::Keep };
                 ("PENDING".to_string(), None, next)
             }
             StatusResult::Complete {
@@ -498,7 +496,11 @@ impl Core {
             StatusResult::NotFound => {
                 rec.outcome = Some(Outcome::NotFound);
                 rec.outcome_at = Some(now);
-                ("NOT_FOUND".to_string(), Some("error 9708".to_string()), Next::Sync)
+                (
+                    "NOT_FOUND".to_string(),
+                    Some("error 9708".to_string()),
+                    Next::Sync,
+                )
             }
             StatusResult::Retry { not_before, reason } => {
                 rec.backoff_attempt = rec.backoff_attempt.saturating_add(1);
@@ -520,7 +522,12 @@ impl Core {
     }
 
     /// The answer to an [`Action::Resubmit`]: the new eventId, or why it failed.
-    pub fn resubmit_result(&mut self, now: Timestamp, old_id: &str, result: Result<String, String>) {
+    pub fn resubmit_result(
+        &mut self,
+        now: Timestamp,
+        old_id: &str,
+        result: Result<String, String>,
+    ) {
         let Some(t) = self.events.get_mut(old_id) else {
             return;
         };
@@ -716,10 +723,7 @@ impl Core {
     pub fn timeout(&mut self, now: Timestamp) {
         let tokens: Vec<String> = self.queues.keys().cloned().collect();
         for token in tokens {
-            loop {
-                let Some(q) = self.queues.get_mut(&token) else {
-                    break;
-                };
+            while let Some(q) = self.queues.get_mut(&token) {
                 if q.in_flight >= self.timings.max_in_flight_per_token {
                     break;
                 }
@@ -754,7 +758,10 @@ impl Core {
         if t.rec.state != State::Pending || t.in_flight {
             return;
         }
-        let give_up_at = t.rec.submitted_at.saturating_add(self.timings.give_up_after);
+        let give_up_at = t
+            .rec
+            .submitted_at
+            .saturating_add(self.timings.give_up_after);
         if now >= give_up_at {
             let before = t.rec.clone();
             let change = change_for(&t.rec);
@@ -848,14 +855,14 @@ impl Core {
                     // Wake at the resubmission and give-up deadlines, not past them.
                     let mut deadline = t.rec.submitted_at.saturating_add(timings.give_up_after);
                     if t.rec.has_request && !t.rec.resubmitted && t.rec.superseded_by.is_none() {
-                        deadline = deadline
-                            .min(t.rec.submitted_at.saturating_add(timings.resubmit_after));
+                        deadline =
+                            deadline.min(t.rec.submitted_at.saturating_add(timings.resubmit_after));
                     }
                     let at = match next {
                         Next::Confirm => now,
-                        Next::RetryAt(nb) => {
-                            now.saturating_add(backoff).max(nb.unwrap_or(Timestamp::ZERO))
-                        }
+                        Next::RetryAt(nb) => now
+                            .saturating_add(backoff)
+                            .max(nb.unwrap_or(Timestamp::ZERO)),
                         _ => match before.next_check_at {
                             Some(at) => at,
                             None => now.saturating_add(backoff).min(deadline.max(now)),

@@ -21,7 +21,10 @@ fn unique_objects(v: Option<&Value>, key: &str) -> usize {
     let mut seen: Vec<String> = items
         .iter()
         .filter_map(|i| match (i.get(key), i.get("pricingParam")) {
-            (Some(k), p) => Some(format!("{k}/{}", p.map(|p| p.to_string()).unwrap_or_default())),
+            (Some(k), p) => Some(format!(
+                "{k}/{}",
+                p.map(|p| p.to_string()).unwrap_or_default()
+            )),
             _ => None,
         })
         .collect();
@@ -40,8 +43,8 @@ pub fn count_entities(event_type: EventType, body: &Value) -> Option<u32> {
     let n = match event_type {
         EventType::Associate | EventType::Disassociate => {
             let assets = unique_objects(body.get("assets"), "adamId");
-            let targets =
-                unique_strings(body.get("serialNumbers")) + unique_strings(body.get("clientUserIds"));
+            let targets = unique_strings(body.get("serialNumbers"))
+                + unique_strings(body.get("clientUserIds"));
             assets * targets
         }
         EventType::Create | EventType::Update | EventType::Retire => {
@@ -66,10 +69,17 @@ mod tests {
 
     #[test]
     fn users_and_unknowns() {
-        let body = json!({"users": [{"clientUserId": "u1", "email": "a@b"}, {"clientUserId": "u2"}]});
+        let body =
+            json!({"users": [{"clientUserId": "u1", "email": "a@b"}, {"clientUserId": "u2"}]});
         assert_eq!(count_entities(EventType::Create, &body), Some(2));
-        assert_eq!(count_entities(EventType::Revoke, &json!({"clientUserIds": ["u1"]})), None);
+        assert_eq!(
+            count_entities(EventType::Revoke, &json!({"clientUserIds": ["u1"]})),
+            None
+        );
         assert_eq!(count_entities(EventType::Associate, &json!([])), None);
-        assert_eq!(count_entities(EventType::Associate, &json!({"assets": []})), None);
+        assert_eq!(
+            count_entities(EventType::Associate, &json!({"assets": []})),
+            None
+        );
     }
 }

@@ -65,9 +65,11 @@ fn event_at(r: &Row<'_>, o: usize) -> rusqlite::Result<EventRecord> {
 }
 
 fn next_change_seq(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT COALESCE(MAX(change_seq), 0) + 1 FROM events", [], |r| {
-        r.get(0)
-    })?)
+    Ok(conn.query_row(
+        "SELECT COALESCE(MAX(change_seq), 0) + 1 FROM events",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// Result of [`insert_tracked`].
@@ -219,7 +221,11 @@ pub fn apply_changes(conn: &Connection, changes: &[Change]) -> Result<(), StoreE
             "INSERT INTO failures (event_id, at, source, error_number, error_message, error_info) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let at = c.history.last().map(|h| h.at.0).unwrap_or(c.event.tracked_at.0);
+        let at = c
+            .history
+            .last()
+            .map(|h| h.at.0)
+            .unwrap_or(c.event.tracked_at.0);
         for (source, f) in &c.failures {
             fail.execute(params![
                 c.event.event_id,
@@ -349,7 +355,11 @@ pub fn unapplied_for_unsettled(conn: &Connection) -> Result<Vec<NotificationInpu
 }
 
 /// Events whose next check is due at or before `now`, earliest first (uses `events_due`).
-pub fn due_events(conn: &Connection, now: Timestamp, limit: u32) -> Result<Vec<String>, StoreError> {
+pub fn due_events(
+    conn: &Connection,
+    now: Timestamp,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT event_id FROM events WHERE next_check_at IS NOT NULL AND next_check_at <= ?1 \
          ORDER BY next_check_at LIMIT ?2",
@@ -371,7 +381,9 @@ pub fn request_body(conn: &Connection, event_id: &str) -> Result<Option<String>,
 }
 
 pub fn next_sync_id(conn: &Connection) -> Result<u64, StoreError> {
-    let id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM syncs", [], |r| r.get(0))?;
+    let id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM syncs", [], |r| {
+        r.get(0)
+    })?;
     Ok(id.max(1) as u64)
 }
 
@@ -440,7 +452,11 @@ pub struct TokenRow {
 }
 
 /// Records the configured tokens (keeping what syncs and health checks learned).
-pub fn upsert_tokens(conn: &Connection, rows: &[TokenRow], now: Timestamp) -> Result<(), StoreError> {
+pub fn upsert_tokens(
+    conn: &Connection,
+    rows: &[TokenRow],
+    now: Timestamp,
+) -> Result<(), StoreError> {
     for t in rows {
         conn.execute(
             "INSERT INTO tokens (name, org_name, expires_at, updated_at) VALUES (?1, ?2, ?3, ?4) \
@@ -545,20 +561,20 @@ fn view_from_record(conn: &Connection, rec: EventRecord) -> Result<EventView, St
 impl EventView {
     pub fn from_record(rec: EventRecord, failures: Vec<Failure>) -> EventView {
         EventView {
-        event_id: rec.event_id,
-        token: rec.token,
-        event_type: rec.event_type,
-        state: rec.state,
-        outcome: rec.outcome,
-        tracked_at: rec.tracked_at,
-        settled_at: rec.settled_at,
-        num_requested: rec.num_requested,
-        num_completed: rec.num_completed,
-        polls: rec.polls,
-        next_check_at: rec.next_check_at,
-        failures,
-        superseded_by: rec.superseded_by,
-        supersedes: rec.supersedes,
+            event_id: rec.event_id,
+            token: rec.token,
+            event_type: rec.event_type,
+            state: rec.state,
+            outcome: rec.outcome,
+            tracked_at: rec.tracked_at,
+            settled_at: rec.settled_at,
+            num_requested: rec.num_requested,
+            num_completed: rec.num_completed,
+            polls: rec.polls,
+            next_check_at: rec.next_check_at,
+            failures,
+            superseded_by: rec.superseded_by,
+            supersedes: rec.supersedes,
         }
     }
 }
@@ -739,7 +755,11 @@ pub struct ChangeView {
     pub event: EventView,
 }
 
-pub fn changes_after(conn: &Connection, after: i64, limit: u32) -> Result<Vec<ChangeView>, StoreError> {
+pub fn changes_after(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<ChangeView>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT change_seq, {EVENT_COLS} FROM events WHERE change_seq > ?1 ORDER BY change_seq LIMIT ?2"
     ))?;
