@@ -23,9 +23,8 @@ fn bad(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))
 }
 
 #[derive(Deserialize)]
@@ -76,7 +75,7 @@ fn parse_date(s: &str) -> Option<DateTime<Utc>> {
 pub async fn create_location(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     let req: NewLocation = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
     };
     let exp = match req.exp_date.as_deref() {
         None => Utc::now() + ChronoDuration::days(365),
@@ -210,7 +209,7 @@ pub async fn create_location(State(sh): State<Arc<Shared>>, body: Bytes) -> Resp
 pub async fn put_faults(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     let patch: FaultsPatch = match parse(&body) {
         Ok(p) => p,
-        Err(e) => return e,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
     };
     let Ok(mut st) = sh.state.lock() else {
         return bad(StatusCode::INTERNAL_SERVER_ERROR, "state poisoned");
@@ -234,7 +233,7 @@ struct NotifyBody {
 pub async fn put_notify(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     let b: NotifyBody = match parse(&body) {
         Ok(b) => b,
-        Err(e) => return e,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
     };
     if reqwest::Url::parse(&b.url).is_err() {
         return bad(StatusCode::BAD_REQUEST, format!("invalid url {:?}", b.url));
@@ -256,7 +255,7 @@ pub async fn put_notify(State(sh): State<Arc<Shared>>, body: Bytes) -> Response 
 pub async fn put_limits(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     let b: BTreeMap<String, i64> = match parse(&body) {
         Ok(b) => b,
-        Err(e) => return e,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
     };
     if let Some((k, v)) = b.iter().find(|(_, v)| **v < 0) {
         return bad(
