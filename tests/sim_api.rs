@@ -1183,3 +1183,96 @@ async fn real_binary_prints_listening_line() {
     assert!(status.success(), "{status}");
     let _ = status;
 }
+
+#[tokio::test]
+async fn asset_count_and_user_associated_extras() {
+    let sim = start().await;
+    let rx = receiver(200).await;
+    let (uid, tok) = sim
+        .location(json!({"assets": [app("1", 5)], "users": [{"clientUserId": "u1"}]}))
+        .await;
+    // Listed in stats before any request.
+    assert_eq!(
+        sim.control("stats").await["tokens"][&uid]["rateLimitViolations"],
+        0
+    );
+    sim.put(
+        "notify",
+        json!({"uId": uid, "url": rx.url, "authToken": "k"}),
+    )
+    .await;
+    let (_, u0) = sim.get(&tok, "users").await;
+    let r = sim
+        .http
+        .post(format!("{}/_sim/asset-count", sim.base))
+        .json(&json!({"uId": uid, "adamId": "1", "countDelta": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["totalCount"], 8);
+    let r = sim
+        .http
+        .post(format!("{}/_sim/associate-user", sim.base))
+        .json(&json!({"uId": uid, "clientUserId": "u1"}))
+        .send()
+        .await
+        .unwrap();
+    let user: Value = r.json().await.unwrap();
+    assert_eq!(user["status"], "Associated");
+    assert!(user["idHash"].is_string());
+    let got = rx.wait_for(2).await;
+    let by_type = |t: &str| {
+        got.iter()
+            .find(|(_, n)| n["notificationType"] == t)
+            .map(|(_, n)| n["notification"].clone())
+    };
+    assert_eq!(
+        by_type("ASSET_COUNT").unwrap(),
+        json!({"adamId": "1", "countDelta": 3, "pricingParam": "STDQ"})
+    );
+    assert_eq!(
+        by_type("USER_ASSOCIATED").unwrap()["associatedUsers"][0],
+        user
+    );
+    let (_, u) = sim
+        .get(
+            &tok,
+            &format!("users?sinceVersionId={}", u0["versionId"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(u["users"], json!([user]));
+    let r = sim
+        .http
+        .post(format!("{}/_sim/asset-count", sim.base))
+        .json(&json!({"uId": uid, "adamId": "1", "countDelta": -100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+}
+
+#[tokio::test]
+async fn sustains_concurrent_load() {
+    let sim = Arc::new(start().await);
+    let (_, tok) = sim.location(json!({"assets": [app("1", 5)]})).await;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (sim, tok) = (sim.clone(), tok.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..250 {
+                assert_eq!(sim.get(&tok, "assets").await.0, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "2000 requests took {took:?}"
+    );
+    eprintln!("2000 requests in {took:?}");
+}

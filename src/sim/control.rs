@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::faults::FaultsPatch;
 use super::state::{apple_date, random_hex, Asset, Location, User, UserStatus, NOTIFICATION_TYPES};
-use super::{process, Shared};
+use super::{notify, process, Shared};
 
 fn bad(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
@@ -188,6 +188,8 @@ pub async fn create_location(State(sh): State<Arc<Shared>>, body: Bytes) -> Resp
         }
         loc.queue = Some(tx);
         st.by_token.insert(stoken, uid.clone());
+        // So /_sim/stats lists every location, even before its first request.
+        st.traffic.entry(uid.clone()).or_default();
         st.locations.insert(uid.clone(), loc);
         uid
     };
@@ -296,4 +298,78 @@ pub async fn truth(State(sh): State<Arc<Shared>>, Path(uid): Path<String>) -> Re
         Some(loc) => Json(loc.truth()).into_response(),
         None => bad(StatusCode::NOT_FOUND, format!("unknown uId {uid}")),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AssetCountBody {
+    u_id: String,
+    adam_id: String,
+    pricing_param: Option<String>,
+    count_delta: i64,
+}
+
+/// `POST /_sim/asset-count` `{"uId", "adamId", "pricingParam"?, "countDelta"}`: changes an
+/// asset's licence total as a purchase, refund or transfer would, and sends ASSET_COUNT
+/// `{adamId, countDelta, pricingParam}` [C NOTIF]. Returns the ResponseAsset.
+pub async fn asset_count(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let b: AssetCountBody = match parse(&body) {
+        Ok(b) => b,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
+    };
+    let pp = b.pricing_param.unwrap_or_else(|| "STDQ".into());
+    let (resp, out) = {
+        let Ok(mut guard) = sh.state.lock() else {
+            return bad(StatusCode::INTERNAL_SERVER_ERROR, "state poisoned");
+        };
+        let st = &mut *guard;
+        let Some(loc) = st.locations.get_mut(&b.u_id) else {
+            return bad(StatusCode::NOT_FOUND, format!("unknown uId {}", b.u_id));
+        };
+        let asset = match loc.change_count(&b.adam_id, &pp, b.count_delta, &mut st.rng) {
+            Ok(a) => a,
+            Err(e) => return bad(StatusCode::BAD_REQUEST, e),
+        };
+        let payload = json!({"adamId": b.adam_id, "countDelta": b.count_delta, "pricingParam": pp});
+        (asset, notify::simple(st, &b.u_id, "ASSET_COUNT", payload))
+    };
+    notify::dispatch(&sh, out.into_iter().collect());
+    Json(resp).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AssociateUserBody {
+    u_id: String,
+    client_user_id: String,
+}
+
+/// `POST /_sim/associate-user` `{"uId", "clientUserId"}`: the user accepts the invitation
+/// (status Associated, with an idHash) and USER_ASSOCIATED `{associatedUsers: [ResponseUser]}`
+/// is sent [C NOTIF]. Returns the ResponseUser.
+pub async fn associate_user(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let b: AssociateUserBody = match parse(&body) {
+        Ok(b) => b,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
+    };
+    let (resp, out) = {
+        let Ok(mut guard) = sh.state.lock() else {
+            return bad(StatusCode::INTERNAL_SERVER_ERROR, "state poisoned");
+        };
+        let st = &mut *guard;
+        let Some(loc) = st.locations.get_mut(&b.u_id) else {
+            return bad(StatusCode::NOT_FOUND, format!("unknown uId {}", b.u_id));
+        };
+        let user = match loc.associate_user(&b.client_user_id, &mut st.rng) {
+            Ok(u) => u,
+            Err(e) => return bad(StatusCode::BAD_REQUEST, e),
+        };
+        let payload = json!({ "associatedUsers": [user.clone()] });
+        (
+            user,
+            notify::simple(st, &b.u_id, "USER_ASSOCIATED", payload),
+        )
+    };
+    notify::dispatch(&sh, out.into_iter().collect());
+    Json(resp).into_response()
 }

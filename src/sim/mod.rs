@@ -25,6 +25,19 @@
 //! - Rate limit: see [`rate`]. `maxRequestPerSecond` and every other limit come from the
 //!   Service Config limits (Apple's example values [C SVC]), changeable with `PUT /_sim/limits`.
 //!
+//! # Control routes (`/_sim/`, design §7, errors `{"error"}` with 400/404)
+//! - `POST /_sim/locations` `{name?, expDate?, pageSize? (1000), assets: [{adamId,
+//!   pricingParam? (STDQ), productType? (App), total | unlimited: true, deviceAssignable?,
+//!   revocable? (both default true, false for books), supportedPlatforms?}], users:
+//!   [{clientUserId, email?, managedAppleId?, status? (Registered|Associated)}]}` ->
+//!   `{"uId", "sToken"}`.
+//! - `PUT /_sim/faults` (see [`faults`]; answers the faults in force), `PUT /_sim/notify`
+//!   `{uId, url, authToken}`, `PUT /_sim/limits` `{"<Service Config limit key>": int, ...}`
+//!   (answers all limits), `GET /_sim/stats`, `GET /_sim/truth/{uId}`.
+//! - Extras: `POST /_sim/asset-count` `{uId, adamId, pricingParam?, countDelta}` (licences
+//!   bought/refunded; ASSET_COUNT notification) and `POST /_sim/associate-user` `{uId,
+//!   clientUserId}` (invitation accepted; USER_ASSOCIATED notification).
+//!
 //! # Choices where Apple is silent
 //! - **Removed assignments do not appear at all in `sinceVersionId` responses** [open Q4]: a
 //!   client must run a full assignments sync to see removals. Retired users do appear
@@ -61,6 +74,8 @@
 //! - Requests with a known token are counted under their Service Config url key name
 //!   (`getAssets`, `eventStatus`, `clientConfig`, …) whatever their outcome; Service Config
 //!   calls are not counted.
+//! - Events are kept for the simulator's lifetime: 9708 means the eventId was never issued to
+//!   this location [open Q3].
 //! - Control routes (`/_sim/…`) are not rate limited nor faulted. All randomness comes from one
 //!   RNG seeded with `--seed`; with concurrent clients the interleaving still varies.
 
@@ -140,6 +155,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/limits", put(control::put_limits))
         .route("/_sim/stats", get(control::stats))
         .route("/_sim/truth/{uid}", get(control::truth))
+        .route("/_sim/asset-count", post(control::asset_count))
+        .route("/_sim/associate-user", post(control::associate_user))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }

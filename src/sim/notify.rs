@@ -105,6 +105,18 @@ pub fn build(
         .collect()
 }
 
+/// A notification outside event processing (ASSET_COUNT, USER_ASSOCIATED), if the location
+/// has a target and subscribes to `ntype`.
+pub fn simple(st: &mut SimState, uid: &str, ntype: &str, payload: Value) -> Option<Outgoing> {
+    let loc = st.locations.get(uid)?;
+    if !loc.config.types.iter().any(|t| t == ntype) {
+        return None;
+    }
+    let url = loc.config.notification_url.clone()?;
+    let auth = loc.config.auth_token.clone()?;
+    envelope(st, uid, &url, &auth, ntype, payload)
+}
+
 /// Wraps a payload, rolling the faults. `None` when the drop fault hits.
 pub fn envelope(
     st: &mut SimState,

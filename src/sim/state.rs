@@ -664,16 +664,10 @@ impl Location {
             .map(|(k, _)| k)
             .filter(|k| adam.map_or(true, |v| k.adam_id == v))
             .filter(|k| pricing.map_or(true, |v| k.pricing_param == v))
-            .filter(|k| match (&k.target, user, serial) {
-                (_, Some(_), Some(_)) => {
-                    matches!(&k.target, Target::User(u) if Some(u.as_str()) == user)
-                        || matches!(&k.target, Target::Serial(s) if Some(s.as_str()) == serial)
-                }
-                (Target::User(u), Some(v), None) => u == v,
-                (Target::Serial(_), Some(_), None) => false,
-                (Target::Serial(s), None, Some(v)) => s == v,
-                (Target::User(_), None, Some(_)) => false,
-                (_, None, None) => true,
+            // Filters combine with AND; an assignment has either a user or a serial number.
+            .filter(|k| match &k.target {
+                Target::User(u) => serial.is_none() && user.map_or(true, |v| u == v),
+                Target::Serial(s) => user.is_none() && serial.map_or(true, |v| s == v),
             })
             .filter(|k| match &k.target {
                 Target::User(u) if exclude_inactive => self.active_user(u).is_some(),
@@ -921,6 +915,59 @@ impl Location {
             EventStatus::Failed
         };
         Some((kind, out))
+    }
+
+    /// `POST /_sim/asset-count`: licences bought (+) or refunded / moved away (−).
+    pub fn change_count(
+        &mut self,
+        adam_id: &str,
+        pricing_param: &str,
+        delta: i64,
+        rng: &mut SmallRng,
+    ) -> Result<Value, String> {
+        let a = self
+            .asset_mut(adam_id, pricing_param)
+            .ok_or_else(|| format!("unknown asset {adam_id}/{pricing_param}"))?;
+        let Some(total) = a.total else {
+            return Err(format!("asset {adam_id} is unlimited"));
+        };
+        let new = total.saturating_add(delta);
+        if new < a.assigned {
+            return Err(format!(
+                "total {new} would be below assignedCount {}",
+                a.assigned
+            ));
+        }
+        a.total = Some(new);
+        let json = a.to_json(false);
+        self.seq += 1;
+        let seq = self.seq;
+        self.bump(DataSet::Assets, seq, rng);
+        Ok(json)
+    }
+
+    /// `POST /_sim/associate-user`: the user accepted the invitation (Registered -> Associated).
+    pub fn associate_user(
+        &mut self,
+        client_user_id: &str,
+        rng: &mut SmallRng,
+    ) -> Result<Value, String> {
+        let &i = self
+            .active_user
+            .get(client_user_id)
+            .ok_or_else(|| format!("no active user {client_user_id}"))?;
+        if self.users[i].status == UserStatus::Associated {
+            return Err(format!("user {client_user_id} is already Associated"));
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let u = &mut self.users[i];
+        u.status = UserStatus::Associated;
+        u.id_hash = Some(random_hex(rng, 20));
+        u.modified = seq;
+        let json = u.to_json();
+        self.bump(DataSet::Users, seq, rng);
+        Ok(json)
     }
 
     /// `GET /_sim/truth/{uId}` body.
