@@ -90,10 +90,18 @@ fn rate(name: &str, v: Option<f64>) -> Result<Option<f64>, String> {
     }
 }
 
+/// Longest accepted fault duration; also keeps `Instant + duration` far from overflow.
+const MAX_FAULT_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 fn dur(name: &str, v: &Option<String>) -> Result<Option<Duration>, String> {
-    v.as_deref()
-        .map(|s| parse_duration(s).map_err(|e| format!("{name}: invalid duration {s:?}: {e}")))
-        .transpose()
+    let Some(s) = v.as_deref() else {
+        return Ok(None);
+    };
+    let d = parse_duration(s).map_err(|e| format!("{name}: invalid duration {s:?}: {e}"))?;
+    if d > MAX_FAULT_DURATION {
+        return Err(format!("{name}: {s:?} is longer than 24h"));
+    }
+    Ok(Some(d))
 }
 
 impl Faults {
@@ -202,6 +210,9 @@ mod tests {
                 .unwrap();
         assert!(f.apply(bad).is_err());
         assert_eq!(f.error_5xx_rate, 0.0);
+        let long: FaultsPatch =
+            serde_json::from_value(json!({"notificationDelay": "10000y"})).unwrap();
+        assert!(f.apply(long).is_err());
     }
 
     #[test]

@@ -74,6 +74,10 @@
 //! - Requests with a known token are counted under their Service Config url key name
 //!   (`getAssets`, `eventStatus`, `clientConfig`, …) whatever their outcome; Service Config
 //!   calls are not counted.
+//! - `GET assets` ignores `sinceVersionId` (unsupported there [C PAG]) and always answers the
+//!   full, filtered list.
+//! - The Authorization scheme must be exactly `Bearer ` (case-sensitive, one space); anything
+//!   else is 9722 [I].
 //! - Events are kept for the simulator's lifetime: 9708 means the eventId was never issued to
 //!   this location [open Q3].
 //! - Control routes (`/_sim/…`) are not rate limited nor faulted. All randomness comes from one

@@ -989,3 +989,113 @@ fn req_user_json(u: &ReqUser) -> Value {
     }
     Value::Object(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn loc() -> (Location, SmallRng) {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut l = Location::new("1".into(), "L".into(), "t".into(), Utc::now(), 2, &mut rng);
+        l.add_asset(Asset {
+            adam_id: "A".into(),
+            pricing_param: "STDQ".into(),
+            product_type: "App".into(),
+            total: Some(2),
+            device_assignable: true,
+            revocable: true,
+            supported_platforms: vec!["iOS".into()],
+            assigned: 0,
+        })
+        .unwrap();
+        (l, rng)
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn pagination_bounds() {
+        let (p, m) = paginate(vec![1, 2, 3], 2, Some(1)).unwrap();
+        assert_eq!(p, vec![3]);
+        assert!(m.get("nextPageIndex").is_none());
+        assert_eq!(m["totalPages"], 2);
+        let (_, m) = paginate(vec![1, 2, 3], 2, None).unwrap();
+        assert_eq!(m["nextPageIndex"], 1);
+        let (p, m) = paginate(Vec::<i32>::new(), 2, Some(0)).unwrap();
+        assert!(p.is_empty());
+        assert_eq!(m["totalPages"], 1);
+        assert_eq!(paginate(vec![1], 2, Some(1)).unwrap_err().number, 9650);
+        assert_eq!(paginate(vec![1], 2, Some(-1)).unwrap_err().number, 9650);
+    }
+
+    #[test]
+    fn associate_runs_out_and_since_version_hides_removals() {
+        let (mut l, mut rng) = loc();
+        let v0 = l.version_id(DataSet::Assignments).to_string();
+        let targets = vec![
+            Target::Serial("a".into()),
+            Target::Serial("b".into()),
+            Target::Serial("c".into()),
+        ];
+        l.add_event(Event {
+            id: "e1".into(),
+            kind: EventType::Associate,
+            status: EventStatus::Pending,
+            num_requested: 3,
+            num_completed: 0,
+            failures: vec![],
+            request: Some(WriteRequest::Assets {
+                assets: vec![("A".into(), "STDQ".into())],
+                targets,
+            }),
+            due: tokio::time::Instant::now(),
+        });
+        let (_, applied) = l.process("e1", &mut rng).unwrap();
+        assert_eq!(applied.ok.len(), 2);
+        assert_eq!(applied.failed[0].0, 9709);
+        let ev = l.event("e1").unwrap();
+        assert_eq!((ev.status, ev.num_completed), (EventStatus::Failed, 2));
+        assert_eq!(l.asset("A", "STDQ").unwrap().available_count(), 0);
+        // A second processing is a no-op.
+        assert!(l.process("e1", &mut rng).is_none());
+
+        let m = l
+            .get_assignments(&params(&[("sinceVersionId", &v0)]))
+            .unwrap();
+        assert_eq!(m["assignments"].as_array().unwrap().len(), 2);
+        let v1 = l.version_id(DataSet::Assignments).to_string();
+        l.add_event(Event {
+            id: "e2".into(),
+            kind: EventType::Disassociate,
+            status: EventStatus::Pending,
+            num_requested: 1,
+            num_completed: 0,
+            failures: vec![],
+            request: Some(WriteRequest::Assets {
+                assets: vec![("A".into(), "STDQ".into())],
+                targets: vec![Target::Serial("a".into())],
+            }),
+            due: tokio::time::Instant::now(),
+        });
+        l.process("e2", &mut rng).unwrap();
+        let m = l
+            .get_assignments(&params(&[("sinceVersionId", &v1)]))
+            .unwrap();
+        assert_eq!(m["assignments"], json!([]));
+        assert_ne!(m["versionId"], json!(v1));
+        assert_eq!(
+            l.get_assignments(&params(&[("sinceVersionId", "x")]))
+                .unwrap_err()
+                .number,
+            9721
+        );
+    }
+}
