@@ -1,5 +1,9 @@
 //! Fault injection (`PUT /_sim/faults`, design §7). Omitted keys keep their value; `tokenState`
-//! entries are merged per uId.
+//! entries are merged per uId; unknown keys, rates outside 0..=1 and durations over 24 h are
+//! refused with 400 and change nothing. Defaults: no faults, `processingDelay` 200 ms (so
+//! PENDING is observable), `retryAfter` 1 s (Apple's example is 120 s [C ERR]).
+//! With `error5xxRate`, each authenticated request is, with that probability, answered either
+//! 503/9729 or 500/9603 (even odds) with `Retry-After: <retryAfter, whole seconds rounded up>`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -11,7 +11,7 @@
 //!   GET/POST, `assets`, `assignments`, `users`, `assets/associate|disassociate|revoke`,
 //!   `users/create|update|retire`, and Event Status at `status/{eventId}` and also
 //!   `status?eventId=` (apple-api.md §3.9 writes the query form; both are accepted).
-//! - Checks, in order: unknown path 404; method 9726/405; (Service Config answered here);
+//! - Checks, in order: unknown path 404 (9602 body); method 9726/405; (Service Config answered here);
 //!   Authorization 9722/401; unknown token 9622/401 [E]; the request is then counted for the
 //!   location; token state 9625 (revoked) / 9621 (expired, by fault or past `expDate`);
 //!   running Retry-After window 9729/503; rate limit 9646/429; 5xx fault; Content-Type of POSTs
@@ -74,6 +74,10 @@
 //! - Requests with a known token are counted under their Service Config url key name
 //!   (`getAssets`, `eventStatus`, `clientConfig`, …) whatever their outcome; Service Config
 //!   calls are not counted.
+//! - Get Assignments filters combine with AND (an assignment has a user or a serial number, so
+//!   `clientUserId` and `serialNumber` together match nothing); `excludeInactiveUsers` drops
+//!   assignments of users that are not active (none exist, as retiring removes them);
+//!   `includeUserState` adds `userStatus` and `idHash` to user assignments.
 //! - `GET assets` ignores `sinceVersionId` (unsupported there [C PAG]) and always answers the
 //!   full, filtered list.
 //! - The Authorization scheme must be exactly `Bearer ` (case-sensitive, one space); anything

@@ -1,5 +1,14 @@
 //! Per-location request accounting: the sliding one-second window behind 9646/429, the
 //! Retry-After window opened by injected 5xx answers, and the counters of `GET /_sim/stats`.
+//!
+//! - `maxRequestPerSecond` is per location (uId) [C SVC]: a request is refused with 9646/429
+//!   (and `rateLimitViolations += 1`) when that many requests were admitted in the last second.
+//!   Refused requests do not enter the window. Whether Apple's 429 carries Retry-After is
+//!   undocumented [open Q8]; the simulator sends none.
+//! - After a 5xx with `Retry-After: N`, every request from that location arriving in the next N
+//!   seconds is answered 503/9729 again and counted in `requestsDuringRetryAfter`, except those
+//!   arriving within [`RETRY_AFTER_GRACE`] (50 ms) of the 5xx: they were already in flight and
+//!   are served normally and not counted. The window is not extended by the repeated 503s.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
