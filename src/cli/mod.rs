@@ -19,20 +19,35 @@ pub struct CliError {
 
 impl CliError {
     pub fn failed(message: impl Into<String>) -> CliError {
-        CliError { code: 1, message: message.into() }
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
     }
     pub fn usage(message: impl Into<String>) -> CliError {
-        CliError { code: 2, message: message.into() }
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
     }
 }
 
 pub type CliResult = Result<(), CliError>;
 
 #[derive(Parser, Debug)]
-#[command(name = "vpp-reconciler", version, about = "Reconciles Apple Apps and Books (VPP) events")]
+#[command(
+    name = "vpp-reconciler",
+    version,
+    about = "Reconciles Apple Apps and Books (VPP) events"
+)]
 pub struct Cli {
     /// Path of the TOML configuration.
-    #[arg(long, global = true, env = "VPP_RECONCILER_CONFIG", default_value = "/etc/vpp-reconciler/config.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "VPP_RECONCILER_CONFIG",
+        default_value = "/etc/vpp-reconciler/config.toml"
+    )]
     pub config: PathBuf,
 
     #[command(subcommand)]
