@@ -450,7 +450,11 @@ impl AppleClient {
             body,
         };
         let bytes = self.call(token, &call).await?;
-        decode(endpoint, &bytes)
+        // serde quotes offending values; a server echoing the token must not leak it.
+        decode(endpoint, &bytes).map_err(|e| match self.slot(token) {
+            Ok(slot) => e.redact(lock(&slot.state).stoken.expose()),
+            Err(_) => e,
+        })
     }
 
     /// Sends `call` for `token` with gating and the retry rules of the module docs.
