@@ -1,0 +1,632 @@
+//! The async Apple client: one [`Gate`] and one semaphore per token around reqwest.
+//!
+//! Invariants:
+//! - Every authenticated request passes its token's gate *after* acquiring a concurrency
+//!   permit and immediately before it is sent, so a Retry-After or backoff that arrived while
+//!   it queued is honoured. The gate's mutex is never held across an await.
+//! - Reads are retried (up to `read_retries`) on retryable errors, each retry through the
+//!   gate again. Writes are retried only when Apple provably did not process them: a connect
+//!   error, a 429/9646, or a 5xx that came with an ErrorResponse body.
+//! - A token problem (expired, revoked, unauthorized) marks the token unhealthy; every later
+//!   call is refused locally until `set_token` is called again.
+//! - The sToken only ever leaves through the `Authorization` header (reqwest marks it
+//!   sensitive); errors are scrubbed of it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use crate::secret::Secret;
+use crate::time::Timestamp;
+
+use super::error::{error_body, parse_retry_after, truncate, ApiError};
+use super::gate::{Gate, GateConfig, Outcome};
+use super::model::{
+    Assignment, ClientConfigRequest, ClientConfigResponse, EventResponse, GetAssetsResponse,
+    GetAssignmentsResponse, GetUsersResponse, Limits, RequestKind, ResponseAsset, ResponseUser,
+    ServiceConfig, StatusResponse,
+};
+use super::pagination::{traverse, Page, Traversal};
+
+/// Attempts for a write whose earlier attempt provably never reached Apple's processing.
+const WRITE_ATTEMPTS: u32 = 3;
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// e.g. `https://vpp.itunes.apple.com/mdm/v2/` (a missing trailing `/` is added).
+    pub base_url: String,
+    pub request_timeout: Duration,
+    /// Upper bound per token; Service Config's `maxRequestPerSecond` and a per-token cap may
+    /// lower it.
+    pub max_requests_per_second: u32,
+    /// Per token; page fetches use at most min(5, this).
+    pub max_concurrent_requests: usize,
+    /// Extra attempts for a read after a retryable error.
+    pub read_retries: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            base_url: "https://vpp.itunes.apple.com/mdm/v2/".into(),
+            request_timeout: Duration::from_secs(30),
+            max_requests_per_second: 15,
+            max_concurrent_requests: 5,
+            read_retries: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenHealth {
+    Healthy,
+    Unhealthy { reason: ApiError, since: Timestamp },
+}
+
+#[derive(Clone)]
+pub struct AppleClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AppleClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppleClient")
+            .field("base_url", &self.inner.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    http: reqwest::Client,
+    opts: ClientOptions,
+    base: Url,
+    service: RwLock<Option<ServiceState>>,
+    tokens: Mutex<HashMap<String, Arc<TokenSlot>>>,
+}
+
+struct ServiceState {
+    urls: BTreeMap<String, Url>,
+    limits: Limits,
+}
+
+struct TokenSlot {
+    permits: Semaphore,
+    state: Mutex<TokenState>,
+}
+
+struct TokenState {
+    stoken: Secret,
+    max_rps: Option<u32>,
+    gate: Gate,
+}
+
+/// One HTTP request to make.
+struct Call {
+    endpoint: &'static str,
+    method: Method,
+    url: Url,
+    body: Option<Vec<u8>>,
+}
+
+impl Call {
+    fn is_read(&self) -> bool {
+        self.method == Method::GET
+    }
+}
+
+/// The result of one attempt, with whether it failed before any byte reached the server.
+struct Attempt {
+    result: Result<Vec<u8>, ApiError>,
+    connect_failed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AppleClient {
+    pub fn new(opts: ClientOptions) -> Result<AppleClient, ApiError> {
+        let mut base = opts.base_url.trim().to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        let base = Url::parse(&base)
+            .map_err(|e| ApiError::Config(format!("base_url {:?}: {e}", opts.base_url)))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(ApiError::Config(format!(
+                "base_url {:?} must be http or https",
+                opts.base_url
+            )));
+        }
+        if opts.max_requests_per_second == 0 {
+            return Err(ApiError::Config(
+                "max_requests_per_second must be at least 1".into(),
+            ));
+        }
+        if opts.max_concurrent_requests == 0 {
+            return Err(ApiError::Config(
+                "max_concurrent_requests must be at least 1".into(),
+            ));
+        }
+        if opts.request_timeout.is_zero() {
+            return Err(ApiError::Config("request_timeout must be positive".into()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(opts.request_timeout)
+            .connect_timeout(opts.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("vpp-reconciler/", env!("CARGO_PKG_VERSION")))
+            // Apple's endpoints are fixed; a redirect would carry the bearer token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ApiError::Config(format!("HTTP client: {e}")))?;
+        Ok(AppleClient {
+            inner: Arc::new(Inner {
+                http,
+                opts,
+                base,
+                service: RwLock::new(None),
+                tokens: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    // ---- tokens ---------------------------------------------------------------------------
+
+    /// Adds or replaces a token. Replacing keeps the rate history (the server still counts
+    /// those requests) but clears `Unhealthy`: this is how a config reload retries a token.
+    pub fn set_token(&self, name: &str, stoken: Secret, max_rps: Option<u32>) {
+        let rps = self.effective_rps(max_rps);
+        let mut tokens = lock(&self.inner.tokens);
+        if let Some(slot) = tokens.get(name) {
+            let mut st = lock(&slot.state);
+            st.stoken = stoken;
+            st.max_rps = max_rps;
+            st.gate.set_rps(rps);
+            st.gate.reset_health();
+            return;
+        }
+        let slot = TokenSlot {
+            permits: Semaphore::new(self.inner.opts.max_concurrent_requests),
+            state: Mutex::new(TokenState {
+                stoken,
+                max_rps,
+                gate: Gate::new(GateConfig::new(rps, rand::random())),
+            }),
+        };
+        tokens.insert(name.to_string(), Arc::new(slot));
+    }
+
+    pub fn remove_token(&self, name: &str) {
+        lock(&self.inner.tokens).remove(name);
+    }
+
+    pub fn token_health(&self, name: &str) -> Option<TokenHealth> {
+        let slot = self.slot(name).ok()?;
+        let st = lock(&slot.state);
+        Some(match st.gate.unhealthy() {
+            None => TokenHealth::Healthy,
+            Some(r) => TokenHealth::Unhealthy {
+                reason: r.reason.clone(),
+                since: r.since,
+            },
+        })
+    }
+
+    /// Last Service Config limits, if Service Config was read.
+    pub fn limits(&self) -> Option<Limits> {
+        self.read_service(|s| s.limits.clone())
+    }
+
+    fn slot(&self, name: &str) -> Result<Arc<TokenSlot>, ApiError> {
+        lock(&self.inner.tokens)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::UnknownToken {
+                token: name.to_string(),
+            })
+    }
+
+    fn read_service<R>(&self, f: impl FnOnce(&ServiceState) -> R) -> Option<R> {
+        let g = self.inner.service.read().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map(f)
+    }
+
+    fn effective_rps(&self, token_max: Option<u32>) -> u32 {
+        let service = self
+            .read_service(|s| s.limits.max_request_per_second())
+            .flatten();
+        [
+            Some(self.inner.opts.max_requests_per_second),
+            token_max,
+            service,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|n| *n > 0)
+        .min()
+        .unwrap_or(1)
+    }
+
+    /// Service Config URL for `key`, else `{base}{path}`.
+    fn url(&self, key: &str, path: &str) -> Url {
+        self.read_service(|s| s.urls.get(key).cloned())
+            .flatten()
+            .unwrap_or_else(|| self.default_url(path))
+    }
+
+    fn default_url(&self, path: &str) -> Url {
+        // `path` is one of our constants; joining it onto a valid base cannot fail.
+        self.inner
+            .base
+            .join(path)
+            .unwrap_or_else(|_| self.inner.base.clone())
+    }
+
+    // ---- endpoints ------------------------------------------------------------------------
+
+    /// `GET service/config` (no auth). Stores URLs and limits for every later call and lowers
+    /// each token's rate to `maxRequestPerSecond` if that is lower.
+    pub async fn service_config(&self) -> Result<ServiceConfig, ApiError> {
+        let url = self.default_url("service/config");
+        let mut attempt = 0;
+        let bytes = loop {
+            let a = self.send_unauthenticated(url.clone()).await;
+            match a {
+                Ok(b) => break b,
+                Err(e) if e.is_retryable() && attempt < self.inner.opts.read_retries => {
+                    attempt += 1;
+                    tokio::time::sleep(e.retry_after().unwrap_or(retry_delay(attempt))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let config: ServiceConfig = decode("service/config", &bytes)?;
+        self.store_service_config(&config);
+        Ok(config)
+    }
+
+    fn store_service_config(&self, config: &ServiceConfig) {
+        let mut urls = BTreeMap::new();
+        for (key, value) in &config.urls {
+            match Url::parse(value) {
+                // Never let a config downgrade https to http or switch to another scheme:
+                // these URLs receive the bearer token.
+                Ok(u) if u.scheme() == self.inner.base.scheme() => {
+                    urls.insert(key.clone(), u);
+                }
+                _ => tracing::warn!(key = %key, url = %value, "ignoring Service Config URL"),
+            }
+        }
+        {
+            let mut g = self
+                .inner
+                .service
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            *g = Some(ServiceState {
+                urls,
+                limits: config.limits.clone(),
+            });
+        }
+        let slots: Vec<Arc<TokenSlot>> = lock(&self.inner.tokens).values().cloned().collect();
+        for slot in slots {
+            let mut st = lock(&slot.state);
+            let rps = self.effective_rps(st.max_rps);
+            st.gate.set_rps(rps);
+        }
+    }
+
+    pub async fn client_config(&self, token: &str) -> Result<ClientConfigResponse, ApiError> {
+        let url = self.url("clientConfig", "client/config");
+        self.json(token, "client/config", Method::GET, url, None)
+            .await
+    }
+
+    pub async fn set_client_config(
+        &self,
+        token: &str,
+        req: &ClientConfigRequest,
+    ) -> Result<ClientConfigResponse, ApiError> {
+        let url = self.url("clientConfig", "client/config");
+        let body = serde_json::to_vec(req).map_err(|e| ApiError::Decode {
+            endpoint: "client/config".into(),
+            detail: format!("encoding the request: {e}"),
+        })?;
+        self.json(token, "client/config", Method::POST, url, Some(body))
+            .await
+    }
+
+    /// `GET status?eventId=…` (Apple's documented form; the id is a query parameter).
+    pub async fn event_status(
+        &self,
+        token: &str,
+        event_id: &str,
+    ) -> Result<StatusResponse, ApiError> {
+        let mut url = self.url("eventStatus", "status");
+        url.query_pairs_mut().append_pair("eventId", event_id);
+        self.json(token, "status", Method::GET, url, None).await
+    }
+
+    /// Submits a write. `body` is sent as given (split it with `split_request` first).
+    pub async fn submit(
+        &self,
+        token: &str,
+        kind: RequestKind,
+        body: &serde_json::Value,
+    ) -> Result<EventResponse, ApiError> {
+        let url = self.url(kind.url_key(), kind.default_path());
+        let body = serde_json::to_vec(body).map_err(|e| ApiError::Decode {
+            endpoint: kind.default_path().into(),
+            detail: format!("encoding the request: {e}"),
+        })?;
+        self.json(token, kind.default_path(), Method::POST, url, Some(body))
+            .await
+    }
+
+    pub async fn get_assets(&self, token: &str) -> Result<Traversal<ResponseAsset>, ApiError> {
+        let base = self.url("getAssets", "assets");
+        self.traverse::<GetAssetsResponse, ResponseAsset>(token, "assets", base, None)
+            .await
+    }
+
+    pub async fn get_assignments(
+        &self,
+        token: &str,
+        since_version: Option<&str>,
+    ) -> Result<Traversal<Assignment>, ApiError> {
+        let base = self.url("getAssignments", "assignments");
+        self.traverse::<GetAssignmentsResponse, Assignment>(
+            token,
+            "assignments",
+            base,
+            since_version,
+        )
+        .await
+    }
+
+    pub async fn get_users(
+        &self,
+        token: &str,
+        since_version: Option<&str>,
+    ) -> Result<Traversal<ResponseUser>, ApiError> {
+        let base = self.url("getUsers", "users");
+        self.traverse::<GetUsersResponse, ResponseUser>(token, "users", base, since_version)
+            .await
+    }
+
+    async fn traverse<R, T>(
+        &self,
+        token: &str,
+        endpoint: &'static str,
+        base: Url,
+        since_version: Option<&str>,
+    ) -> Result<Traversal<T>, ApiError>
+    where
+        R: DeserializeOwned + Into<Page<T>>,
+        T: super::pagination::Record,
+    {
+        let fetch = |page: u32| {
+            let mut url = base.clone();
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("pageIndex", &page.to_string());
+                if let Some(v) = since_version {
+                    q.append_pair("sinceVersionId", v);
+                }
+            }
+            async move {
+                let r: R = self.json(token, endpoint, Method::GET, url, None).await?;
+                Ok(r.into())
+            }
+        };
+        traverse(
+            fetch,
+            self.inner.opts.max_concurrent_requests,
+            since_version.is_some(),
+        )
+        .await
+    }
+
+    // ---- transport ------------------------------------------------------------------------
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ApiError> {
+        let call = Call {
+            endpoint,
+            method,
+            url,
+            body,
+        };
+        let bytes = self.call(token, &call).await?;
+        // serde quotes offending values; a server echoing the token must not leak it.
+        decode(endpoint, &bytes).map_err(|e| match self.slot(token) {
+            Ok(slot) => e.redact(lock(&slot.state).stoken.expose()),
+            Err(_) => e,
+        })
+    }
+
+    /// Sends `call` for `token` with gating and the retry rules of the module docs.
+    async fn call(&self, token: &str, call: &Call) -> Result<Vec<u8>, ApiError> {
+        let slot = self.slot(token)?;
+        let max_attempts = if call.is_read() {
+            self.inner.opts.read_retries.saturating_add(1)
+        } else {
+            WRITE_ATTEMPTS
+        };
+        let mut attempt = 1;
+        loop {
+            let a = self.attempt(token, &slot, call).await;
+            let err = match a.result {
+                Ok(b) => return Ok(b),
+                Err(e) => e,
+            };
+            let may_retry = if err.is_token_problem() {
+                false
+            } else if call.is_read() {
+                err.is_retryable()
+            } else {
+                a.connect_failed
+                    || matches!(err, ApiError::RateLimited { .. })
+                    || matches!(
+                        err,
+                        ApiError::Unavailable {
+                            number: Some(_),
+                            ..
+                        }
+                    )
+            };
+            if !may_retry || attempt >= max_attempts {
+                return Err(err);
+            }
+            tracing::debug!(token, endpoint = call.endpoint, attempt, error = %err, "retrying");
+            // Rate limits and Retry-After are enforced by the gate; other failures get a
+            // short pause so a flapping connection is not hammered.
+            if err.retry_after().is_none() && !matches!(err, ApiError::RateLimited { .. }) {
+                tokio::time::sleep(retry_delay(attempt)).await;
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(&self, token: &str, slot: &TokenSlot, call: &Call) -> Attempt {
+        let unhealthy = || Attempt {
+            result: Err(ApiError::TokenUnhealthy {
+                token: token.to_string(),
+            }),
+            connect_failed: false,
+        };
+        let Ok(_permit) = slot.permits.acquire().await else {
+            return unhealthy();
+        };
+        // Re-checked with the permit held, right before sending.
+        let stoken = loop {
+            let now = Timestamp::now();
+            let wait = {
+                let mut st = lock(&slot.state);
+                match st.gate.next_send_at(now) {
+                    Err(_) => return unhealthy(),
+                    Ok(at) if at <= now => {
+                        st.gate.on_sent(now);
+                        break st.stoken.clone();
+                    }
+                    Ok(at) => at.since(now),
+                }
+            };
+            tokio::time::sleep(wait).await;
+        };
+
+        let mut rb = self
+            .inner
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .bearer_auth(stoken.expose());
+        if let Some(body) = &call.body {
+            rb = rb
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let (result, connect_failed) = match rb.send().await {
+            Err(e) => transport_error(e),
+            Ok(resp) => read_response(resp).await,
+        };
+        let now = Timestamp::now();
+        lock(&slot.state)
+            .gate
+            .on_outcome(now, &Outcome::from_result(&result));
+        if let Err(e) = &result {
+            if e.is_token_problem() {
+                tracing::warn!(token, error = %e, "token marked unhealthy");
+            }
+        }
+        Attempt {
+            result: result.map_err(|e| e.redact(stoken.expose())),
+            connect_failed,
+        }
+    }
+
+    async fn send_unauthenticated(&self, url: Url) -> Result<Vec<u8>, ApiError> {
+        match self.inner.http.get(url).send().await {
+            Err(e) => transport_error(e).0,
+            Ok(resp) => read_response(resp).await.0,
+        }
+    }
+}
+
+/// A result plus "failed to connect" (the request provably never reached the server).
+type Flagged = (Result<Vec<u8>, ApiError>, bool);
+
+fn transport_error(e: reqwest::Error) -> Flagged {
+    let connect = e.is_connect();
+    let err = if e.is_timeout() {
+        ApiError::Timeout
+    } else {
+        // The URL carries no secret, but keep messages short and uniform.
+        ApiError::Transport(truncate(&error_chain(&e.without_url()), 300))
+    };
+    (Err(err), connect)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+async fn read_response(resp: reqwest::Response) -> Flagged {
+    let status = resp.status().as_u16();
+    let retry_after = retry_after_header(resp.headers());
+    match resp.bytes().await {
+        Err(e) => {
+            // The body failed mid-way; a 5xx/429 status still tells us what happened.
+            match ApiError::classify(status, b"", retry_after) {
+                Some(err @ (ApiError::Unavailable { .. } | ApiError::RateLimited { .. })) => {
+                    (Err(err), false)
+                }
+                _ => (transport_error(e).0, false),
+            }
+        }
+        Ok(body) => match ApiError::classify(status, &body, retry_after) {
+            Some(err) => (Err(err), false),
+            None => (Ok(body.to_vec()), false),
+        },
+    }
+}
+
+fn retry_after_header(h: &HeaderMap) -> Option<Duration> {
+    h.get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()))
+}
+
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
+}
+
+fn decode<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // A body with errorNumber is classified earlier; this is a shape problem.
+        debug_assert!(error_body(body).is_none());
+        ApiError::Decode {
+            endpoint: endpoint.to_string(),
+            detail: truncate(&format!("at {}: {}", e.path(), e.inner()), 300),
+        }
+    })
+}

@@ -1,0 +1,373 @@
+//! Per-token admission gate. Pure: no tokio, no clock reads; every method takes `now`.
+//!
+//! Invariants (what a caller gets by asking [`Gate::next_send_at`] before every request and
+//! calling [`Gate::on_sent`] when it goes):
+//! - **Rate**: at most `rps` sends in any window of `1000 + margin` ms, hence at most `rps` in
+//!   any 1 s window. The gate keeps the last `rps` send times in a ring; a send may go once the
+//!   `rps`-th previous send is at least `1000 + margin` ms old. The margin exists because the
+//!   server counts *arrivals*, not our send times: network and scheduling jitter can shrink
+//!   the gap between two arrivals below the gap between the sends, and a server window may be
+//!   closed at both ends. 50 ms of slack keeps an independent counter from ever seeing
+//!   `rps + 1` for any realistic jitter, at a ~5% throughput cost.
+//! - **Retry-After**: after an answer carrying Retry-After, nothing is sent before it ends.
+//! - **Backoff**: consecutive 429/9646 answers wait 1 s, 2 s, 4 s … up to 60 s (plus up to
+//!   `jitter` of that, from a seeded generator), longer if Retry-After says so. A success
+//!   resets the ladder.
+//! - **Health**: after a token problem everything is refused until [`Gate::reset_health`].
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::time::Timestamp;
+
+use super::error::ApiError;
+
+#[derive(Clone, Debug)]
+pub struct GateConfig {
+    pub rps: u32,
+    pub margin_ms: i64,
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+    /// Extra random fraction added to each backoff delay, 0.0..=1.0.
+    pub jitter: f64,
+    pub seed: u64,
+}
+
+impl GateConfig {
+    pub fn new(rps: u32, seed: u64) -> GateConfig {
+        GateConfig {
+            rps,
+            margin_ms: 50,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            jitter: 0.2,
+            seed,
+        }
+    }
+}
+
+/// What came back from a request, as far as the gate cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// An answer that was not a rate-limit/availability/token problem.
+    Success,
+    /// 429 / 9646.
+    RateLimited { retry_after: Option<Duration> },
+    /// 5xx / 9603 / 9729 / 9644.
+    Unavailable { retry_after: Option<Duration> },
+    /// The token is unusable until replaced.
+    TokenProblem(ApiError),
+    /// No answer (timeout, transport): says nothing about the server's state.
+    NoAnswer,
+}
+
+impl Outcome {
+    pub fn from_result<T>(r: &Result<T, ApiError>) -> Outcome {
+        match r {
+            Ok(_) => Outcome::Success,
+            Err(e) if e.is_token_problem() => Outcome::TokenProblem(e.clone()),
+            Err(ApiError::RateLimited { retry_after }) => Outcome::RateLimited {
+                retry_after: *retry_after,
+            },
+            Err(ApiError::Unavailable { retry_after, .. }) => Outcome::Unavailable {
+                retry_after: *retry_after,
+            },
+            Err(ApiError::Timeout | ApiError::Transport(_)) => Outcome::NoAnswer,
+            Err(_) => Outcome::Success,
+        }
+    }
+}
+
+/// The gate refuses: the token is unhealthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: ApiError,
+    pub since: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub struct Gate {
+    cfg: GateConfig,
+    sends: VecDeque<Timestamp>,
+    paused_until: Timestamp,
+    backoff_until: Timestamp,
+    backoff_level: u32,
+    unhealthy: Option<Refused>,
+    rng: u64,
+}
+
+impl Gate {
+    pub fn new(cfg: GateConfig) -> Gate {
+        let rng = cfg.seed ^ 0x9E37_79B9_7F4A_7C15;
+        Gate {
+            cfg,
+            sends: VecDeque::new(),
+            paused_until: Timestamp::ZERO,
+            backoff_until: Timestamp::ZERO,
+            backoff_level: 0,
+            unhealthy: None,
+            rng,
+        }
+    }
+
+    pub fn rps(&self) -> u32 {
+        self.cfg.rps.max(1)
+    }
+
+    /// Changes the rate (Service Config or token reload). Past sends still count.
+    pub fn set_rps(&mut self, rps: u32) {
+        self.cfg.rps = rps.max(1);
+        self.trim();
+    }
+
+    /// Earliest time the next request may be sent: `now` or later. Ask again at that time;
+    /// it may have moved (another request went first, or a Retry-After arrived).
+    pub fn next_send_at(&self, now: Timestamp) -> Result<Timestamp, Refused> {
+        if let Some(r) = &self.unhealthy {
+            return Err(r.clone());
+        }
+        let mut at = now.max(self.paused_until).max(self.backoff_until);
+        if self.sends.len() >= self.rps() as usize {
+            if let Some(oldest) = self.sends.front() {
+                at = at.max(Timestamp(
+                    oldest.0.saturating_add(1_000 + self.cfg.margin_ms.max(0)),
+                ));
+            }
+        }
+        Ok(at)
+    }
+
+    /// Records a send at `now` (call only when `next_send_at(now) <= now`).
+    pub fn on_sent(&mut self, now: Timestamp) {
+        // Time running backwards must not reorder the ring: record the later of the two.
+        let t = self.sends.back().map_or(now, |&last| last.max(now));
+        self.sends.push_back(t);
+        self.trim();
+    }
+
+    pub fn on_outcome(&mut self, now: Timestamp, outcome: &Outcome) {
+        match outcome {
+            Outcome::Success => self.backoff_level = 0,
+            Outcome::RateLimited { retry_after } => {
+                self.backoff_level = self.backoff_level.saturating_add(1);
+                let delay = self.backoff_delay_ms();
+                let mut until = Timestamp(now.0.saturating_add(delay));
+                if let Some(ra) = retry_after {
+                    until = until.max(now.saturating_add(*ra));
+                }
+                self.backoff_until = self.backoff_until.max(until);
+            }
+            Outcome::Unavailable { retry_after } => {
+                if let Some(ra) = retry_after {
+                    self.paused_until = self.paused_until.max(now.saturating_add(*ra));
+                }
+            }
+            Outcome::TokenProblem(reason) => {
+                if self.unhealthy.is_none() {
+                    self.unhealthy = Some(Refused {
+                        reason: reason.clone(),
+                        since: now,
+                    });
+                }
+            }
+            Outcome::NoAnswer => {}
+        }
+    }
+
+    /// Clears `unhealthy` (the token was set again).
+    pub fn reset_health(&mut self) {
+        self.unhealthy = None;
+    }
+
+    pub fn unhealthy(&self) -> Option<&Refused> {
+        self.unhealthy.as_ref()
+    }
+
+    pub fn paused_until(&self) -> Timestamp {
+        self.paused_until.max(self.backoff_until)
+    }
+
+    fn trim(&mut self) {
+        while self.sends.len() > self.rps() as usize {
+            self.sends.pop_front();
+        }
+    }
+
+    fn backoff_delay_ms(&mut self) -> i64 {
+        let exp = self.backoff_level.saturating_sub(1).min(30);
+        let base = self
+            .cfg
+            .backoff_base_ms
+            .max(0)
+            .saturating_mul(1i64 << exp)
+            .min(self.cfg.backoff_max_ms.max(0));
+        let jitter = self.cfg.jitter.clamp(0.0, 1.0);
+        if jitter == 0.0 {
+            return base;
+        }
+        let frac = (self.next_rand() >> 11) as f64 / (1u64 << 53) as f64;
+        base + (base as f64 * jitter * frac) as i64
+    }
+
+    // splitmix64: tiny, seedable, good enough for jitter.
+    fn next_rand(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn exact(rps: u32) -> Gate {
+        let mut c = GateConfig::new(rps, 7);
+        c.jitter = 0.0;
+        Gate::new(c)
+    }
+
+    /// Sends one request that became ready at `ready`, stepping time to when the gate allows.
+    fn send(g: &mut Gate, ready: i64) -> i64 {
+        let mut now = Timestamp(ready);
+        loop {
+            let at = g.next_send_at(now).expect("healthy");
+            if at <= now {
+                g.on_sent(now);
+                return now.0;
+            }
+            now = at;
+        }
+    }
+
+    #[test]
+    fn burst_then_wait_for_window() {
+        let mut g = exact(3);
+        let times: Vec<i64> = (0..7).map(|_| send(&mut g, 0)).collect();
+        assert_eq!(times, vec![0, 0, 0, 1050, 1050, 1050, 2100]);
+    }
+
+    #[test]
+    fn retry_after_is_respected() {
+        let mut g = exact(15);
+        send(&mut g, 0);
+        g.on_outcome(
+            Timestamp(100),
+            &Outcome::Unavailable {
+                retry_after: Some(Duration::from_secs(120)),
+            },
+        );
+        assert_eq!(g.next_send_at(Timestamp(200)), Ok(Timestamp(120_100)));
+        assert_eq!(send(&mut g, 5_000), 120_100);
+        // A later, shorter Retry-After never shortens the pause.
+        g.on_outcome(
+            Timestamp(120_200),
+            &Outcome::Unavailable {
+                retry_after: Some(Duration::from_secs(1)),
+            },
+        );
+        assert_eq!(g.next_send_at(Timestamp(120_300)), Ok(Timestamp(121_200)));
+    }
+
+    #[test]
+    fn backoff_sequence_and_reset() {
+        let mut g = exact(15);
+        let mut delays = vec![];
+        let mut now = 0;
+        for _ in 0..8 {
+            let sent = send(&mut g, now);
+            delays.push(sent - now);
+            g.on_outcome(Timestamp(sent), &Outcome::RateLimited { retry_after: None });
+            now = sent;
+        }
+        assert_eq!(
+            delays,
+            vec![0, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000]
+        );
+        let sent = send(&mut g, now);
+        g.on_outcome(Timestamp(sent), &Outcome::Success);
+        g.on_outcome(Timestamp(sent), &Outcome::RateLimited { retry_after: None });
+        assert_eq!(g.next_send_at(Timestamp(sent)), Ok(Timestamp(sent + 1_000)));
+        // Retry-After longer than the ladder wins.
+        g.on_outcome(
+            Timestamp(sent),
+            &Outcome::RateLimited {
+                retry_after: Some(Duration::from_secs(30)),
+            },
+        );
+        assert_eq!(
+            g.next_send_at(Timestamp(sent)),
+            Ok(Timestamp(sent + 30_000))
+        );
+    }
+
+    #[test]
+    fn jitter_stays_in_bounds_and_is_seeded() {
+        let run = |seed| {
+            let mut g = Gate::new(GateConfig::new(15, seed));
+            (0..6)
+                .map(|_| {
+                    g.on_outcome(Timestamp(0), &Outcome::RateLimited { retry_after: None });
+                    let d = g.backoff_until.0;
+                    g.backoff_until = Timestamp::ZERO;
+                    d
+                })
+                .collect::<Vec<_>>()
+        };
+        let a = run(1);
+        assert_eq!(a, run(1));
+        for (i, d) in a.iter().enumerate() {
+            let base = (1_000i64 << i).min(60_000);
+            assert!(*d >= base && *d <= base + base / 5, "{i}: {d}");
+        }
+    }
+
+    #[test]
+    fn unhealthy_refuses_until_reset() {
+        let mut g = exact(15);
+        g.on_outcome(
+            Timestamp(10),
+            &Outcome::TokenProblem(ApiError::TokenExpired),
+        );
+        let r = g.next_send_at(Timestamp(20)).unwrap_err();
+        assert_eq!(r.reason, ApiError::TokenExpired);
+        assert_eq!(r.since, Timestamp(10));
+        assert!(g.next_send_at(Timestamp(1_000_000)).is_err());
+        g.reset_health();
+        assert_eq!(g.next_send_at(Timestamp(30)), Ok(Timestamp(30)));
+    }
+
+    #[test]
+    fn lowering_rps_keeps_history() {
+        let mut g = exact(5);
+        for _ in 0..5 {
+            send(&mut g, 0);
+        }
+        g.set_rps(2);
+        assert_eq!(g.next_send_at(Timestamp(10)), Ok(Timestamp(1_050)));
+    }
+
+    proptest! {
+        #[test]
+        fn never_more_than_rps_in_any_second(
+            gaps in proptest::collection::vec(0i64..400, 1..300),
+            rps in 1u32..20,
+        ) {
+            let mut g = exact(rps);
+            let mut ready = 0;
+            let mut sent = vec![];
+            for gap in gaps {
+                ready += gap;
+                sent.push(send(&mut g, ready));
+            }
+            // sent is non-decreasing; check every window [t, t + 1000] (closed).
+            for (i, &t) in sent.iter().enumerate() {
+                let n = sent[i..].iter().take_while(|&&s| s <= t + 1_000).count();
+                prop_assert!(n <= rps as usize, "{} sends in the second from {}", n, t);
+            }
+        }
+    }
+}

@@ -1,0 +1,680 @@
+//! AppleClient against local servers on 127.0.0.1 (bounded in time):
+//! - `fake`: a scripted axum server per test, for exact assertions on what was sent when
+//!   (headers, paths, retries, Retry-After, rate, redaction).
+//! - `sim`: the Apple simulator (`crate::sim::serve`) end to end, when it is in the tree.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+use vpp_reconciler::apple::{
+    ApiError, AppleClient, ClientConfigRequest, ClientOptions, RequestKind, TokenHealth,
+};
+use vpp_reconciler::secret::Secret;
+
+const TOKEN: &str = "eyJ0b2tlbiI6IlBMQU5URUQtU0VDUkVULVRPS0VOIn0=";
+
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    auth: Option<String>,
+    content_type: Option<String>,
+    body: String,
+    at: Instant,
+}
+
+/// (status, headers, body) for the n-th request (0-based) `seen`.
+type Script = dyn Fn(usize, &Seen) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync;
+
+struct Fake {
+    base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Per-request delay before answering, by request index.
+    _addr: SocketAddr,
+}
+
+impl Fake {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn fake(
+    script: impl Fn(usize, &Seen) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync + 'static,
+) -> Fake {
+    fake_with_delay(script, |_| Duration::ZERO).await
+}
+
+async fn fake_with_delay(
+    script: impl Fn(usize, &Seen) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync + 'static,
+    delay: impl Fn(usize) -> Duration + Send + Sync + 'static,
+) -> Fake {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let script: Arc<Script> = Arc::new(script);
+    let delay: Arc<dyn Fn(usize) -> Duration + Send + Sync> = Arc::new(delay);
+    let s2 = seen.clone();
+    let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let seen = s2.clone();
+        let script = script.clone();
+        let delay = delay.clone();
+        async move {
+            let h = |k: &str| {
+                headers
+                    .get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let rec = Seen {
+                method: method.to_string(),
+                path: uri.path().to_string(),
+                query: uri.query().unwrap_or_default().to_string(),
+                auth: h("authorization"),
+                content_type: h("content-type"),
+                body: String::from_utf8_lossy(&body).into_owned(),
+                at: Instant::now(),
+            };
+            let n = {
+                let mut s = seen.lock().unwrap();
+                s.push(rec.clone());
+                s.len() - 1
+            };
+            tokio::time::sleep(delay(n)).await;
+            let (status, hdrs, body) = script(n, &rec);
+            let mut resp: Response = (StatusCode::from_u16(status).unwrap(), body).into_response();
+            resp.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            for (k, v) in hdrs {
+                resp.headers_mut().insert(k, v.parse().unwrap());
+            }
+            resp
+        }
+    };
+    let app = Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Fake {
+        base: format!("http://{addr}/mdm/v2/"),
+        seen,
+        _addr: addr,
+    }
+}
+
+fn opts(base: &str) -> ClientOptions {
+    ClientOptions {
+        base_url: base.to_string(),
+        request_timeout: Duration::from_secs(5),
+        max_requests_per_second: 15,
+        max_concurrent_requests: 5,
+        read_retries: 2,
+    }
+}
+
+fn client(base: &str) -> AppleClient {
+    let c = AppleClient::new(opts(base)).unwrap();
+    c.set_token("acme", Secret::new(TOKEN), None);
+    c
+}
+
+fn ok(body: Value) -> (u16, Vec<(&'static str, String)>, String) {
+    (200, vec![], body.to_string())
+}
+
+fn apple_err(status: u16, n: i32) -> (u16, Vec<(&'static str, String)>, String) {
+    (
+        status,
+        vec![],
+        json!({"errorNumber": n, "errorMessage": "m"}).to_string(),
+    )
+}
+
+fn status_body() -> Value {
+    json!({"eventStatus":"COMPLETE","eventType":"ASSOCIATE","numRequested":1,"numCompleted":1,"uId":"1"})
+}
+
+fn cc_body() -> Value {
+    json!({"uId":"1","locationName":"L"})
+}
+
+/// Bounds every test: a hang is a failure, not a stuck CI job.
+async fn bounded<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("test timed out")
+}
+
+#[tokio::test]
+async fn sends_whole_token_as_bearer_and_uses_apple_paths() {
+    bounded(20, async {
+        let f = fake(|_, s| match (s.method.as_str(), s.path.as_str()) {
+            ("GET", "/mdm/v2/service/config") => ok(json!({"limits":{"maxRequestPerSecond":10}})),
+            ("GET", "/mdm/v2/client/config") | ("POST", "/mdm/v2/client/config") => ok(cc_body()),
+            ("GET", "/mdm/v2/status") => ok(status_body()),
+            ("GET", "/mdm/v2/assets") => {
+                ok(json!({"assets":[],"currentPageIndex":0,"totalPages":1,"versionId":"a"}))
+            }
+            ("GET", "/mdm/v2/assignments") => {
+                ok(json!({"assignments":[],"totalPages":1,"versionId":"b"}))
+            }
+            ("GET", "/mdm/v2/users") => ok(json!({"users":[],"totalPages":1,"versionId":"c"})),
+            ("POST", _) => ok(json!({"eventId":"e1","uId":"1"})),
+            _ => (404, vec![], String::new()),
+        })
+        .await;
+        let c = client(&f.base);
+        let sc = c.service_config().await.unwrap();
+        assert_eq!(sc.limits.max_request_per_second(), Some(10));
+        assert_eq!(c.limits().unwrap().max_request_per_second(), Some(10));
+        c.client_config("acme").await.unwrap();
+        c.set_client_config(
+            "acme",
+            &ClientConfigRequest {
+                notification_url: Some("https://x/y".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let st = c.event_status("acme", "ev 1").await.unwrap();
+        assert_eq!(st.num_completed, Some(1));
+        assert_eq!(
+            c.get_assets("acme").await.unwrap().version_id.as_deref(),
+            Some("a")
+        );
+        let t = c.get_assignments("acme", Some("v0")).await.unwrap();
+        assert!(t.incremental);
+        assert!(!c.get_users("acme", None).await.unwrap().incremental);
+        for k in RequestKind::ALL {
+            let r = c
+                .submit("acme", k, &json!({"users":[{"clientUserId":"u"}]}))
+                .await
+                .unwrap();
+            assert_eq!(r.event_id, "e1");
+        }
+        let seen = f.seen();
+        assert_eq!(seen[0].auth, None, "Service Config is called without auth");
+        for s in &seen[1..] {
+            assert_eq!(
+                s.auth.as_deref(),
+                Some(format!("Bearer {TOKEN}").as_str()),
+                "{s:?}"
+            );
+            if s.method == "POST" {
+                assert_eq!(s.content_type.as_deref(), Some("application/json"));
+                assert!(serde_json::from_str::<Value>(&s.body).is_ok());
+            }
+        }
+        let paths: Vec<String> = seen
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect();
+        for p in [
+            "POST /mdm/v2/assets/associate",
+            "POST /mdm/v2/assets/disassociate",
+            "POST /mdm/v2/assets/revoke",
+            "POST /mdm/v2/users/create",
+            "POST /mdm/v2/users/update",
+            "POST /mdm/v2/users/retire",
+        ] {
+            assert!(paths.iter().any(|x| x == p), "{p} in {paths:?}");
+        }
+        let status = seen.iter().find(|s| s.path == "/mdm/v2/status").unwrap();
+        assert_eq!(status.query, "eventId=ev+1");
+        let asg = seen
+            .iter()
+            .find(|s| s.path == "/mdm/v2/assignments")
+            .unwrap();
+        assert_eq!(asg.query, "pageIndex=0&sinceVersionId=v0");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn service_config_urls_override_base_paths() {
+    bounded(20, async {
+        let f = fake(|_, s| match s.path.as_str() {
+            "/moved/status" => ok(status_body()),
+            "/moved/users/create" => ok(json!({"eventId":"e"})),
+            _ => (404, vec![], String::new()),
+        })
+        .await;
+        // Service Config (from a second server) points two URLs at the first one, and one
+        // at another scheme, which must be ignored.
+        let root = f.base.trim_end_matches("mdm/v2/").to_string();
+        let f2 = {
+            let root = root.clone();
+            fake(move |_, s| match s.path.as_str() {
+                "/mdm/v2/service/config" => ok(json!({"urls": {
+                    "eventStatus": format!("{root}moved/status"),
+                    "createUsers": format!("{root}moved/users/create"),
+                    "getUsers": "ftp://example.com/users"
+                }})),
+                _ => (404, vec![], String::new()),
+            })
+            .await
+        };
+        let c = client(&f2.base);
+        c.service_config().await.unwrap();
+        c.event_status("acme", "e").await.unwrap();
+        c.submit("acme", RequestKind::CreateUsers, &json!({"users":[]}))
+            .await
+            .unwrap();
+        let paths: Vec<String> = f.seen().iter().map(|s| s.path.clone()).collect();
+        assert_eq!(paths, vec!["/moved/status", "/moved/users/create"]);
+        // The ftp URL was ignored: getUsers still goes to the base.
+        let _ = c.get_users("acme", None).await;
+        assert!(f2.seen().iter().any(|s| s.path == "/mdm/v2/users"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn error_inside_http_200_is_caught_and_stops_the_token() {
+    bounded(20, async {
+        let f = fake(|_, _| apple_err(200, 9622)).await;
+        let c = client(&f.base);
+        let e = c.client_config("acme").await.unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::Unauthorized {
+                number: Some(9622),
+                status: 200
+            }
+        );
+        assert!(matches!(
+            c.token_health("acme"),
+            Some(TokenHealth::Unhealthy { .. })
+        ));
+        let e = c.get_users("acme", None).await.unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::TokenUnhealthy {
+                token: "acme".into()
+            }
+        );
+        assert_eq!(f.seen().len(), 1, "second call refused locally");
+        // A reload clears it.
+        c.set_token("acme", Secret::new(TOKEN), None);
+        assert_eq!(c.token_health("acme"), Some(TokenHealth::Healthy));
+        let _ = c.client_config("acme").await;
+        assert_eq!(f.seen().len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expired_and_revoked_tokens_stop_traffic() {
+    bounded(20, async {
+        for (n, want) in [
+            (9621, ApiError::TokenExpired),
+            (9625, ApiError::TokenRevoked),
+        ] {
+            let f = fake(move |_, _| apple_err(401, n)).await;
+            let c = client(&f.base);
+            assert_eq!(c.event_status("acme", "e").await.unwrap_err(), want);
+            let e = c
+                .submit("acme", RequestKind::Associate, &json!({}))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ApiError::TokenUnhealthy { .. }));
+            assert!(e.is_token_problem());
+            assert_eq!(f.seen().len(), 1);
+            match c.token_health("acme") {
+                Some(TokenHealth::Unhealthy { reason, .. }) => assert_eq!(reason, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        let c = client("http://127.0.0.1:9/");
+        assert!(matches!(
+            c.client_config("nobody").await.unwrap_err(),
+            ApiError::UnknownToken { .. }
+        ));
+        assert_eq!(c.token_health("nobody"), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn simple_errors_classified() {
+    bounded(20, async {
+        let f = fake(|_, s| match s.path.as_str() {
+            "/mdm/v2/status" => apple_err(400, 9708),
+            "/mdm/v2/users" => apple_err(400, 9721),
+            "/mdm/v2/assets" => ok(json!({"assets": 5})),
+            _ => apple_err(400, 9602),
+        })
+        .await;
+        let c = client(&f.base);
+        assert_eq!(c.event_status("acme", "x").await.unwrap_err(), ApiError::EventNotFound);
+        assert_eq!(
+            c.get_users("acme", Some("old")).await.unwrap_err(),
+            ApiError::InvalidVersion
+        );
+        let e = c.get_assets("acme").await.unwrap_err();
+        assert!(matches!(&e, ApiError::Decode { endpoint, detail } if endpoint == "assets" && detail.contains("assets")), "{e}");
+        let e = c.client_config("acme").await.unwrap_err();
+        assert_eq!(e.error_number(), Some(9602));
+        // None of these are retried or mark the token.
+        assert_eq!(f.seen().len(), 4);
+        assert_eq!(c.token_health("acme"), Some(TokenHealth::Healthy));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_by_retries_and_queued_requests() {
+    bounded(30, async {
+        // Request 0 answers 503 Retry-After: 1 after 200 ms, while two more wait for the only
+        // permit; none of them may arrive before the Retry-After ends.
+        let f = fake_with_delay(
+            |n, _| {
+                if n == 0 {
+                    (
+                        503,
+                        vec![("retry-after", "1".into())],
+                        json!({"errorNumber":9729,"errorMessage":"later"}).to_string(),
+                    )
+                } else {
+                    ok(status_body())
+                }
+            },
+            |n| {
+                if n == 0 {
+                    Duration::from_millis(200)
+                } else {
+                    Duration::ZERO
+                }
+            },
+        )
+        .await;
+        let mut o = opts(&f.base);
+        o.max_concurrent_requests = 1;
+        let c = AppleClient::new(o).unwrap();
+        c.set_token("acme", Secret::new(TOKEN), None);
+        let calls = (0..3).map(|i| {
+            let c = c.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20 * i)).await;
+                c.event_status("acme", "e").await
+            }
+        });
+        let results = futures::future::join_all(calls).await;
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        let seen = f.seen();
+        assert_eq!(
+            seen.len(),
+            4,
+            "one 503, then the retry and the two queued calls"
+        );
+        let answered = seen[0].at + Duration::from_millis(200);
+        for s in &seen[1..] {
+            assert!(
+                s.at >= answered + Duration::from_millis(1000),
+                "{:?}",
+                s.at - seen[0].at
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rate_limited_read_backs_off_then_succeeds() {
+    bounded(30, async {
+        let f = fake(|n, _| {
+            if n < 2 {
+                apple_err(429, 9646)
+            } else {
+                ok(cc_body())
+            }
+        })
+        .await;
+        let c = client(&f.base);
+        c.client_config("acme").await.unwrap();
+        let seen = f.seen();
+        assert_eq!(seen.len(), 3);
+        // Backoff 1 s then 2 s (+ up to 20% jitter).
+        let d1 = seen[1].at - seen[0].at;
+        let d2 = seen[2].at - seen[1].at;
+        assert!(
+            d1 >= Duration::from_millis(1000) && d1 < Duration::from_millis(1500),
+            "{d1:?}"
+        );
+        assert!(
+            d2 >= Duration::from_millis(2000) && d2 < Duration::from_millis(2700),
+            "{d2:?}"
+        );
+        // read_retries = 2: a third 429 would be returned.
+        let f = fake(|_, _| (429, vec![("retry-after", "0".into())], String::new())).await;
+        let c = client(&f.base);
+        let e = c.client_config("acme").await.unwrap_err();
+        assert!(matches!(e, ApiError::RateLimited { .. }));
+        assert_eq!(f.seen().len(), 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn writes_retry_only_when_apple_provably_did_not_process() {
+    bounded(30, async {
+        let body = json!({"assets":[{"adamId":"1","pricingParam":"STDQ"}],"serialNumbers":["s"]});
+        // 5xx with an ErrorResponse: nothing was processed -> retried.
+        let f = fake(|n, _| {
+            if n == 0 {
+                apple_err(503, 9729)
+            } else {
+                ok(json!({"eventId":"e"}))
+            }
+        })
+        .await;
+        let c = client(&f.base);
+        assert_eq!(
+            c.submit("acme", RequestKind::Associate, &body)
+                .await
+                .unwrap()
+                .event_id,
+            "e"
+        );
+        assert_eq!(f.seen().len(), 2);
+        // 429 -> retried.
+        let f = fake(|n, _| {
+            if n == 0 {
+                apple_err(429, 9646)
+            } else {
+                ok(json!({"eventId":"e"}))
+            }
+        })
+        .await;
+        let c = client(&f.base);
+        c.submit("acme", RequestKind::Associate, &body)
+            .await
+            .unwrap();
+        assert_eq!(f.seen().len(), 2);
+        // Bare 502 (a proxy?) — may have reached Apple: not retried.
+        let f = fake(|_, _| (502, vec![], String::new())).await;
+        let c = client(&f.base);
+        let e = c
+            .submit("acme", RequestKind::Associate, &body)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            ApiError::Unavailable {
+                status: 502,
+                number: None,
+                ..
+            }
+        ));
+        assert_eq!(f.seen().len(), 1);
+        // Timeout: not retried.
+        let f = fake_with_delay(
+            |_, _| ok(json!({"eventId":"e"})),
+            |_| Duration::from_secs(3),
+        )
+        .await;
+        let mut o = opts(&f.base);
+        o.request_timeout = Duration::from_millis(300);
+        let c = AppleClient::new(o).unwrap();
+        c.set_token("acme", Secret::new(TOKEN), None);
+        let e = c
+            .submit("acme", RequestKind::Associate, &body)
+            .await
+            .unwrap_err();
+        assert_eq!(e, ApiError::Timeout);
+        assert_eq!(f.seen().len(), 1);
+        // Reads do retry timeouts.
+        let e = c.client_config("acme").await.unwrap_err();
+        assert_eq!(e, ApiError::Timeout);
+        assert_eq!(f.seen().len(), 4);
+        // Synchronous validation error: returned as-is, once.
+        let f = fake(|_, _| apple_err(400, 9709)).await;
+        let c = client(&f.base);
+        let e = c
+            .submit("acme", RequestKind::Associate, &body)
+            .await
+            .unwrap_err();
+        assert_eq!(e.error_number(), Some(9709));
+        assert_eq!(f.seen().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connect_errors_are_transport_and_bounded() {
+    bounded(30, async {
+        // Bind then drop to get a port with (almost certainly) nobody listening.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let c = client(&format!("http://127.0.0.1:{port}/mdm/v2/"));
+        let e = c
+            .submit(
+                "acme",
+                RequestKind::RetireUsers,
+                &json!({"users":[{"clientUserId":"u"}]}),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::Transport(_)), "{e:?}");
+        assert!(e.is_retryable());
+        assert!(!e.to_string().contains(TOKEN));
+        assert_eq!(c.token_health("acme"), Some(TokenHealth::Healthy));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_more_than_rps_in_any_second_under_20_callers() {
+    bounded(60, async {
+        let f = fake(|_, _| ok(status_body())).await;
+        let mut o = opts(&f.base);
+        o.max_requests_per_second = 8;
+        let c = AppleClient::new(o).unwrap();
+        c.set_token("acme", Secret::new(TOKEN), None);
+        let calls = (0..20).map(|_| {
+            let c = c.clone();
+            async move {
+                for _ in 0..2 {
+                    c.event_status("acme", "e").await.unwrap();
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
+        let times: Vec<Instant> = f.seen().iter().map(|s| s.at).collect();
+        assert_eq!(times.len(), 40);
+        let mut sorted = times.clone();
+        sorted.sort();
+        for (i, t) in sorted.iter().enumerate() {
+            let n = sorted[i..]
+                .iter()
+                .take_while(|&&s| s < *t + Duration::from_secs(1))
+                .count();
+            assert!(n <= 8, "{n} arrivals within 1 s");
+        }
+        // 40 requests at 8/s: at least four full windows.
+        assert!(*sorted.last().unwrap() - sorted[0] >= Duration::from_secs(4));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn token_never_appears_in_errors() {
+    bounded(30, async {
+        // A hostile server echoing the Authorization header everywhere it can.
+        let f = fake(|n, s| {
+            let auth = s.auth.clone().unwrap_or_default();
+            match n {
+                0 => (
+                    400,
+                    vec![],
+                    json!({"errorNumber":9602,"errorMessage":auth}).to_string(),
+                ),
+                1 => (200, vec![], json!({"eventStatus": {"x": auth}}).to_string()),
+                2 => (401, vec![], auth),
+                3 => (429, vec![("retry-after", "0".into())], auth),
+                4 => (
+                    500,
+                    vec![],
+                    json!({"errorNumber":9603,"errorMessage":auth}).to_string(),
+                ),
+                5 => (404, vec![], auth),
+                _ => (200, vec![], format!("{{\"eventId\": {auth}")),
+            }
+        })
+        .await;
+        let mut o = opts(&f.base);
+        o.read_retries = 0;
+        let c = AppleClient::new(o).unwrap();
+        let mut errors = vec![];
+        for _ in 0..7 {
+            c.set_token("acme", Secret::new(TOKEN), None);
+            errors.push(c.event_status("acme", "e").await.unwrap_err());
+        }
+        errors.push(
+            c.submit("acme", RequestKind::Associate, &json!({}))
+                .await
+                .unwrap_err(),
+        );
+        errors.push(ApiError::TokenUnhealthy {
+            token: "acme".into(),
+        });
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dead = client(&format!("http://127.0.0.1:{port}/"));
+        errors.push(dead.client_config("acme").await.unwrap_err());
+        errors.push(dead.service_config().await.unwrap_err());
+        let inner = "PLANTED-SECRET-TOKEN";
+        for e in &errors {
+            for text in [e.to_string(), format!("{e:?}")] {
+                assert!(!text.contains(TOKEN) && !text.contains(inner), "{text}");
+            }
+        }
+        for text in [format!("{c:?}"), format!("{:?}", c.token_health("acme"))] {
+            assert!(!text.contains(TOKEN), "{text}");
+        }
+        // Sanity: the paths really produced distinct error kinds.
+        assert!(matches!(errors[0], ApiError::Apple { number: 9602, .. }));
+        assert!(matches!(errors[1], ApiError::Decode { .. }));
+        assert!(matches!(errors[2], ApiError::Unauthorized { .. }));
+        assert!(matches!(errors[3], ApiError::RateLimited { .. }));
+        assert!(matches!(errors[4], ApiError::Unavailable { .. }));
+        assert!(matches!(
+            errors[5],
+            ApiError::UnexpectedStatus { status: 404 }
+        ));
+        assert!(matches!(errors[6], ApiError::Decode { .. }));
+    })
+    .await;
+}
