@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::core::request::count_entities;
+use crate::apple::model::{count_entities, RequestKind};
 use crate::core::{EventRecord, EventType, Outcome, State as EventState, Timings, TrackRequest};
 use crate::executor::{ExecutorHandle, Input};
 use crate::secret::Secret;
@@ -192,7 +192,8 @@ pub fn validate_track(
             ));
         }
     }
-    let num_requested = request.and_then(|b| count_entities(event_type, b));
+    let num_requested =
+        request.and_then(|b| count_entities(RequestKind::for_event_type(event_type), b));
     let record = EventRecord::new_tracked(
         now,
         TrackRequest {

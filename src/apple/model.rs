@@ -697,6 +697,18 @@ impl RequestKind {
         }
     }
 
+    /// The endpoint that produces events of this type.
+    pub fn for_event_type(t: EventType) -> RequestKind {
+        match t {
+            EventType::Associate => RequestKind::Associate,
+            EventType::Disassociate => RequestKind::Disassociate,
+            EventType::Revoke => RequestKind::Revoke,
+            EventType::Create => RequestKind::CreateUsers,
+            EventType::Update => RequestKind::UpdateUsers,
+            EventType::Retire => RequestKind::RetireUsers,
+        }
+    }
+
     /// Service Config `urls` key of this endpoint.
     pub fn url_key(self) -> &'static str {
         match self {

@@ -17,7 +17,6 @@
 
 pub mod backoff;
 pub mod model;
-pub mod request;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
