@@ -121,6 +121,43 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX syncs_token ON syncs(token, id);
     "#,
+    // 2: the mirror of Apple's data per token, and what we learned about each location.
+    r#"
+    CREATE TABLE mirror_assets (
+        token TEXT NOT NULL,
+        adam_id TEXT NOT NULL,
+        pricing_param TEXT NOT NULL,
+        assigned_count INTEGER NOT NULL,
+        available_count INTEGER NOT NULL,
+        retired_count INTEGER NOT NULL,
+        total_count INTEGER NOT NULL,
+        json TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (token, adam_id, pricing_param)
+    );
+    CREATE TABLE mirror_assignments (
+        token TEXT NOT NULL,
+        adam_id TEXT NOT NULL,
+        pricing_param TEXT NOT NULL,
+        client_user_id TEXT NOT NULL DEFAULT '',
+        serial_number TEXT NOT NULL DEFAULT '',
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (token, adam_id, pricing_param, client_user_id, serial_number)
+    );
+    CREATE INDEX mirror_assignments_user ON mirror_assignments(token, client_user_id);
+    CREATE TABLE mirror_users (
+        token TEXT NOT NULL,
+        client_user_id TEXT NOT NULL,
+        -- Apple keeps retired entries beside a new active one; the invite code tells them apart.
+        invite_code TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        json TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (token, client_user_id, invite_code)
+    );
+    ALTER TABLE tokens ADD COLUMN mdm_info TEXT;
+    ALTER TABLE tokens ADD COLUMN client_config TEXT;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -9,6 +9,7 @@
 //! `spawn_blocking` with a small pool of read connections.
 
 pub mod migrations;
+pub mod mirror;
 pub mod queries;
 
 use std::path::{Path, PathBuf};

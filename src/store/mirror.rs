@@ -1,0 +1,381 @@
+//! The mirror of Apple's data per token (assets, assignments, users), kept from syncs and
+//! from notifications. Every function runs inside the caller's transaction, so a sync or a
+//! notification is applied whole or not at all.
+//!
+//! Counts: after a notification changes assignments, an asset's `assignedCount` is
+//! recomputed from the mirrored assignments and `availableCount` from `totalCount`; the next
+//! assets sync replaces both with Apple's own numbers.
+
+use rusqlite::{params, Connection};
+use serde_json::Value;
+
+use super::StoreError;
+use crate::apple::model::{Assignment, ResponseAsset, ResponseUser, UserStatus};
+use crate::time::Timestamp;
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+fn upsert_asset(
+    conn: &Connection,
+    token: &str,
+    a: &ResponseAsset,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO mirror_assets (token, adam_id, pricing_param, assigned_count, available_count, \
+         retired_count, total_count, json, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         ON CONFLICT(token, adam_id, pricing_param) DO UPDATE SET assigned_count = excluded.assigned_count, \
+         available_count = excluded.available_count, retired_count = excluded.retired_count, \
+         total_count = excluded.total_count, json = excluded.json, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        token,
+        a.adam_id,
+        a.pricing_param.as_str(),
+        a.assigned_count,
+        a.available_count,
+        a.retired_count,
+        a.total_count,
+        json(a),
+        now.0
+    ])?;
+    Ok(())
+}
+
+/// Applies an assets sync: a full, consistent one replaces the token's assets.
+pub fn apply_assets(
+    conn: &Connection,
+    token: &str,
+    assets: &[ResponseAsset],
+    replace: bool,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if replace {
+        conn.execute("DELETE FROM mirror_assets WHERE token = ?1", [token])?;
+    }
+    for a in assets {
+        upsert_asset(conn, token, a, now)?;
+    }
+    Ok(())
+}
+
+fn assignment_key(a: &Assignment) -> (String, String) {
+    (
+        a.client_user_id.clone().unwrap_or_default(),
+        a.serial_number.clone().unwrap_or_default(),
+    )
+}
+
+fn insert_assignment(
+    conn: &Connection,
+    token: &str,
+    a: &Assignment,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let (user, serial) = assignment_key(a);
+    let n = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO mirror_assignments (token, adam_id, pricing_param, client_user_id, \
+             serial_number, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![token, a.adam_id, a.pricing_param.as_str(), user, serial, now.0])?;
+    Ok(n == 1)
+}
+
+/// Applies an assignments sync: full and consistent replaces; otherwise upserts only
+/// (an incremental response does not show removals).
+pub fn apply_assignments(
+    conn: &Connection,
+    token: &str,
+    assignments: &[Assignment],
+    replace: bool,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if replace {
+        conn.execute("DELETE FROM mirror_assignments WHERE token = ?1", [token])?;
+    }
+    for a in assignments {
+        insert_assignment(conn, token, a, now)?;
+    }
+    Ok(())
+}
+
+fn upsert_user(
+    conn: &Connection,
+    token: &str,
+    u: &ResponseUser,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let invite = u.invite_code.clone().unwrap_or_default();
+    conn.prepare_cached(
+        "INSERT INTO mirror_users (token, client_user_id, invite_code, status, json, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(token, client_user_id, invite_code) DO UPDATE \
+         SET status = excluded.status, json = excluded.json, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        token,
+        u.client_user_id,
+        invite,
+        u.status.as_str(),
+        json(u),
+        now.0
+    ])?;
+    Ok(())
+}
+
+/// Applies a users sync: full and consistent replaces; otherwise upserts.
+pub fn apply_users(
+    conn: &Connection,
+    token: &str,
+    users: &[ResponseUser],
+    replace: bool,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if replace {
+        conn.execute("DELETE FROM mirror_users WHERE token = ?1", [token])?;
+    }
+    for u in users {
+        upsert_user(conn, token, u, now)?;
+    }
+    Ok(())
+}
+
+/// Recomputes `assignedCount` / `availableCount` of one asset from the mirrored assignments.
+fn recount(
+    conn: &Connection,
+    token: &str,
+    adam_id: &str,
+    pricing: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let assigned: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM mirror_assignments WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
+        params![token, adam_id, pricing],
+        |r| r.get(0),
+    )?;
+    let row: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT total_count, json FROM mirror_assets WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
+            params![token, adam_id, pricing],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    let Some((total, text)) = row else {
+        // Not mirrored yet: the next assets sync brings it.
+        return Ok(());
+    };
+    let available = (total - assigned).max(0);
+    let mut v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("assignedCount".into(), assigned.into());
+        o.insert("availableCount".into(), available.into());
+    }
+    conn.execute(
+        "UPDATE mirror_assets SET assigned_count = ?4, available_count = ?5, json = ?6, updated_at = ?7 \
+         WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
+        params![token, adam_id, pricing, assigned, available, v.to_string(), now.0],
+    )?;
+    Ok(())
+}
+
+/// A SUCCESS ASSET_MANAGEMENT notification: associate inserts the listed assignments,
+/// disassociate and revoke delete them; counts follow.
+pub fn apply_asset_notification(
+    conn: &Connection,
+    token: &str,
+    associate: bool,
+    assignments: &[Assignment],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let mut touched: Vec<(String, String)> = Vec::new();
+    for a in assignments {
+        let changed = if associate {
+            insert_assignment(conn, token, a, now)?
+        } else {
+            let (user, serial) = assignment_key(a);
+            conn.prepare_cached(
+                "DELETE FROM mirror_assignments WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3 \
+                 AND client_user_id = ?4 AND serial_number = ?5",
+            )?
+            .execute(params![token, a.adam_id, a.pricing_param.as_str(), user, serial])?
+                == 1
+        };
+        let key = (a.adam_id.clone(), a.pricing_param.as_str().to_string());
+        if changed && !touched.contains(&key) {
+            touched.push(key);
+        }
+    }
+    for (adam, pricing) in touched {
+        recount(conn, token, &adam, &pricing, now)?;
+    }
+    Ok(())
+}
+
+/// A SUCCESS USER_MANAGEMENT or USER_ASSOCIATED notification: upsert the users. A retired
+/// user keeps no assignments (as Apple's retire does), so theirs leave the mirror too.
+pub fn apply_user_notification(
+    conn: &Connection,
+    token: &str,
+    users: &[ResponseUser],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for u in users {
+        if u.invite_code.is_none() {
+            // Without the invite code, update the user's active entry in place.
+            let n = conn.execute(
+                "UPDATE mirror_users SET status = ?3, json = json_patch(json, ?4), updated_at = ?5 \
+                 WHERE token = ?1 AND client_user_id = ?2 AND status != 'Retired'",
+                params![token, u.client_user_id, u.status.as_str(), json(u), now.0],
+            )?;
+            if n > 0 {
+                continue;
+            }
+        }
+        upsert_user(conn, token, u, now)?;
+        if u.status == UserStatus::Retired {
+            let assets: Vec<(String, String)> = conn
+                .prepare_cached(
+                    "SELECT DISTINCT adam_id, pricing_param FROM mirror_assignments WHERE token = ?1 AND client_user_id = ?2",
+                )?
+                .query_map(params![token, u.client_user_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            conn.execute(
+                "DELETE FROM mirror_assignments WHERE token = ?1 AND client_user_id = ?2",
+                params![token, u.client_user_id],
+            )?;
+            for (adam, pricing) in assets {
+                recount(conn, token, &adam, &pricing, now)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An ASSET_COUNT notification: licences bought, transferred or refunded.
+pub fn apply_asset_count(
+    conn: &Connection,
+    token: &str,
+    adam_id: &str,
+    pricing: &str,
+    delta: i64,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE mirror_assets SET total_count = total_count + ?4, updated_at = ?5 \
+         WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
+        params![token, adam_id, pricing, delta, now.0],
+    )?;
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT json FROM mirror_assets WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
+            params![token, adam_id, pricing],
+            |r| r.get(0),
+        )
+        .ok();
+    if let Some(text) = text {
+        let mut v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if let Some(total) = v.get("totalCount").and_then(Value::as_i64) {
+            v["totalCount"] = (total + delta).into();
+            conn.execute(
+                "UPDATE mirror_assets SET json = ?4 WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
+                params![token, adam_id, pricing, v.to_string()],
+            )?;
+        }
+    }
+    recount(conn, token, adam_id, pricing, now)
+}
+
+/// Mirror reads for the local API, in key order, `limit` after `cursor` (an offset).
+pub fn list(
+    conn: &Connection,
+    token: &str,
+    what: MirrorKind,
+    limit: u32,
+    offset: u64,
+) -> Result<Vec<Value>, StoreError> {
+    let limit = i64::from(limit.clamp(1, 10_000));
+    let offset = offset as i64;
+    let rows: Vec<Value> = match what {
+        MirrorKind::Assets => conn
+            .prepare_cached(
+                "SELECT json FROM mirror_assets WHERE token = ?1 ORDER BY adam_id, pricing_param LIMIT ?2 OFFSET ?3",
+            )?
+            .query_map(params![token, limit, offset], |r| r.get::<_, String>(0))?
+            .map(|r| r.map(|s| serde_json::from_str(&s).unwrap_or(Value::Null)))
+            .collect::<Result<_, _>>()?,
+        MirrorKind::Users => conn
+            .prepare_cached(
+                "SELECT json FROM mirror_users WHERE token = ?1 ORDER BY client_user_id, invite_code LIMIT ?2 OFFSET ?3",
+            )?
+            .query_map(params![token, limit, offset], |r| r.get::<_, String>(0))?
+            .map(|r| r.map(|s| serde_json::from_str(&s).unwrap_or(Value::Null)))
+            .collect::<Result<_, _>>()?,
+        MirrorKind::Assignments => conn
+            .prepare_cached(
+                "SELECT adam_id, pricing_param, client_user_id, serial_number FROM mirror_assignments \
+                 WHERE token = ?1 ORDER BY adam_id, pricing_param, serial_number, client_user_id LIMIT ?2 OFFSET ?3",
+            )?
+            .query_map(params![token, limit, offset], |r| {
+                let (adam, pricing, user, serial): (String, String, String, String) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                let mut v = serde_json::json!({"adamId": adam, "pricingParam": pricing});
+                if !user.is_empty() {
+                    v["clientUserId"] = user.into();
+                }
+                if !serial.is_empty() {
+                    v["serialNumber"] = serial.into();
+                }
+                Ok(v)
+            })?
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(rows)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MirrorKind {
+    Assets,
+    Assignments,
+    Users,
+}
+
+/// Remembers a stored versionId for incremental syncs.
+pub fn set_version(
+    conn: &Connection,
+    token: &str,
+    kind: crate::core::SyncKind,
+    version: Option<&str>,
+) -> Result<(), StoreError> {
+    let col = match kind {
+        crate::core::SyncKind::Assignments => "assignments_version",
+        crate::core::SyncKind::Users => "users_version",
+        crate::core::SyncKind::Assets => return Ok(()),
+    };
+    conn.execute(
+        &format!("UPDATE tokens SET {col} = ?2 WHERE name = ?1"),
+        params![token, version],
+    )?;
+    Ok(())
+}
+
+pub fn get_version(
+    conn: &Connection,
+    token: &str,
+    kind: crate::core::SyncKind,
+) -> Result<Option<String>, StoreError> {
+    let col = match kind {
+        crate::core::SyncKind::Assignments => "assignments_version",
+        crate::core::SyncKind::Users => "users_version",
+        crate::core::SyncKind::Assets => return Ok(None),
+    };
+    Ok(conn
+        .query_row(
+            &format!("SELECT {col} FROM tokens WHERE name = ?1"),
+            [token],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .ok()
+        .flatten())
+}
