@@ -6,10 +6,13 @@
 //! (SQLite), [`webhook`] (notifications in), [`api`] (local HTTP API), [`cli`], and the
 //! Apple API simulator [`sim`].
 
+pub mod api;
 pub mod apple;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod daemon;
+pub mod executor;
 pub mod secret;
 pub mod sim;
 pub mod store;

@@ -1,8 +1,150 @@
-//! `check-config`: validate the configuration and print a redacted summary.
+//! `check-config`: validate the configuration and every secret file it references, then print
+//! a summary in which secrets appear only as file paths.
+use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use super::{CliError, CliResult};
+use crate::config::{self, display_duration, Config, TokenConfig};
+use crate::time::Timestamp;
 
-pub fn run(_config: &Path) -> CliResult {
-    Err(CliError::failed("check-config is not implemented yet"))
+pub fn run(config: &Path) -> CliResult {
+    let loaded = config::load(config).map_err(|e| CliError::usage(e.to_string()))?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", summary(&loaded.config, Timestamp::now()));
+    Ok(())
+}
+
+/// The redacted summary. Built from paths, numbers and non-secret fields only.
+pub(crate) fn summary(c: &Config, now: Timestamp) -> String {
+    let mut s = String::new();
+    let d = display_duration;
+    // Writing to a String cannot fail.
+    let _ = writeln!(s, "config: {} (valid)", c.path.display());
+    let _ = writeln!(s, "daemon:");
+    let _ = writeln!(s, "  database:       {}", c.daemon.database.display());
+    let _ = writeln!(s, "  api_listen:     {}", c.daemon.api_listen);
+    let _ = writeln!(
+        s,
+        "  api_token_file: {}",
+        c.daemon.api_token_file.as_ref().map_or(
+            "(none: the local API is unauthenticated)".to_string(),
+            |p| { p.display().to_string() }
+        )
+    );
+    let _ = writeln!(
+        s,
+        "  log:            {}, level {:?}",
+        c.daemon.log_format, c.daemon.log_level
+    );
+    let _ = writeln!(s, "apple:");
+    let _ = writeln!(s, "  base_url:       {}", c.apple.base_url);
+    let _ = writeln!(s, "  request_timeout: {}", d(c.apple.request_timeout));
+    let _ = writeln!(
+        s,
+        "  limits:         {} requests/s, {} concurrent per token",
+        c.apple.max_requests_per_second, c.apple.max_concurrent_requests
+    );
+    let _ = writeln!(
+        s,
+        "  service_config_refresh: {}",
+        d(c.apple.service_config_refresh)
+    );
+    let _ = writeln!(s, "webhook:");
+    let _ = writeln!(s, "  listen:         {}", c.webhook.listen);
+    let _ = writeln!(
+        s,
+        "  path_prefix:    {} (routes {}/{{token}})",
+        c.webhook.path_prefix, c.webhook.path_prefix
+    );
+    let _ = writeln!(s, "  max_body_bytes: {}", c.webhook.max_body_bytes);
+    let r = &c.reconcile;
+    let _ = writeln!(s, "reconcile:");
+    let _ = writeln!(s, "  notification_grace: {}", d(r.notification_grace));
+    let _ = writeln!(
+        s,
+        "  poll:           {} .. {} (exponential backoff)",
+        d(r.poll_min),
+        d(r.poll_max)
+    );
+    let _ = writeln!(s, "  resubmit_after: {}", d(r.resubmit_after));
+    let _ = writeln!(s, "  give_up_after:  {}", d(r.give_up_after));
+    let _ = writeln!(s, "  full_sync_schedule: {:?}", r.full_sync_schedule);
+    let _ = writeln!(s, "  retention:      {}", d(r.retention));
+    let _ = writeln!(s, "tokens: {}", c.tokens.len());
+    for t in &c.tokens {
+        token_summary(&mut s, c, t, now);
+    }
+    s
+}
+
+fn token_summary(s: &mut String, c: &Config, t: &TokenConfig, now: Timestamp) {
+    let ct = &t.content_token;
+    let _ = writeln!(s, "  - name:         {}", t.name);
+    let _ = writeln!(s, "    orgName:      {}", printable(&ct.org_name));
+    let _ = writeln!(
+        s,
+        "    expires:      {} ({})",
+        ct.exp_date.to_datetime().format("%Y-%m-%d %H:%M:%S UTC"),
+        expiry_note(ct.exp_date, now)
+    );
+    let _ = writeln!(s, "    token_file:   {}", t.token_file.display());
+    let _ = writeln!(
+        s,
+        "    notification_auth_token_file: {}",
+        t.notification_auth_token_file.display()
+    );
+    let _ = writeln!(s, "    webhook route: {}", c.webhook.route_for(&t.name));
+    if let Some(url) = &t.notification_url {
+        let _ = writeln!(s, "    notification_url: {url}");
+    }
+    let _ = writeln!(
+        s,
+        "    max_requests_per_second: {}",
+        c.max_requests_per_second(t)
+    );
+}
+
+fn expiry_note(exp: Timestamp, now: Timestamp) -> String {
+    if exp <= now {
+        return "expired".to_string();
+    }
+    let left = exp.since(now);
+    let days = left.as_secs() / 86_400;
+    match days {
+        0 => format!(
+            "expires in {}",
+            display_duration(Duration::from_secs(left.as_secs() / 60 * 60))
+        ),
+        1 => "expires in 1 day".to_string(),
+        n => format!("expires in {n} days"),
+    }
+}
+
+/// orgName comes from a file: keep terminal control characters out of the output.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_notes() {
+        let now = Timestamp(1_000_000_000_000);
+        assert_eq!(expiry_note(Timestamp(now.0 - 1), now), "expired");
+        assert_eq!(
+            expiry_note(now.saturating_add(Duration::from_secs(3 * 86_400 + 5)), now),
+            "expires in 3 days"
+        );
+        assert_eq!(
+            expiry_note(now.saturating_add(Duration::from_secs(7200)), now),
+            "expires in 2h"
+        );
+    }
 }

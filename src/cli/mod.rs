@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod check_config;
+mod inspect;
+mod run;
 mod sim;
+mod track;
 
 /// A command's failure: the sentence printed to stderr and the exit code (1 the operation
 /// failed or the thing does not exist; 2 usage or configuration error).
@@ -33,6 +36,11 @@ impl CliError {
 }
 
 pub type CliResult = Result<(), CliError>;
+
+/// Loads the configuration for a command; every mistake is a usage error (exit 2).
+pub fn load_config(path: &std::path::Path) -> Result<crate::config::Loaded, CliError> {
+    crate::config::load(path).map_err(|e| CliError::usage(e.to_string()))
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -183,8 +191,14 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
+        Command::Run => run::run(&cli.config),
         Command::CheckConfig => check_config::run(&cli.config),
+        Command::Track(args) => track::run(&cli.config, args),
+        Command::Events(args) => inspect::events(&cli.config, args),
+        Command::Event(args) => inspect::event(&cli.config, args),
+        Command::Tokens(args) => inspect::tokens(&cli.config, args),
+        Command::Syncs(args) => inspect::syncs(&cli.config, args),
         Command::Sim(args) => sim::run(args),
-        _ => Err(CliError::failed("not implemented yet")),
+        Command::Sync(_) | Command::Demo(_) => Err(CliError::failed("not implemented yet")),
     }
 }

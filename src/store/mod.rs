@@ -1,1 +1,290 @@
-//! (being written)
+//! The SQLite store: WAL, migrations in code, one writer thread.
+//!
+//! Every write goes through one dedicated OS thread that owns the write connection and
+//! group-commits: it takes every job waiting in its queue, runs each in a savepoint inside one
+//! `BEGIN IMMEDIATE` transaction, commits once (one fsync for the batch), and only then answers
+//! each caller and runs its post-commit hook. Hooks run on the writer thread in commit order,
+//! which is how committed tracks and notifications reach the executor in the order they
+//! became durable. No SQLite call ever runs on a tokio runtime thread: reads use
+//! `spawn_blocking` with a small pool of read connections.
+
+pub mod migrations;
+pub mod queries;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the database directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database schema version {found} is newer than this binary supports ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("the database writer has stopped")]
+    Closed,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A unit of work for the writer: runs inside the batch's transaction, answers after commit.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<ReadPool>,
+    path: PathBuf,
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Jobs queued for the writer at most; callers wait (backpressure) beyond this.
+const WRITE_QUEUE: usize = 4096;
+/// Jobs committed together at most.
+const MAX_BATCH: usize = 1024;
+
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Opens the database read-only, for the inspection commands; works while the daemon runs
+/// (WAL readers do not block the writer) and while it is down.
+pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    configure(&conn)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > migrations::LATEST {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: migrations::LATEST,
+        });
+    }
+    if version == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "{} is not a vpp-reconciler database (no schema)",
+            path.display()
+        )));
+    }
+    Ok(conn)
+}
+
+/// Opens (creating if needed) the database for writing, with WAL and migrations applied.
+/// Blocking: call it before starting the runtime or inside `spawn_blocking`.
+pub fn open_write_connection(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let mut conn = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    configure(&conn)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: an acknowledged notification must survive power loss, not only kill -9.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    migrations::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens the database and starts the writer thread. Blocking (file IO): call from
+    /// `spawn_blocking` or before the runtime starts.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = open_write_connection(path)?;
+        let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("vppr-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            jobs: tx,
+            readers: Arc::new(ReadPool {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the next group commit and returns its result once committed.
+    pub async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        self.write_then(f, |_| {}).await
+    }
+
+    /// Like [`Store::write`], and runs `hook` on the writer thread right after the commit,
+    /// in commit order, before answering.
+    pub async fn write_then<R, F, H>(&self, f: F, hook: H) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        H: FnOnce(&R) + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let done: Completion = Box::new(move |commit| {
+                let answer = match (commit, result) {
+                    (Ok(()), Ok(r)) => {
+                        hook(&r);
+                        Ok(r)
+                    }
+                    (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+                };
+                let _ = tx.send(answer);
+            });
+            (ok, done)
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues a write without waiting for it; `on_commit` gets the result after commit. Used
+    /// by the executor so that its loop never waits on disk.
+    pub async fn write_detached<F>(
+        &self,
+        f: F,
+        on_commit: oneshot::Sender<Result<(), StoreError>>,
+    ) -> Result<(), StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+    {
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let done: Completion = Box::new(move |commit| {
+                let _ = on_commit.send(commit.and(result));
+            });
+            (ok, done)
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs a read on a pooled read-only connection, off the runtime threads.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match pool.idle.lock().ok().and_then(|mut v| v.pop()) {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &pool.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    configure(&c)?;
+                    c
+                }
+            };
+            let r = f(&conn);
+            if let Ok(mut idle) = pool.idle.lock() {
+                if idle.len() < 8 {
+                    idle.push(conn);
+                }
+            }
+            r
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// A cheap liveness probe of the writer: commits an empty transaction.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.write(|conn| {
+            conn.execute_batch("SELECT 1")?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the jobs answers their callers with `Closed`; nothing was written.
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            batch.clear();
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        for job in batch.drain(..) {
+            let sp = conn.execute_batch("SAVEPOINT job");
+            let (ok, done) = job(&conn);
+            if sp.is_ok() {
+                if ok {
+                    let _ = conn.execute_batch("RELEASE job");
+                } else {
+                    // Undo only this job; the rest of the batch still commits.
+                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                }
+            }
+            completions.push(done);
+        }
+        let commit = conn.execute_batch("COMMIT");
+        let failed = commit.as_ref().err().map(|e| e.to_string());
+        if let Some(msg) = &failed {
+            tracing::error!(error = %msg, "commit failed; the batch is rolled back");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for done in completions {
+            match &failed {
+                None => done(Ok(())),
+                Some(msg) => done(Err(StoreError::Corrupt(format!("commit failed: {msg}")))),
+            }
+        }
+    }
+}

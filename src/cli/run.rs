@@ -1,0 +1,80 @@
+//! `run`: the daemon in the foreground, `Type=notify` under systemd.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{load_config, CliError, CliResult};
+use crate::daemon::{self, Listeners};
+
+pub fn run(config_path: &Path) -> CliResult {
+    let loaded = load_config(config_path)?;
+    crate::telemetry::init(
+        loaded.config.daemon.log_format,
+        &loaded.config.daemon.log_level,
+    )
+    .map_err(CliError::usage)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let config = loaded.config;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vppr-rt")
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        let listeners = Listeners::bind(&config)
+            .await
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let result = daemon::serve(config, listeners, shutdown.clone(), |running| {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            tokio::spawn(watchdog(running.executor.clone(), shutdown.clone()));
+            tracing::info!("ready");
+        })
+        .await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        result.map_err(|e| CliError::failed(e.to_string()))
+    })
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
+}
+
+/// Pings systemd's watchdog at half its interval, but only while the executor loop turns: a
+/// stalled loop stops the pings and systemd restarts the daemon.
+async fn watchdog(executor: crate::executor::ExecutorHandle, shutdown: CancellationToken) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let every = Duration::from_micros(usec / 2);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if executor.alive(crate::time::Timestamp::now(), Duration::from_micros(usec)) {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!("executor loop stalled; withholding the watchdog ping");
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The daemon: opens the store, recovers unsettled events into the core, and runs the
+//! executor and the HTTP servers until shutdown. [`serve`] takes its listeners and shutdown
+//! signal as arguments (mini-redis style), so tests bind port 0 and use a temp database.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::core::{Core, Timings};
+use crate::executor::{Effects, Executor, ExecutorHandle, NoApple};
+use crate::store::{queries, Store, StoreError};
+use crate::time::Timestamp;
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+    #[error("a background task failed: {0}")]
+    Task(String),
+}
+
+/// The sockets the daemon serves on.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub webhook: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of the configuration.
+    pub async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
+        let api = TcpListener::bind(config.daemon.api_listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: config.daemon.api_listen,
+                source,
+            })?;
+        let webhook = TcpListener::bind(config.webhook.listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: config.webhook.listen,
+                source,
+            })?;
+        Ok(Listeners {
+            api,
+            webhook: Some(webhook),
+        })
+    }
+}
+
+/// The core's timings from the configuration.
+pub fn timings(config: &Config) -> Timings {
+    let r = &config.reconcile;
+    Timings {
+        notification_grace: r.notification_grace,
+        poll_min: r.poll_min,
+        poll_max: r.poll_max,
+        resubmit_after: r.resubmit_after,
+        give_up_after: r.give_up_after,
+        jitter_seed: rand::random(),
+        max_in_flight_per_token: config.apple.max_concurrent_requests.max(1) * 2,
+        sync_retry_max: r.poll_max,
+    }
+}
+
+/// What the daemon holds while running; tests use it to reach the executor.
+pub struct Running {
+    pub store: Store,
+    pub executor: ExecutorHandle,
+}
+
+/// Runs the daemon until `shutdown` is cancelled. `on_ready` is called once the database is
+/// open, migrated and recovered (systemd's READY=1).
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Running) + Send,
+) -> Result<(), DaemonError> {
+    let db = config.daemon.database.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))??;
+    let now = Timestamp::now();
+    let token_rows: Vec<queries::TokenRow> = config
+        .tokens
+        .iter()
+        .map(|t| queries::TokenRow {
+            name: t.name.clone(),
+            org_name: Some(t.content_token.org_name.clone()),
+            expires_at: Some(t.content_token.exp_date),
+        })
+        .collect();
+    store
+        .write(move |conn| {
+            queries::upsert_tokens(conn, &token_rows, now)?;
+            queries::abandon_running_syncs(conn, now)?;
+            Ok(())
+        })
+        .await?;
+    let (records, notes, next_sync_id) = store
+        .read(|conn| {
+            Ok((
+                queries::load_unsettled(conn)?,
+                queries::unapplied_for_unsettled(conn)?,
+                queries::next_sync_id(conn)?,
+            ))
+        })
+        .await?;
+    let timings = timings(&config);
+    let mut core = Core::new(timings.clone(), next_sync_id);
+    let mut by_event: std::collections::HashMap<String, Vec<_>> = Default::default();
+    for n in notes {
+        by_event.entry(n.event_id.clone()).or_default().push(n);
+    }
+    let recovered = records.len();
+    for rec in records {
+        let notes = by_event.remove(&rec.event_id).unwrap_or_default();
+        core.recover(now, rec, notes);
+    }
+    tracing::info!(recovered, "store open; unsettled events recovered");
+
+    let effects: Arc<dyn Effects> = Arc::new(NoApple);
+    let (executor, handle) = Executor::new(core, store.clone(), effects);
+    let running = Running {
+        store: store.clone(),
+        executor: handle.clone(),
+    };
+
+    let token_names: HashSet<String> = config.tokens.iter().map(|t| t.name.clone()).collect();
+    let api_state = ApiState {
+        store: store.clone(),
+        executor: handle.clone(),
+        tokens: Arc::new(RwLock::new(token_names)),
+        timings,
+        api_token: config.daemon.api_token.clone(),
+        writes: Arc::new(Semaphore::new(512)),
+    };
+    let exec_task = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(10)));
+    let api_shutdown = shutdown.clone();
+    let api_task = tokio::spawn(async move {
+        axum::serve(listeners.api, api::router(api_state))
+            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+            .await
+    });
+    on_ready(&running);
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    // Servers stop taking requests first; the executor then commits what it decided.
+    let bound = Duration::from_secs(20);
+    match tokio::time::timeout(bound, api_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
+        Err(_) => tracing::warn!("API server did not stop within {bound:?}"),
+        _ => {}
+    }
+    match tokio::time::timeout(bound, exec_task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(DaemonError::Task(e.to_string())),
+        Err(_) => tracing::warn!("executor did not stop within {bound:?}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Notification building and delivery (apple-api.md §5, design §7).
+//!
+//! - Envelope `{notification, notificationId, notificationType, uId}` [C NOTIF].
+//! - ASSET_MANAGEMENT `{assignments, eventId, result, type, error?}` and USER_MANAGEMENT
+//!   `{eventId, result, type, users, error?}`: SUCCESS chunks list succeeded entities, FAILURE
+//!   chunks list failed entities of one error number with that one `error` [C ERR example];
+//!   USER_MANAGEMENT failures use the same shape [I, apple-api.md §5].
+//! - At most 100 entities per notification [C NOTIF]. A REVOKE that removed nothing still sends
+//!   one SUCCESS with an empty list, so the client hears about the event [I].
+//! - POST with `Authorization: Bearer <authToken>` and `Content-Type: application/json`, up to
+//!   3 attempts (Apple: 3 over 1–5 min [C NOTIF]; here 250 ms / 500 ms backoff so tests stay
+//!   fast), 5 s timeout each. Any 2xx = delivered.
+//! - Faults, decided with the seeded RNG when the notification is created: `dropNotificationRate`
+//!   (never sent), `duplicateNotificationRate` (same notificationId sent twice),
+//!   `notificationDelay` (wait `delay + U(0, delay)` before sending, so chunks can reorder).
+//! - At most 32 deliveries run at once; when more than [`MAX_QUEUED`] wait, new ones are dropped
+//!   (counted in `dropped`) so a dead receiver cannot grow memory without bound.
+//! - Counters: `sent` = notifications handed to delivery (once per notificationId, whatever
+//!   the receiver answers), `dropped` = never sent, `duplicated` = sent a second time.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::errors::error_body;
+use super::state::{error_info, new_uuid, Applied, EventType, SimState};
+use super::Shared;
+
+pub const CHUNK: usize = 100;
+pub const MAX_QUEUED: usize = 10_000;
+const ATTEMPTS: u32 = 3;
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One notification ready to go.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub url: String,
+    pub auth: String,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+    pub duplicate: bool,
+}
+
+/// Builds the envelopes for a processed event and applies the drop/duplicate/delay faults.
+/// Called under the state lock; returns what to send after the lock is released.
+pub fn build(
+    st: &mut SimState,
+    uid: &str,
+    event_id: &str,
+    kind: EventType,
+    applied: &Applied,
+) -> Vec<Outgoing> {
+    let Some(loc) = st.locations.get(uid) else {
+        return Vec::new();
+    };
+    let (Some(url), Some(auth)) = (
+        loc.config.notification_url.clone(),
+        loc.config.auth_token.clone(),
+    ) else {
+        return Vec::new();
+    };
+    let ntype = if kind.is_asset_event() {
+        "ASSET_MANAGEMENT"
+    } else {
+        "USER_MANAGEMENT"
+    };
+    if !loc.config.types.iter().any(|t| t == ntype) {
+        return Vec::new();
+    }
+    let list_key = if kind.is_asset_event() {
+        "assignments"
+    } else {
+        "users"
+    };
+    let mut payloads = Vec::new();
+    let mk = |ents: &[Value], result: &str, error: Option<Value>| {
+        let mut p =
+            json!({ list_key: ents, "eventId": event_id, "result": result, "type": kind.name() });
+        if let (Some(e), Some(obj)) = (error, p.as_object_mut()) {
+            obj.insert("error".into(), e);
+        }
+        p
+    };
+    for chunk in applied.ok.chunks(CHUNK) {
+        payloads.push(mk(chunk, "SUCCESS", None));
+    }
+    if applied.ok.is_empty() && applied.failed.is_empty() {
+        payloads.push(mk(&[], "SUCCESS", None));
+    }
+    for (code, ents) in &applied.failed {
+        for chunk in ents.chunks(CHUNK) {
+            payloads.push(mk(
+                chunk,
+                "FAILURE",
+                Some(error_body(*code, Some(error_info(*code, chunk)))),
+            ));
+        }
+    }
+    payloads
+        .into_iter()
+        .filter_map(|p| envelope(st, uid, &url, &auth, ntype, p))
+        .collect()
+}
+
+/// A notification outside event processing (ASSET_COUNT, USER_ASSOCIATED), if the location
+/// has a target and subscribes to `ntype`.
+pub fn simple(st: &mut SimState, uid: &str, ntype: &str, payload: Value) -> Option<Outgoing> {
+    let loc = st.locations.get(uid)?;
+    if !loc.config.types.iter().any(|t| t == ntype) {
+        return None;
+    }
+    let url = loc.config.notification_url.clone()?;
+    let auth = loc.config.auth_token.clone()?;
+    envelope(st, uid, &url, &auth, ntype, payload)
+}
+
+/// Wraps a payload, rolling the faults. `None` when the drop fault hits.
+pub fn envelope(
+    st: &mut SimState,
+    uid: &str,
+    url: &str,
+    auth: &str,
+    ntype: &str,
+    payload: Value,
+) -> Option<Outgoing> {
+    let f = &st.faults;
+    let (drop_rate, dup_rate, delay) = (
+        f.drop_notification_rate,
+        f.duplicate_notification_rate,
+        f.notification_delay,
+    );
+    let id = new_uuid(&mut st.rng);
+    if drop_rate > 0.0 && st.rng.gen::<f64>() < drop_rate {
+        st.notif.dropped += 1;
+        return None;
+    }
+    let duplicate = dup_rate > 0.0 && st.rng.gen::<f64>() < dup_rate;
+    let jitter = if delay.is_zero() {
+        Duration::ZERO
+    } else {
+        delay.mul_f64(st.rng.gen::<f64>())
+    };
+    st.notif.sent += 1;
+    if duplicate {
+        st.notif.duplicated += 1;
+    }
+    let body = json!({ "notification": payload, "notificationId": id, "notificationType": ntype, "uId": uid });
+    Some(Outgoing {
+        url: url.to_string(),
+        auth: auth.to_string(),
+        body: body.to_string().into_bytes(),
+        delay: delay + jitter,
+        duplicate,
+    })
+}
+
+/// Spawns the deliveries (bounded, see module doc).
+pub fn dispatch(shared: &Arc<Shared>, items: Vec<Outgoing>) {
+    for item in items {
+        if shared.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED {
+            shared.queued.fetch_sub(1, Ordering::SeqCst);
+            if let Ok(mut st) = shared.state.lock() {
+                st.notif.sent = st.notif.sent.saturating_sub(1);
+                st.notif.dropped += 1;
+            }
+            continue;
+        }
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            if !item.delay.is_zero() {
+                tokio::time::sleep(item.delay).await;
+            }
+            if let Ok(_permit) = sh.slots.clone().acquire_owned().await {
+                deliver(&sh.http, &item.url, &item.auth, &item.body, ATTEMPTS).await;
+                if item.duplicate {
+                    deliver(&sh.http, &item.url, &item.auth, &item.body, ATTEMPTS).await;
+                }
+            }
+            sh.queued.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// POSTs `body` up to `attempts` times; true once a 2xx came back.
+pub async fn deliver(
+    http: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    body: &[u8],
+    attempts: u32,
+) -> bool {
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+        }
+        let res = http
+            .post(url)
+            .header("authorization", format!("Bearer {auth}"))
+            .header("content-type", "application/json")
+            .timeout(ATTEMPT_TIMEOUT)
+            .body(body.to_vec())
+            .send()
+            .await;
+        if matches!(&res, Ok(r) if r.status().is_success()) {
+            return true;
+        }
+    }
+    false
+}

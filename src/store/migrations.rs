@@ -1,0 +1,144 @@
+//! Schema migrations, versioned in code with `PRAGMA user_version`. Append only: a released
+//! migration is never edited, a new one is added.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each entry moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: events, their history and evidence, notifications, syncs, tokens.
+    r#"
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        uid TEXT,
+        org_name TEXT,
+        location_name TEXT,
+        expires_at INTEGER,
+        health TEXT NOT NULL DEFAULT 'unknown',
+        health_reason TEXT,
+        health_since INTEGER,
+        assignments_version TEXT,
+        users_version TEXT,
+        mdm_conflict TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        event_id TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        outcome TEXT,
+        tracked_at INTEGER NOT NULL,
+        submitted_at INTEGER NOT NULL,
+        settled_at INTEGER,
+        outcome_at INTEGER,
+        num_requested INTEGER,
+        num_completed INTEGER NOT NULL DEFAULT 0,
+        notified_success INTEGER NOT NULL DEFAULT 0,
+        notified_failure INTEGER NOT NULL DEFAULT 0,
+        polls INTEGER NOT NULL DEFAULT 0,
+        last_poll_at INTEGER,
+        backoff_attempt INTEGER NOT NULL DEFAULT 0,
+        next_check_at INTEGER,
+        request TEXT,
+        resubmitted INTEGER NOT NULL DEFAULT 0,
+        superseded_by TEXT,
+        supersedes TEXT,
+        needs_full_sync INTEGER NOT NULL DEFAULT 0,
+        change_seq INTEGER NOT NULL
+    );
+    -- Finding due events reads this index only, never the whole table.
+    CREATE INDEX events_due ON events(next_check_at) WHERE next_check_at IS NOT NULL;
+    CREATE INDEX events_unsettled ON events(state) WHERE state != 'settled';
+    CREATE INDEX events_tracked ON events(tracked_at, event_id);
+    CREATE INDEX events_token ON events(token, tracked_at);
+    CREATE INDEX events_settled ON events(settled_at) WHERE settled_at IS NOT NULL;
+    CREATE UNIQUE INDEX events_change_seq ON events(change_seq);
+    CREATE TABLE event_history (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        outcome TEXT,
+        cause TEXT NOT NULL
+    );
+    CREATE INDEX event_history_event ON event_history(event_id, id);
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY,
+        notification_id TEXT NOT NULL UNIQUE,
+        token TEXT NOT NULL,
+        type TEXT NOT NULL,
+        event_id TEXT,
+        result TEXT,
+        entities INTEGER,
+        error TEXT,
+        received_at INTEGER NOT NULL,
+        applied_at INTEGER,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX notifications_event ON notifications(event_id);
+    CREATE INDEX notifications_unapplied ON notifications(event_id) WHERE applied_at IS NULL AND event_id IS NOT NULL;
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        token TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE polls (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        result TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX polls_event ON polls(event_id, id);
+    CREATE TABLE failures (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        error_number INTEGER NOT NULL,
+        error_message TEXT NOT NULL,
+        error_info TEXT
+    );
+    CREATE INDEX failures_event ON failures(event_id, id);
+    CREATE TABLE syncs (
+        id INTEGER PRIMARY KEY,
+        token TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        full INTEGER NOT NULL,
+        cause TEXT,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        pages INTEGER NOT NULL DEFAULT 0,
+        records INTEGER NOT NULL DEFAULT 0,
+        result TEXT NOT NULL DEFAULT 'running',
+        error TEXT,
+        version_id TEXT
+    );
+    CREATE INDEX syncs_token ON syncs(token, id);
+    "#,
+];
+
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the schema to [`LATEST`], each step in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > LATEST {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: LATEST,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! Shared harness for integration tests: temp configs with planted secrets, the real binary
+//! as a child process, and HTTP helpers. Everything listens on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vpp-reconciler");
+
+/// A `.vpptoken`: base64 of Apple's JSON.
+pub fn vpptoken(inner: &str, exp: &str, org: &str) -> String {
+    let json = serde_json::json!({"token": inner, "expDate": exp, "orgName": org});
+    base64::engine::general_purpose::STANDARD.encode(json.to_string())
+}
+
+/// A free loopback port (bound and released; fine for tests on one machine).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+/// A token as the test configures it, with its planted secrets.
+#[derive(Clone, Debug)]
+pub struct TestToken {
+    pub name: String,
+    /// The whole `.vpptoken` content (what is sent as Bearer).
+    pub stoken: String,
+    pub notify_secret: String,
+}
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub api: SocketAddr,
+    pub webhook: SocketAddr,
+    pub tokens: Vec<TestToken>,
+    pub api_token: Option<String>,
+}
+
+pub struct EnvOptions<'a> {
+    pub tokens: &'a [&'a str],
+    pub apple_base_url: Option<String>,
+    /// Extra `[reconcile]` lines.
+    pub reconcile: &'a str,
+    pub api_token: bool,
+    /// Per token: a given `.vpptoken` (from the simulator) instead of a made-up one.
+    pub stokens: Vec<String>,
+    pub log_level: &'a str,
+}
+
+impl Default for EnvOptions<'_> {
+    fn default() -> Self {
+        EnvOptions {
+            tokens: &["acme"],
+            apple_base_url: None,
+            reconcile: "",
+            api_token: false,
+            stokens: vec![],
+            log_level: "info",
+        }
+    }
+}
+
+impl TestEnv {
+    pub fn new(opts: EnvOptions<'_>) -> TestEnv {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = free_addr();
+        let webhook = free_addr();
+        let mut toml = String::new();
+        let base = opts
+            .apple_base_url
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1:9/mdm/v2/".into());
+        let api_token = opts
+            .api_token
+            .then(|| format!("api-secret-{}", uuid::Uuid::new_v4()));
+        toml.push_str(&format!(
+            "[daemon]\ndatabase = \"state.db\"\napi_listen = \"{api}\"\nlog_format = \"json\"\nlog_level = \"{}\"\n",
+            opts.log_level
+        ));
+        if let Some(t) = &api_token {
+            std::fs::write(dir.path().join("api-token"), t).unwrap();
+            toml.push_str("api_token_file = \"api-token\"\n");
+        }
+        toml.push_str(&format!(
+            "\n[apple]\nbase_url = \"{base}\"\nrequest_timeout = \"5s\"\nmax_requests_per_second = 15\nmax_concurrent_requests = 5\nservice_config_refresh = \"5m\"\n"
+        ));
+        toml.push_str(&format!(
+            "\n[webhook]\nlisten = \"{webhook}\"\npath_prefix = \"/apple/notifications\"\nmax_body_bytes = 1048576\n"
+        ));
+        toml.push_str(&format!("\n[reconcile]\n{}\n", opts.reconcile));
+        let mut tokens = Vec::new();
+        for (i, name) in opts.tokens.iter().enumerate() {
+            let stoken = opts.stokens.get(i).cloned().unwrap_or_else(|| {
+                vpptoken(
+                    &format!("inner-secret-{name}-{}", uuid::Uuid::new_v4()),
+                    "2030-11-08T22:33:22+0000",
+                    &format!("Org {name}"),
+                )
+            });
+            let notify_secret = format!("notify-secret-{name}-{}", uuid::Uuid::new_v4());
+            std::fs::write(dir.path().join(format!("{name}.vpptoken")), &stoken).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.notify")), &notify_secret).unwrap();
+            toml.push_str(&format!(
+                "\n[[tokens]]\nname = \"{name}\"\ntoken_file = \"{name}.vpptoken\"\nnotification_auth_token_file = \"{name}.notify\"\n"
+            ));
+            tokens.push(TestToken {
+                name: name.to_string(),
+                stoken,
+                notify_secret,
+            });
+        }
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, toml).unwrap();
+        TestEnv {
+            dir,
+            config,
+            api,
+            webhook,
+            tokens,
+            api_token,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Every secret planted in this environment (inner token, whole sToken, notify, API).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut s = Vec::new();
+        for t in &self.tokens {
+            s.push(t.stoken.clone());
+            s.push(t.notify_secret.clone());
+            if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&t.stoken) {
+                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                    if let Some(inner) = v["token"].as_str() {
+                        s.push(inner.to_string());
+                    }
+                }
+            }
+        }
+        s.extend(self.api_token.clone());
+        s
+    }
+
+    /// Runs a CLI command with this config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run vpp-reconciler")
+    }
+
+    /// Starts `run`, logging to `daemon-N.log`, and waits for `/healthz`.
+    pub fn start_daemon(&self) -> Daemon {
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let log = self.path(&format!("daemon-{n}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn daemon");
+        let d = Daemon {
+            child,
+            log,
+            api: self.api,
+        };
+        d.wait_healthy(Duration::from_secs(30));
+        d
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    pub api: SocketAddr,
+}
+
+impl Daemon {
+    pub fn wait_healthy(&self, within: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(mut s) =
+                std::net::TcpStream::connect_timeout(&self.api, Duration::from_millis(200))
+            {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ =
+                    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "daemon not healthy within {within:?}; log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait (bounded) for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("daemon did not exit within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn log_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
