@@ -109,6 +109,11 @@ fn client_config_zen_fixture() {
     assert!(c.token_expiration_date.is_some());
     assert_eq!(c.u_id.as_deref(), Some("981060278089131045"));
     assert_eq!(c.website_url.as_deref(), Some("https://business.apple.com"));
+    assert_eq!(
+        c.notification_auth_token.as_ref().map(|s| s.expose()),
+        Some("0123456789abcdef")
+    );
+    assert!(!format!("{c:?}").contains("0123456789abcdef"));
     // Minimal response: every field optional.
     let c: ClientConfigResponse = serde_json::from_str(r#"{"uId":981060278089131045}"#).unwrap();
     assert_eq!(c.u_id.as_deref(), Some("981060278089131045"));
@@ -123,7 +128,7 @@ fn client_config_request_serializes_request_names() {
             name: "n".into(),
             metadata: "m".into(),
         }),
-        notification_auth_token: Some("secret".into()),
+        notification_auth_token: Some(vpp_reconciler::secret::Secret::new("secret")),
         notification_types: Some(vec!["ASSET_MANAGEMENT".into()]),
         notification_url: Some("https://x/y".into()),
     };
@@ -132,7 +137,7 @@ fn client_config_request_serializes_request_names() {
     assert_eq!(v["notificationUrl"], "https://x/y");
     assert_eq!(v["notificationAuthToken"], "secret");
     assert_eq!(v["mdmInfo"]["metadata"], "m");
-    assert!(!format!("{:?}", r.redacted()).contains("secret"));
+    assert!(!format!("{r:?}").contains("secret"));
 }
 
 #[test]

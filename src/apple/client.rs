@@ -82,6 +82,7 @@ impl std::fmt::Debug for AppleClient {
 }
 
 struct Inner {
+    clock: Clock,
     http: reqwest::Client,
     opts: ClientOptions,
     base: Url,
@@ -103,6 +104,26 @@ struct TokenState {
     stoken: Secret,
     max_rps: Option<u32>,
     gate: Gate,
+}
+
+/// Wall-clock time at creation plus monotonic time since: never runs backwards, so a clock
+/// step cannot make the gate wait for an hour (or not at all). Gate state is in-memory only,
+/// so it needs no persistence-proof wall clock.
+struct Clock {
+    wall: Timestamp,
+    mono: std::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            wall: Timestamp::now(),
+            mono: std::time::Instant::now(),
+        }
+    }
+    fn now(&self) -> Timestamp {
+        self.wall.saturating_add(self.mono.elapsed())
+    }
 }
 
 /// One HTTP request to make.
@@ -167,6 +188,7 @@ impl AppleClient {
             .map_err(|e| ApiError::Config(format!("HTTP client: {e}")))?;
         Ok(AppleClient {
             inner: Arc::new(Inner {
+                clock: Clock::new(),
                 http,
                 opts,
                 base,
@@ -512,7 +534,7 @@ impl AppleClient {
         };
         // Re-checked with the permit held, right before sending.
         let stoken = loop {
-            let now = Timestamp::now();
+            let now = self.inner.clock.now();
             let wait = {
                 let mut st = lock(&slot.state);
                 match st.gate.next_send_at(now) {
@@ -541,7 +563,7 @@ impl AppleClient {
             Err(e) => transport_error(e),
             Ok(resp) => read_response(resp).await,
         };
-        let now = Timestamp::now();
+        let now = self.inner.clock.now();
         lock(&slot.state)
             .gate
             .on_outcome(now, &Outcome::from_result(&result));

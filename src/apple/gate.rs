@@ -371,3 +371,31 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod purity {
+    /// The gate is sans-IO: no runtime, no clock reads (time is an argument).
+    #[test]
+    fn no_runtime_or_clock_in_gate() {
+        let src = include_str!("gate.rs");
+        let code: Vec<&str> = src
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or(src)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect();
+        for banned in [
+            "tokio",
+            "reqwest",
+            "Instant::now",
+            "SystemTime",
+            "Timestamp::now",
+        ] {
+            assert!(
+                !code.iter().any(|l| l.contains(banned)),
+                "gate.rs uses {banned}"
+            );
+        }
+    }
+}

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::core::model::EventType;
+use crate::secret::Secret;
 use crate::time::Timestamp;
 
 // ---------------------------------------------------------------------------------------------
@@ -47,6 +48,22 @@ pub mod apple_date {
             Some(t) => s.serialize_str(&format(*t)),
             None => s.serialize_none(),
         }
+    }
+}
+
+/// `Option<Secret>` on the wire: the value is exposed only when serialising a request to Apple.
+mod secret_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(secret) => s.serialize_str(secret.expose()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(Secret::new))
     }
 }
 
@@ -328,25 +345,13 @@ fn lenient_list<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
 pub struct ClientConfigRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mdm_info: Option<MdmInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub notification_auth_token: Option<String>,
+    /// The shared secret Apple will send as Bearer on notifications.
+    #[serde(skip_serializing_if = "Option::is_none", default, with = "secret_opt")]
+    pub notification_auth_token: Option<Secret>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notification_types: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notification_url: Option<String>,
-}
-
-// Debug for the request above derives the auth token; keep it out of logs by hand.
-impl ClientConfigRequest {
-    pub fn redacted(&self) -> ClientConfigRequest {
-        ClientConfigRequest {
-            notification_auth_token: self
-                .notification_auth_token
-                .as_ref()
-                .map(|_| "<redacted>".to_string()),
-            ..self.clone()
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,8 +365,13 @@ pub struct ClientConfigResponse {
     pub location_name: Option<String>,
     #[serde(default)]
     pub mdm_info: Option<MdmInfo>,
-    #[serde(default)]
-    pub notification_auth_token: Option<String>,
+    /// Never serialised back out (so a response dumped as JSON cannot leak it).
+    #[serde(
+        default,
+        deserialize_with = "secret_opt::deserialize",
+        skip_serializing
+    )]
+    pub notification_auth_token: Option<Secret>,
     #[serde(default)]
     pub notification_url: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
