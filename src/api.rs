@@ -35,6 +35,8 @@ pub struct ApiState {
     pub api_token: Option<Secret>,
     /// Bounds requests that wait on a commit (and so the executor's `committed` channel).
     pub writes: Arc<Semaphore>,
+    /// The Apple client, for submitting requests through the daemon.
+    pub apple: Option<crate::apple::AppleClient>,
 }
 
 /// An API error: status, machine code and one sentence.

@@ -148,6 +148,7 @@ pub async fn serve(
         timings,
         api_token: config.daemon.api_token.clone(),
         writes: Arc::new(Semaphore::new(512)),
+        apple: None,
     };
     let exec_task = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(10)));
     let api_shutdown = shutdown.clone();

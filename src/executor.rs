@@ -32,12 +32,14 @@ pub enum Input {
     },
     /// A committed ASSET_MANAGEMENT / USER_MANAGEMENT notification.
     Notification(NotificationInput),
-    /// Run a sync (API, cron, ASSET_COUNT / USER_ASSOCIATED notifications).
+    /// Run a sync (API, cron, ASSET_COUNT / USER_ASSOCIATED notifications). `reply` learns
+    /// which run serves the request.
     Sync {
         token: String,
         kind: SyncKind,
         full: bool,
         cause: String,
+        reply: Option<oneshot::Sender<SyncTicket>>,
     },
     Status {
         event_id: String,
@@ -51,6 +53,15 @@ pub enum Input {
         sync_id: u64,
         ok: bool,
     },
+}
+
+/// Which sync run serves a sync request: the one running now (possibly just started), and
+/// whether another run is queued after it (coalesced requests share that one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncTicket {
+    pub sync_id: Option<u64>,
+    pub queued: bool,
 }
 
 /// The Apple side of the effects. Implemented by the Apple client adapter; the executor only
@@ -239,7 +250,20 @@ impl Executor {
                 kind,
                 full,
                 cause,
-            } => self.core.request_sync(now, &token, kind, full, &cause),
+                reply,
+            } => {
+                self.core.request_sync(now, &token, kind, full, &cause);
+                if let Some(reply) = reply {
+                    let (running, queued, _) = self
+                        .core
+                        .sync_state(&token, kind)
+                        .unwrap_or((None, false, 0));
+                    let _ = reply.send(SyncTicket {
+                        sync_id: running,
+                        queued,
+                    });
+                }
+            }
             Input::Status { event_id, result } => self.core.status_result(now, &event_id, result),
             Input::Resubmitted { event_id, result } => {
                 self.core.resubmit_result(now, &event_id, result)
