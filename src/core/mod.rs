@@ -12,7 +12,8 @@
 //! - `settled` is final; settled events leave memory after their last [`Change`].
 //! - Two polls of one event are never closer than `poll_min`.
 //! - An event in `syncing` settles only when a sync of its kind for its token that *started*
-//!   at or after its outcome was recorded completes (and is full when the event needs it).
+//!   after its outcome was recorded completes (and is full when the event needs it). "After"
+//!   is causal (by sync id), not by wall clock, which may step back.
 //! - History only grows: every state or outcome change emits a [`HistoryEntry`].
 
 pub mod backoff;
@@ -248,6 +249,10 @@ struct Tracked {
     in_flight: bool,
     /// Notification ids applied in this process's lifetime; the store dedupes across restarts.
     seen: Vec<String>,
+    /// `next_sync_id` when the current outcome was recorded (0 if recorded before a
+    /// restart): only runs with an id at or above it started after the outcome. Sync ids,
+    /// unlike the wall clock, never run backwards.
+    outcome_seq: u64,
 }
 
 #[derive(Default, Debug)]
@@ -259,7 +264,6 @@ struct TokenQueue {
 #[derive(Clone, Copy, Debug)]
 struct RunningSync {
     id: u64,
-    started_at: Timestamp,
     full: bool,
 }
 
@@ -367,6 +371,7 @@ impl Core {
                 rec,
                 in_flight: false,
                 seen: Vec::new(),
+                outcome_seq: 0,
             },
         );
     }
@@ -635,7 +640,6 @@ impl Core {
         self.next_sync_id += 1;
         slot.running = Some(RunningSync {
             id,
-            started_at: now,
             full,
         });
         self.sync_index.insert(id, key.clone());
@@ -669,7 +673,7 @@ impl Core {
                 .iter()
                 .filter(|id| {
                     events.get(*id).is_some_and(|t| {
-                        t.rec.outcome_at.is_some_and(|o| o <= run.started_at)
+                        t.rec.outcome_at.is_some() && t.outcome_seq <= run.id
                             && (run.full || !t.rec.needs_full_sync)
                     })
                 })
@@ -811,9 +815,13 @@ impl Core {
     ) {
         let id = before.event_id.clone();
         let timings = self.timings.clone();
+        let next_sync_id = self.next_sync_id;
         let Some(t) = self.events.get_mut(&id) else {
             return;
         };
+        if t.rec.outcome_at != before.outcome_at {
+            t.outcome_seq = next_sync_id;
+        }
         // Take the event out of the timer index; it is put back below if it still polls.
         if let Some(at) = t.rec.next_check_at.or(before.next_check_at) {
             if let Some(q) = self.queues.get_mut(&t.rec.token) {
