@@ -416,7 +416,13 @@ impl Core {
                 next = Next::Sync;
             }
         } else if rec.outcome.is_none() || rec.outcome == Some(Outcome::TimedOut) {
-            match rec.num_requested {
+            // A REVOKE's request does not tell how many entities Apple will report (§2).
+            let known = if rec.event_type == EventType::Revoke {
+                None
+            } else {
+                rec.num_requested
+            };
+            match known {
                 Some(req) if rec.notified_success >= req => {
                     rec.outcome = Some(Outcome::Complete);
                     rec.outcome_at = Some(now);
