@@ -426,7 +426,13 @@ impl Core {
                 Some(req) if rec.notified_success >= req => {
                     rec.outcome = Some(Outcome::Complete);
                     rec.outcome_at = Some(now);
-                    next = Next::Settle;
+                    // Only `pending → settled` is direct; a timed-out event already in
+                    // `syncing` waits for a sync that starts after this outcome.
+                    next = if rec.state == State::Syncing {
+                        Next::Sync
+                    } else {
+                        Next::Settle
+                    };
                 }
                 Some(_) => {}
                 None => next = Next::Confirm,
