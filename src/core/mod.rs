@@ -253,6 +253,8 @@ struct Tracked {
     /// restart): only runs with an id at or above it started after the outcome. Sync ids,
     /// unlike the wall clock, never run backwards.
     outcome_seq: u64,
+    /// A [`Action::Resubmit`] for this event awaits its answer.
+    resubmitting: bool,
 }
 
 #[derive(Default, Debug)]
@@ -288,6 +290,9 @@ pub struct Core {
     sync_index: HashMap<u64, (String, SyncKind)>,
     next_sync_id: u64,
     actions: VecDeque<Action>,
+    /// Events that settled while their resubmission was in flight: its answer is a live
+    /// Apple event that must still be tracked.
+    orphaned_resubmits: HashMap<String, EventRecord>,
 }
 
 impl Core {
@@ -300,6 +305,7 @@ impl Core {
             sync_index: HashMap::new(),
             next_sync_id: next_sync_id.max(1),
             actions: VecDeque::new(),
+            orphaned_resubmits: HashMap::new(),
         }
     }
 
@@ -372,6 +378,7 @@ impl Core {
                 in_flight: false,
                 seen: Vec::new(),
                 outcome_seq: 0,
+                resubmitting: false,
             },
         );
     }
@@ -537,9 +544,20 @@ impl Core {
 
     /// The answer to an [`Action::Resubmit`]: the new eventId, or why it failed.
     pub fn resubmit_result(&mut self, now: Timestamp, old_id: &str, result: Result<String, String>) {
+        if let Some(old) = self.orphaned_resubmits.remove(old_id) {
+            // The old event settled meanwhile (it is final, so it is not linked), but Apple
+            // holds the new event: track it.
+            if let Ok(new_id) = result {
+                if !self.events.contains_key(&new_id) && new_id != old_id {
+                    self.track_resubmission(now, &old, new_id);
+                }
+            }
+            return;
+        }
         let Some(t) = self.events.get_mut(old_id) else {
             return;
         };
+        t.resubmitting = false;
         if t.in_flight {
             t.in_flight = false;
             if let Some(q) = self.queues.get_mut(&t.rec.token) {
@@ -552,9 +570,7 @@ impl Core {
             Ok(new_id) if !self.events.contains_key(&new_id) && new_id != old_id => {
                 let rec = &mut self.events.get_mut(old_id).expect("checked above").rec;
                 rec.superseded_by = Some(new_id.clone());
-                let token = rec.token.clone();
-                let event_type = rec.event_type;
-                let num_requested = rec.num_requested;
+                let old = rec.clone();
                 self.after_change(
                     now,
                     before,
@@ -562,36 +578,7 @@ impl Core {
                     Next::Keep,
                     format!("resubmitted as {new_id}"),
                 );
-                let new_rec = EventRecord::new_tracked(
-                    now,
-                    TrackRequest {
-                        event_id: new_id.clone(),
-                        token,
-                        event_type,
-                        submitted_at: Some(now),
-                        num_requested,
-                        has_request: true,
-                        supersedes: Some(old_id.to_string()),
-                    },
-                    &self.timings,
-                );
-                self.actions.push_back(Action::Persist(Box::new(Change {
-                    event: new_rec.clone(),
-                    insert: true,
-                    copy_request_from: Some(old_id.to_string()),
-                    history: vec![HistoryEntry {
-                        at: now,
-                        from: None,
-                        to: State::Pending,
-                        outcome: None,
-                        cause: format!("tracked as the resubmission of {old_id}"),
-                    }],
-                    failures: vec![],
-                    applied_notifications: vec![],
-                    poll: None,
-                    feed: true,
-                })));
-                self.insert(new_rec);
+                self.track_resubmission(now, &old, new_id);
             }
             Ok(new_id) => {
                 self.after_change(
@@ -612,6 +599,41 @@ impl Core {
                 );
             }
         }
+    }
+
+    /// Tracks `new_id`, the resubmission of `old`, and persists it as a new row.
+    fn track_resubmission(&mut self, now: Timestamp, old: &EventRecord, new_id: String) {
+        let old_id = old.event_id.clone();
+        let new_rec = EventRecord::new_tracked(
+            now,
+            TrackRequest {
+                event_id: new_id,
+                token: old.token.clone(),
+                event_type: old.event_type,
+                submitted_at: Some(now),
+                num_requested: old.num_requested,
+                has_request: true,
+                supersedes: Some(old_id.clone()),
+            },
+            &self.timings,
+        );
+        self.actions.push_back(Action::Persist(Box::new(Change {
+            event: new_rec.clone(),
+            insert: true,
+            copy_request_from: Some(old_id.clone()),
+            history: vec![HistoryEntry {
+                at: now,
+                from: None,
+                to: State::Pending,
+                outcome: None,
+                cause: format!("tracked as the resubmission of {old_id}"),
+            }],
+            failures: vec![],
+            applied_notifications: vec![],
+            poll: None,
+            feed: true,
+        })));
+        self.insert(new_rec);
     }
 
     /// Asks for a sync of `kind` for `token`. Coalesced: at most one runs per (token, kind);
@@ -886,6 +908,7 @@ impl Core {
                         resubmit = true;
                         t.rec.resubmitted = true;
                         t.in_flight = true;
+                        t.resubmitting = true;
                     }
                 }
             }
@@ -926,6 +949,9 @@ impl Core {
             State::Settled => {
                 self.remove_waiting(&rec);
                 if let Some(t) = self.events.remove(&id) {
+                    if t.resubmitting {
+                        self.orphaned_resubmits.insert(id.clone(), t.rec.clone());
+                    }
                     if t.in_flight {
                         if let Some(q) = self.queues.get_mut(&rec.token) {
                             q.in_flight = q.in_flight.saturating_sub(1);
