@@ -672,10 +672,7 @@ impl Core {
         slot.retry_at = None;
         let id = self.next_sync_id;
         self.next_sync_id += 1;
-        slot.running = Some(RunningSync {
-            id,
-            full,
-        });
+        slot.running = Some(RunningSync { id, full });
         self.sync_index.insert(id, key.clone());
         self.actions.push_back(Action::StartSync {
             sync_id: id,
@@ -707,7 +704,8 @@ impl Core {
                 .iter()
                 .filter(|id| {
                     events.get(*id).is_some_and(|t| {
-                        t.rec.outcome_at.is_some() && t.outcome_seq <= run.id
+                        t.rec.outcome_at.is_some()
+                            && t.outcome_seq <= run.id
                             && (run.full || !t.rec.needs_full_sync)
                     })
                 })

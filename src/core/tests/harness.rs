@@ -140,7 +140,13 @@ pub fn track_req(id: &str, token: &str, ty: EventType, num: Option<u32>) -> Trac
     }
 }
 
-pub fn note(nid: &str, token: &str, event: &str, success: bool, entities: u32) -> NotificationInput {
+pub fn note(
+    nid: &str,
+    token: &str,
+    event: &str,
+    success: bool,
+    entities: u32,
+) -> NotificationInput {
     NotificationInput {
         notification_id: nid.to_string(),
         token: token.to_string(),
@@ -394,7 +400,9 @@ impl Harness {
             Action::Persist(c) => {
                 let id = c.event.event_id.clone();
                 if c.insert {
-                    self.initial.entry(id.clone()).or_insert_with(|| c.event.clone());
+                    self.initial
+                        .entry(id.clone())
+                        .or_insert_with(|| c.event.clone());
                     // The store kept notifications for this id; the executor feeds them in.
                     if let Some(notes) = self.held.remove(&id) {
                         for n in notes {
@@ -437,7 +445,10 @@ impl Harness {
                     }
                     None => Err("no plan".to_string()),
                 };
-                self.at(real + self.resubmit_latency, Input::Resubmitted(event_id.clone(), r));
+                self.at(
+                    real + self.resubmit_latency,
+                    Input::Resubmitted(event_id.clone(), r),
+                );
             }
             Action::StartSync {
                 sync_id,
@@ -609,7 +620,11 @@ impl Harness {
                 }
             }
             for (id, n) in &persists {
-                assert!(*n <= notes, "step {i}: {n} persists for {id} from {:?}", s.input);
+                assert!(
+                    *n <= notes,
+                    "step {i}: {n} persists for {id} from {:?}",
+                    s.input
+                );
             }
             for (id, n) in &polls {
                 assert_eq!(*n, 1, "step {i}: {n} requests for {id}");
@@ -637,7 +652,10 @@ impl Harness {
                 let id = &c.event.event_id;
                 let new = &c.event;
                 // (b) settled is final.
-                assert!(!done.contains(id), "step {i}: persist for {id} after it settled");
+                assert!(
+                    !done.contains(id),
+                    "step {i}: persist for {id} after it settled"
+                );
                 let Some(old) = prev.get(id).cloned() else {
                     panic!("step {i}: persist for untracked {id}");
                 };
@@ -665,7 +683,10 @@ impl Harness {
                     assert!(new.polls >= old.polls, "{id}: polls went down");
                     assert!(new.notified_success >= old.notified_success);
                     assert!(new.notified_failure >= old.notified_failure);
-                    assert!(old.outcome.is_none() || new.outcome.is_some(), "{id}: outcome lost");
+                    assert!(
+                        old.outcome.is_none() || new.outcome.is_some(),
+                        "{id}: outcome lost"
+                    );
                     assert!(
                         !(old.state != State::Pending && new.state == State::Pending),
                         "step {i}: {id} went back to pending"
@@ -675,7 +696,8 @@ impl Harness {
                         "{id}: superseded_by rewritten"
                     );
                 }
-                if new.outcome_at != old.outcome_at || (is_insert_snapshot && new.outcome.is_some()) {
+                if new.outcome_at != old.outcome_at || (is_insert_snapshot && new.outcome.is_some())
+                {
                     assert_eq!(new.outcome_at, Some(s.wall), "step {i}: {id} outcome_at");
                     outcome_step.insert(id.clone(), (i, s.real));
                 }
@@ -706,10 +728,8 @@ impl Harness {
                             if new.needs_full_sync {
                                 assert!(run.full, "{id}: settled by an incremental sync");
                             }
-                            let (ostep, oreal) = outcome_step
-                                .get(id)
-                                .copied()
-                                .unwrap_or((0, i64::MIN));
+                            let (ostep, oreal) =
+                                outcome_step.get(id).copied().unwrap_or((0, i64::MIN));
                             assert!(
                                 run.start_step >= ostep && run.start_real >= oreal,
                                 "step {i}: {id} settled by sync {sid} started at step {} \

@@ -40,6 +40,7 @@ struct World {
     sync_results: Vec<bool>,
     sync_duration: i64,
     poll_latency: i64,
+    resubmit_latency: i64,
     cap: usize,
     skews: Vec<(i64, i64)>,
     external_syncs: Vec<(i64, usize, SyncKind, bool)>,
@@ -66,8 +67,9 @@ fn ev_spec() -> impl Strategy<Value = EvSpec> {
     (
         (0usize..2, 0usize..6, truth()),
         (
-            0..2 * HOUR,
-            prop_oneof![Just(0i64), 0..15 * MIN],
+            // Whole minutes, so polls, answers and syncs of different events coincide.
+            (0..120i64).prop_map(|m| m * MIN),
+            prop_oneof![Just(0i64), (0..30i64).prop_map(|h| h * 30 * SEC)],
             prop_oneof![0..10 * MIN, 0..6 * HOUR],
             any::<bool>(),
         ),
@@ -112,7 +114,7 @@ fn world() -> impl Strategy<Value = World> {
         prop::collection::vec(ev_spec(), 1..12),
         prop::collection::vec(prop::bool::weighted(0.6), 0..6),
         SEC..20 * MIN,
-        0..5 * SEC,
+        (0..5 * SEC, prop_oneof![Just(SEC), 0..5 * MIN]),
         1usize..4,
         prop::collection::vec((0..3 * HOUR, -2 * HOUR..=0), 0..3),
         prop::collection::vec(
@@ -126,12 +128,21 @@ fn world() -> impl Strategy<Value = World> {
         ),
     )
         .prop_map(
-            |(events, sync_results, sync_duration, poll_latency, cap, skews, external_syncs)| {
+            |(
+                events,
+                sync_results,
+                sync_duration,
+                (poll_latency, resubmit_latency),
+                cap,
+                skews,
+                external_syncs,
+            )| {
                 World {
                     events,
                     sync_results,
                     sync_duration,
                     poll_latency,
+                    resubmit_latency,
                     cap,
                     skews,
                     external_syncs,
@@ -158,6 +169,7 @@ fn build(w: &World) -> Harness {
     h.sync_results = w.sync_results.iter().copied().collect();
     h.sync_duration = w.sync_duration;
     h.poll_latency = w.poll_latency;
+    h.resubmit_latency = w.resubmit_latency;
     for (at, skew) in &w.skews {
         h.at(*at, Input::Skew(*skew));
     }
@@ -223,9 +235,15 @@ fn check_world(w: &World) -> Result<(), TestCaseError> {
     if std::env::var("CORE_STATS").is_ok() {
         let mut outcomes = std::collections::BTreeMap::new();
         for id in h.initial.keys() {
-            *outcomes.entry(format!("{:?}", h.last(id).outcome)).or_insert(0) += 1;
+            *outcomes
+                .entry(format!("{:?}", h.last(id).outcome))
+                .or_insert(0) += 1;
         }
-        let held_applied = h.steps.iter().filter(|s| matches!(s.input, Input::Track(_)) && s.fed > 0).count();
+        let held_applied = h
+            .steps
+            .iter()
+            .filter(|s| matches!(s.input, Input::Track(_)) && s.fed > 0)
+            .count();
         eprintln!(
             "events {} polls {} syncs {} failed_syncs {} resubmits {} steps {} held-batches {} {:?}",
             h.initial.len(), h.polls.len(), h.syncs.len(),
@@ -236,9 +254,15 @@ fn check_world(w: &World) -> Result<(), TestCaseError> {
 
     // (a) every event Apple knows of (and every resubmission) ends settled with the truth.
     prop_assert!(h.core.is_empty(), "unsettled: {} events", h.core.len());
-    let mut ids: Vec<&String> = h.initial.keys().collect();
+    // Apple's events: the tracked ones plus every resubmission Apple accepted.
+    let mut ids: Vec<&String> = h.apple.keys().collect();
     ids.sort();
     for id in ids {
+        prop_assert!(
+            h.initial.contains_key(id),
+            "{} exists at Apple but was never tracked",
+            id
+        );
         let last = h.last(id);
         let truth = h.apple.get(id).map(|a| a.truth).unwrap_or(Truth::Unknown);
         prop_assert_eq!(last.state, State::Settled, "{}", id);
@@ -318,6 +342,7 @@ fn busy_world() {
         sync_results: vec![false, true, false, false, true],
         sync_duration: 3 * MIN,
         poll_latency: 2 * SEC,
+        resubmit_latency: 90 * SEC,
         cap: 2,
         skews: vec![(20 * MIN, -HOUR), (90 * MIN, 0)],
         external_syncs: vec![(0, 0, SyncKind::Assignments, false)],

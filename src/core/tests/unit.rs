@@ -36,7 +36,11 @@ fn sync_summary(h: &Harness) -> Vec<(SyncKind, bool, i64)> {
 fn all_success_chunks_settle_directly_without_polls() {
     let mut h = harness();
     let apple = AppleEvent::new(Truth::Complete, 30 * SEC, 250);
-    h.event(0, track_req("e1", "acme", EventType::Associate, Some(250)), apple);
+    h.event(
+        0,
+        track_req("e1", "acme", EventType::Associate, Some(250)),
+        apple,
+    );
     h.notify(MIN, note("n1", "acme", "e1", true, 100));
     h.notify(MIN, note("n2", "acme", "e1", true, 100));
     h.notify(2 * MIN, note("n3", "acme", "e1", true, 50));
@@ -62,7 +66,11 @@ fn all_success_chunks_settle_directly_without_polls() {
         (last.history[0].at, last.history[0].from, last.history[0].to),
         (ts(2 * MIN), Some(State::Pending), State::Settled)
     );
-    assert!(last.history[0].cause.contains("n3"), "{}", last.history[0].cause);
+    assert!(
+        last.history[0].cause.contains("n3"),
+        "{}",
+        last.history[0].cause
+    );
     assert!(h.core.is_empty(), "settled events leave memory");
     h.check_invariants();
 }
@@ -71,7 +79,11 @@ fn all_success_chunks_settle_directly_without_polls() {
 fn partial_chunks_then_silence_poll_after_grace_then_sync() {
     let mut h = harness();
     let apple = AppleEvent::new(Truth::Complete, 30 * SEC, 250);
-    h.event(0, track_req("e1", "acme", EventType::Associate, Some(250)), apple);
+    h.event(
+        0,
+        track_req("e1", "acme", EventType::Associate, Some(250)),
+        apple,
+    );
     h.notify(MIN, note("n1", "acme", "e1", true, 100));
     h.run_until(2 * DAY);
 
@@ -127,9 +139,16 @@ fn grace_counts_from_submission() {
 fn failure_chunk_fails_and_settles_only_after_a_later_sync() {
     let mut h = harness();
     h.sync_duration = 2 * MIN;
-    h.at(30 * SEC, Input::RequestSync("acme".into(), SyncKind::Assignments, false));
+    h.at(
+        30 * SEC,
+        Input::RequestSync("acme".into(), SyncKind::Assignments, false),
+    );
     let apple = AppleEvent::new(Truth::Failed, 30 * SEC, 2);
-    h.event(0, track_req("e1", "acme", EventType::Associate, Some(2)), apple);
+    h.event(
+        0,
+        track_req("e1", "acme", EventType::Associate, Some(2)),
+        apple,
+    );
     h.notify(MIN, note("n1", "acme", "e1", false, 1));
     h.run_until(3 * MIN);
 
@@ -216,7 +235,10 @@ fn unknown_count_confirm_showing_more_entities_goes_to_sync() {
     assert_eq!(h.poll_times("c1"), vec![MIN]);
     assert_eq!(sync_summary(&h), vec![(SyncKind::Users, false, MIN)]);
     let last = h.last("c1");
-    assert_eq!((last.state, last.outcome), (State::Settled, Some(Outcome::Complete)));
+    assert_eq!(
+        (last.state, last.outcome),
+        (State::Settled, Some(Outcome::Complete))
+    );
     assert_eq!(last.settled_at, Some(ts(2 * MIN)));
     h.check_invariants();
 }
@@ -252,7 +274,10 @@ fn pending_polls_back_off_exactly() {
     // Doubling from poll_min with at most +25% jitter, capped at poll_max.
     for (i, g) in gaps.iter().enumerate() {
         let base = (30_000i64 << i.min(20)).min(600_000);
-        assert!(*g >= base && *g <= (base + base / 4).min(600_000), "gap {i}: {g}");
+        assert!(
+            *g >= base && *g <= (base + base / 4).min(600_000),
+            "gap {i}: {g}"
+        );
     }
     assert!(h.resubmits().is_empty(), "no body, no resubmission");
     h.check_invariants();
@@ -263,7 +288,11 @@ fn retry_after_is_respected() {
     let mut h = harness();
     let mut apple = AppleEvent::new(Truth::Never, 0, 1);
     apple.script = [Scripted::Retry(Some(2 * HOUR)), Scripted::Retry(None)].into();
-    h.event(0, track_req("e1", "acme", EventType::Create, Some(1)), apple);
+    h.event(
+        0,
+        track_req("e1", "acme", EventType::Create, Some(1)),
+        apple,
+    );
     h.run_until(3 * HOUR);
     let polls = h.poll_times("e1");
     let p1 = 5 * MIN;
@@ -296,14 +325,20 @@ fn gives_up_after_give_up_after_then_syncs() {
     let last = h.last("e1");
     assert_eq!(last.outcome, Some(Outcome::TimedOut));
     assert_eq!(last.outcome_at, Some(ts(DAY)));
-    assert_eq!((last.state, last.settled_at), (State::Settled, Some(ts(DAY + MIN))));
+    assert_eq!(
+        (last.state, last.settled_at),
+        (State::Settled, Some(ts(DAY + MIN)))
+    );
     h.check_invariants();
 }
 
 #[test]
 fn not_found_goes_to_syncing_then_settles() {
     let mut h = harness();
-    h.at(0, Input::Track(track_req("ghost", "acme", EventType::Associate, Some(1))));
+    h.at(
+        0,
+        Input::Track(track_req("ghost", "acme", EventType::Associate, Some(1))),
+    );
     h.run_until(DAY);
     assert_eq!(h.poll_times("ghost"), vec![5 * MIN]);
     let ch = h.changes("ghost");
@@ -314,7 +349,10 @@ fn not_found_goes_to_syncing_then_settles() {
     assert_eq!(c.event.outcome, Some(Outcome::NotFound));
     assert_eq!(c.history[0].cause, "Event Status answered NOT_FOUND");
     let last = h.last("ghost");
-    assert_eq!((last.state, last.outcome), (State::Settled, Some(Outcome::NotFound)));
+    assert_eq!(
+        (last.state, last.outcome),
+        (State::Settled, Some(Outcome::NotFound))
+    );
     assert_eq!(last.settled_at, Some(ts(6 * MIN)));
     h.check_invariants();
 }
@@ -386,7 +424,10 @@ fn failed_resubmission_is_not_retried() {
     h.run_until(3 * DAY);
     assert_eq!(h.resubmits(), vec![(10 * MIN, "e1".to_string())]);
     let last = h.last("e1");
-    assert_eq!((last.state, last.outcome), (State::Settled, Some(Outcome::TimedOut)));
+    assert_eq!(
+        (last.state, last.outcome),
+        (State::Settled, Some(Outcome::TimedOut))
+    );
     assert_eq!(last.superseded_by, None);
     h.check_invariants();
 }
@@ -415,7 +456,10 @@ fn resubmission_answer_after_the_old_event_settled_is_tracked() {
     assert_eq!(h.last("e1").settled_at, Some(ts(10 * MIN + 30 * SEC)));
     let new = h.last("e1r");
     assert_eq!(new.supersedes.as_deref(), Some("e1"));
-    assert_eq!((new.state, new.outcome), (State::Settled, Some(Outcome::Complete)));
+    assert_eq!(
+        (new.state, new.outcome),
+        (State::Settled, Some(Outcome::Complete))
+    );
     assert!(h.core.is_empty());
     h.check_invariants();
 }
@@ -427,7 +471,8 @@ fn notifications_before_tracking_are_applied_on_track() {
     req.submitted_at = Some(ts(0));
     h.notify(MIN, note("n1", "acme", "e1", true, 2));
     h.notify(90 * SEC, note("n2", "acme", "e1", true, 1));
-    h.apple.insert("e1".into(), AppleEvent::new(Truth::Complete, 0, 3));
+    h.apple
+        .insert("e1".into(), AppleEvent::new(Truth::Complete, 0, 3));
     h.at(3 * MIN, Input::Track(req));
     h.run_until(DAY);
     assert!(h.poll_times("e1").is_empty());
@@ -464,7 +509,11 @@ fn duplicate_notification_has_no_second_effect() {
     // Directly: the duplicate is acknowledged (true) and produces nothing.
     let t = timings();
     let mut core = Core::new(t.clone(), 1);
-    let rec = EventRecord::new_tracked(ts(0), track_req("f1", "acme", EventType::Create, Some(2)), &t);
+    let rec = EventRecord::new_tracked(
+        ts(0),
+        track_req("f1", "acme", EventType::Create, Some(2)),
+        &t,
+    );
     core.track(ts(0), rec, vec![]);
     assert!(core.notification(ts(1), note("x", "acme", "f1", false, 1)));
     let first = drain(&mut core);
@@ -481,7 +530,10 @@ fn duplicate_notification_has_no_second_effect() {
 fn hundred_failures_during_a_sync_coalesce_into_one_follow_up() {
     let mut h = harness();
     h.sync_duration = 10 * MIN;
-    h.at(0, Input::RequestSync("acme".into(), SyncKind::Assignments, false));
+    h.at(
+        0,
+        Input::RequestSync("acme".into(), SyncKind::Assignments, false),
+    );
     for i in 0..100 {
         let id = format!("e{i}");
         h.event(
@@ -513,9 +565,16 @@ fn hundred_failures_during_a_sync_coalesce_into_one_follow_up() {
         .collect();
     assert_eq!(settle_steps.len(), 1, "all settle together");
     let step = &h.steps[*settle_steps.first().unwrap()];
-    assert!(matches!(step.input, Input::SyncDone(3, true)), "{:?}", step.input);
+    assert!(
+        matches!(step.input, Input::SyncDone(3, true)),
+        "{:?}",
+        step.input
+    );
     assert!(h.core.is_empty());
-    assert_eq!(h.core.sync_state("acme", SyncKind::Assignments), Some((None, false, 0)));
+    assert_eq!(
+        h.core.sync_state("acme", SyncKind::Assignments),
+        Some((None, false, 0))
+    );
     h.check_invariants();
 }
 
@@ -532,6 +591,8 @@ fn failed_syncs_are_retried_with_backoff() {
     h.run_until(DAY);
     let runs = h.syncs_of(SyncKind::Users);
     assert_eq!(runs.len(), 3);
+    assert!(runs[0].cause.contains("event u1"), "{}", runs[0].cause);
+    assert_eq!(runs[1].cause, "retry after failed sync 1");
     let seed = backoff::seed_for(7, "acme");
     let retry = |attempt: u32, id: u64| {
         backoff::delay(attempt, POLL_MIN, Duration::from_secs(600), seed ^ id).as_millis() as i64
@@ -555,7 +616,12 @@ fn disassociate_needs_a_full_assignments_sync() {
     core.request_sync(ts(0), "acme", SyncKind::Assignments, false, "cron");
     assert!(matches!(
         drain(&mut core)[..],
-        [Action::StartSync { sync_id: 1, full: false, kind: SyncKind::Assignments, .. }]
+        [Action::StartSync {
+            sync_id: 1,
+            full: false,
+            kind: SyncKind::Assignments,
+            ..
+        }]
     ));
     let syncing = |id: &str, ty| {
         let mut r = EventRecord::new_tracked(ts(-2 * HOUR), track_req(id, "acme", ty, Some(1)), &t);
@@ -568,10 +634,18 @@ fn disassociate_needs_a_full_assignments_sync() {
     core.recover(ts(SEC), syncing("d1", EventType::Disassociate), vec![]);
     core.recover(ts(SEC), syncing("a1", EventType::Associate), vec![]);
     let acts = drain(&mut core);
-    assert!(matches!(
-        acts[..],
-        [Action::StartSync { sync_id: 2, kind: SyncKind::Assets, full: true, .. }]
-    ), "{acts:?}");
+    assert!(
+        matches!(
+            acts[..],
+            [Action::StartSync {
+                sync_id: 2,
+                kind: SyncKind::Assets,
+                full: true,
+                ..
+            }]
+        ),
+        "{acts:?}"
+    );
     // The incremental run started after both outcomes: it settles a1 only.
     core.sync_finished(ts(2 * SEC), 1, true);
     let acts = drain(&mut core);
@@ -585,7 +659,12 @@ fn disassociate_needs_a_full_assignments_sync() {
     }
     assert!(matches!(
         acts[1],
-        Action::StartSync { sync_id: 3, kind: SyncKind::Assignments, full: true, .. }
+        Action::StartSync {
+            sync_id: 3,
+            kind: SyncKind::Assignments,
+            full: true,
+            ..
+        }
     ));
     assert_eq!(core.event("d1").map(|r| r.state), Some(State::Syncing));
     core.sync_finished(ts(3 * SEC), 3, true);
@@ -602,7 +681,12 @@ fn disassociate_needs_a_full_assignments_sync() {
     core.sync_finished(ts(4 * SEC), 2, true);
     assert!(matches!(
         drain(&mut core)[..],
-        [Action::StartSync { sync_id: 4, kind: SyncKind::Assets, full: true, .. }]
+        [Action::StartSync {
+            sync_id: 4,
+            kind: SyncKind::Assets,
+            full: true,
+            ..
+        }]
     ));
     core.sync_finished(ts(5 * SEC), 4, true);
     assert_eq!(drain(&mut core), vec![]);
@@ -621,7 +705,10 @@ fn disassociate_failure_asks_for_a_full_sync() {
     h.run_until(DAY);
     assert_eq!(
         sync_summary(&h),
-        vec![(SyncKind::Assignments, true, MIN), (SyncKind::Assets, true, MIN)]
+        vec![
+            (SyncKind::Assignments, true, MIN),
+            (SyncKind::Assets, true, MIN)
+        ]
     );
     assert_eq!(h.last("d1").settled_at, Some(ts(2 * MIN)));
     h.check_invariants();
@@ -631,12 +718,20 @@ fn disassociate_failure_asks_for_a_full_sync() {
 fn recover_syncing_requests_its_sync_and_pending_keeps_its_schedule() {
     let t = timings();
     let mut core = Core::new(t.clone(), 40);
-    let mut s = EventRecord::new_tracked(ts(0), track_req("u1", "acme", EventType::Retire, Some(1)), &t);
+    let mut s = EventRecord::new_tracked(
+        ts(0),
+        track_req("u1", "acme", EventType::Retire, Some(1)),
+        &t,
+    );
     s.state = State::Syncing;
     s.outcome = Some(Outcome::Complete);
     s.outcome_at = Some(ts(MIN));
     s.next_check_at = None;
-    let mut p = EventRecord::new_tracked(ts(0), track_req("p1", "acme", EventType::Create, Some(2)), &t);
+    let mut p = EventRecord::new_tracked(
+        ts(0),
+        track_req("p1", "acme", EventType::Create, Some(2)),
+        &t,
+    );
     p.next_check_at = Some(ts(7 * MIN));
     core.recover(ts(HOUR), s, vec![]);
     core.recover(ts(HOUR), p, vec![note("n1", "acme", "p1", true, 1)]);
@@ -657,13 +752,16 @@ fn recover_syncing_requests_its_sync_and_pending_keeps_its_schedule() {
     // Overdue: due at once.
     assert_eq!(core.poll_timeout(), Some(ts(7 * MIN)));
     // A recovered settled event is ignored.
-    let mut done = EventRecord::new_tracked(ts(0), track_req("x", "acme", EventType::Create, None), &t);
+    let mut done =
+        EventRecord::new_tracked(ts(0), track_req("x", "acme", EventType::Create, None), &t);
     done.state = State::Settled;
     core.recover(ts(HOUR), done, vec![]);
     assert!(core.event("x").is_none());
     core.sync_finished(ts(HOUR + MIN), 40, true);
     let acts = drain(&mut core);
-    assert!(matches!(&acts[..], [Action::Persist(c)] if c.event.event_id == "u1" && c.event.state == State::Settled));
+    assert!(
+        matches!(&acts[..], [Action::Persist(c)] if c.event.event_id == "u1" && c.event.state == State::Settled)
+    );
 }
 
 #[test]
@@ -756,14 +854,18 @@ fn clock_going_backwards_never_polls_closer_than_poll_min() {
     core.status_result(
         ts(-HOUR),
         "e1",
-        StatusResult::Retry { not_before: Some(ts(-2 * HOUR)), reason: "503".into() },
+        StatusResult::Retry {
+            not_before: Some(ts(-2 * HOUR)),
+            reason: "503".into(),
+        },
     );
     drain(&mut core);
     assert!(core.poll_timeout().unwrap() >= next.saturating_add(POLL_MIN));
 
     // A recovered event whose last poll is "in the future" waits for the clock.
     let mut core = Core::new(t.clone(), 1);
-    let mut rec = EventRecord::new_tracked(ts(0), track_req("e2", "acme", EventType::Create, None), &t);
+    let mut rec =
+        EventRecord::new_tracked(ts(0), track_req("e2", "acme", EventType::Create, None), &t);
     rec.last_poll_at = Some(ts(HOUR));
     rec.polls = 1;
     rec.next_check_at = Some(ts(MIN));
@@ -807,7 +909,11 @@ fn early_or_spurious_timeout_is_a_no_op() {
     assert_eq!(core.poll_timeout(), None);
     core.timeout(ts(0));
     assert_eq!(drain(&mut core), vec![]);
-    let rec = EventRecord::new_tracked(ts(0), track_req("e1", "acme", EventType::Create, Some(1)), &t);
+    let rec = EventRecord::new_tracked(
+        ts(0),
+        track_req("e1", "acme", EventType::Create, Some(1)),
+        &t,
+    );
     core.track(ts(0), rec.clone(), vec![]);
     assert_eq!(drain(&mut core), vec![]);
     assert_eq!(core.poll_timeout(), Some(ts(5 * MIN)));
@@ -859,7 +965,11 @@ fn syncing_event_settles_when_the_clock_went_back() {
 fn failure_after_timed_out_records_failed_and_needs_a_new_sync() {
     let t = timings();
     let mut core = Core::new(t.clone(), 1);
-    let rec = EventRecord::new_tracked(ts(0), track_req("u1", "acme", EventType::Create, Some(2)), &t);
+    let rec = EventRecord::new_tracked(
+        ts(0),
+        track_req("u1", "acme", EventType::Create, Some(2)),
+        &t,
+    );
     core.track(ts(0), rec, vec![]);
     // Only wake at the deadline (as if every poll had been answered elsewhere).
     core.timeout(ts(DAY));
@@ -888,10 +998,15 @@ fn failure_after_timed_out_records_failed_and_needs_a_new_sync() {
     // Sync 1 started before the failure was known: not enough.
     core.sync_finished(ts(DAY + MIN), 1, true);
     let acts = drain(&mut core);
-    assert!(matches!(&acts[..], [Action::StartSync { sync_id: 2, .. }]), "{acts:?}");
+    assert!(
+        matches!(&acts[..], [Action::StartSync { sync_id: 2, .. }]),
+        "{acts:?}"
+    );
     core.sync_finished(ts(DAY + 2 * MIN), 2, true);
     let acts = drain(&mut core);
-    assert!(matches!(&acts[..], [Action::Persist(c)] if c.event.state == State::Settled && c.event.outcome == Some(Outcome::Failed)));
+    assert!(
+        matches!(&acts[..], [Action::Persist(c)] if c.event.state == State::Settled && c.event.outcome == Some(Outcome::Failed))
+    );
 }
 
 /// A late SUCCESS covering everything for a timed-out event in `syncing` records
@@ -900,7 +1015,11 @@ fn failure_after_timed_out_records_failed_and_needs_a_new_sync() {
 fn late_success_after_timed_out_still_settles_on_a_sync() {
     let t = timings();
     let mut core = Core::new(t.clone(), 1);
-    let rec = EventRecord::new_tracked(ts(0), track_req("u1", "acme", EventType::Create, Some(2)), &t);
+    let rec = EventRecord::new_tracked(
+        ts(0),
+        track_req("u1", "acme", EventType::Create, Some(2)),
+        &t,
+    );
     core.track(ts(0), rec, vec![]);
     core.timeout(ts(DAY));
     drain(&mut core);
@@ -916,9 +1035,37 @@ fn late_success_after_timed_out_still_settles_on_a_sync() {
     }
     core.sync_finished(ts(DAY + MIN), 1, true);
     let acts = drain(&mut core);
-    assert!(matches!(&acts[..], [Action::StartSync { sync_id: 2, .. }]), "{acts:?}");
+    assert!(
+        matches!(&acts[..], [Action::StartSync { sync_id: 2, .. }]),
+        "{acts:?}"
+    );
     core.sync_finished(ts(DAY + 2 * MIN), 2, true);
     let acts = drain(&mut core);
-    assert!(matches!(&acts[..], [Action::Persist(c)] if c.event.state == State::Settled && c.event.outcome == Some(Outcome::Complete)));
+    assert!(
+        matches!(&acts[..], [Action::Persist(c)] if c.event.state == State::Settled && c.event.outcome == Some(Outcome::Complete))
+    );
     assert!(core.is_empty());
+}
+
+/// A SUCCESS chunk right after a poll asks for a confirming poll, but not before Apple's
+/// floor between two polls.
+#[test]
+fn confirm_poll_waits_for_poll_min_after_the_last_poll() {
+    let mut h = harness();
+    h.event(
+        0,
+        track_req("c1", "acme", EventType::Update, None),
+        AppleEvent::new(Truth::Complete, 5 * MIN + 5 * SEC, 3),
+    );
+    h.notify(5 * MIN + 10 * SEC, note("n1", "acme", "c1", true, 3));
+    h.run_until(DAY);
+    assert_eq!(h.poll_times("c1"), vec![5 * MIN, 5 * MIN + 30 * SEC]);
+    let last = h.last("c1");
+    assert_eq!(
+        (last.state, last.outcome),
+        (State::Settled, Some(Outcome::Complete))
+    );
+    assert_eq!(last.settled_at, Some(ts(5 * MIN + 30 * SEC)));
+    assert!(h.syncs.is_empty());
+    h.check_invariants();
 }
