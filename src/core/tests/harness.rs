@@ -168,6 +168,9 @@ pub enum Input {
     /// The wall clock's offset from real time becomes this.
     Skew(i64),
     Timeout,
+    /// kill -9 and restart: answers in flight are lost; a new core recovers every unsettled
+    /// event from its last persisted snapshot.
+    Crash,
 }
 
 /// One input and the actions it produced.
@@ -230,6 +233,10 @@ pub struct Harness {
     pub max_iterations: usize,
     /// Set when the clock ever jumped, so wall-time comparisons are only causal hints.
     pub clock_jumped: bool,
+    pub applied_before_crash: HashSet<String>,
+    /// Resubmissions whose answer was lost in a crash.
+    pub lost_in_crash: HashSet<String>,
+    pub crashes: usize,
 }
 
 impl Harness {
@@ -256,6 +263,9 @@ impl Harness {
             iterations: 0,
             max_iterations: 200_000,
             clock_jumped: false,
+            applied_before_crash: HashSet::new(),
+            lost_in_crash: HashSet::new(),
+            crashes: 0,
         }
     }
 
@@ -334,6 +344,9 @@ impl Harness {
                 fed = notes.len();
                 self.core.track(now, rec, notes);
             }
+            Input::Notify(n) if self.applied_before_crash.contains(&n.notification_id) => {
+                // The store's dedup: applied in an earlier life of the daemon.
+            }
             Input::Notify(n) => {
                 if !self.core.notification(now, n.clone())
                     && !self.initial.contains_key(&n.event_id)
@@ -368,6 +381,7 @@ impl Harness {
                 self.skew = *s;
             }
             Input::Timeout => self.core.timeout(now),
+            Input::Crash => self.crash(now),
         }
         let mut actions = Vec::new();
         while let Some(a) = self.core.poll_action() {
@@ -385,6 +399,58 @@ impl Harness {
             fed,
             actions,
         });
+    }
+
+    fn crash(&mut self, now: Timestamp) {
+        let lost: Vec<(i64, u64)> = self
+            .inputs
+            .iter()
+            .filter(|(_, i)| {
+                matches!(
+                    i,
+                    Input::Status(..) | Input::Resubmitted(..) | Input::SyncDone(..)
+                )
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in lost {
+            // A resubmission Apple accepted but whose answer died with us is untrackable.
+            if let Some(Input::Resubmitted(_, Ok(new_id))) = self.inputs.remove(&k) {
+                self.apple.remove(&new_id);
+                self.lost_in_crash.insert(new_id);
+            }
+        }
+        self.outstanding.clear();
+        for (_, c) in self.all_changes() {
+            self.applied_before_crash
+                .extend(c.applied_notifications.iter().cloned());
+        }
+        let next_sync_id = self.syncs.iter().map(|s| s.id).max().unwrap_or(0) + 1;
+        self.core = Core::new(self.core.timings().clone(), next_sync_id);
+        let mut ids: Vec<String> = self
+            .initial
+            .keys()
+            .filter(|id| !self.settled.contains(*id))
+            .cloned()
+            .collect();
+        ids.sort();
+        for id in ids {
+            let rec = self.last(&id);
+            self.core.recover(now, rec, vec![]);
+        }
+        self.crashes += 1;
+    }
+
+    fn all_changes(&self) -> Vec<(usize, Change)> {
+        let mut out = Vec::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            for a in &s.actions {
+                if let Action::Persist(c) = a {
+                    out.push((i, (**c).clone()));
+                }
+            }
+        }
+        out
     }
 
     fn answered(&mut self, id: &str) {
@@ -598,6 +664,7 @@ impl Harness {
                         *n = n.saturating_sub(1);
                     }
                 }
+                Input::Crash => outstanding.clear(),
                 _ => {}
             }
             for a in &s.actions {

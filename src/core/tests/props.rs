@@ -44,6 +44,8 @@ struct World {
     cap: usize,
     skews: Vec<(i64, i64)>,
     external_syncs: Vec<(i64, usize, SyncKind, bool)>,
+    /// kill -9 and restart at this time.
+    crash_at: Option<i64>,
 }
 
 fn delivery() -> impl Strategy<Value = Delivery> {
@@ -126,6 +128,7 @@ fn world() -> impl Strategy<Value = World> {
             ),
             0..3,
         ),
+        prop::option::of(0..4 * HOUR),
     )
         .prop_map(
             |(
@@ -136,6 +139,7 @@ fn world() -> impl Strategy<Value = World> {
                 cap,
                 skews,
                 external_syncs,
+                crash_at,
             )| {
                 World {
                     events,
@@ -146,6 +150,7 @@ fn world() -> impl Strategy<Value = World> {
                     cap,
                     skews,
                     external_syncs,
+                    crash_at,
                 }
             },
         )
@@ -172,6 +177,9 @@ fn build(w: &World) -> Harness {
     h.resubmit_latency = w.resubmit_latency;
     for (at, skew) in &w.skews {
         h.at(*at, Input::Skew(*skew));
+    }
+    if let Some(at) = w.crash_at {
+        h.at(at, Input::Crash);
     }
     for (at, tok, kind, full) in &w.external_syncs {
         h.at(*at, Input::RequestSync(format!("t{tok}"), *kind, *full));
@@ -245,10 +253,10 @@ fn check_world(w: &World) -> Result<(), TestCaseError> {
             .filter(|s| matches!(s.input, Input::Track(_)) && s.fed > 0)
             .count();
         eprintln!(
-            "events {} polls {} syncs {} failed_syncs {} resubmits {} steps {} held-batches {} {:?}",
+            "events {} polls {} syncs {} failed_syncs {} resubmits {} steps {} held-batches {} crashes {} lost {} {:?}",
             h.initial.len(), h.polls.len(), h.syncs.len(),
             h.syncs.iter().filter(|s| s.ok == Some(false)).count(),
-            h.resubmits().len(), h.steps.len(), held_applied, outcomes
+            h.resubmits().len(), h.steps.len(), held_applied, h.crashes, h.lost_in_crash.len(), outcomes
         );
     }
 
@@ -346,6 +354,7 @@ fn busy_world() {
         cap: 2,
         skews: vec![(20 * MIN, -HOUR), (90 * MIN, 0)],
         external_syncs: vec![(0, 0, SyncKind::Assignments, false)],
+        crash_at: Some(11 * MIN),
     };
     check_world(&w).unwrap();
 }

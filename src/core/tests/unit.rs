@@ -1069,3 +1069,50 @@ fn confirm_poll_waits_for_poll_min_after_the_last_poll() {
     assert!(h.syncs.is_empty());
     h.check_invariants();
 }
+
+/// kill -9 with a poll and a sync in flight: the new core recovers both events from their
+/// last snapshots, polls again no sooner than poll_min after the lost poll, and re-syncs.
+#[test]
+fn crash_with_requests_in_flight_recovers_from_snapshots() {
+    let mut h = harness();
+    h.poll_latency = MIN;
+    h.sync_duration = 10 * MIN;
+    h.event(
+        0,
+        track_req("p1", "acme", EventType::Associate, Some(1)),
+        AppleEvent::new(Truth::Complete, 0, 1),
+    );
+    h.event(
+        0,
+        track_req("s1", "acme", EventType::Create, Some(1)),
+        AppleEvent::new(Truth::Failed, 0, 1),
+    );
+    h.notify(MIN, note("n1", "acme", "s1", false, 1));
+    h.at(5 * MIN + 10 * SEC, Input::Crash);
+    // A duplicate of an applied notification after the restart: the store drops it.
+    h.notify(6 * MIN, note("n1", "acme", "s1", false, 1));
+    h.run_until(DAY);
+    assert_eq!(h.poll_times("p1"), vec![5 * MIN, 5 * MIN + 30 * SEC]);
+    let users: Vec<(u64, i64, Option<bool>)> = h
+        .syncs_of(SyncKind::Users)
+        .iter()
+        .map(|s| (s.id, s.start_real, s.ok))
+        .collect();
+    assert_eq!(
+        users,
+        vec![(1, MIN, None), (2, 5 * MIN + 10 * SEC, Some(true))]
+    );
+    let s1 = h.last("s1");
+    assert_eq!(
+        (s1.state, s1.outcome),
+        (State::Settled, Some(Outcome::Failed))
+    );
+    assert_eq!(s1.settled_at, Some(ts(15 * MIN + 10 * SEC)));
+    let p1 = h.last("p1");
+    assert_eq!(
+        (p1.state, p1.outcome),
+        (State::Settled, Some(Outcome::Complete))
+    );
+    assert_eq!(p1.polls, 2);
+    h.check_invariants();
+}
