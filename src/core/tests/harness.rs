@@ -652,7 +652,27 @@ impl Harness {
         let mut outcome_step: HashMap<String, (usize, i64)> = HashMap::new();
         let mut done: HashSet<String> = HashSet::new();
         let mut outstanding: HashMap<&str, usize> = HashMap::new();
+        // At most one sync per (token, kind) runs at a time.
+        let mut running: HashMap<(&str, SyncKind), u64> = HashMap::new();
         for (i, s) in self.steps.iter().enumerate() {
+            match &s.input {
+                Input::SyncDone(id, _) => running.retain(|_, r| r != id),
+                Input::Crash => running.clear(),
+                _ => {}
+            }
+            for a in &s.actions {
+                if let Action::StartSync {
+                    sync_id,
+                    token,
+                    kind,
+                    ..
+                } = a
+                {
+                    if let Some(other) = running.insert((token, *kind), *sync_id) {
+                        panic!("step {i}: sync {sync_id} of {token}/{kind} while {other} runs");
+                    }
+                }
+            }
             // (f) bounded actions per input.
             let notes = s.fed.max(1);
             let mut persists: HashMap<&str, usize> = HashMap::new();

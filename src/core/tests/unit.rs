@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::harness::*;
 use crate::core::backoff;
 use crate::core::{
-    Action, Core, EventRecord, EventType, FailureSource, HistoryEntry, Outcome, State,
+    Action, Core, EventRecord, EventType, FailureSource, HistoryEntry, Outcome, PollRecord, State,
     StatusResult, SyncKind,
 };
 
@@ -117,6 +117,19 @@ fn partial_chunks_then_silence_poll_after_grace_then_sync() {
     assert_eq!(last.settled_at, Some(ts(6 * MIN)));
     assert_eq!((last.num_requested, last.num_completed), (Some(250), 250));
     assert_eq!(last.polls, 1);
+    let polls: Vec<PollRecord> = h
+        .changes("e1")
+        .iter()
+        .filter_map(|(_, c)| c.poll.clone())
+        .collect();
+    assert_eq!(
+        polls,
+        vec![PollRecord {
+            at: ts(5 * MIN),
+            result: "COMPLETE".into(),
+            detail: Some("250/250 completed".into()),
+        }]
+    );
     h.check_invariants();
 }
 
@@ -1114,5 +1127,39 @@ fn crash_with_requests_in_flight_recovers_from_snapshots() {
         (State::Settled, Some(Outcome::Complete))
     );
     assert_eq!(p1.polls, 2);
+    h.check_invariants();
+}
+
+#[test]
+fn failed_status_records_apples_failures_and_syncs() {
+    let mut h = harness();
+    // Every notification lost: only Event Status tells.
+    h.event(
+        0,
+        track_req("e1", "acme", EventType::Associate, Some(4)),
+        AppleEvent::new(Truth::Failed, MIN, 4),
+    );
+    h.run_until(DAY);
+    assert_eq!(h.poll_times("e1"), vec![5 * MIN]);
+    let ch = h.changes("e1");
+    let (_, c) = ch
+        .iter()
+        .find(|(_, c)| c.event.outcome.is_some())
+        .expect("outcome");
+    assert_eq!(c.event.state, State::Syncing);
+    assert_eq!(c.event.outcome, Some(Outcome::Failed));
+    assert_eq!((c.event.num_requested, c.event.num_completed), (Some(4), 3));
+    assert_eq!(
+        c.failures,
+        vec![(FailureSource::Status, failure(9609, "u-failed"))]
+    );
+    assert_eq!(c.poll.as_ref().map(|p| p.result.as_str()), Some("FAILED"));
+    assert!(c.feed);
+    let last = h.last("e1");
+    assert_eq!(
+        (last.state, last.outcome),
+        (State::Settled, Some(Outcome::Failed))
+    );
+    assert_eq!(last.settled_at, Some(ts(6 * MIN)));
     h.check_invariants();
 }
