@@ -763,9 +763,15 @@ impl Harness {
                         assert_eq!(last.to, new.state, "step {i}: {id} history to");
                         assert_eq!(last.outcome, new.outcome, "step {i}: {id} history outcome");
                     }
+                    // The entries chain from the old state to the new one.
+                    let mut state = old.state;
                     for h in &c.history {
                         assert_eq!(h.at, s.wall, "step {i}: {id} history time");
+                        assert_eq!(h.from, Some(state), "step {i}: {id} history chain");
+                        assert!(!h.cause.is_empty(), "step {i}: {id} history without cause");
+                        state = h.to;
                     }
+                    assert_eq!(state, new.state, "step {i}: {id} history ends elsewhere");
                     // Monotone fields.
                     assert!(new.polls >= old.polls, "{id}: polls went down");
                     assert!(new.notified_success >= old.notified_success);

@@ -1163,3 +1163,31 @@ fn failed_status_records_apples_failures_and_syncs() {
     assert_eq!(last.settled_at, Some(ts(6 * MIN)));
     h.check_invariants();
 }
+
+/// Sans-IO: the core's sources name no runtime, IO crate or clock.
+#[test]
+fn core_is_pure() {
+    let sources = [
+        ("mod.rs", include_str!("../mod.rs")),
+        ("model.rs", include_str!("../model.rs")),
+        ("backoff.rs", include_str!("../backoff.rs")),
+    ];
+    let forbidden = [
+        "tokio",
+        "reqwest",
+        "rusqlite",
+        "axum",
+        "std::fs",
+        "std::net",
+        "std::thread",
+        "SystemTime",
+        "Instant",
+        "::now()",
+        "rand::",
+    ];
+    for (file, src) in sources {
+        for word in forbidden {
+            assert!(!src.contains(word), "src/core/{file} mentions {word}");
+        }
+    }
+}
