@@ -215,17 +215,35 @@ pub async fn run_sync(
                         Fetched::Assets(tr) => {
                             let replace = tr.consistent;
                             mirror::apply_assets(c, &t, &tr.records, replace, now)?;
-                            (tr.pages, tr.records.len(), tr.version_id.clone(), replace, false)
+                            (
+                                tr.pages,
+                                tr.records.len(),
+                                tr.version_id.clone(),
+                                replace,
+                                false,
+                            )
                         }
                         Fetched::Assignments(tr) => {
                             let replace = !tr.incremental && tr.consistent;
                             mirror::apply_assignments(c, &t, &tr.records, replace, now)?;
-                            (tr.pages, tr.records.len(), tr.version_id.clone(), replace, tr.incremental)
+                            (
+                                tr.pages,
+                                tr.records.len(),
+                                tr.version_id.clone(),
+                                replace,
+                                tr.incremental,
+                            )
                         }
                         Fetched::Users(tr) => {
                             let replace = !tr.incremental && tr.consistent;
                             mirror::apply_users(c, &t, &tr.records, replace, now)?;
-                            (tr.pages, tr.records.len(), tr.version_id.clone(), replace, tr.incremental)
+                            (
+                                tr.pages,
+                                tr.records.len(),
+                                tr.version_id.clone(),
+                                replace,
+                                tr.incremental,
+                            )
                         }
                     };
                     if replace {

@@ -21,8 +21,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::apple::model::{
-    parse_notification, AssetManagementType, Notification, NotificationPayload,
-    NotificationResult,
+    parse_notification, AssetManagementType, Notification, NotificationPayload, NotificationResult,
 };
 use crate::core::{NotificationInput, SyncKind};
 use crate::executor::Input;
@@ -228,9 +227,15 @@ async fn receive(
                 .await;
             if let Err(e) = kept {
                 tracing::error!(error = %e, "cannot quarantine a notification");
-                return reply(StatusCode::SERVICE_UNAVAILABLE, "cannot store the notification");
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot store the notification",
+                );
             }
-            return reply(StatusCode::BAD_REQUEST, &format!("not a notification: {reason}"));
+            return reply(
+                StatusCode::BAD_REQUEST,
+                &format!("not a notification: {reason}"),
+            );
         }
     };
     if let Some(uid) = &known.uid {
@@ -284,7 +289,10 @@ async fn receive(
         Ok(_) => (StatusCode::OK, Json(json!({}))).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot commit a notification");
-            reply(StatusCode::SERVICE_UNAVAILABLE, "cannot store the notification")
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store the notification",
+            )
         }
     }
 }
