@@ -13,6 +13,7 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod executor;
+pub mod metrics;
 pub mod secret;
 pub mod sim;
 pub mod store;
