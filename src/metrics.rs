@@ -372,8 +372,11 @@ fn format_value(v: f64) -> String {
 mod tests {
     use super::*;
 
-    /// Parses a sample line into (name, labels, value), checking the syntax strictly.
-    fn parse_sample(line: &str) -> (String, Vec<(String, String)>, f64) {
+    /// A parsed sample: name, labels in order, value.
+    type Sample = (String, Vec<(String, String)>, f64);
+
+    /// Parses a sample line, checking the syntax strictly.
+    fn parse_sample(line: &str) -> Sample {
         let (name_labels, value) = line.rsplit_once(' ').expect("value");
         let value = match value {
             "+Inf" => f64::INFINITY,
@@ -411,7 +414,7 @@ mod tests {
         (name.to_string(), labels, value)
     }
 
-    fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    fn samples(text: &str) -> Vec<Sample> {
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .map(parse_sample)
