@@ -11,10 +11,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::HashMap;
+
 use crate::api::{self, ApiState};
+use crate::apple::{AppleClient, ClientOptions};
+use crate::effects::AppleEffects;
+use crate::scheduler::{self, Upkeep};
+use crate::webhook::{self, WebhookState, WebhookToken};
 use crate::config::Config;
-use crate::core::{Core, Timings};
-use crate::executor::{Effects, Executor, ExecutorHandle, NoApple};
+use crate::core::{Core, SyncKind, Timings};
+use crate::executor::{Effects, Executor, ExecutorHandle, Input, NoApple};
 use crate::store::{queries, Store, StoreError};
 use crate::time::Timestamp;
 
@@ -76,6 +82,25 @@ pub fn timings(config: &Config) -> Timings {
     }
 }
 
+/// The Apple client for the configured tokens (none when no token is configured).
+pub fn build_client(config: &Config) -> Result<Option<AppleClient>, DaemonError> {
+    if config.tokens.is_empty() {
+        return Ok(None);
+    }
+    let client = AppleClient::new(ClientOptions {
+        base_url: config.apple.base_url.clone(),
+        request_timeout: config.apple.request_timeout,
+        max_requests_per_second: config.apple.max_requests_per_second,
+        max_concurrent_requests: config.apple.max_concurrent_requests,
+        read_retries: 3,
+    })
+    .map_err(|e| DaemonError::Task(format!("cannot build the Apple client: {e}")))?;
+    for t in &config.tokens {
+        client.set_token(&t.name, t.content_token.raw.clone(), t.max_requests_per_second);
+    }
+    Ok(Some(client))
+}
+
 /// What the daemon holds while running; tests use it to reach the executor.
 pub struct Running {
     pub store: Store,
@@ -133,7 +158,11 @@ pub async fn serve(
     }
     tracing::info!(recovered, "store open; unsettled events recovered");
 
-    let effects: Arc<dyn Effects> = Arc::new(NoApple);
+    let apple = build_client(&config)?;
+    let effects: Arc<dyn Effects> = match &apple {
+        Some(client) => Arc::new(AppleEffects::new(client.clone(), store.clone())),
+        None => Arc::new(NoApple),
+    };
     let (executor, handle) = Executor::new(core, store.clone(), effects);
     let running = Running {
         store: store.clone(),
@@ -148,7 +177,72 @@ pub async fn serve(
         timings,
         api_token: config.daemon.api_token.clone(),
         writes: Arc::new(Semaphore::new(512)),
-        apple: None,
+        apple: apple.clone(),
+    };
+    let known_uids: HashMap<String, String> = store
+        .read(|c| {
+            Ok(queries::list_tokens(c)?
+                .into_iter()
+                .filter_map(|t| t.u_id.map(|u| (t.name, u)))
+                .collect())
+        })
+        .await?;
+    let webhook_tokens: Arc<RwLock<HashMap<String, WebhookToken>>> = Arc::new(RwLock::new(
+        config
+            .tokens
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    WebhookToken {
+                        auth: t.notification_auth_token.clone(),
+                        uid: known_uids.get(&t.name).cloned(),
+                    },
+                )
+            })
+            .collect(),
+    ));
+    let mut background = tokio::task::JoinSet::new();
+    if let Some(listener) = listeners.webhook {
+        let state = WebhookState {
+            store: store.clone(),
+            committed: handle.committed.clone(),
+            tokens: webhook_tokens.clone(),
+            writes: Arc::new(Semaphore::new(1024)),
+        };
+        let app = webhook::router(state, &config.webhook.path_prefix, config.webhook.max_body_bytes);
+        let sd = shutdown.clone();
+        background.spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { sd.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "webhook server failed");
+            }
+        });
+    }
+    if let Some(client) = &apple {
+        let upkeep = Upkeep::new(client.clone(), store.clone(), &config, webhook_tokens.clone());
+        background.spawn(upkeep.run(config.apple.service_config_refresh, shutdown.clone()));
+    }
+    background.spawn(scheduler::retention(
+        store.clone(),
+        config.reconcile.retention,
+        shutdown.clone(),
+    ));
+    let token_list: Vec<String> = config.tokens.iter().map(|t| t.name.clone()).collect();
+    let cron = match scheduler::start_cron(
+        &config.reconcile.full_sync_schedule,
+        token_list,
+        handle.clone(),
+    )
+    .await
+    {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "scheduled full syncs are off");
+            None
+        }
     };
     let exec_task = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(10)));
     let api_shutdown = shutdown.clone();
@@ -157,6 +251,23 @@ pub async fn serve(
             .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
             .await
     });
+    // Fill or refresh the mirror at start: incremental where a versionId is stored.
+    if apple.is_some() {
+        for t in &config.tokens {
+            for kind in SyncKind::ALL {
+                let _ = handle
+                    .inputs
+                    .send(Input::Sync {
+                        token: t.name.clone(),
+                        kind,
+                        full: false,
+                        cause: "daemon start".into(),
+                        reply: None,
+                    })
+                    .await;
+            }
+        }
+    }
     on_ready(&running);
     shutdown.cancelled().await;
     tracing::info!("shutting down");
@@ -167,6 +278,11 @@ pub async fn serve(
         Err(_) => tracing::warn!("API server did not stop within {bound:?}"),
         _ => {}
     }
+    if let Some(mut c) = cron {
+        let _ = c.shutdown().await;
+    }
+    let _ = tokio::time::timeout(bound, async { while background.join_next().await.is_some() {} }).await;
+    background.abort_all();
     match tokio::time::timeout(bound, exec_task).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(DaemonError::Task(e.to_string())),

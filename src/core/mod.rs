@@ -12,7 +12,8 @@
 //! - `settled` is final; settled events leave memory after their last [`Change`].
 //! - Two polls of one event are never closer than `poll_min`.
 //! - An event in `syncing` settles only when a sync of its kind for its token that *started*
-//!   at or after its outcome was recorded completes (and is full when the event needs it).
+//!   after its outcome was recorded completes (and is full when the event needs it). "After"
+//!   is causal (by sync id), not by wall clock, which may step back.
 //! - History only grows: every state or outcome change emits a [`HistoryEntry`].
 
 pub mod backoff;
@@ -250,6 +251,12 @@ struct Tracked {
     in_flight: bool,
     /// Notification ids applied in this process's lifetime; the store dedupes across restarts.
     seen: Vec<String>,
+    /// `next_sync_id` when the current outcome was recorded (0 if recorded before a
+    /// restart): only runs with an id at or above it started after the outcome. Sync ids,
+    /// unlike the wall clock, never run backwards.
+    outcome_seq: u64,
+    /// A [`Action::Resubmit`] for this event awaits its answer.
+    resubmitting: bool,
 }
 
 #[derive(Default, Debug)]
@@ -261,7 +268,6 @@ struct TokenQueue {
 #[derive(Clone, Copy, Debug)]
 struct RunningSync {
     id: u64,
-    started_at: Timestamp,
     full: bool,
 }
 
@@ -286,6 +292,9 @@ pub struct Core {
     sync_index: HashMap<u64, (String, SyncKind)>,
     next_sync_id: u64,
     actions: VecDeque<Action>,
+    /// Events that settled while their resubmission was in flight: its answer is a live
+    /// Apple event that must still be tracked.
+    orphaned_resubmits: HashMap<String, EventRecord>,
 }
 
 impl Core {
@@ -298,6 +307,7 @@ impl Core {
             sync_index: HashMap::new(),
             next_sync_id: next_sync_id.max(1),
             actions: VecDeque::new(),
+            orphaned_resubmits: HashMap::new(),
         }
     }
 
@@ -369,6 +379,8 @@ impl Core {
                 rec,
                 in_flight: false,
                 seen: Vec::new(),
+                outcome_seq: 0,
+                resubmitting: false,
             },
         );
     }
@@ -413,11 +425,23 @@ impl Core {
                 next = Next::Sync;
             }
         } else if rec.outcome.is_none() || rec.outcome == Some(Outcome::TimedOut) {
-            match rec.num_requested {
+            // A REVOKE's request does not tell how many entities Apple will report (§2).
+            let known = if rec.event_type == EventType::Revoke {
+                None
+            } else {
+                rec.num_requested
+            };
+            match known {
                 Some(req) if rec.notified_success >= req => {
                     rec.outcome = Some(Outcome::Complete);
                     rec.outcome_at = Some(now);
-                    next = Next::Settle;
+                    // Only `pending → settled` is direct; a timed-out event already in
+                    // `syncing` waits for a sync that starts after this outcome.
+                    next = if rec.state == State::Syncing {
+                        Next::Sync
+                    } else {
+                        Next::Settle
+                    };
                 }
                 Some(_) => {}
                 None => next = Next::Confirm,
@@ -527,9 +551,20 @@ impl Core {
         old_id: &str,
         result: Result<String, String>,
     ) {
+        if let Some(old) = self.orphaned_resubmits.remove(old_id) {
+            // The old event settled meanwhile (it is final, so it is not linked), but Apple
+            // holds the new event: track it.
+            if let Ok(new_id) = result {
+                if !self.events.contains_key(&new_id) && new_id != old_id {
+                    self.track_resubmission(now, &old, new_id);
+                }
+            }
+            return;
+        }
         let Some(t) = self.events.get_mut(old_id) else {
             return;
         };
+        t.resubmitting = false;
         if t.in_flight {
             t.in_flight = false;
             if let Some(q) = self.queues.get_mut(&t.rec.token) {
@@ -542,9 +577,7 @@ impl Core {
             Ok(new_id) if !self.events.contains_key(&new_id) && new_id != old_id => {
                 let rec = &mut self.events.get_mut(old_id).expect("checked above").rec;
                 rec.superseded_by = Some(new_id.clone());
-                let token = rec.token.clone();
-                let event_type = rec.event_type;
-                let num_requested = rec.num_requested;
+                let old = rec.clone();
                 self.after_change(
                     now,
                     before,
@@ -552,36 +585,7 @@ impl Core {
                     Next::Keep,
                     format!("resubmitted as {new_id}"),
                 );
-                let new_rec = EventRecord::new_tracked(
-                    now,
-                    TrackRequest {
-                        event_id: new_id.clone(),
-                        token,
-                        event_type,
-                        submitted_at: Some(now),
-                        num_requested,
-                        has_request: true,
-                        supersedes: Some(old_id.to_string()),
-                    },
-                    &self.timings,
-                );
-                self.actions.push_back(Action::Persist(Box::new(Change {
-                    event: new_rec.clone(),
-                    insert: true,
-                    copy_request_from: Some(old_id.to_string()),
-                    history: vec![HistoryEntry {
-                        at: now,
-                        from: None,
-                        to: State::Pending,
-                        outcome: None,
-                        cause: format!("tracked as the resubmission of {old_id}"),
-                    }],
-                    failures: vec![],
-                    applied_notifications: vec![],
-                    poll: None,
-                    feed: true,
-                })));
-                self.insert(new_rec);
+                self.track_resubmission(now, &old, new_id);
             }
             Ok(new_id) => {
                 self.after_change(
@@ -602,6 +606,41 @@ impl Core {
                 );
             }
         }
+    }
+
+    /// Tracks `new_id`, the resubmission of `old`, and persists it as a new row.
+    fn track_resubmission(&mut self, now: Timestamp, old: &EventRecord, new_id: String) {
+        let old_id = old.event_id.clone();
+        let new_rec = EventRecord::new_tracked(
+            now,
+            TrackRequest {
+                event_id: new_id,
+                token: old.token.clone(),
+                event_type: old.event_type,
+                submitted_at: Some(now),
+                num_requested: old.num_requested,
+                has_request: true,
+                supersedes: Some(old_id.clone()),
+            },
+            &self.timings,
+        );
+        self.actions.push_back(Action::Persist(Box::new(Change {
+            event: new_rec.clone(),
+            insert: true,
+            copy_request_from: Some(old_id.clone()),
+            history: vec![HistoryEntry {
+                at: now,
+                from: None,
+                to: State::Pending,
+                outcome: None,
+                cause: format!("tracked as the resubmission of {old_id}"),
+            }],
+            failures: vec![],
+            applied_notifications: vec![],
+            poll: None,
+            feed: true,
+        })));
+        self.insert(new_rec);
     }
 
     /// Asks for a sync of `kind` for `token`. Coalesced: at most one runs per (token, kind);
@@ -640,11 +679,7 @@ impl Core {
         slot.retry_at = None;
         let id = self.next_sync_id;
         self.next_sync_id += 1;
-        slot.running = Some(RunningSync {
-            id,
-            started_at: now,
-            full,
-        });
+        slot.running = Some(RunningSync { id, full });
         self.sync_index.insert(id, key.clone());
         self.actions.push_back(Action::StartSync {
             sync_id: id,
@@ -676,7 +711,8 @@ impl Core {
                 .iter()
                 .filter(|id| {
                     events.get(*id).is_some_and(|t| {
-                        t.rec.outcome_at.is_some_and(|o| o <= run.started_at)
+                        t.rec.outcome_at.is_some()
+                            && t.outcome_seq <= run.id
                             && (run.full || !t.rec.needs_full_sync)
                     })
                 })
@@ -818,9 +854,13 @@ impl Core {
     ) {
         let id = before.event_id.clone();
         let timings = self.timings.clone();
+        let next_sync_id = self.next_sync_id;
         let Some(t) = self.events.get_mut(&id) else {
             return;
         };
+        if t.rec.outcome_at != before.outcome_at {
+            t.outcome_seq = next_sync_id;
+        }
         // Take the event out of the timer index; it is put back below if it still polls.
         if let Some(at) = t.rec.next_check_at.or(before.next_check_at) {
             if let Some(q) = self.queues.get_mut(&t.rec.token) {
@@ -873,6 +913,7 @@ impl Core {
                         resubmit = true;
                         t.rec.resubmitted = true;
                         t.in_flight = true;
+                        t.resubmitting = true;
                     }
                 }
             }
@@ -913,6 +954,9 @@ impl Core {
             State::Settled => {
                 self.remove_waiting(&rec);
                 if let Some(t) = self.events.remove(&id) {
+                    if t.resubmitting {
+                        self.orphaned_resubmits.insert(id.clone(), t.rec.clone());
+                    }
                     if t.in_flight {
                         if let Some(q) = self.queues.get_mut(&rec.token) {
                             q.in_flight = q.in_flight.saturating_sub(1);

@@ -1,1 +1,6 @@
+//! Tests of the pure core: a simulated harness stepping through days of retries in
+//! milliseconds, unit tests for each transition of design §2, and property tests.
 
+mod harness;
+mod props;
+mod unit;

@@ -266,3 +266,89 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The simulator binary on a free loopback port.
+pub struct Sim {
+    pub child: Child,
+    pub base: String,
+    pub addr: String,
+}
+
+impl Sim {
+    pub fn start(seed: u64) -> Sim {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(BIN)
+            .args(["sim", "--listen", "127.0.0.1:0", "--seed", &seed.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sim");
+        let stdout = child.stdout.take().expect("sim stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("sim line");
+        let base = line
+            .trim()
+            .strip_prefix("simulator listening on ")
+            .unwrap_or_else(|| panic!("unexpected sim output {line:?}"))
+            .to_string();
+        let addr = base
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        Sim { child, base, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Value {
+        let r = reqwest::Client::new()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("sim POST");
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Value {
+        let r = reqwest::Client::new()
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("sim PUT");
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        reqwest::get(self.url(path))
+            .await
+            .expect("sim GET")
+            .json()
+            .await
+            .unwrap_or(Value::Null)
+    }
+
+    /// An Apple write as the MDM would send it: returns the eventId.
+    pub async fn apple_write(&self, stoken: &str, endpoint: &str, body: &Value) -> Value {
+        let r = reqwest::Client::new()
+            .post(format!("{}{}", self.base, endpoint))
+            .bearer_auth(stoken)
+            .json(body)
+            .send()
+            .await
+            .expect("apple write");
+        r.json().await.unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

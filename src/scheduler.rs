@@ -1,0 +1,220 @@
+//! Periodic work, as thin adapters: the cron full sync per token (tokio-cron-scheduler; its
+//! jobs only send inputs to the executor), Service Config and Client Config upkeep, token
+//! expiry warnings, and retention. None of it holds business logic of the event core.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+
+use crate::apple::model::ClientConfigRequest;
+use crate::apple::AppleClient;
+use crate::config::{Config, TokenConfig};
+use crate::core::SyncKind;
+use crate::executor::{ExecutorHandle, Input};
+use crate::store::{queries, Store};
+use crate::time::Timestamp;
+use crate::webhook::WebhookToken;
+
+/// Notification types the daemon subscribes to when it keeps Client Config pointing at it.
+pub const NOTIFICATION_TYPES: [&str; 4] = [
+    "ASSET_MANAGEMENT",
+    "USER_MANAGEMENT",
+    "ASSET_COUNT",
+    "USER_ASSOCIATED",
+];
+
+/// Starts the cron full sync per token and kind. Returns the scheduler (keep it alive).
+pub async fn start_cron(
+    schedule: &str,
+    tokens: Vec<String>,
+    executor: ExecutorHandle,
+) -> Result<JobScheduler, String> {
+    let sched = JobScheduler::new()
+        .await
+        .map_err(|e| format!("cannot start the cron scheduler: {e}"))?;
+    let job = Job::new_async(schedule, move |_id, _lock| {
+        let tokens = tokens.clone();
+        let inputs = executor.inputs.clone();
+        Box::pin(async move {
+            for token in tokens {
+                for kind in SyncKind::ALL {
+                    let _ = inputs
+                        .send(Input::Sync {
+                            token: token.clone(),
+                            kind,
+                            full: true,
+                            cause: "scheduled full sync".into(),
+                            reply: None,
+                        })
+                        .await;
+                }
+            }
+        })
+    })
+    .map_err(|e| format!("full_sync_schedule {schedule:?} is not a cron expression: {e}"))?;
+    sched
+        .add(job)
+        .await
+        .map_err(|e| format!("cannot schedule the full sync: {e}"))?;
+    sched
+        .start()
+        .await
+        .map_err(|e| format!("cannot start the cron scheduler: {e}"))?;
+    Ok(sched)
+}
+
+/// Keeps what the daemon knows about Apple fresh: Service Config (URLs, limits), each token's
+/// Client Config (uId, location, mdmInfo ownership, notification URL), health and expiry.
+pub struct Upkeep {
+    pub client: AppleClient,
+    pub store: Store,
+    pub tokens: Vec<TokenConfig>,
+    pub webhook_tokens: Arc<std::sync::RwLock<HashMap<String, WebhookToken>>>,
+    pub health: Arc<Mutex<HashMap<String, bool>>>,
+    warned: HashSet<(String, u32)>,
+}
+
+impl Upkeep {
+    pub fn new(
+        client: AppleClient,
+        store: Store,
+        config: &Config,
+        webhook_tokens: Arc<std::sync::RwLock<HashMap<String, WebhookToken>>>,
+    ) -> Upkeep {
+        Upkeep {
+            client,
+            store,
+            tokens: config.tokens.clone(),
+            webhook_tokens,
+            health: Arc::new(Mutex::new(HashMap::new())),
+            warned: HashSet::new(),
+        }
+    }
+
+    /// Runs every `every` until shutdown.
+    pub async fn run(mut self, every: Duration, shutdown: CancellationToken) {
+        loop {
+            self.once().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    pub async fn once(&mut self) {
+        if let Err(e) = self.client.service_config().await {
+            tracing::warn!(error = %e, "cannot read Service Config; keeping the last URLs and limits");
+        }
+        let now = Timestamp::now();
+        for t in self.tokens.clone() {
+            self.expiry_warning(&t, now);
+            self.client_config(&t).await;
+            crate::effects::note_health(&self.client, &self.store, &self.health, &t.name).await;
+        }
+    }
+
+    fn expiry_warning(&mut self, t: &TokenConfig, now: Timestamp) {
+        let exp = t.content_token.exp_date;
+        let left = exp.since(now);
+        let days = left.as_secs() / 86_400;
+        if exp <= now {
+            if self.warned.insert((t.name.clone(), 0)) {
+                tracing::error!(token = %t.name, expired_at = %exp, "content token has expired; download a new one from Apple Business/School Manager");
+            }
+            return;
+        }
+        for threshold in [1u32, 7, 30] {
+            if days < u64::from(threshold) {
+                if self.warned.insert((t.name.clone(), threshold)) {
+                    tracing::warn!(token = %t.name, expires_at = %exp, days_left = days,
+                        "content token expires within {threshold} day(s)");
+                }
+                break;
+            }
+        }
+    }
+
+    async fn client_config(&mut self, t: &TokenConfig) {
+        let cc = match self.client.client_config(&t.name).await {
+            Ok(cc) => cc,
+            Err(e) => {
+                tracing::warn!(token = %t.name, error = %e, "cannot read Client Config");
+                return;
+            }
+        };
+        if let Some(uid) = &cc.u_id {
+            if let Ok(mut w) = self.webhook_tokens.write() {
+                if let Some(wt) = w.get_mut(&t.name) {
+                    wt.uid = Some(uid.clone());
+                }
+            }
+        }
+        let mdm = cc.mdm_info.as_ref().map(|m| m.id.clone());
+        let (name, uid, location) = (t.name.clone(), cc.u_id.clone(), cc.location_name.clone());
+        let recorded = self
+            .store
+            .write(move |c| queries::set_token_location(c, &name, uid.as_deref(), location.as_deref(), mdm.as_deref()))
+            .await;
+        let conflict = match recorded {
+            Ok(conflict) => conflict,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record Client Config");
+                return;
+            }
+        };
+        if let Some(c) = &conflict {
+            tracing::error!(token = %t.name, conflict = %c, "another MDM's mdmInfo is on this location; not touching its Client Config");
+            return;
+        }
+        let Some(url) = &t.notification_url else {
+            return;
+        };
+        let ours = cc.notification_url.as_deref() == Some(url.as_str())
+            && cc
+                .notification_auth_token
+                .as_ref()
+                .is_some_and(|a| a.expose() == t.notification_auth_token.expose());
+        if ours {
+            return;
+        }
+        let req = ClientConfigRequest {
+            // mdmInfo is the MDM's: never replaced here.
+            mdm_info: None,
+            notification_auth_token: Some(t.notification_auth_token.clone()),
+            notification_types: Some(NOTIFICATION_TYPES.iter().map(|s| s.to_string()).collect()),
+            notification_url: Some(url.clone()),
+        };
+        match self.client.set_client_config(&t.name, &req).await {
+            Ok(_) => tracing::info!(token = %t.name, url = %url, "Client Config now points notifications at this daemon"),
+            Err(e) => tracing::warn!(token = %t.name, error = %e, "cannot set Client Config"),
+        }
+    }
+}
+
+/// Prunes settled events older than `retention`, in bounded batches, every hour.
+pub async fn retention(store: Store, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        let before = Timestamp::now().saturating_sub(retention);
+        loop {
+            match store.write(move |c| queries::prune(c, before, 500)).await {
+                Ok(n) if n > 0 => tracing::info!(pruned = n, "settled events pruned"),
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "pruning failed");
+                    break;
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}

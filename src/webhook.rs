@@ -1,0 +1,298 @@
+//! Apple's notifications in (design §6): `POST {path_prefix}/{token}` with
+//! `Authorization: Bearer <notification auth token>`.
+//!
+//! A notification is acknowledged (200) only after it is committed, together with its effect
+//! on the mirror, in the store's next group commit; the store's writer then hands it to the
+//! executor in commit order. Handling is at-least-once from Apple's side and exactly-once
+//! here: a duplicate `notificationId` is answered 200 and has no second effect.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use rusqlite::Connection;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::apple::model::{
+    parse_notification, AssetManagementType, Notification, NotificationPayload, NotificationResult,
+};
+use crate::core::{NotificationInput, SyncKind};
+use crate::executor::Input;
+use crate::secret::Secret;
+use crate::store::queries::{self, NewNotification};
+use crate::store::{mirror, Store, StoreError};
+use crate::time::Timestamp;
+
+/// Unparseable bodies kept for inspection, at most.
+const QUARANTINE_CAP: u32 = 1000;
+
+/// What the webhook knows of one token.
+#[derive(Clone, Debug)]
+pub struct WebhookToken {
+    pub auth: Secret,
+    /// The location's uId once learned from Apple; notifications for another uId are refused.
+    pub uid: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct WebhookState {
+    pub store: Store,
+    pub committed: tokio::sync::mpsc::UnboundedSender<Input>,
+    pub tokens: Arc<RwLock<HashMap<String, WebhookToken>>>,
+    /// Bounds requests waiting on a commit.
+    pub writes: Arc<Semaphore>,
+}
+
+pub fn router(state: WebhookState, path_prefix: &str, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(&format!("{path_prefix}/{{token}}"), post(receive))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+fn reply(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// What one notification does to the core, if anything.
+pub fn core_input(token: &str, n: &Notification) -> Option<Input> {
+    match &n.notification {
+        NotificationPayload::AssetManagement(p) => Some(Input::Notification(NotificationInput {
+            notification_id: n.notification_id.clone(),
+            token: token.to_string(),
+            event_id: p.event_id.clone(),
+            success: p.result == NotificationResult::Success,
+            entities: u32::try_from(p.assignments.len()).unwrap_or(u32::MAX),
+            error: p.error.as_ref().map(|e| e.to_failure()),
+        })),
+        NotificationPayload::UserManagement(p) => Some(Input::Notification(NotificationInput {
+            notification_id: n.notification_id.clone(),
+            token: token.to_string(),
+            event_id: p.event_id.clone(),
+            success: p.result == NotificationResult::Success,
+            entities: u32::try_from(p.users.len()).unwrap_or(u32::MAX),
+            error: p.error.as_ref().map(|e| e.to_failure()),
+        })),
+        NotificationPayload::AssetCount(_) => Some(Input::Sync {
+            token: token.to_string(),
+            kind: SyncKind::Assets,
+            full: true,
+            cause: "ASSET_COUNT notification".into(),
+            reply: None,
+        }),
+        NotificationPayload::UserAssociated(_) => Some(Input::Sync {
+            token: token.to_string(),
+            kind: SyncKind::Users,
+            full: false,
+            cause: "USER_ASSOCIATED notification".into(),
+            reply: None,
+        }),
+        NotificationPayload::Test | NotificationPayload::Other(_) => None,
+    }
+}
+
+/// Applies a notification's data to the mirror (inside the caller's transaction).
+pub fn apply_to_mirror(
+    conn: &Connection,
+    token: &str,
+    n: &Notification,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    match &n.notification {
+        NotificationPayload::AssetManagement(p) if p.result == NotificationResult::Success => {
+            let associate = p.kind == AssetManagementType::Associate;
+            if p.kind != AssetManagementType::Unknown {
+                mirror::apply_asset_notification(conn, token, associate, &p.assignments, now)?;
+            }
+        }
+        NotificationPayload::UserManagement(p) if p.result == NotificationResult::Success => {
+            mirror::apply_user_notification(conn, token, &p.users, now)?;
+        }
+        NotificationPayload::UserAssociated(p) => {
+            mirror::apply_user_notification(conn, token, &p.associated_users, now)?;
+        }
+        NotificationPayload::AssetCount(p) => {
+            mirror::apply_asset_count(
+                conn,
+                token,
+                &p.adam_id,
+                p.pricing_param.as_str(),
+                p.count_delta,
+                now,
+            )?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Re-applies to the mirror the notifications of `token` received at or after `since`, so a
+/// sync that replaced the mirror with pages read before them does not undo them.
+pub fn replay_since(
+    conn: &Connection,
+    token: &str,
+    since: Timestamp,
+    now: Timestamp,
+) -> Result<usize, StoreError> {
+    let bodies: Vec<String> = conn
+        .prepare_cached(
+            "SELECT body FROM notifications WHERE token = ?1 AND received_at >= ?2 \
+             AND type IN ('ASSET_MANAGEMENT', 'USER_MANAGEMENT', 'USER_ASSOCIATED') ORDER BY id",
+        )?
+        .query_map(rusqlite::params![token, since.0], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for body in bodies {
+        if let Ok(note) = parse_notification(body.as_bytes()) {
+            apply_to_mirror(conn, token, &note, now)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn stored(token: &str, n: &Notification, body: &[u8], now: Timestamp) -> NewNotification {
+    let (event_id, result, entities, error) = match &n.notification {
+        NotificationPayload::AssetManagement(p) => (
+            Some(p.event_id.clone()),
+            Some(p.result.as_str().to_string()),
+            u32::try_from(p.assignments.len()).ok(),
+            p.error.as_ref().map(|e| e.to_failure()),
+        ),
+        NotificationPayload::UserManagement(p) => (
+            Some(p.event_id.clone()),
+            Some(p.result.as_str().to_string()),
+            u32::try_from(p.users.len()).ok(),
+            p.error.as_ref().map(|e| e.to_failure()),
+        ),
+        _ => (None, None, None, None),
+    };
+    NewNotification {
+        notification_id: n.notification_id.clone(),
+        token: token.to_string(),
+        notification_type: n.notification_type_raw.clone(),
+        event_id,
+        result,
+        entities,
+        error,
+        received_at: now,
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+async fn receive(
+    State(state): State<WebhookState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let known = state
+        .tokens
+        .read()
+        .ok()
+        .and_then(|t| t.get(&token).cloned());
+    let Some(known) = known else {
+        return reply(StatusCode::NOT_FOUND, "unknown token");
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !known.auth.matches(given.as_bytes()) {
+        tracing::warn!(token = %token, "notification with a missing or wrong bearer token refused");
+        return reply(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let Ok(_permit) = state.writes.acquire().await else {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    let now = Timestamp::now();
+    let note = match parse_notification(&body) {
+        Ok(n) => n,
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::warn!(token = %token, error = %reason, "unparseable notification quarantined");
+            let (t, r, b) = (token.clone(), reason.clone(), body.to_vec());
+            let kept = state
+                .store
+                .write(move |c| queries::quarantine(c, &t, now, &r, &b, QUARANTINE_CAP))
+                .await;
+            if let Err(e) = kept {
+                tracing::error!(error = %e, "cannot quarantine a notification");
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot store the notification",
+                );
+            }
+            return reply(
+                StatusCode::BAD_REQUEST,
+                &format!("not a notification: {reason}"),
+            );
+        }
+    };
+    if let Some(uid) = &known.uid {
+        if &note.u_id != uid {
+            tracing::warn!(token = %token, uid = %note.u_id, expected = %uid,
+                "notification for another location refused");
+            return reply(
+                StatusCode::BAD_REQUEST,
+                &format!("uId {:?} is not the location of token {token}", note.u_id),
+            );
+        }
+    }
+    if matches!(note.notification, NotificationPayload::Test) {
+        tracing::info!(token = %token, notification_id = %note.notification_id, "TEST_NOTIFICATION received");
+    }
+    let row = stored(&token, &note, &body, now);
+    let input = core_input(&token, &note);
+    let committed = state.committed.clone();
+    let (t, ntype, result) = (
+        token.clone(),
+        note.notification_type_raw.clone(),
+        row.result.clone().unwrap_or_else(|| "-".into()),
+    );
+    let written = state
+        .store
+        .write_then(
+            move |c| {
+                let new = queries::insert_notification(c, &row)?;
+                if new {
+                    apply_to_mirror(c, &t, &note, now)?;
+                }
+                Ok(new)
+            },
+            move |new| {
+                if *new {
+                    if let Some(input) = input {
+                        let _ = committed.send(input);
+                    }
+                }
+            },
+        )
+        .await;
+    let metrics_result = match &written {
+        Ok(true) => result.as_str(),
+        Ok(false) => "duplicate",
+        Err(_) => "error",
+    };
+    tracing::debug!(token = %token, r#type = %ntype, result = %metrics_result, "notification handled");
+    let _ = started;
+    match written {
+        Ok(_) => (StatusCode::OK, Json(json!({}))).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot commit a notification");
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store the notification",
+            )
+        }
+    }
+}

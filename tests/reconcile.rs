@@ -1,0 +1,291 @@
+//! The real daemon against the real simulator binary over loopback: each scenario submits a
+//! workload at the simulator as an MDM would, tracks the eventIds through the daemon, and
+//! checks that every event ends with the simulator's true outcome, that the mirror equals
+//! `/_sim/truth`, and that the daemon never broke the rate limit or a Retry-After.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, EnvOptions, Sim, TestEnv};
+use serde_json::{json, Value};
+
+struct World {
+    sim: Sim,
+    env: TestEnv,
+    daemon: Option<Daemon>,
+    uids: Vec<String>,
+    c: reqwest::Client,
+}
+
+const FAST: &str = "notification_grace = \"2s\"\npoll_min = \"1s\"\npoll_max = \"4s\"\nresubmit_after = \"30s\"\ngive_up_after = \"60s\"";
+
+fn location_body(name: &str) -> Value {
+    let users: Vec<Value> = (1..=20)
+        .map(|i| json!({"clientUserId": format!("u{i}"), "email": format!("u{i}@example.com")}))
+        .collect();
+    json!({"name": name, "pageSize": 50, "users": users, "assets": [
+        {"adamId": "361304891", "pricingParam": "STDQ", "productType": "App", "total": 60, "deviceAssignable": true, "revocable": true},
+        {"adamId": "408709785", "pricingParam": "STDQ", "productType": "App", "total": 5, "deviceAssignable": true, "revocable": true}
+    ]})
+}
+
+impl World {
+    async fn new(tokens: &[&str], reconcile: &str, faults: Value) -> World {
+        let sim = Sim::start(7);
+        let mut uids = Vec::new();
+        let mut stokens = Vec::new();
+        for t in tokens {
+            let loc = sim.post("/_sim/locations", &location_body(t)).await;
+            uids.push(loc["uId"].as_str().expect("uId").to_string());
+            stokens.push(loc["sToken"].as_str().expect("sToken").to_string());
+        }
+        let env = TestEnv::new(EnvOptions {
+            tokens,
+            apple_base_url: Some(sim.base.clone()),
+            reconcile,
+            stokens,
+            log_level: "info,vpp_reconciler=debug",
+            ..Default::default()
+        });
+        sim.put("/_sim/faults", &faults).await;
+        for (i, t) in env.tokens.iter().enumerate() {
+            let url = format!("http://{}/apple/notifications/{}", env.webhook, t.name);
+            sim.put(
+                "/_sim/notify",
+                &json!({"uId": uids[i], "url": url, "authToken": t.notify_secret}),
+            )
+            .await;
+        }
+        let daemon = env.start_daemon();
+        World {
+            sim,
+            env,
+            daemon: Some(daemon),
+            uids,
+            c: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Sends an Apple write as the MDM would and tracks its eventId (with the body).
+    async fn submit(&self, token: usize, endpoint: &str, event_type: &str, body: Value) -> String {
+        let t = &self.env.tokens[token];
+        let r = self.sim.apple_write(&t.stoken, endpoint, &body).await;
+        let id = r["eventId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no eventId from {endpoint}: {r}"))
+            .to_string();
+        let tracked = self
+            .c
+            .post(self.env.api_url("/v1/events"))
+            .json(&json!({"token": t.name, "eventId": id, "type": event_type, "request": body}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(tracked.status().as_u16(), 201);
+        id
+    }
+
+    async fn events(&self) -> Vec<Value> {
+        let r: Value = self
+            .c
+            .get(self.env.api_url("/v1/events?limit=10000"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn wait_settled(&self, within: Duration) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let events = self.events().await;
+            if !events.is_empty() && events.iter().all(|e| e["state"] == "settled") {
+                return events;
+            }
+            if start.elapsed() > within {
+                let open: Vec<&Value> = events.iter().filter(|e| e["state"] != "settled").collect();
+                panic!(
+                    "{} events not settled within {within:?}: {open:#?}\nlog tail:\n{}",
+                    open.len(),
+                    tail(&self.daemon.as_ref().map(|d| d.log_text()).unwrap_or_default())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every event's outcome is the simulator's truth; the mirror equals the truth.
+    async fn check_truth(&self, events: &[Value]) {
+        for (i, t) in self.env.tokens.iter().enumerate() {
+            let truth = self.sim.get(&format!("/_sim/truth/{}", self.uids[i])).await;
+            for e in events.iter().filter(|e| e["token"] == t.name.as_str()) {
+                let id = e["eventId"].as_str().unwrap();
+                let Some(te) = truth["events"].as_array().unwrap().iter().find(|x| x["eventId"] == id) else {
+                    assert_eq!(e["outcome"], "not_found", "{id} unknown to the simulator");
+                    continue;
+                };
+                let want = match te["eventStatus"].as_str().unwrap() {
+                    "COMPLETE" => "complete",
+                    "FAILED" => "failed",
+                    other => panic!("simulator event {id} still {other}"),
+                };
+                assert_eq!(e["outcome"], want, "event {id}: daemon {e} vs truth {te}");
+                if want == "failed" {
+                    let failures = e["failures"].as_array().unwrap();
+                    assert!(!failures.is_empty(), "failures of {id} not recorded");
+                    let mut got: BTreeSet<i64> = BTreeSet::new();
+                    for f in failures {
+                        got.insert(f["errorNumber"].as_i64().unwrap());
+                    }
+                    for f in te["failures"].as_array().unwrap() {
+                        assert!(got.contains(&f["errorNumber"].as_i64().unwrap()), "{id}: {f} not recorded");
+                    }
+                }
+            }
+            self.check_mirror(&t.name, &truth);
+        }
+    }
+
+    fn check_mirror(&self, token: &str, truth: &Value) {
+        let db = rusqlite::Connection::open_with_flags(
+            self.env.path("state.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let assignments: BTreeSet<(String, String, String, String)> = db
+            .prepare("SELECT adam_id, pricing_param, client_user_id, serial_number FROM mirror_assignments WHERE token = ?1")
+            .unwrap()
+            .query_map([token], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: BTreeSet<(String, String, String, String)> = truth["assignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["adamId"].as_str().unwrap().to_string(),
+                    a["pricingParam"].as_str().unwrap().to_string(),
+                    a["clientUserId"].as_str().unwrap_or("").to_string(),
+                    a["serialNumber"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(assignments, want, "assignments mirror of {token}");
+        let assets: BTreeSet<(String, i64, i64, i64)> = db
+            .prepare("SELECT adam_id, assigned_count, available_count, total_count FROM mirror_assets WHERE token = ?1")
+            .unwrap()
+            .query_map([token], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: BTreeSet<(String, i64, i64, i64)> = truth["assets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["adamId"].as_str().unwrap().to_string(),
+                    a["assignedCount"].as_i64().unwrap(),
+                    a["availableCount"].as_i64().unwrap(),
+                    a["totalCount"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(assets, want, "assets mirror of {token}");
+        let users: BTreeSet<(String, String)> = db
+            .prepare("SELECT client_user_id, status FROM mirror_users WHERE token = ?1")
+            .unwrap()
+            .query_map([token], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: BTreeSet<(String, String)> = truth["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                (
+                    u["clientUserId"].as_str().unwrap().to_string(),
+                    u["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(users, want, "users mirror of {token}");
+    }
+
+    async fn stats(&self) -> Value {
+        self.sim.get("/_sim/stats").await
+    }
+
+    /// No request over the rate limit and none inside a Retry-After window, for any token.
+    async fn check_well_behaved(&self) {
+        let stats = self.stats().await;
+        for uid in &self.uids {
+            let t = &stats["tokens"][uid];
+            assert_eq!(t["rateLimitViolations"], 0, "rate limit broken: {stats}");
+            assert_eq!(t["requestsDuringRetryAfter"], 0, "Retry-After ignored: {stats}");
+        }
+    }
+
+    fn status_calls(stats: &Value, uid: &str) -> i64 {
+        stats["tokens"][uid]["requests"]["eventStatus"].as_i64().unwrap_or(0)
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn associate(serials: &[&str], adam: &str) -> Value {
+    json!({"assets": [{"adamId": adam, "pricingParam": "STDQ"}], "serialNumbers": serials})
+}
+
+/// A mixed workload on one token: device and user associations, user creation, a
+/// disassociation.
+async fn workload(w: &World, token: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let serials: Vec<String> = (0..3).map(|j| format!("T{token}-D{i}-{j}")).collect();
+        let s: Vec<&str> = serials.iter().map(String::as_str).collect();
+        ids.push(w.submit(token, "assets/associate", "ASSOCIATE", associate(&s, "361304891")).await);
+    }
+    ids.push(
+        w.submit(token, "users/create", "CREATE",
+            json!({"users": [{"clientUserId": "n1", "email": "n1@example.com"}, {"clientUserId": "n2", "email": "n2@example.com"}]}))
+            .await,
+    );
+    ids.push(
+        w.submit(token, "assets/associate", "ASSOCIATE",
+            json!({"assets": [{"adamId": "361304891", "pricingParam": "STDQ"}], "clientUserIds": ["u1", "u2"]}))
+            .await,
+    );
+    ids.push(
+        w.submit(token, "assets/disassociate", "DISASSOCIATE",
+            associate(&[&format!("T{token}-D0-0")], "361304891"))
+            .await,
+    );
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_notifications_delivered_needs_no_status_poll() {
+    let w = World::new(&["acme"], FAST, json!({"processingDelay": "100ms"})).await;
+    let ids = workload(&w, 0).await;
+    let events = w.wait_settled(Duration::from_secs(60)).await;
+    assert_eq!(events.len(), ids.len());
+    w.check_truth(&events).await;
+    let stats = w.stats().await;
+    assert_eq!(World::status_calls(&stats, &w.uids[0]), 0, "no Event Status call needed: {stats}");
+    w.check_well_behaved().await;
+}
