@@ -618,7 +618,8 @@ async fn submit_request(
         .into_response())
 }
 
-/// 502 for a chunk Apple refused; the chunks before it stay submitted and tracked.
+/// 502 for a chunk Apple did not accept (or that never reached it); the chunks before it
+/// stay submitted and tracked, and their eventIds are in the answer.
 fn submit_failed(
     token: &str,
     kind: RequestKind,
@@ -629,10 +630,10 @@ fn submit_failed(
     events: Vec<EventView>,
 ) -> Response {
     tracing::warn!(token = %token, kind = %kind, chunk = index + 1, chunks = total,
-        submitted = event_ids.len(), error = %error, "Apple refused a request");
+        submitted = event_ids.len(), error = %error, "Apple did not accept a request");
     let mut body = json!({
         "error": format!(
-            "Apple refused {kind} request {} of {total} for token {token:?}: {error}",
+            "Apple did not accept {kind} request {} of {total} for token {token:?}: {error}",
             index + 1
         ),
         "code": "apple_error",

@@ -15,14 +15,14 @@ use std::collections::HashMap;
 
 use crate::api::{self, ApiState};
 use crate::apple::{AppleClient, ClientOptions};
-use crate::effects::AppleEffects;
-use crate::scheduler::{self, Upkeep};
-use crate::webhook::{self, WebhookState, WebhookToken};
 use crate::config::Config;
 use crate::core::{Core, SyncKind, Timings};
+use crate::effects::AppleEffects;
 use crate::executor::{Effects, Executor, ExecutorHandle, Input, NoApple};
+use crate::scheduler::{self, Upkeep};
 use crate::store::{queries, Store, StoreError};
 use crate::time::Timestamp;
+use crate::webhook::{self, WebhookState, WebhookToken};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -96,7 +96,11 @@ pub fn build_client(config: &Config) -> Result<Option<AppleClient>, DaemonError>
     })
     .map_err(|e| DaemonError::Task(format!("cannot build the Apple client: {e}")))?;
     for t in &config.tokens {
-        client.set_token(&t.name, t.content_token.raw.clone(), t.max_requests_per_second);
+        client.set_token(
+            &t.name,
+            t.content_token.raw.clone(),
+            t.max_requests_per_second,
+        );
     }
     Ok(Some(client))
 }
@@ -210,7 +214,11 @@ pub async fn serve(
             tokens: webhook_tokens.clone(),
             writes: Arc::new(Semaphore::new(1024)),
         };
-        let app = webhook::router(state, &config.webhook.path_prefix, config.webhook.max_body_bytes);
+        let app = webhook::router(
+            state,
+            &config.webhook.path_prefix,
+            config.webhook.max_body_bytes,
+        );
         let sd = shutdown.clone();
         background.spawn(async move {
             if let Err(e) = axum::serve(listener, app)
@@ -222,7 +230,12 @@ pub async fn serve(
         });
     }
     if let Some(client) = &apple {
-        let upkeep = Upkeep::new(client.clone(), store.clone(), &config, webhook_tokens.clone());
+        let upkeep = Upkeep::new(
+            client.clone(),
+            store.clone(),
+            &config,
+            webhook_tokens.clone(),
+        );
         background.spawn(upkeep.run(config.apple.service_config_refresh, shutdown.clone()));
     }
     background.spawn(scheduler::retention(
@@ -281,7 +294,10 @@ pub async fn serve(
     if let Some(mut c) = cron {
         let _ = c.shutdown().await;
     }
-    let _ = tokio::time::timeout(bound, async { while background.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(bound, async {
+        while background.join_next().await.is_some() {}
+    })
+    .await;
     background.abort_all();
     match tokio::time::timeout(bound, exec_task).await {
         Ok(Ok(())) => {}

@@ -157,7 +157,15 @@ impl Upkeep {
         let (name, uid, location) = (t.name.clone(), cc.u_id.clone(), cc.location_name.clone());
         let recorded = self
             .store
-            .write(move |c| queries::set_token_location(c, &name, uid.as_deref(), location.as_deref(), mdm.as_deref()))
+            .write(move |c| {
+                queries::set_token_location(
+                    c,
+                    &name,
+                    uid.as_deref(),
+                    location.as_deref(),
+                    mdm.as_deref(),
+                )
+            })
             .await;
         let conflict = match recorded {
             Ok(conflict) => conflict,
@@ -189,7 +197,9 @@ impl Upkeep {
             notification_url: Some(url.clone()),
         };
         match self.client.set_client_config(&t.name, &req).await {
-            Ok(_) => tracing::info!(token = %t.name, url = %url, "Client Config now points notifications at this daemon"),
+            Ok(_) => {
+                tracing::info!(token = %t.name, url = %url, "Client Config now points notifications at this daemon")
+            }
             Err(e) => tracing::warn!(token = %t.name, error = %e, "cannot set Client Config"),
         }
     }

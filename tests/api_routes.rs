@@ -192,8 +192,12 @@ async fn sync_route_answers_202_with_a_ticket_and_runs_are_listed() {
         .unwrap_or_else(|| panic!("sync {sync_id} listed: {syncs:?}"));
     assert_eq!(run["token"], "acme");
     assert_eq!(run["kind"], "assignments");
-    assert_eq!(run["full"], true);
-    assert_eq!(run["cause"], "requested through the local API");
+    if ticket["queued"] == false {
+        // The ticket names our own run (otherwise one the daemon started itself, with ours
+        // queued after it).
+        assert_eq!(run["full"], true);
+        assert_eq!(run["cause"], "requested through the local API");
+    }
     for key in ["startedAt", "pages", "records", "result"] {
         assert!(run.get(key).is_some(), "{key} in {run}");
     }
@@ -247,7 +251,8 @@ async fn tokens_and_mirror_routes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submit_without_an_apple_client_is_503_after_checking_kind_and_token() {
+async fn submit_checks_kind_token_and_body_and_answers_502_when_apple_is_unreachable() {
+    // The default test config points at 127.0.0.1:9: nothing listens there.
     let env = quiet_env(&["acme"]);
     let _daemon = env.start_daemon();
     let c = client();
@@ -257,18 +262,83 @@ async fn submit_without_an_apple_client_is_503_after_checking_kind_and_token() {
     assert_error(s, &a, 400, "invalid_request", "\"frobnicate\"");
     let (s, a) = post(&c, &env, "/v1/tokens/nope/requests/associate", &body).await;
     assert_error(s, &a, 404, "unknown_token", "\"nope\"");
-    for kind in [
-        "associate",
-        "disassociate",
-        "revoke",
-        "create-users",
-        "update-users",
-        "retire-users",
-    ] {
-        let (s, a) = post(&c, &env, &format!("/v1/tokens/acme/requests/{kind}"), &body).await;
-        assert_eq!(s, 503, "{kind}: {a}");
-        assert_eq!(a["code"], "apple_unavailable", "{a}");
-    }
+    let (s, a) = post(&c, &env, "/v1/tokens/acme/requests/associate", &json!([1])).await;
+    assert_error(s, &a, 400, "invalid_request", "JSON object");
+    // Split validation names the offending value.
+    let (s, a) = post(
+        &c,
+        &env,
+        "/v1/tokens/acme/requests/create-users",
+        &json!({"users": [{"clientUserId": ""}]}),
+    )
+    .await;
+    assert_error(s, &a, 400, "invalid_request", "users[0].clientUserId");
+    let (s, a) = post(&c, &env, "/v1/tokens/acme/requests/associate", &json!({})).await;
+    assert_error(s, &a, 400, "invalid_request", "assets");
+
+    let (s, a) = post(&c, &env, "/v1/tokens/acme/requests/associate", &body).await;
+    assert_error(s, &a, 502, "apple_error", "associate request 1 of 1");
+    assert_eq!(a["eventIds"], json!([]), "{a}");
+    let (_, events) = get(&c, &env, "/v1/events").await;
+    assert_eq!(events["events"], json!([]), "nothing tracked");
+}
+
+/// Without an Apple client (not reachable through the binary, which always builds one when a
+/// token is configured), the API itself: 503 `apple_unavailable` after the kind and token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_without_an_apple_client_is_503() {
+    use std::sync::{Arc, RwLock};
+    use vpp_reconciler::api::{router, ApiState};
+    use vpp_reconciler::core::{Core, Timings};
+    use vpp_reconciler::executor::{Executor, NoApple};
+    use vpp_reconciler::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    let (executor, handle) = Executor::new(
+        Core::new(Timings::default(), 1),
+        store.clone(),
+        Arc::new(NoApple),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let exec = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(1)));
+    let state = ApiState {
+        store,
+        executor: handle,
+        tokens: Arc::new(RwLock::new(["acme".to_string()].into_iter().collect())),
+        timings: Timings::default(),
+        api_token: None,
+        writes: Arc::new(tokio::sync::Semaphore::new(8)),
+        apple: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    let c = client();
+    let body = json!({"users": [{"clientUserId": "u1"}]});
+    let submit = |path: &str| c.post(format!("http://{addr}{path}")).json(&body).send();
+
+    let r = submit("/v1/tokens/acme/requests/create-users")
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["code"], "apple_unavailable", "{a}");
+    let r = submit("/v1/tokens/acme/requests/nope").await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = submit("/v1/tokens/beta/requests/create-users")
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    shutdown.cancel();
+    let _ = server.await;
+    let _ = exec.await;
 }
 
 /// (family, type) from `# TYPE` lines.
@@ -405,4 +475,151 @@ fn cli_sync_exit_codes() {
     let out = env.cli(&["sync", "--token", "nope", "--kind", "users"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("\"nope\""), "{}", stderr(&out));
+}
+
+/// Submitting through the daemon against the simulator: a body over Apple's `maxUsers` is
+/// split, every chunk is tracked with its body, the events settle with the simulator's
+/// outcome, and a token Apple refuses answers 502 with Apple's error number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_through_the_simulator_splits_tracks_and_settles() {
+    let sim = common::Sim::start(11);
+    let loc = sim
+        .post(
+            "/_sim/locations",
+            &json!({"name": "Acme", "assets": [], "users": [], "pageSize": 100}),
+        )
+        .await;
+    let uid = loc["uId"].as_str().expect("uId").to_string();
+    let env = TestEnv::new(EnvOptions {
+        tokens: &["acme"],
+        apple_base_url: Some(sim.base.clone()),
+        reconcile: "notification_grace = \"2s\"\npoll_min = \"1s\"\npoll_max = \"4s\"",
+        stokens: vec![loc["sToken"].as_str().expect("sToken").to_string()],
+        ..Default::default()
+    });
+    let t = &env.tokens[0];
+    sim.put(
+        "/_sim/notify",
+        &json!({"uId": uid, "url": format!("http://{}/apple/notifications/acme", env.webhook),
+                "authToken": t.notify_secret}),
+    )
+    .await;
+    let daemon = env.start_daemon();
+    let c = client();
+
+    // 250 users (one listed twice: deduped) over maxUsers 100: three requests.
+    let mut users: Vec<Value> = (0..250)
+        .map(|i| json!({"clientUserId": format!("u{i:03}"), "email": format!("u{i}@example.com")}))
+        .collect();
+    users.push(users[7].clone());
+    let (status, answer) = post(
+        &c,
+        &env,
+        "/v1/tokens/acme/requests/create-users",
+        &json!({ "users": users }),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let ids: Vec<String> = answer["eventIds"]
+        .as_array()
+        .expect("eventIds")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "{answer}");
+    let events = answer["events"].as_array().expect("events");
+    let requested: Vec<u64> = events
+        .iter()
+        .map(|e| e["numRequested"].as_u64().unwrap())
+        .collect();
+    assert_eq!(requested, [100, 100, 50]);
+    for (e, id) in events.iter().zip(&ids) {
+        assert_eq!(&e["eventId"], id);
+        assert_eq!(e["type"], "CREATE");
+        assert_eq!(e["token"], "acme");
+    }
+    // Tracked with the body, so the daemon can resubmit.
+    let (_, detail) = get(&c, &env, &format!("/v1/events/{}", ids[0])).await;
+    assert_eq!(detail["hasRequest"], true, "{detail}");
+    let truth = sim.get(&format!("/_sim/truth/{uid}")).await;
+    let known: HashSet<&str> = truth["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["eventId"].as_str())
+        .collect();
+    assert!(ids.iter().all(|id| known.contains(id.as_str())), "{truth}");
+
+    // They settle with the simulator's outcome (every user created).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut settled = 0;
+        for id in &ids {
+            let (_, e) = get(&c, &env, &format!("/v1/events/{id}")).await;
+            if e["state"] == "settled" {
+                assert_eq!(e["outcome"], "complete", "{e}");
+                settled += 1;
+            }
+        }
+        if settled == ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled in 60s; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The feed has them, and the users mirror got filled (by a sync or the notifications),
+    // paged by offset cursor.
+    let (_, feed) = get(&c, &env, "/v1/changes?limit=1000").await;
+    let fed: HashSet<&str> = feed["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["eventId"].as_str())
+        .collect();
+    assert!(ids.iter().all(|id| fed.contains(id.as_str())));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, page) = get(&c, &env, "/v1/tokens/acme/users?limit=200").await;
+        assert_eq!(s, 200, "{page}");
+        let first = page["users"].as_array().unwrap().len();
+        if first == 200 {
+            // A full page: the cursor (an offset) leads to the remaining 50.
+            let cursor = page["nextCursor"]
+                .as_str()
+                .expect("nextCursor on a full page");
+            assert_eq!(cursor, "200");
+            let (_, rest) = get(
+                &c,
+                &env,
+                &format!("/v1/tokens/acme/users?limit=200&cursor={cursor}"),
+            )
+            .await;
+            assert_eq!(rest["users"].as_array().unwrap().len(), 50, "{rest}");
+            assert!(rest.get("nextCursor").is_none());
+            break;
+        }
+        assert!(Instant::now() < deadline, "users mirror has {first} of 250");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A revoked token: Apple's error number comes back, nothing is tracked.
+    sim.put(
+        "/_sim/faults",
+        &json!({"tokenState": {uid.as_str(): "revoked"}}),
+    )
+    .await;
+    let (s, a) = post(
+        &c,
+        &env,
+        "/v1/tokens/acme/requests/create-users",
+        &json!({"users": [{"clientUserId": "late"}]}),
+    )
+    .await;
+    assert_error(s, &a, 502, "apple_error", "create-users request 1 of 1");
+    assert_eq!(a["errorNumber"], 9625, "{a}");
+    assert_eq!(a["eventIds"], json!([]));
 }

@@ -115,7 +115,13 @@ impl World {
                 panic!(
                     "{} events not settled within {within:?}: {open:#?}\nlog tail:\n{}",
                     open.len(),
-                    tail(&self.daemon.as_ref().map(|d| d.log_text()).unwrap_or_default())
+                    tail(
+                        &self
+                            .daemon
+                            .as_ref()
+                            .map(|d| d.log_text())
+                            .unwrap_or_default()
+                    )
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -128,7 +134,12 @@ impl World {
             let truth = self.sim.get(&format!("/_sim/truth/{}", self.uids[i])).await;
             for e in events.iter().filter(|e| e["token"] == t.name.as_str()) {
                 let id = e["eventId"].as_str().unwrap();
-                let Some(te) = truth["events"].as_array().unwrap().iter().find(|x| x["eventId"] == id) else {
+                let Some(te) = truth["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|x| x["eventId"] == id)
+                else {
                     assert_eq!(e["outcome"], "not_found", "{id} unknown to the simulator");
                     continue;
                 };
@@ -146,7 +157,10 @@ impl World {
                         got.insert(f["errorNumber"].as_i64().unwrap());
                     }
                     for f in te["failures"].as_array().unwrap() {
-                        assert!(got.contains(&f["errorNumber"].as_i64().unwrap()), "{id}: {f} not recorded");
+                        assert!(
+                            got.contains(&f["errorNumber"].as_i64().unwrap()),
+                            "{id}: {f} not recorded"
+                        );
                     }
                 }
             }
@@ -233,12 +247,17 @@ impl World {
         for uid in &self.uids {
             let t = &stats["tokens"][uid];
             assert_eq!(t["rateLimitViolations"], 0, "rate limit broken: {stats}");
-            assert_eq!(t["requestsDuringRetryAfter"], 0, "Retry-After ignored: {stats}");
+            assert_eq!(
+                t["requestsDuringRetryAfter"], 0,
+                "Retry-After ignored: {stats}"
+            );
         }
     }
 
     fn status_calls(stats: &Value, uid: &str) -> i64 {
-        stats["tokens"][uid]["requests"]["eventStatus"].as_i64().unwrap_or(0)
+        stats["tokens"][uid]["requests"]["eventStatus"]
+            .as_i64()
+            .unwrap_or(0)
     }
 }
 
@@ -258,7 +277,15 @@ async fn workload(w: &World, token: usize) -> Vec<String> {
     for i in 0..4 {
         let serials: Vec<String> = (0..3).map(|j| format!("T{token}-D{i}-{j}")).collect();
         let s: Vec<&str> = serials.iter().map(String::as_str).collect();
-        ids.push(w.submit(token, "assets/associate", "ASSOCIATE", associate(&s, "361304891")).await);
+        ids.push(
+            w.submit(
+                token,
+                "assets/associate",
+                "ASSOCIATE",
+                associate(&s, "361304891"),
+            )
+            .await,
+        );
     }
     ids.push(
         w.submit(token, "users/create", "CREATE",
@@ -271,9 +298,13 @@ async fn workload(w: &World, token: usize) -> Vec<String> {
             .await,
     );
     ids.push(
-        w.submit(token, "assets/disassociate", "DISASSOCIATE",
-            associate(&[&format!("T{token}-D0-0")], "361304891"))
-            .await,
+        w.submit(
+            token,
+            "assets/disassociate",
+            "DISASSOCIATE",
+            associate(&[&format!("T{token}-D0-0")], "361304891"),
+        )
+        .await,
     );
     ids
 }
@@ -286,6 +317,10 @@ async fn all_notifications_delivered_needs_no_status_poll() {
     assert_eq!(events.len(), ids.len());
     w.check_truth(&events).await;
     let stats = w.stats().await;
-    assert_eq!(World::status_calls(&stats, &w.uids[0]), 0, "no Event Status call needed: {stats}");
+    assert_eq!(
+        World::status_calls(&stats, &w.uids[0]),
+        0,
+        "no Event Status call needed: {stats}"
+    );
     w.check_well_behaved().await;
 }

@@ -496,7 +496,9 @@ pub fn set_token_location(
     mdm_id: Option<&str>,
 ) -> Result<Option<String>, StoreError> {
     let known: Option<Option<String>> = conn
-        .query_row("SELECT mdm_info FROM tokens WHERE name = ?1", [name], |r| r.get(0))
+        .query_row("SELECT mdm_info FROM tokens WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
         .optional()?;
     let conflict = match (known.flatten(), mdm_id) {
         (Some(k), Some(m)) if k != m => Some(format!(

@@ -278,14 +278,22 @@ impl Sim {
     pub fn start(seed: u64) -> Sim {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(BIN)
-            .args(["sim", "--listen", "127.0.0.1:0", "--seed", &seed.to_string()])
+            .args([
+                "sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--seed",
+                &seed.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn sim");
         let stdout = child.stdout.take().expect("sim stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("sim line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("sim line");
         let base = line
             .trim()
             .strip_prefix("simulator listening on ")
