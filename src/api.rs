@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,10 +17,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::apple::model::{count_entities, RequestKind};
-use crate::core::{EventRecord, EventType, Outcome, State as EventState, Timings, TrackRequest};
+use crate::apple::model::{count_entities, split_request, Limits, RequestKind};
+use crate::apple::ApiError;
+use crate::core::{
+    EventRecord, EventType, Outcome, State as EventState, SyncKind, Timings, TrackRequest,
+};
 use crate::executor::{ExecutorHandle, Input};
 use crate::secret::Secret;
+use crate::store::mirror::{self, MirrorKind};
 use crate::store::queries::{self, EventFilter, EventView, TrackOutcome};
 use crate::store::{Store, StoreError};
 use crate::time::Timestamp;
@@ -88,7 +93,16 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/events", post(track).get(list_events))
         .route("/v1/events/{event_id}", get(get_event))
+        .route("/v1/changes", get(list_changes))
+        .route("/v1/tokens", get(list_tokens))
+        .route("/v1/tokens/{token}/requests/{kind}", post(submit_request))
+        .route("/v1/tokens/{token}/sync", post(request_sync))
+        .route("/v1/tokens/{token}/assets", get(mirror_assets))
+        .route("/v1/tokens/{token}/assignments", get(mirror_assignments))
+        .route("/v1/tokens/{token}/users", get(mirror_users))
+        .route("/v1/syncs", get(list_syncs))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -397,5 +411,391 @@ async fn healthz(State(state): State<ApiState>) -> Response {
             )
                 .into_response()
         }
+    }
+}
+
+// ---- routes beyond tracking: submit, feed, syncs, tokens, mirror, metrics ----
+
+/// 404 `unknown_token` unless `token` is configured.
+fn known_token(state: &ApiState, token: &str) -> Result<(), HttpError> {
+    let known = state
+        .tokens
+        .read()
+        .map(|t| t.contains(token))
+        .unwrap_or(false);
+    if known {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_token",
+            format!("token {:?} is not configured", truncate(token, 64)),
+        ))
+    }
+}
+
+/// Query strings as received: numbers are parsed by hand so a bad one gets our JSON error.
+#[derive(Deserialize, Default)]
+pub struct PageQuery {
+    pub after: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<String>,
+    pub token: Option<String>,
+}
+
+fn page_query(q: Result<Query<PageQuery>, QueryRejection>) -> Result<PageQuery, HttpError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| HttpError::bad_request(format!("invalid query string: {}", e.body_text())))
+}
+
+/// `limit` within 1..=`max` (larger values are clamped: a client asking for too much still
+/// gets pages), `default` when absent.
+fn parse_limit(raw: Option<&str>, default: u32, max: u32) -> Result<u32, HttpError> {
+    match raw {
+        None => Ok(default),
+        Some(s) => match s.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(u32::try_from(n).unwrap_or(max).min(max)),
+            _ => Err(HttpError::bad_request(format!(
+                "limit {:?} must be a whole number from 1 to {max}",
+                truncate(s, 32)
+            ))),
+        },
+    }
+}
+
+fn parse_cursor(name: &str, raw: &str) -> Result<u64, HttpError> {
+    raw.trim().parse::<u64>().map_err(|_| {
+        HttpError::bad_request(format!(
+            "{name} {:?} must be a cursor from a previous page (a whole number)",
+            truncate(raw, 32)
+        ))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SyncBody {
+    kind: String,
+    #[serde(default)]
+    full: bool,
+}
+
+/// How long a sync request waits for the executor's ticket.
+const SYNC_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn request_sync(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    authorize(&state, &headers)?;
+    known_token(&state, &token)?;
+    let body: SyncBody = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::bad_request(format!("invalid sync request: {e}")))?;
+    let kind: SyncKind = body.kind.parse().map_err(HttpError::bad_request)?;
+    let (reply, ticket) = tokio::sync::oneshot::channel();
+    let input = Input::Sync {
+        token: token.clone(),
+        kind,
+        full: body.full,
+        cause: "requested through the local API".into(),
+        reply: Some(reply),
+    };
+    let unavailable = || {
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "executor_unavailable",
+            format!(
+                "the scheduler did not take the {kind} sync request for token {token:?} within 5s"
+            ),
+        )
+    };
+    let ticket = tokio::time::timeout(SYNC_REPLY_TIMEOUT, async {
+        state.executor.inputs.send(input).await.ok()?;
+        ticket.await.ok()
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(unavailable)?;
+    Ok((StatusCode::ACCEPTED, Json(ticket)).into_response())
+}
+
+async fn submit_request(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((token, kind)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    authorize(&state, &headers)?;
+    let kind: RequestKind = kind.parse().map_err(HttpError::bad_request)?;
+    known_token(&state, &token)?;
+    let Some(apple) = state.apple.clone() else {
+        return Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "apple_unavailable",
+            "this daemon has no Apple client, so it cannot submit requests",
+        ));
+    };
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::bad_request(format!("the {kind} request is not JSON: {e}")))?;
+    if !body.is_object() {
+        return Err(HttpError::bad_request(format!(
+            "the {kind} request must be a JSON object as Apple expects"
+        )));
+    }
+    // Before Service Config is read, empty limits make split_request use Apple's examples.
+    let limits = apple.limits().unwrap_or_else(Limits::default);
+    let chunks =
+        split_request(kind, &body, &limits).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let event_type = kind.event_type().as_str();
+    let mut event_ids: Vec<String> = Vec::with_capacity(chunks.len());
+    let mut events: Vec<EventView> = Vec::with_capacity(chunks.len());
+    for (i, chunk) in chunks.iter().enumerate() {
+        let answer = match apple.submit(&token, kind, chunk).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                return Ok(submit_failed(
+                    &token,
+                    kind,
+                    i,
+                    chunks.len(),
+                    &e,
+                    event_ids,
+                    events,
+                ))
+            }
+        };
+        let event_id = answer.event_id;
+        // Apple has the request now: whatever happens next, the caller must learn this id.
+        event_ids.push(event_id.clone());
+        let submitted_at = Timestamp::now().to_rfc3339();
+        let fields = TrackFields {
+            token: &token,
+            event_id: &event_id,
+            event_type,
+            submitted_at: Some(&submitted_at),
+            request: Some(chunk),
+        };
+        let tokens = state.tokens.read().map(|t| t.clone()).unwrap_or_default();
+        let tracked = match validate_track(Timestamp::now(), &fields, &tokens, &state.timings) {
+            Ok(valid) => commit_track(&state, valid).await,
+            // The body was checked already, so what fails here is Apple's answer (an odd
+            // eventId) or a reload that removed the token meanwhile: not the caller's fault.
+            Err(e) => Err(HttpError {
+                status: StatusCode::BAD_GATEWAY,
+                ..e
+            }),
+        };
+        match tracked {
+            Ok((_, view)) => events.push(view),
+            Err(e) => {
+                tracing::error!(token = %token, event_id = %event_id, error = %e.message,
+                    "Apple accepted a request but its event could not be tracked");
+                let tracked: Vec<&str> = events.iter().map(|v| v.event_id.as_str()).collect();
+                return Ok((
+                    e.status,
+                    Json(json!({
+                        "error": format!(
+                            "Apple accepted {kind} request {} of {} as event {event_id}, but it could not be tracked: {}",
+                            i + 1, chunks.len(), e.message
+                        ),
+                        "code": "not_tracked",
+                        "eventIds": event_ids,
+                        "untracked": [event_id],
+                        "tracked": tracked,
+                    })),
+                )
+                    .into_response());
+            }
+        }
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"eventIds": event_ids, "events": events})),
+    )
+        .into_response())
+}
+
+/// 502 for a chunk Apple did not accept (or that never reached it); the chunks before it
+/// stay submitted and tracked, and their eventIds are in the answer.
+fn submit_failed(
+    token: &str,
+    kind: RequestKind,
+    index: usize,
+    total: usize,
+    error: &ApiError,
+    event_ids: Vec<String>,
+    events: Vec<EventView>,
+) -> Response {
+    tracing::warn!(token = %token, kind = %kind, chunk = index + 1, chunks = total,
+        submitted = event_ids.len(), error = %error, "Apple did not accept a request");
+    let mut body = json!({
+        "error": format!(
+            "Apple did not accept {kind} request {} of {total} for token {token:?}: {error}",
+            index + 1
+        ),
+        "code": "apple_error",
+        "eventIds": event_ids,
+        "events": events,
+    });
+    if let Some(n) = error.error_number() {
+        body["errorNumber"] = json!(n);
+    }
+    (StatusCode::BAD_GATEWAY, Json(body)).into_response()
+}
+
+async fn list_changes(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    authorize(&state, &headers)?;
+    let q = page_query(q)?;
+    let limit = parse_limit(q.limit.as_deref(), 100, 1000)?;
+    let after = match (q.after.as_deref(), q.cursor.as_deref()) {
+        (Some(a), Some(c)) if a != c => {
+            return Err(HttpError::bad_request(format!(
+                "after {:?} and cursor {:?} disagree; give one of them",
+                truncate(a, 32),
+                truncate(c, 32)
+            )))
+        }
+        (Some(a), _) => parse_cursor("after", a)?,
+        (None, Some(c)) => parse_cursor("cursor", c)?,
+        (None, None) => 0,
+    };
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let changes = state
+        .store
+        .read(move |c| queries::changes_after(c, after, limit))
+        .await?;
+    let mut body = json!({ "changes": changes });
+    if changes.len() == limit as usize {
+        if let Some(last) = changes.last() {
+            body["nextCursor"] = json!(last.seq.to_string());
+        }
+    }
+    Ok(Json(body).into_response())
+}
+
+async fn list_syncs(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    authorize(&state, &headers)?;
+    let q = page_query(q)?;
+    let limit = parse_limit(q.limit.as_deref(), 20, 1000)?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| parse_cursor("cursor", c))
+        .transpose()?;
+    let token = q.token.clone();
+    let syncs = state
+        .store
+        .read(move |c| queries::list_syncs_page(c, token.as_deref(), before, limit))
+        .await?;
+    let mut body = json!({ "syncs": syncs });
+    if syncs.len() == limit as usize {
+        if let Some(last) = syncs.last() {
+            body["nextCursor"] = json!(last.id.to_string());
+        }
+    }
+    Ok(Json(body).into_response())
+}
+
+async fn list_tokens(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    authorize(&state, &headers)?;
+    let tokens = state.store.read(queries::list_tokens).await?;
+    Ok(Json(json!({ "tokens": tokens })).into_response())
+}
+
+async fn mirror_page(
+    state: ApiState,
+    headers: HeaderMap,
+    token: String,
+    q: Result<Query<PageQuery>, QueryRejection>,
+    what: MirrorKind,
+) -> Result<Response, HttpError> {
+    authorize(&state, &headers)?;
+    known_token(&state, &token)?;
+    let q = page_query(q)?;
+    let limit = parse_limit(q.limit.as_deref(), 1000, 10_000)?;
+    let offset = q
+        .cursor
+        .as_deref()
+        .map(|c| parse_cursor("cursor", c))
+        .transpose()?
+        .unwrap_or(0)
+        // SQLite offsets are i64; anything past that is simply beyond the end.
+        .min(i64::MAX as u64);
+    let items = state
+        .store
+        .read(move |c| mirror::list(c, &token, what, limit, offset))
+        .await?;
+    let key = match what {
+        MirrorKind::Assets => "assets",
+        MirrorKind::Assignments => "assignments",
+        MirrorKind::Users => "users",
+    };
+    let mut body = json!({ key: items });
+    if items.len() == limit as usize {
+        body["nextCursor"] = json!((offset + items.len() as u64).to_string());
+    }
+    Ok(Json(body).into_response())
+}
+
+async fn mirror_assets(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    mirror_page(state, headers, token, q, MirrorKind::Assets).await
+}
+
+async fn mirror_assignments(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    mirror_page(state, headers, token, q, MirrorKind::Assignments).await
+}
+
+async fn mirror_users(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    mirror_page(state, headers, token, q, MirrorKind::Users).await
+}
+
+/// Prometheus text; unauthenticated like `/healthz` (scrapers rarely carry bearer tokens and
+/// nothing here is secret: token names only).
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let configured = state.tokens.read().map(|t| t.clone()).unwrap_or_default();
+    let snapshot = state
+        .store
+        .read(move |c| crate::metrics::snapshot(c, &configured))
+        .await;
+    match snapshot {
+        Ok(snapshot) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
+            crate::metrics::global().render(&snapshot, Timestamp::now()),
+        )
+            .into_response(),
+        Err(e) => HttpError::from(e).into_response(),
     }
 }

@@ -14,6 +14,7 @@ pub mod core;
 pub mod daemon;
 pub mod effects;
 pub mod executor;
+pub mod metrics;
 pub mod scheduler;
 pub mod secret;
 pub mod sim;

@@ -583,7 +583,9 @@ async fn an_expired_token_stops_while_the_other_carries_on() {
     // The operator installs a new token file and reloads: beta resumes and settles.
     let mut state = serde_json::Map::new();
     state.insert(w.uids[1].clone(), json!("valid"));
-    w.sim.put("/_sim/faults", &json!({"tokenState": state})).await;
+    w.sim
+        .put("/_sim/faults", &json!({"tokenState": state}))
+        .await;
     let pid = w.daemon.as_ref().unwrap().child.id() as i32;
     unsafe {
         libc::kill(pid, libc::SIGHUP);

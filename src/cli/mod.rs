@@ -10,6 +10,7 @@ mod check_config;
 mod inspect;
 mod run;
 mod sim;
+mod sync;
 mod track;
 
 /// A command's failure: the sentence printed to stderr and the exit code (1 the operation
@@ -199,6 +200,7 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Tokens(args) => inspect::tokens(&cli.config, args),
         Command::Syncs(args) => inspect::syncs(&cli.config, args),
         Command::Sim(args) => sim::run(args),
-        Command::Sync(_) | Command::Demo(_) => Err(CliError::failed("not implemented yet")),
+        Command::Sync(args) => sync::run(&cli.config, args),
+        Command::Demo(_) => Err(CliError::failed("not implemented yet")),
     }
 }

@@ -933,6 +933,25 @@ pub fn list_syncs(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Sync runs newest first, strictly older than the run `before` when given (the local API's
+/// cursor).
+pub fn list_syncs_page(
+    conn: &Connection,
+    token: Option<&str>,
+    before: Option<u64>,
+    limit: u32,
+) -> Result<Vec<SyncView>, StoreError> {
+    let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SYNC_COLS} FROM syncs WHERE (?1 IS NULL OR token = ?1) AND id < ?2 ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(
+        params![token, before, limit.clamp(1, 10_000)],
+        sync_from_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Deletes up to `batch` settled events settled before `before`, with their rows, and old
 /// orphan notifications. Returns how many events went.
 pub fn prune(conn: &Connection, before: Timestamp, batch: u32) -> Result<usize, StoreError> {

@@ -1,0 +1,625 @@
+//! The local API routes beyond tracking, against the real binary: the changes feed, sync
+//! requests and runs, tokens, the mirror, `/metrics`, submitting without an Apple client, the
+//! bearer guard, and the `sync` command's exit codes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{stderr, stdout, EnvOptions, TestEnv};
+use serde_json::{json, Value};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn send(
+    c: &reqwest::Client,
+    env: &TestEnv,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut req = c.request(method, env.api_url(path));
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    if let Some(t) = &env.api_token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.expect("request to the local API");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(c: &reqwest::Client, env: &TestEnv, path: &str) -> (u16, Value) {
+    send(c, env, reqwest::Method::GET, path, None).await
+}
+
+async fn post(c: &reqwest::Client, env: &TestEnv, path: &str, body: &Value) -> (u16, Value) {
+    send(c, env, reqwest::Method::POST, path, Some(body)).await
+}
+
+async fn track(c: &reqwest::Client, env: &TestEnv, token: &str, id: &str) {
+    let body = json!({"token": token, "eventId": id, "type": "ASSOCIATE",
+        "request": {"assets": [{"adamId": "361304891", "pricingParam": "STDQ"}],
+                    "serialNumbers": ["SN1", "SN2"]}});
+    let (status, answer) = post(c, env, "/v1/events", &body).await;
+    assert_eq!(status, 201, "track {id}: {answer}");
+}
+
+/// An error answer: the status, `code`, and an `error` sentence naming `names`.
+fn assert_error(status: u16, answer: &Value, want: u16, code: &str, names: &str) {
+    assert_eq!(status, want, "{answer}");
+    assert_eq!(answer["code"], code, "{answer}");
+    let msg = answer["error"].as_str().expect("error sentence");
+    assert!(msg.contains(names), "{msg:?} should name {names:?}");
+}
+
+fn quiet_env(tokens: &'static [&'static str]) -> TestEnv {
+    TestEnv::new(EnvOptions {
+        tokens,
+        // Nothing becomes due during a test: events stay pending, the feed stays put.
+        reconcile: "notification_grace = \"1h\"",
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_feed_is_in_commit_order_and_pages_with_after() {
+    let env = quiet_env(&["acme", "beta"]);
+    let _daemon = env.start_daemon();
+    let c = client();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let id = format!("feed-{i:02}");
+        track(&c, &env, if i % 2 == 0 { "acme" } else { "beta" }, &id).await;
+        ids.push(id);
+    }
+
+    // Page through with `after`, following nextCursor.
+    let mut seen: Vec<(i64, String)> = Vec::new();
+    let mut after = "0".to_string();
+    let mut pages = 0;
+    loop {
+        let (status, page) = get(&c, &env, &format!("/v1/changes?after={after}&limit=10")).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let items = page["changes"].as_array().expect("changes array");
+        for item in items {
+            let seq = item["seq"].as_i64().expect("seq");
+            let id = item["eventId"].as_str().expect("eventId").to_string();
+            assert_eq!(item["state"], "pending");
+            assert!(item["token"].is_string() && item["type"] == "ASSOCIATE");
+            seen.push((seq, id));
+        }
+        match page.get("nextCursor") {
+            Some(next) => {
+                assert_eq!(items.len(), 10, "nextCursor only on a full page");
+                after = next.as_str().expect("cursor is a string").to_string();
+            }
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(pages, 3);
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "seq strictly increasing: {seen:?}"
+    );
+    let unique: HashSet<&str> = seen.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(seen.len(), 25, "each event once");
+    assert_eq!(unique.len(), 25);
+    // Commit order is the order they were tracked in (one client, one at a time).
+    let order: Vec<&str> = seen.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(order, ids.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // `cursor` is a synonym of `after`; defaults give everything from the start.
+    let third = seen[2].0;
+    let (_, by_after) = get(&c, &env, &format!("/v1/changes?after={third}&limit=5")).await;
+    let (_, by_cursor) = get(&c, &env, &format!("/v1/changes?cursor={third}&limit=5")).await;
+    assert_eq!(by_after, by_cursor);
+    assert_eq!(by_after["changes"][0]["seq"], seen[3].0);
+    let (_, all) = get(&c, &env, "/v1/changes").await;
+    assert_eq!(all["changes"].as_array().unwrap().len(), 25);
+    assert!(all.get("nextCursor").is_none());
+    let last = seen[24].0;
+    let (_, tail) = get(&c, &env, &format!("/v1/changes?after={last}")).await;
+    assert_eq!(tail, json!({"changes": []}));
+
+    let (s, a) = get(&c, &env, "/v1/changes?after=abc").await;
+    assert_error(s, &a, 400, "invalid_request", "\"abc\"");
+    let (s, a) = get(&c, &env, "/v1/changes?limit=0").await;
+    assert_error(s, &a, 400, "invalid_request", "limit \"0\"");
+    let (s, a) = get(&c, &env, "/v1/changes?after=1&cursor=2").await;
+    assert_error(s, &a, 400, "invalid_request", "disagree");
+    // Over the maximum is clamped, not refused.
+    let (s, _) = get(&c, &env, "/v1/changes?limit=5000").await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_route_answers_202_with_a_ticket_and_runs_are_listed() {
+    let env = quiet_env(&["acme", "beta"]);
+    let _daemon = env.start_daemon();
+    let c = client();
+
+    let (status, ticket) = post(
+        &c,
+        &env,
+        "/v1/tokens/acme/sync",
+        &json!({"kind": "assignments", "full": true}),
+    )
+    .await;
+    assert_eq!(status, 202, "{ticket}");
+    let sync_id = ticket["syncId"].as_u64().expect("a run serves the request");
+    assert!(ticket["queued"].is_boolean(), "{ticket}");
+    // `full` is optional.
+    let (status, t2) = post(&c, &env, "/v1/tokens/beta/sync", &json!({"kind": "users"})).await;
+    assert_eq!(status, 202, "{t2}");
+
+    let (s, a) = post(&c, &env, "/v1/tokens/nope/sync", &json!({"kind": "users"})).await;
+    assert_error(s, &a, 404, "unknown_token", "\"nope\"");
+    let (s, a) = post(&c, &env, "/v1/tokens/acme/sync", &json!({"kind": "apps"})).await;
+    assert_error(s, &a, 400, "invalid_request", "\"apps\"");
+    let (s, a) = post(
+        &c,
+        &env,
+        "/v1/tokens/acme/sync",
+        &json!({"kind": "users", "fast": true}),
+    )
+    .await;
+    assert_error(s, &a, 400, "invalid_request", "fast");
+
+    // The run is recorded once its turn commits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let syncs = loop {
+        let (status, body) = get(&c, &env, "/v1/syncs").await;
+        assert_eq!(status, 200, "{body}");
+        let syncs = body["syncs"].as_array().expect("syncs array").clone();
+        if syncs.len() >= 2 || Instant::now() > deadline {
+            break syncs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let run = syncs
+        .iter()
+        .find(|s| s["id"].as_u64() == Some(sync_id))
+        .unwrap_or_else(|| panic!("sync {sync_id} listed: {syncs:?}"));
+    assert_eq!(run["token"], "acme");
+    assert_eq!(run["kind"], "assignments");
+    if ticket["queued"] == false {
+        // The ticket names our own run (otherwise one the daemon started itself, with ours
+        // queued after it).
+        assert_eq!(run["full"], true);
+        assert_eq!(run["cause"], "requested through the local API");
+    }
+    for key in ["startedAt", "pages", "records", "result"] {
+        assert!(run.get(key).is_some(), "{key} in {run}");
+    }
+    // Newest first, filtered by token, paged by cursor.
+    let ids: Vec<u64> = syncs.iter().map(|s| s["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+    let (_, acme) = get(&c, &env, "/v1/syncs?token=acme").await;
+    assert!(acme["syncs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["token"] == "acme"));
+    let (_, first) = get(&c, &env, "/v1/syncs?limit=1").await;
+    assert_eq!(first["syncs"].as_array().unwrap().len(), 1);
+    let cursor = first["nextCursor"]
+        .as_str()
+        .expect("full page has a cursor");
+    let (_, second) = get(&c, &env, &format!("/v1/syncs?limit=1&cursor={cursor}")).await;
+    assert_eq!(second["syncs"][0]["id"].as_u64(), Some(ids[1]));
+    let (s, a) = get(&c, &env, "/v1/syncs?limit=x").await;
+    assert_error(s, &a, 400, "invalid_request", "\"x\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_mirror_routes() {
+    let env = quiet_env(&["acme", "beta"]);
+    let _daemon = env.start_daemon();
+    let c = client();
+    track(&c, &env, "acme", "tok-1").await;
+
+    let (status, body) = get(&c, &env, "/v1/tokens").await;
+    assert_eq!(status, 200, "{body}");
+    let tokens = body["tokens"].as_array().expect("tokens array");
+    let names: Vec<&str> = tokens.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["acme", "beta"]);
+    assert_eq!(tokens[0]["pending"], 1);
+    assert_eq!(tokens[0]["orgName"], "Org acme");
+    assert!(tokens[0]["expiresAt"].is_string());
+    assert!(tokens[0]["health"].is_string());
+    assert!(tokens[0]["lastSyncs"].is_array());
+
+    for what in ["assets", "assignments", "users"] {
+        let (status, body) = get(&c, &env, &format!("/v1/tokens/acme/{what}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({ what: [] }), "empty mirror, no cursor");
+        let (s, a) = get(&c, &env, &format!("/v1/tokens/nope/{what}")).await;
+        assert_error(s, &a, 404, "unknown_token", "\"nope\"");
+        let (s, a) = get(&c, &env, &format!("/v1/tokens/acme/{what}?cursor=-1")).await;
+        assert_error(s, &a, 400, "invalid_request", "cursor \"-1\"");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_checks_kind_token_and_body_and_answers_502_when_apple_is_unreachable() {
+    // The default test config points at 127.0.0.1:9: nothing listens there.
+    let env = quiet_env(&["acme"]);
+    let _daemon = env.start_daemon();
+    let c = client();
+    let body = json!({"assets": [{"adamId": "1", "pricingParam": "STDQ"}], "serialNumbers": ["A"]});
+
+    let (s, a) = post(&c, &env, "/v1/tokens/acme/requests/frobnicate", &body).await;
+    assert_error(s, &a, 400, "invalid_request", "\"frobnicate\"");
+    let (s, a) = post(&c, &env, "/v1/tokens/nope/requests/associate", &body).await;
+    assert_error(s, &a, 404, "unknown_token", "\"nope\"");
+    let (s, a) = post(&c, &env, "/v1/tokens/acme/requests/associate", &json!([1])).await;
+    assert_error(s, &a, 400, "invalid_request", "JSON object");
+    // Split validation names the offending value.
+    let (s, a) = post(
+        &c,
+        &env,
+        "/v1/tokens/acme/requests/create-users",
+        &json!({"users": [{"clientUserId": ""}]}),
+    )
+    .await;
+    assert_error(s, &a, 400, "invalid_request", "users[0].clientUserId");
+    let (s, a) = post(&c, &env, "/v1/tokens/acme/requests/associate", &json!({})).await;
+    assert_error(s, &a, 400, "invalid_request", "assets");
+
+    let (s, a) = post(&c, &env, "/v1/tokens/acme/requests/associate", &body).await;
+    assert_error(s, &a, 502, "apple_error", "associate request 1 of 1");
+    assert_eq!(a["eventIds"], json!([]), "{a}");
+    let (_, events) = get(&c, &env, "/v1/events").await;
+    assert_eq!(events["events"], json!([]), "nothing tracked");
+}
+
+/// Without an Apple client (not reachable through the binary, which always builds one when a
+/// token is configured), the API itself: 503 `apple_unavailable` after the kind and token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_without_an_apple_client_is_503() {
+    use std::sync::{Arc, RwLock};
+    use vpp_reconciler::api::{router, ApiState};
+    use vpp_reconciler::core::{Core, Timings};
+    use vpp_reconciler::executor::{Executor, NoApple};
+    use vpp_reconciler::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    let (executor, handle) = Executor::new(
+        Core::new(Timings::default(), 1),
+        store.clone(),
+        Arc::new(NoApple),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let exec = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(1)));
+    let state = ApiState {
+        store,
+        executor: handle,
+        tokens: Arc::new(RwLock::new(["acme".to_string()].into_iter().collect())),
+        timings: Timings::default(),
+        api_token: None,
+        writes: Arc::new(tokio::sync::Semaphore::new(8)),
+        apple: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    let c = client();
+    let body = json!({"users": [{"clientUserId": "u1"}]});
+    let submit = |path: &str| c.post(format!("http://{addr}{path}")).json(&body).send();
+
+    let r = submit("/v1/tokens/acme/requests/create-users")
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["code"], "apple_unavailable", "{a}");
+    let r = submit("/v1/tokens/acme/requests/nope").await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = submit("/v1/tokens/beta/requests/create-users")
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    shutdown.cancel();
+    let _ = server.await;
+    let _ = exec.await;
+}
+
+/// (family, type) from `# TYPE` lines.
+type Families = Vec<(String, String)>;
+/// (name, raw labels, value) of sample lines.
+type Samples = Vec<(String, String, f64)>;
+
+/// Parses the exposition line by line: comments are HELP/TYPE, everything else a sample
+/// `name{labels} value`.
+fn parse_exposition(text: &str) -> (Families, Samples) {
+    let mut types = Vec::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        assert!(!line.is_empty(), "no blank lines");
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            types.push((name.to_string(), kind.to_string()));
+        } else if line.starts_with("# HELP ") {
+        } else {
+            assert!(!line.starts_with('#'), "unknown comment {line}");
+            let (head, value) = line.rsplit_once(' ').expect("sample value");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("value in {line}")),
+            };
+            let (name, labels) = match head.split_once('{') {
+                Some((n, l)) => (n, l.strip_suffix('}').expect("closing brace")),
+                None => (head, ""),
+            };
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "{line}"
+            );
+            let family = types.last().map(|(n, _)| n.as_str()).unwrap_or("");
+            assert!(name.starts_with(family), "{name} under # TYPE {family}");
+            samples.push((name.to_string(), labels.to_string(), value));
+        }
+    }
+    (types, samples)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_exposition_parses_and_counts_events() {
+    let env = TestEnv::new(EnvOptions {
+        tokens: &["acme"],
+        reconcile: "notification_grace = \"1h\"",
+        api_token: true,
+        ..Default::default()
+    });
+    let _daemon = env.start_daemon();
+    let c = client();
+    for i in 0..3 {
+        track(&c, &env, "acme", &format!("m-{i}")).await;
+    }
+    // Unauthenticated like /healthz, while the API itself wants the bearer.
+    let r = c.get(env.api_url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    let text = r.text().await.unwrap();
+    let (types, samples) = parse_exposition(&text);
+    for (name, kind) in [
+        ("vppr_events", "gauge"),
+        ("vppr_api_requests_total", "counter"),
+        ("vppr_notifications_total", "counter"),
+        ("vppr_syncs_total", "counter"),
+        ("vppr_token_expiry_seconds", "gauge"),
+        ("vppr_api_request_duration_seconds", "histogram"),
+        ("vppr_webhook_ack_duration_seconds", "histogram"),
+    ] {
+        assert!(
+            types.contains(&(name.to_string(), kind.to_string())),
+            "{name} {kind} in\n{text}"
+        );
+    }
+    let value = |name: &str, labels: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && l == labels)
+            .map(|s| s.2)
+    };
+    assert_eq!(
+        value(
+            "vppr_events",
+            r#"state="pending",outcome="none",token="acme""#
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    // The test token expires in 2030.
+    let expiry = value("vppr_token_expiry_seconds", r#"token="acme""#).expect("expiry");
+    assert!(expiry > 86_400.0 * 365.0, "{expiry}");
+
+    let r = c.get(env.api_url("/v1/changes")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "new routes are guarded");
+    let r = c
+        .post(env.api_url("/v1/tokens/acme/sync"))
+        .json(&json!({"kind": "users"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let (s, _) = get(&c, &env, "/v1/changes").await;
+    assert_eq!(s, 200, "with the bearer");
+}
+
+#[test]
+fn cli_sync_exit_codes() {
+    let env = quiet_env(&["acme"]);
+    // Usage mistakes need no daemon.
+    let out = env.cli(&["sync", "--token", "acme", "--kind", "apps"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("\"apps\""), "{}", stderr(&out));
+    // Daemon down: one clear sentence, exit 1.
+    let out = env.cli(&["sync", "--token", "acme", "--kind", "users"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not reachable"), "{}", stderr(&out));
+
+    let _daemon = env.start_daemon();
+    let out = env.cli(&["sync", "--token", "acme", "--kind", "assignments", "--full"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = stdout(&out);
+    assert!(
+        (line.starts_with("sync ") && line.contains(" started for acme (assignments, full)"))
+            || line.starts_with("queued after sync "),
+        "{line}"
+    );
+    let out = env.cli(&["sync", "--token", "acme", "--kind", "users", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let answer: Value = serde_json::from_str(&stdout(&out)).expect("one JSON document");
+    assert!(answer["syncId"].is_u64() && answer["queued"].is_boolean());
+    let out = env.cli(&["sync", "--token", "nope", "--kind", "users"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("\"nope\""), "{}", stderr(&out));
+}
+
+/// Submitting through the daemon against the simulator: a body over Apple's `maxUsers` is
+/// split, every chunk is tracked with its body, the events settle with the simulator's
+/// outcome, and a token Apple refuses answers 502 with Apple's error number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_through_the_simulator_splits_tracks_and_settles() {
+    let sim = common::Sim::start(11);
+    let loc = sim
+        .post(
+            "/_sim/locations",
+            &json!({"name": "Acme", "assets": [], "users": [], "pageSize": 100}),
+        )
+        .await;
+    let uid = loc["uId"].as_str().expect("uId").to_string();
+    let env = TestEnv::new(EnvOptions {
+        tokens: &["acme"],
+        apple_base_url: Some(sim.base.clone()),
+        reconcile: "notification_grace = \"2s\"\npoll_min = \"1s\"\npoll_max = \"4s\"",
+        stokens: vec![loc["sToken"].as_str().expect("sToken").to_string()],
+        ..Default::default()
+    });
+    let t = &env.tokens[0];
+    sim.put(
+        "/_sim/notify",
+        &json!({"uId": uid, "url": format!("http://{}/apple/notifications/acme", env.webhook),
+                "authToken": t.notify_secret}),
+    )
+    .await;
+    let daemon = env.start_daemon();
+    let c = client();
+
+    // 250 users (one listed twice: deduped) over maxUsers 100: three requests.
+    let mut users: Vec<Value> = (0..250)
+        .map(|i| json!({"clientUserId": format!("u{i:03}"), "email": format!("u{i}@example.com")}))
+        .collect();
+    users.push(users[7].clone());
+    let (status, answer) = post(
+        &c,
+        &env,
+        "/v1/tokens/acme/requests/create-users",
+        &json!({ "users": users }),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let ids: Vec<String> = answer["eventIds"]
+        .as_array()
+        .expect("eventIds")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "{answer}");
+    let events = answer["events"].as_array().expect("events");
+    let requested: Vec<u64> = events
+        .iter()
+        .map(|e| e["numRequested"].as_u64().unwrap())
+        .collect();
+    assert_eq!(requested, [100, 100, 50]);
+    for (e, id) in events.iter().zip(&ids) {
+        assert_eq!(&e["eventId"], id);
+        assert_eq!(e["type"], "CREATE");
+        assert_eq!(e["token"], "acme");
+    }
+    // Tracked with the body, so the daemon can resubmit.
+    let (_, detail) = get(&c, &env, &format!("/v1/events/{}", ids[0])).await;
+    assert_eq!(detail["hasRequest"], true, "{detail}");
+    let truth = sim.get(&format!("/_sim/truth/{uid}")).await;
+    let known: HashSet<&str> = truth["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["eventId"].as_str())
+        .collect();
+    assert!(ids.iter().all(|id| known.contains(id.as_str())), "{truth}");
+
+    // They settle with the simulator's outcome (every user created).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut settled = 0;
+        for id in &ids {
+            let (_, e) = get(&c, &env, &format!("/v1/events/{id}")).await;
+            if e["state"] == "settled" {
+                assert_eq!(e["outcome"], "complete", "{e}");
+                settled += 1;
+            }
+        }
+        if settled == ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled in 60s; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The feed has them, and the users mirror got filled (by a sync or the notifications),
+    // paged by offset cursor.
+    let (_, feed) = get(&c, &env, "/v1/changes?limit=1000").await;
+    let fed: HashSet<&str> = feed["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["eventId"].as_str())
+        .collect();
+    assert!(ids.iter().all(|id| fed.contains(id.as_str())));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, page) = get(&c, &env, "/v1/tokens/acme/users?limit=200").await;
+        assert_eq!(s, 200, "{page}");
+        let first = page["users"].as_array().unwrap().len();
+        if first == 200 {
+            // A full page: the cursor (an offset) leads to the remaining 50.
+            let cursor = page["nextCursor"]
+                .as_str()
+                .expect("nextCursor on a full page");
+            assert_eq!(cursor, "200");
+            let (_, rest) = get(
+                &c,
+                &env,
+                &format!("/v1/tokens/acme/users?limit=200&cursor={cursor}"),
+            )
+            .await;
+            assert_eq!(rest["users"].as_array().unwrap().len(), 50, "{rest}");
+            assert!(rest.get("nextCursor").is_none());
+            break;
+        }
+        assert!(Instant::now() < deadline, "users mirror has {first} of 250");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A revoked token: Apple's error number comes back, nothing is tracked.
+    sim.put(
+        "/_sim/faults",
+        &json!({"tokenState": {uid.as_str(): "revoked"}}),
+    )
+    .await;
+    let (s, a) = post(
+        &c,
+        &env,
+        "/v1/tokens/acme/requests/create-users",
+        &json!({"users": [{"clientUserId": "late"}]}),
+    )
+    .await;
+    assert_error(s, &a, 502, "apple_error", "create-users request 1 of 1");
+    assert_eq!(a["errorNumber"], 9625, "{a}");
+    assert_eq!(a["eventIds"], json!([]));
+}
