@@ -12,8 +12,6 @@ use common::{Daemon, EnvOptions, Sim, TestEnv};
 use serde_json::{json, Value};
 
 struct World {
-    /// Pause between the MDM's own writes (to stay under a lowered rate limit).
-    pace: Duration,
     sim: Sim,
     env: TestEnv,
     daemon: Option<Daemon>,
@@ -67,7 +65,6 @@ impl World {
         }
         let daemon = env.start_daemon();
         World {
-            pace: Duration::ZERO,
             sim,
             env,
             daemon: Some(daemon),
@@ -82,7 +79,6 @@ impl World {
     /// Sends an Apple write as the MDM would and tracks its eventId (with the body).
     async fn submit(&self, token: usize, endpoint: &str, event_type: &str, body: Value) -> String {
         let t = &self.env.tokens[token];
-        tokio::time::sleep(self.pace).await;
         let r = self.sim.apple_write(&t.stoken, endpoint, &body).await;
         let id = r["eventId"]
             .as_str()
@@ -97,6 +93,31 @@ impl World {
             .unwrap();
         assert_eq!(tracked.status().as_u16(), 201);
         id
+    }
+
+    /// Submits through the daemon (`POST /v1/tokens/{token}/requests/{kind}`), so every Apple
+    /// call on this token goes through its rate limiter.
+    async fn submit_via_daemon(&self, token: usize, kind: &str, body: Value) -> Vec<String> {
+        let t = &self.env.tokens[token];
+        let r = self
+            .c
+            .post(
+                self.env
+                    .api_url(&format!("/v1/tokens/{}/requests/{kind}", t.name)),
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 201, "submit {kind}: {v}");
+        v["eventIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap().to_string())
+            .collect()
     }
 
     async fn events(&self) -> Vec<Value> {
@@ -500,7 +521,7 @@ async fn server_errors_with_retry_after_are_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apple_rate_limit_from_service_config_is_respected() {
-    let mut w = World::with_refresh(
+    let w = World::with_refresh(
         &["acme"],
         FAST,
         json!({"processingDelay": "100ms", "dropNotificationRate": 1.0}),
@@ -508,13 +529,29 @@ async fn apple_rate_limit_from_service_config_is_respected() {
     )
     .await;
     // Apple lowers the limit below the configured 15/s; the daemon follows it once it has
-    // re-read Service Config (every second here).
+    // re-read Service Config (every second here). The MDM submits through the daemon, so
+    // every call on the token shares the daemon's limiter.
     w.sim
         .put("/_sim/limits", &json!({"maxRequestPerSecond": 3}))
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    w.pace = Duration::from_millis(400);
-    let ids = workload(&w, 0).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let serials: Vec<String> = (0..3).map(|j| format!("RL{i}-{j}")).collect();
+        let s: Vec<&str> = serials.iter().map(String::as_str).collect();
+        ids.extend(
+            w.submit_via_daemon(0, "associate", associate(&s, "361304891"))
+                .await,
+        );
+    }
+    ids.extend(
+        w.submit_via_daemon(
+            0,
+            "create-users",
+            json!({"users": [{"clientUserId": "r1", "email": "r1@example.com"}]}),
+        )
+        .await,
+    );
     let events = w.wait_settled(Duration::from_secs(120)).await;
     assert_eq!(events.len(), ids.len());
     w.check_truth(&events).await;
