@@ -248,7 +248,10 @@ pub async fn run_sync(
                     };
                     if replace {
                         // Pages read before a notification must not undo it.
-                        crate::webhook::replay_since(c, &t, started, now)?;
+                        let replayed = crate::webhook::replay_since(c, &t, started, now)?;
+                        if replayed > 0 && kind == SyncKind::Assets {
+                            mirror::recount_all(c, &t, now)?;
+                        }
                     }
                     if kind.supports_incremental() {
                         mirror::set_version(c, &t, kind, version.as_deref())?;

@@ -25,6 +25,9 @@ use std::time::Duration;
 use crate::time::Timestamp;
 pub use model::{EventType, Failure, Outcome, State, SyncKind};
 
+/// Attempts of a failed sync that no event waits on, before it is left to the next request.
+pub const MAX_UNWAITED_SYNC_ATTEMPTS: u32 = 5;
+
 /// The timings of design §4 `[reconcile]`, plus the bounds the core enforces.
 #[derive(Clone, Debug)]
 pub struct Timings {
@@ -743,8 +746,12 @@ impl Core {
                 backoff::seed_for(self.timings.jitter_seed, &key.0) ^ sync_id,
             );
             slot.retry_at = Some(now.saturating_add(delay));
-            // Events still wait: run again later, keeping the fuller of the two.
-            if !slot.waiting.is_empty() || slot.queued.is_some() {
+            // Run again later, keeping the fuller of the two: always while events wait on it;
+            // otherwise (an assets sync for counts, a hint) a bounded number of times.
+            if !slot.waiting.is_empty()
+                || slot.queued.is_some()
+                || slot.failures < MAX_UNWAITED_SYNC_ATTEMPTS
+            {
                 slot.queued = Some(slot.queued.unwrap_or(false) || run.full);
                 if slot.queued_cause.is_empty() {
                     slot.queued_cause = format!("retry after failed sync {sync_id}");

@@ -180,6 +180,19 @@ fn recount(
     Ok(())
 }
 
+/// Recomputes every asset's counts of a token from the mirrored assignments (after an assets
+/// sync whose pages may predate notifications applied meanwhile).
+pub fn recount_all(conn: &Connection, token: &str, now: Timestamp) -> Result<(), StoreError> {
+    let keys: Vec<(String, String)> = conn
+        .prepare_cached("SELECT adam_id, pricing_param FROM mirror_assets WHERE token = ?1")?
+        .query_map([token], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (adam, pricing) in keys {
+        recount(conn, token, &adam, &pricing, now)?;
+    }
+    Ok(())
+}
+
 /// A SUCCESS ASSET_MANAGEMENT notification: associate inserts the listed assignments,
 /// disassociate and revoke delete them; counts follow.
 pub fn apply_asset_notification(

@@ -1191,3 +1191,38 @@ fn core_is_pure() {
         }
     }
 }
+
+#[test]
+fn failed_sync_without_waiters_is_retried_a_bounded_number_of_times() {
+    use crate::core::{Action, Core, SyncKind, Timings, MAX_UNWAITED_SYNC_ATTEMPTS};
+    use crate::time::Timestamp;
+    let mut core = Core::new(Timings::default(), 1);
+    let mut now = Timestamp(1_000_000);
+    core.request_sync(now, "acme", SyncKind::Assets, true, "counts");
+    let mut starts = Vec::new();
+    for _ in 0..50 {
+        let mut started = None;
+        while let Some(a) = core.poll_action() {
+            if let Action::StartSync { sync_id, .. } = a {
+                started = Some(sync_id);
+            }
+        }
+        if let Some(id) = started {
+            starts.push(now);
+            core.sync_finished(now, id, false);
+        }
+        match core.poll_timeout() {
+            Some(t) => {
+                assert!(t > now, "no busy spin");
+                now = t;
+                core.timeout(now);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(starts.len() as u32, MAX_UNWAITED_SYNC_ATTEMPTS);
+    // Backed off: each retry waits at least poll_min after the previous failure.
+    for w in starts.windows(2) {
+        assert!(w[1].since(w[0]) >= Timings::default().poll_min);
+    }
+}
