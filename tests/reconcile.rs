@@ -531,10 +531,13 @@ async fn apple_rate_limit_from_service_config_is_respected() {
     // Apple lowers the limit below the configured 15/s; the daemon follows it once it has
     // re-read Service Config (every second here). The MDM submits through the daemon, so
     // every call on the token shares the daemon's limiter.
+    // (Start-up syncs first: a limit lowered under requests already on their way cannot be
+    // known to any client.)
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     w.sim
         .put("/_sim/limits", &json!({"maxRequestPerSecond": 3}))
         .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut ids = Vec::new();
     for i in 0..6 {
         let serials: Vec<String> = (0..3).map(|j| format!("RL{i}-{j}")).collect();
