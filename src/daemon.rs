@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::core::{Core, SyncKind, Timings};
 use crate::effects::AppleEffects;
 use crate::executor::{Effects, Executor, ExecutorHandle, Input, NoApple};
-use crate::scheduler::{self, Upkeep};
+use crate::scheduler::{self, SharedTokens, Upkeep};
 use crate::store::{queries, Store, StoreError};
 use crate::time::Timestamp;
 use crate::webhook::{self, WebhookState, WebhookToken};
@@ -119,6 +119,108 @@ pub async fn serve(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&Running) + Send,
 ) -> Result<(), DaemonError> {
+    let (_keep, reload) = tokio::sync::mpsc::channel(1);
+    serve_with_reload(config, listeners, shutdown, reload, on_ready).await
+}
+
+/// What a configuration reload (SIGHUP) may change while running: the tokens and their
+/// secrets. Listen addresses, the database and timings need a restart.
+struct Reloadable {
+    apple: Option<AppleClient>,
+    api_tokens: Arc<RwLock<HashSet<String>>>,
+    webhook_tokens: Arc<RwLock<HashMap<String, WebhookToken>>>,
+    shared_tokens: SharedTokens,
+    store: Store,
+}
+
+impl Reloadable {
+    async fn apply(&self, running: &Config, new: Config) {
+        if new.daemon.database != running.daemon.database
+            || new.daemon.api_listen != running.daemon.api_listen
+            || new.webhook != running.webhook
+            || new.reconcile != running.reconcile
+            || new.apple != running.apple
+        {
+            tracing::warn!("only [[tokens]] are reloaded; other changes need a restart");
+        }
+        if let Some(client) = &self.apple {
+            let old: Vec<String> = self
+                .shared_tokens
+                .read()
+                .map(|t| t.iter().map(|t| t.name.clone()).collect())
+                .unwrap_or_default();
+            for name in old.iter().filter(|n| new.token(n).is_none()) {
+                client.remove_token(name);
+            }
+            // set_token keeps the rate history and clears an unhealthy mark: a new token file
+            // gets a fresh chance.
+            for t in &new.tokens {
+                client.set_token(
+                    &t.name,
+                    t.content_token.raw.clone(),
+                    t.max_requests_per_second,
+                );
+            }
+        }
+        if let Ok(mut w) = self.webhook_tokens.write() {
+            let uids: HashMap<String, Option<String>> =
+                w.iter().map(|(k, v)| (k.clone(), v.uid.clone())).collect();
+            *w = new
+                .tokens
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        WebhookToken {
+                            auth: t.notification_auth_token.clone(),
+                            uid: uids.get(&t.name).cloned().flatten(),
+                        },
+                    )
+                })
+                .collect();
+        }
+        if let Ok(mut a) = self.api_tokens.write() {
+            *a = new.tokens.iter().map(|t| t.name.clone()).collect();
+        }
+        if let Ok(mut s) = self.shared_tokens.write() {
+            *s = new.tokens.clone();
+        }
+        let now = Timestamp::now();
+        let rows: Vec<queries::TokenRow> = new
+            .tokens
+            .iter()
+            .map(|t| queries::TokenRow {
+                name: t.name.clone(),
+                org_name: Some(t.content_token.org_name.clone()),
+                expires_at: Some(t.content_token.exp_date),
+            })
+            .collect();
+        let names: Vec<String> = new.tokens.iter().map(|t| t.name.clone()).collect();
+        let r = self
+            .store
+            .write(move |c| {
+                queries::upsert_tokens(c, &rows, now)?;
+                for n in &names {
+                    queries::set_token_health(c, n, "unknown", None, now)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "cannot record reloaded tokens");
+        }
+        tracing::info!(tokens = new.tokens.len(), "configuration reloaded");
+    }
+}
+
+/// [`serve`], taking reloaded configurations from `reload`.
+pub async fn serve_with_reload(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    mut reload: tokio::sync::mpsc::Receiver<Config>,
+    on_ready: impl FnOnce(&Running) + Send,
+) -> Result<(), DaemonError> {
     let db = config.daemon.database.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&db))
         .await
@@ -174,10 +276,11 @@ pub async fn serve(
     };
 
     let token_names: HashSet<String> = config.tokens.iter().map(|t| t.name.clone()).collect();
+    let api_tokens = Arc::new(RwLock::new(token_names));
     let api_state = ApiState {
         store: store.clone(),
         executor: handle.clone(),
-        tokens: Arc::new(RwLock::new(token_names)),
+        tokens: api_tokens.clone(),
         timings,
         api_token: config.daemon.api_token.clone(),
         writes: Arc::new(Semaphore::new(512)),
@@ -229,11 +332,12 @@ pub async fn serve(
             }
         });
     }
+    let shared_tokens: SharedTokens = Arc::new(RwLock::new(config.tokens.clone()));
     if let Some(client) = &apple {
         let upkeep = Upkeep::new(
             client.clone(),
             store.clone(),
-            &config,
+            shared_tokens.clone(),
             webhook_tokens.clone(),
         );
         background.spawn(upkeep.run(config.apple.service_config_refresh, shutdown.clone()));
@@ -243,10 +347,9 @@ pub async fn serve(
         config.reconcile.retention,
         shutdown.clone(),
     ));
-    let token_list: Vec<String> = config.tokens.iter().map(|t| t.name.clone()).collect();
     let cron = match scheduler::start_cron(
         &config.reconcile.full_sync_schedule,
-        token_list,
+        shared_tokens.clone(),
         handle.clone(),
     )
     .await
@@ -282,7 +385,19 @@ pub async fn serve(
         }
     }
     on_ready(&running);
-    shutdown.cancelled().await;
+    let reloadable = Reloadable {
+        apple: apple.clone(),
+        api_tokens: api_tokens.clone(),
+        webhook_tokens: webhook_tokens.clone(),
+        shared_tokens,
+        store: store.clone(),
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(new) = reload.recv() => reloadable.apply(&config, new).await,
+        }
+    }
     tracing::info!("shutting down");
     // Servers stop taking requests first; the executor then commits what it decided.
     let bound = Duration::from_secs(20);

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apple::model::ClientConfigRequest;
 use crate::apple::AppleClient;
-use crate::config::{Config, TokenConfig};
+use crate::config::TokenConfig;
 use crate::core::SyncKind;
 use crate::executor::{ExecutorHandle, Input};
 use crate::store::{queries, Store};
@@ -29,17 +29,20 @@ pub const NOTIFICATION_TYPES: [&str; 4] = [
 /// Starts the cron full sync per token and kind. Returns the scheduler (keep it alive).
 pub async fn start_cron(
     schedule: &str,
-    tokens: Vec<String>,
+    tokens: SharedTokens,
     executor: ExecutorHandle,
 ) -> Result<JobScheduler, String> {
     let sched = JobScheduler::new()
         .await
         .map_err(|e| format!("cannot start the cron scheduler: {e}"))?;
     let job = Job::new_async(schedule, move |_id, _lock| {
-        let tokens = tokens.clone();
+        let names: Vec<String> = tokens
+            .read()
+            .map(|t| t.iter().map(|t| t.name.clone()).collect())
+            .unwrap_or_default();
         let inputs = executor.inputs.clone();
         Box::pin(async move {
-            for token in tokens {
+            for token in names {
                 for kind in SyncKind::ALL {
                     let _ = inputs
                         .send(Input::Sync {
@@ -66,12 +69,15 @@ pub async fn start_cron(
     Ok(sched)
 }
 
+/// The configured tokens, replaced on reload.
+pub type SharedTokens = Arc<std::sync::RwLock<Vec<TokenConfig>>>;
+
 /// Keeps what the daemon knows about Apple fresh: Service Config (URLs, limits), each token's
 /// Client Config (uId, location, mdmInfo ownership, notification URL), health and expiry.
 pub struct Upkeep {
     pub client: AppleClient,
     pub store: Store,
-    pub tokens: Vec<TokenConfig>,
+    pub tokens: SharedTokens,
     pub webhook_tokens: Arc<std::sync::RwLock<HashMap<String, WebhookToken>>>,
     pub health: Arc<Mutex<HashMap<String, bool>>>,
     warned: HashSet<(String, u32)>,
@@ -81,13 +87,13 @@ impl Upkeep {
     pub fn new(
         client: AppleClient,
         store: Store,
-        config: &Config,
+        tokens: SharedTokens,
         webhook_tokens: Arc<std::sync::RwLock<HashMap<String, WebhookToken>>>,
     ) -> Upkeep {
         Upkeep {
             client,
             store,
-            tokens: config.tokens.clone(),
+            tokens,
             webhook_tokens,
             health: Arc::new(Mutex::new(HashMap::new())),
             warned: HashSet::new(),
@@ -110,7 +116,8 @@ impl Upkeep {
             tracing::warn!(error = %e, "cannot read Service Config; keeping the last URLs and limits");
         }
         let now = Timestamp::now();
-        for t in self.tokens.clone() {
+        let tokens: Vec<TokenConfig> = self.tokens.read().map(|t| t.clone()).unwrap_or_default();
+        for t in tokens {
             self.expiry_warning(&t, now);
             self.client_config(&t).await;
             crate::effects::note_health(&self.client, &self.store, &self.health, &t.name).await;

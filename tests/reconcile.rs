@@ -12,6 +12,8 @@ use common::{Daemon, EnvOptions, Sim, TestEnv};
 use serde_json::{json, Value};
 
 struct World {
+    /// Pause between the MDM's own writes (to stay under a lowered rate limit).
+    pace: Duration,
     sim: Sim,
     env: TestEnv,
     daemon: Option<Daemon>,
@@ -33,6 +35,10 @@ fn location_body(name: &str) -> Value {
 
 impl World {
     async fn new(tokens: &[&str], reconcile: &str, faults: Value) -> World {
+        World::with_refresh(tokens, reconcile, faults, "5m").await
+    }
+
+    async fn with_refresh(tokens: &[&str], reconcile: &str, faults: Value, refresh: &str) -> World {
         let sim = Sim::start(7);
         let mut uids = Vec::new();
         let mut stokens = Vec::new();
@@ -47,6 +53,7 @@ impl World {
             reconcile,
             stokens,
             log_level: "info,vpp_reconciler=debug",
+            service_config_refresh: refresh,
             ..Default::default()
         });
         sim.put("/_sim/faults", &faults).await;
@@ -60,6 +67,7 @@ impl World {
         }
         let daemon = env.start_daemon();
         World {
+            pace: Duration::ZERO,
             sim,
             env,
             daemon: Some(daemon),
@@ -74,6 +82,7 @@ impl World {
     /// Sends an Apple write as the MDM would and tracks its eventId (with the body).
     async fn submit(&self, token: usize, endpoint: &str, event_type: &str, body: Value) -> String {
         let t = &self.env.tokens[token];
+        tokio::time::sleep(self.pace).await;
         let r = self.sim.apple_write(&t.stoken, endpoint, &body).await;
         let id = r["eventId"]
             .as_str()
@@ -131,6 +140,9 @@ impl World {
     /// Every event's outcome is the simulator's truth; the mirror equals the truth.
     async fn check_truth(&self, events: &[Value]) {
         for (i, t) in self.env.tokens.iter().enumerate() {
+            if !events.iter().any(|e| e["token"] == t.name.as_str()) {
+                continue;
+            }
             let truth = self.sim.get(&format!("/_sim/truth/{}", self.uids[i])).await;
             for e in events.iter().filter(|e| e["token"] == t.name.as_str()) {
                 let id = e["eventId"].as_str().unwrap();
@@ -322,5 +334,333 @@ async fn all_notifications_delivered_needs_no_status_poll() {
         0,
         "no Event Status call needed: {stats}"
     );
+    w.check_well_behaved().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_the_notifications_lost() {
+    let w = World::new(
+        &["acme"],
+        FAST,
+        json!({"processingDelay": "100ms", "dropNotificationRate": 0.5}),
+    )
+    .await;
+    let ids = workload(&w, 0).await;
+    let events = w.wait_settled(Duration::from_secs(90)).await;
+    assert_eq!(events.len(), ids.len());
+    w.check_truth(&events).await;
+    w.check_well_behaved().await;
+    let stats = w.stats().await;
+    assert!(
+        stats["notifications"]["dropped"].as_i64().unwrap() > 0,
+        "the fault was on: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_reordered_notifications() {
+    let w = World::new(
+        &["acme"],
+        FAST,
+        json!({"processingDelay": "100ms", "duplicateNotificationRate": 0.6, "notificationDelay": "400ms"}),
+    )
+    .await;
+    let ids = workload(&w, 0).await;
+    let events = w.wait_settled(Duration::from_secs(60)).await;
+    assert_eq!(events.len(), ids.len());
+    w.check_truth(&events).await;
+    let stats = w.stats().await;
+    assert!(
+        stats["notifications"]["duplicated"].as_i64().unwrap() > 0,
+        "{stats}"
+    );
+    // Duplicates had no second effect: every event's completed count is its requested count.
+    for e in &events {
+        if e["outcome"] == "complete" {
+            assert_eq!(e["numCompleted"], e["numRequested"], "{e}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_arriving_before_tracking() {
+    let w = World::new(&["acme"], FAST, json!({"processingDelay": "10ms"})).await;
+    let t = &w.env.tokens[0];
+    let mut ids = Vec::new();
+    let body = associate(&["EARLY-1", "EARLY-2"], "361304891");
+    for _ in 0..3 {
+        let r = w
+            .sim
+            .apple_write(&t.stoken, "assets/associate", &body)
+            .await;
+        ids.push(r["eventId"].as_str().unwrap().to_string());
+    }
+    // Let Apple finish and notify before anyone tells the daemon about the events.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for id in &ids {
+        let r = w
+            .c
+            .post(w.env.api_url("/v1/events"))
+            .json(&json!({"token": t.name, "eventId": id, "type": "ASSOCIATE", "request": body}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    let events = w.wait_settled(Duration::from_secs(30)).await;
+    w.check_truth(&events).await;
+    let stats = w.stats().await;
+    assert_eq!(
+        World::status_calls(&stats, &w.uids[0]),
+        0,
+        "early notifications were applied: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_events_record_every_failure() {
+    let w = World::new(
+        &["acme"],
+        FAST,
+        json!({"processingDelay": "100ms", "dropNotificationRate": 0.3}),
+    )
+    .await;
+    // 8 devices for an app with 5 licences: 9709 for the last 3 (partial completion).
+    let serials: Vec<String> = (0..8).map(|i| format!("P{i}")).collect();
+    let s: Vec<&str> = serials.iter().map(String::as_str).collect();
+    let partial = w
+        .submit(
+            0,
+            "assets/associate",
+            "ASSOCIATE",
+            associate(&s, "408709785"),
+        )
+        .await;
+    // An unknown user: 9609.
+    let unknown = w
+        .submit(0, "assets/associate", "ASSOCIATE",
+            json!({"assets": [{"adamId": "361304891", "pricingParam": "STDQ"}], "clientUserIds": ["ghost", "u3"]}))
+        .await;
+    // A user that exists already: 9716.
+    let exists = w
+        .submit(
+            0,
+            "users/create",
+            "CREATE",
+            json!({"users": [{"clientUserId": "u1", "email": "u1@example.com"}]}),
+        )
+        .await;
+    let events = w.wait_settled(Duration::from_secs(60)).await;
+    w.check_truth(&events).await;
+    let by_id = |id: &str| events.iter().find(|e| e["eventId"] == id).unwrap().clone();
+    let p = by_id(&partial);
+    assert_eq!(p["outcome"], "failed");
+    assert!(
+        p["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["errorNumber"] == 9709),
+        "{p}"
+    );
+    assert!(by_id(&unknown)["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["errorNumber"] == 9609));
+    assert!(by_id(&exists)["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["errorNumber"] == 9716));
+    w.check_well_behaved().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_with_retry_after_are_honoured() {
+    let w = World::new(
+        &["acme"],
+        FAST,
+        json!({"processingDelay": "100ms", "dropNotificationRate": 0.6}),
+    )
+    .await;
+    let ids = workload(&w, 0).await;
+    // The MDM's own writes are in; from now on Apple answers 30% of requests with 5xx.
+    w.sim
+        .put(
+            "/_sim/faults",
+            &json!({"error5xxRate": 0.3, "retryAfter": "1s"}),
+        )
+        .await;
+    let events = w.wait_settled(Duration::from_secs(120)).await;
+    assert_eq!(events.len(), ids.len());
+    w.check_truth(&events).await;
+    w.check_well_behaved().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apple_rate_limit_from_service_config_is_respected() {
+    let mut w = World::with_refresh(
+        &["acme"],
+        FAST,
+        json!({"processingDelay": "100ms", "dropNotificationRate": 1.0}),
+        "1s",
+    )
+    .await;
+    // Apple lowers the limit below the configured 15/s; the daemon follows it once it has
+    // re-read Service Config (every second here).
+    w.sim
+        .put("/_sim/limits", &json!({"maxRequestPerSecond": 3}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    w.pace = Duration::from_millis(400);
+    let ids = workload(&w, 0).await;
+    let events = w.wait_settled(Duration::from_secs(120)).await;
+    assert_eq!(events.len(), ids.len());
+    w.check_truth(&events).await;
+    w.check_well_behaved().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_stops_while_the_other_carries_on() {
+    let w = World::new(
+        &["acme", "beta"],
+        FAST,
+        json!({"processingDelay": "100ms", "dropNotificationRate": 1.0}),
+    )
+    .await;
+    let a = workload(&w, 0).await;
+    let b = workload(&w, 1).await;
+    let mut state = serde_json::Map::new();
+    state.insert(w.uids[1].clone(), json!("expired"));
+    w.sim
+        .put("/_sim/faults", &json!({"tokenState": state}))
+        .await;
+    // acme settles; beta cannot (its token expired), and says so.
+    let start = Instant::now();
+    loop {
+        let events = w.events().await;
+        let acme: Vec<&Value> = events.iter().filter(|e| e["token"] == "acme").collect();
+        if acme.len() == a.len() && acme.iter().all(|e| e["state"] == "settled") {
+            w.check_truth(&acme.into_iter().cloned().collect::<Vec<_>>())
+                .await;
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "acme did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let start = Instant::now();
+    loop {
+        let out = w.env.cli(&["tokens", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let beta = v["tokens"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == "beta").cloned());
+        if let Some(beta) = beta {
+            if beta["health"] == "unhealthy" {
+                assert!(
+                    beta["healthReason"].as_str().unwrap().contains("expired"),
+                    "{beta}"
+                );
+                assert!(beta["healthSince"].is_string());
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "beta never marked unhealthy: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = w.stats().await;
+    let before = stats["tokens"][&w.uids[1]]["requests"].clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = w.stats().await["tokens"][&w.uids[1]]["requests"].clone();
+    assert_eq!(before, after, "no traffic for an expired token");
+    // The operator installs a new token file and reloads: beta resumes and settles.
+    let mut state = serde_json::Map::new();
+    state.insert(w.uids[1].clone(), json!("valid"));
+    w.sim
+        .put("/_sim/faults", &json!({"tokenState": state}))
+        .await;
+    let pid = w.daemon.as_ref().unwrap().child.id() as i32;
+    unsafe {
+        libc::kill(pid, libc::SIGHUP);
+    }
+    let events = w.wait_settled(Duration::from_secs(90)).await;
+    assert_eq!(events.len(), a.len() + b.len());
+    w.check_truth(&events).await;
+    w.check_well_behaved().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_churn_during_syncs() {
+    let w = World::new(
+        &["acme"],
+        FAST,
+        json!({"processingDelay": "100ms", "dropNotificationRate": 0.7, "versionChurn": true}),
+    )
+    .await;
+    let ids = workload(&w, 0).await;
+    let events = w.wait_settled(Duration::from_secs(90)).await;
+    assert_eq!(events.len(), ids.len());
+    w.check_truth(&events).await;
+    w.check_well_behaved().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_too_long_is_resubmitted_once() {
+    let reconcile = "notification_grace = \"1s\"\npoll_min = \"1s\"\npoll_max = \"2s\"\nresubmit_after = \"2s\"\ngive_up_after = \"120s\"";
+    let w = World::new(
+        &["acme"],
+        reconcile,
+        json!({"processingDelay": "5s", "dropNotificationRate": 1.0}),
+    )
+    .await;
+    let id = w
+        .submit(
+            0,
+            "assets/associate",
+            "ASSOCIATE",
+            associate(&["R1", "R2"], "361304891"),
+        )
+        .await;
+    let events = w.wait_settled(Duration::from_secs(60)).await;
+    let old = events.iter().find(|e| e["eventId"] == id.as_str()).unwrap();
+    let new_id = old["supersededBy"]
+        .as_str()
+        .expect("resubmitted")
+        .to_string();
+    let new = events
+        .iter()
+        .find(|e| e["eventId"] == new_id.as_str())
+        .expect("new event tracked");
+    assert_eq!(new["supersedes"], id.as_str());
+    assert!(new["supersededBy"].is_null(), "resubmitted once only");
+    assert_eq!(events.len(), 2);
+    w.check_truth(&events).await;
+    w.check_well_behaved().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_restart() {
+    let mut w = World::new(
+        &["acme"],
+        FAST,
+        json!({"processingDelay": "1500ms", "dropNotificationRate": 0.5}),
+    )
+    .await;
+    let ids = workload(&w, 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.daemon.take().unwrap().kill9();
+    // Notifications sent while the daemon is down are lost to it; polling must recover them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.daemon = Some(w.env.start_daemon());
+    let events = w.wait_settled(Duration::from_secs(90)).await;
+    assert_eq!(events.len(), ids.len());
+    w.check_truth(&events).await;
     w.check_well_behaved().await;
 }

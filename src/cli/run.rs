@@ -29,13 +29,20 @@ pub fn run(config_path: &Path) -> CliResult {
             .await
             .map_err(|e| CliError::failed(e.to_string()))?;
         let shutdown = CancellationToken::new();
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(watch_signals(shutdown.clone()));
-        let result = daemon::serve(config, listeners, shutdown.clone(), |running| {
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-            tokio::spawn(watchdog(running.executor.clone(), shutdown.clone()));
-            tracing::info!("ready");
-        })
-        .await;
+        tokio::spawn(watch_reload(
+            config_path.to_path_buf(),
+            reload_tx,
+            shutdown.clone(),
+        ));
+        let result =
+            daemon::serve_with_reload(config, listeners, shutdown.clone(), reload_rx, |running| {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                tokio::spawn(watchdog(running.executor.clone(), shutdown.clone()));
+                tracing::info!("ready");
+            })
+            .await;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         result.map_err(|e| CliError::failed(e.to_string()))
     })
@@ -56,6 +63,40 @@ async fn watch_signals(shutdown: CancellationToken) {
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
+}
+
+/// SIGHUP: reload the configuration; a broken one is refused and the running one kept.
+async fn watch_reload(
+    path: std::path::PathBuf,
+    reload: tokio::sync::mpsc::Sender<crate::config::Config>,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || crate::config::load(&p)).await {
+            Ok(Ok(loaded)) => {
+                for w in &loaded.warnings {
+                    tracing::warn!("{w}");
+                }
+                let _ = reload.send(loaded.config).await;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "reload refused; the running configuration stays")
+            }
+            Err(e) => tracing::error!(error = %e, "reload failed"),
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
 }
 
 /// Pings systemd's watchdog at half its interval, but only while the executor loop turns: a

@@ -51,6 +51,7 @@ pub struct EnvOptions<'a> {
     /// Per token: a given `.vpptoken` (from the simulator) instead of a made-up one.
     pub stokens: Vec<String>,
     pub log_level: &'a str,
+    pub service_config_refresh: &'a str,
 }
 
 impl Default for EnvOptions<'_> {
@@ -62,6 +63,7 @@ impl Default for EnvOptions<'_> {
             api_token: false,
             stokens: vec![],
             log_level: "info",
+            service_config_refresh: "5m",
         }
     }
 }
@@ -88,7 +90,8 @@ impl TestEnv {
             toml.push_str("api_token_file = \"api-token\"\n");
         }
         toml.push_str(&format!(
-            "\n[apple]\nbase_url = \"{base}\"\nrequest_timeout = \"5s\"\nmax_requests_per_second = 15\nmax_concurrent_requests = 5\nservice_config_refresh = \"5m\"\n"
+            "\n[apple]\nbase_url = \"{base}\"\nrequest_timeout = \"5s\"\nmax_requests_per_second = 15\nmax_concurrent_requests = 5\nservice_config_refresh = \"{}\"\n",
+            opts.service_config_refresh
         ));
         toml.push_str(&format!(
             "\n[webhook]\nlisten = \"{webhook}\"\npath_prefix = \"/apple/notifications\"\nmax_body_bytes = 1048576\n"
