@@ -549,24 +549,38 @@ async fn submit_request(
     let limits = apple.limits().unwrap_or_else(Limits::default);
     let chunks =
         split_request(kind, &body, &limits).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    // Detached from the request: if the caller hangs up mid-way, the chunks Apple already
+    // accepted must still be tracked (dropping this future between Apple's answer and the
+    // commit would lose an eventId).
+    let task = tokio::spawn(submit_chunks(state, apple, token, kind, chunks));
+    task.await.map_err(|e| {
+        HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the {kind} submission stopped unexpectedly: {e}"),
+        )
+    })
+}
+
+/// Submits each chunk in order and tracks each eventId Apple returns.
+async fn submit_chunks(
+    state: ApiState,
+    apple: crate::apple::AppleClient,
+    token: String,
+    kind: RequestKind,
+    chunks: Vec<Value>,
+) -> Response {
     let event_type = kind.event_type().as_str();
     let mut event_ids: Vec<String> = Vec::with_capacity(chunks.len());
     let mut events: Vec<EventView> = Vec::with_capacity(chunks.len());
     for (i, chunk) in chunks.iter().enumerate() {
         let answer = match apple.submit(&token, kind, chunk).await {
             Ok(answer) => answer,
-            Err(e) => {
-                return Ok(submit_failed(
-                    &token,
-                    kind,
-                    i,
-                    chunks.len(),
-                    &e,
-                    event_ids,
-                    events,
-                ))
-            }
+            Err(e) => return submit_failed(&token, kind, i, chunks.len(), &e, event_ids, events),
         };
+        if let Some(expires) = answer.token_expiration_date {
+            crate::metrics::global().set_token_expiry(&token, expires);
+        }
         let event_id = answer.event_id;
         // Apple has the request now: whatever happens next, the caller must learn this id.
         event_ids.push(event_id.clone());
@@ -594,7 +608,7 @@ async fn submit_request(
                 tracing::error!(token = %token, event_id = %event_id, error = %e.message,
                     "Apple accepted a request but its event could not be tracked");
                 let tracked: Vec<&str> = events.iter().map(|v| v.event_id.as_str()).collect();
-                return Ok((
+                return (
                     e.status,
                     Json(json!({
                         "error": format!(
@@ -607,15 +621,15 @@ async fn submit_request(
                         "tracked": tracked,
                     })),
                 )
-                    .into_response());
+                    .into_response();
             }
         }
     }
-    Ok((
+    (
         StatusCode::CREATED,
         Json(json!({"eventIds": event_ids, "events": events})),
     )
-        .into_response())
+        .into_response()
 }
 
 /// 502 for a chunk Apple did not accept (or that never reached it); the chunks before it

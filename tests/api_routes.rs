@@ -283,62 +283,180 @@ async fn submit_checks_kind_token_and_body_and_answers_502_when_apple_is_unreach
     assert_eq!(events["events"], json!([]), "nothing tracked");
 }
 
+/// The API served in-process over a temp store, with the given Apple client (or none).
+struct InProcess {
+    addr: std::net::SocketAddr,
+    store: vpp_reconciler::store::Store,
+    shutdown: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    async fn start(apple: Option<vpp_reconciler::apple::AppleClient>) -> InProcess {
+        use std::sync::{Arc, RwLock};
+        use vpp_reconciler::api::{router, ApiState};
+        use vpp_reconciler::core::{Core, Timings};
+        use vpp_reconciler::executor::{Executor, NoApple};
+        use vpp_reconciler::store::Store;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let (executor, handle) = Executor::new(
+            Core::new(Timings::default(), 1),
+            store.clone(),
+            Arc::new(NoApple),
+        );
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let exec = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(1)));
+        let state = ApiState {
+            store: store.clone(),
+            executor: handle,
+            tokens: Arc::new(RwLock::new(["acme".to_string()].into_iter().collect())),
+            timings: Timings::default(),
+            api_token: None,
+            writes: Arc::new(tokio::sync::Semaphore::new(8)),
+            apple,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router(state))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+        InProcess {
+            addr,
+            store,
+            shutdown,
+            tasks: vec![exec, server],
+            _dir: dir,
+        }
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = client()
+            .post(format!("http://{}{path}", self.addr))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
 /// Without an Apple client (not reachable through the binary, which always builds one when a
 /// token is configured), the API itself: 503 `apple_unavailable` after the kind and token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_without_an_apple_client_is_503() {
-    use std::sync::{Arc, RwLock};
-    use vpp_reconciler::api::{router, ApiState};
-    use vpp_reconciler::core::{Core, Timings};
-    use vpp_reconciler::executor::{Executor, NoApple};
-    use vpp_reconciler::store::Store;
-
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).unwrap();
-    let (executor, handle) = Executor::new(
-        Core::new(Timings::default(), 1),
-        store.clone(),
-        Arc::new(NoApple),
-    );
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let exec = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(1)));
-    let state = ApiState {
-        store,
-        executor: handle,
-        tokens: Arc::new(RwLock::new(["acme".to_string()].into_iter().collect())),
-        timings: Timings::default(),
-        api_token: None,
-        writes: Arc::new(tokio::sync::Semaphore::new(8)),
-        apple: None,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
-    let c = client();
+    let api = InProcess::start(None).await;
     let body = json!({"users": [{"clientUserId": "u1"}]});
-    let submit = |path: &str| c.post(format!("http://{addr}{path}")).json(&body).send();
+    let (s, a) = api
+        .post("/v1/tokens/acme/requests/create-users", &body)
+        .await;
+    assert_error(s, &a, 503, "apple_unavailable", "no Apple client");
+    let (s, _) = api.post("/v1/tokens/acme/requests/nope", &body).await;
+    assert_eq!(s, 400);
+    let (s, _) = api
+        .post("/v1/tokens/beta/requests/create-users", &body)
+        .await;
+    assert_eq!(s, 404);
+    api.stop().await;
+}
 
-    let r = submit("/v1/tokens/acme/requests/create-users")
+/// Apple accepts the first chunk and refuses the second: 502, and the first eventId is both
+/// in the answer and tracked with its chunk (never lost); the third chunk is not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_keeps_the_event_ids_apple_gave_before_a_refusal() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use vpp_reconciler::apple::{AppleClient, ClientOptions};
+    use vpp_reconciler::secret::Secret;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let fake = axum::Router::new().route(
+        "/mdm/v2/users/create",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let users = serde_json::from_slice::<Value>(&body).unwrap()["users"]
+                    .as_array()
+                    .map_or(0, Vec::len);
+                assert!(users <= 100, "chunk of {users} users");
+                if n == 0 {
+                    (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"eventId": "fake-event-1",
+                            "tokenExpirationDate": "2031-01-01T00:00:00+0000", "uId": "1"})),
+                    )
+                } else {
+                    (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        axum::Json(json!({"errorNumber": 9700, "errorMessage": "Nope."})),
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_addr = listener.local_addr().unwrap();
+    let fake_server = tokio::spawn(async move {
+        let _ = axum::serve(listener, fake).await;
+    });
+    let apple = AppleClient::new(ClientOptions {
+        base_url: format!("http://{fake_addr}/mdm/v2/"),
+        ..Default::default()
+    })
+    .unwrap();
+    apple.set_token("acme", Secret::new("fake-stoken"), None);
+    let api = InProcess::start(Some(apple)).await;
+
+    let users: Vec<Value> = (0..250)
+        .map(|i| json!({"clientUserId": format!("u{i}")}))
+        .collect();
+    let (s, a) = api
+        .post(
+            "/v1/tokens/acme/requests/create-users",
+            &json!({ "users": users }),
+        )
+        .await;
+    assert_error(s, &a, 502, "apple_error", "create-users request 2 of 3");
+    assert_eq!(a["errorNumber"], 9700, "{a}");
+    assert_eq!(a["eventIds"], json!(["fake-event-1"]), "{a}");
+    assert_eq!(a["events"][0]["numRequested"], 100, "{a}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the third chunk is not sent"
+    );
+    let tracked = api
+        .store
+        .read(|c| {
+            Ok((
+                vpp_reconciler::store::queries::get_event(c, "fake-event-1")?,
+                vpp_reconciler::store::queries::request_body(c, "fake-event-1")?,
+            ))
+        })
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 503);
-    let a: Value = r.json().await.unwrap();
-    assert_eq!(a["code"], "apple_unavailable", "{a}");
-    let r = submit("/v1/tokens/acme/requests/nope").await.unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    let r = submit("/v1/tokens/beta/requests/create-users")
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
-
-    shutdown.cancel();
-    let _ = server.await;
-    let _ = exec.await;
+    let (record, body) = tracked;
+    let record = record.expect("tracked");
+    assert_eq!(record.token, "acme");
+    assert_eq!(record.num_requested, Some(100));
+    let body: Value = serde_json::from_str(&body.expect("chunk kept")).unwrap();
+    assert_eq!(body["users"].as_array().unwrap().len(), 100);
+    api.stop().await;
+    fake_server.abort();
 }
 
 /// (family, type) from `# TYPE` lines.
