@@ -142,6 +142,7 @@ impl Effects for AppleEffects {
         let cache = self.health.clone();
         Box::pin(async move {
             let ok = run_sync(&client, &store, sync_id, &token, kind, full).await;
+            crate::metrics::global().sync(&token, kind.as_str(), if ok { "ok" } else { "failed" });
             note_health(&client, &store, &cache, &token).await;
             ok
         })

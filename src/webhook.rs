@@ -284,7 +284,9 @@ async fn receive(
         Err(_) => "error",
     };
     tracing::debug!(token = %token, r#type = %ntype, result = %metrics_result, "notification handled");
-    let _ = started;
+    let metrics = crate::metrics::global();
+    metrics.notification(&token, &ntype, metrics_result);
+    metrics.observe_webhook_ack(started.elapsed().as_secs_f64());
     match written {
         Ok(_) => (StatusCode::OK, Json(json!({}))).into_response(),
         Err(e) => {

@@ -376,6 +376,25 @@ async fn half_the_notifications_lost() {
         stats["notifications"]["dropped"].as_i64().unwrap() > 0,
         "the fault was on: {stats}"
     );
+    // The work shows in the metrics.
+    let metrics = w
+        .c
+        .get(w.env.api_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "vppr_api_requests_total{token=\"acme\",endpoint=\"status\",status=\"ok\"}",
+        "vppr_notifications_total{token=\"acme\",type=\"ASSET_MANAGEMENT\",result=\"SUCCESS\"}",
+        "vppr_syncs_total{token=\"acme\",kind=\"assignments\",result=\"ok\"}",
+        "vppr_events{state=\"settled\",outcome=\"complete\",token=\"acme\"}",
+        "vppr_webhook_ack_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -559,10 +559,23 @@ impl AppleClient {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
+        let sent_at = std::time::Instant::now();
         let (result, connect_failed) = match rb.send().await {
             Err(e) => transport_error(e),
             Ok(resp) => read_response(resp).await,
         };
+        let metrics = crate::metrics::global();
+        metrics.observe_api_latency(call.endpoint, sent_at.elapsed().as_secs_f64());
+        let status = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(ApiError::Timeout) => "timeout".to_string(),
+            Err(ApiError::Transport(_)) => "transport".to_string(),
+            Err(e) => e
+                .error_number()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "error".to_string()),
+        };
+        metrics.api_request(token, call.endpoint, &status);
         let now = self.inner.clock.now();
         lock(&slot.state)
             .gate
