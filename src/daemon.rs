@@ -123,6 +123,19 @@ pub async fn serve(
     serve_with_reload(config, listeners, shutdown, reload, on_ready).await
 }
 
+/// The configured tokens as the store records them.
+fn token_rows(config: &Config) -> Vec<queries::TokenRow> {
+    config
+        .tokens
+        .iter()
+        .map(|t| queries::TokenRow {
+            name: t.name.clone(),
+            org_name: Some(t.content_token.org_name.clone()),
+            expires_at: Some(t.content_token.exp_date),
+        })
+        .collect()
+}
+
 /// What a configuration reload (SIGHUP) may change while running: the tokens and their
 /// secrets. Listen addresses, the database and timings need a restart.
 struct Reloadable {
@@ -186,15 +199,7 @@ impl Reloadable {
             *s = new.tokens.clone();
         }
         let now = Timestamp::now();
-        let rows: Vec<queries::TokenRow> = new
-            .tokens
-            .iter()
-            .map(|t| queries::TokenRow {
-                name: t.name.clone(),
-                org_name: Some(t.content_token.org_name.clone()),
-                expires_at: Some(t.content_token.exp_date),
-            })
-            .collect();
+        let rows = token_rows(&new);
         let names: Vec<String> = new.tokens.iter().map(|t| t.name.clone()).collect();
         let r = self
             .store
@@ -226,15 +231,7 @@ pub async fn serve_with_reload(
         .await
         .map_err(|e| DaemonError::Task(e.to_string()))??;
     let now = Timestamp::now();
-    let token_rows: Vec<queries::TokenRow> = config
-        .tokens
-        .iter()
-        .map(|t| queries::TokenRow {
-            name: t.name.clone(),
-            org_name: Some(t.content_token.org_name.clone()),
-            expires_at: Some(t.content_token.exp_date),
-        })
-        .collect();
+    let token_rows = token_rows(&config);
     store
         .write(move |conn| {
             queries::upsert_tokens(conn, &token_rows, now)?;

@@ -377,15 +377,14 @@ async fn half_the_notifications_lost() {
         "the fault was on: {stats}"
     );
     // The work shows in the metrics.
-    let metrics = w
-        .c
-        .get(w.env.api_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics =
+        w.c.get(w.env.api_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
     for needle in [
         "vppr_api_requests_total{token=\"acme\",endpoint=\"status\",status=\"ok\"}",
         "vppr_notifications_total{token=\"acme\",type=\"ASSET_MANAGEMENT\",result=\"SUCCESS\"}",
@@ -393,7 +392,10 @@ async fn half_the_notifications_lost() {
         "vppr_events{state=\"settled\",outcome=\"complete\",token=\"acme\"}",
         "vppr_webhook_ack_duration_seconds_count",
     ] {
-        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
     }
 }
 
