@@ -126,22 +126,18 @@ impl Upkeep {
 
     fn expiry_warning(&mut self, t: &TokenConfig, now: Timestamp) {
         let exp = t.content_token.exp_date;
-        let left = exp.since(now);
-        let days = left.as_secs() / 86_400;
-        if exp <= now {
-            if self.warned.insert((t.name.clone(), 0)) {
-                tracing::error!(token = %t.name, expired_at = %exp, "content token has expired; download a new one from Apple Business/School Manager");
-            }
+        let Some(threshold) = expiry_threshold(now, exp) else {
+            return;
+        };
+        if !self.warned.insert((t.name.clone(), threshold)) {
             return;
         }
-        for threshold in [1u32, 7, 30] {
-            if days < u64::from(threshold) {
-                if self.warned.insert((t.name.clone(), threshold)) {
-                    tracing::warn!(token = %t.name, expires_at = %exp, days_left = days,
-                        "content token expires within {threshold} day(s)");
-                }
-                break;
-            }
+        if threshold == 0 {
+            tracing::error!(token = %t.name, expired_at = %exp,
+                "content token has expired; download a new one from Apple Business/School Manager");
+        } else {
+            tracing::warn!(token = %t.name, expires_at = %exp, days_left = exp.since(now).as_secs() / 86_400,
+                "content token expires within {threshold} day(s)");
         }
     }
 
@@ -212,6 +208,16 @@ impl Upkeep {
     }
 }
 
+/// The expiry warning due now: `Some(0)` once expired, `Some(1 | 7 | 30)` within that many
+/// days, `None` before. Each is logged once per token and threshold.
+pub fn expiry_threshold(now: Timestamp, expires: Timestamp) -> Option<u32> {
+    if expires <= now {
+        return Some(0);
+    }
+    let days = expires.since(now).as_secs() / 86_400;
+    [1u32, 7, 30].into_iter().find(|t| days < u64::from(*t))
+}
+
 /// Prunes settled events older than `retention`, in bounded batches, every hour.
 pub async fn retention(store: Store, retention: Duration, shutdown: CancellationToken) {
     loop {
@@ -233,5 +239,25 @@ pub async fn retention(store: Store, retention: Duration, shutdown: Cancellation
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_thresholds() {
+        let day = 86_400_000;
+        let now = Timestamp(1_000 * day);
+        let at = |days: i64| Timestamp(now.0 + days * day);
+        assert_eq!(expiry_threshold(now, at(90)), None);
+        assert_eq!(expiry_threshold(now, at(30)), None);
+        assert_eq!(expiry_threshold(now, Timestamp(at(30).0 - 1)), Some(30));
+        assert_eq!(expiry_threshold(now, at(8)), Some(30));
+        assert_eq!(expiry_threshold(now, at(6)), Some(7));
+        assert_eq!(expiry_threshold(now, Timestamp(now.0 + day / 2)), Some(1));
+        assert_eq!(expiry_threshold(now, now), Some(0));
+        assert_eq!(expiry_threshold(now, at(-3)), Some(0));
     }
 }

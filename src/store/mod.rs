@@ -289,3 +289,6 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -52,6 +52,8 @@ pub struct EnvOptions<'a> {
     pub stokens: Vec<String>,
     pub log_level: &'a str,
     pub service_config_refresh: &'a str,
+    /// Configure `notification_url` (this daemon's webhook) for every token.
+    pub notification_url: bool,
 }
 
 impl Default for EnvOptions<'_> {
@@ -64,6 +66,7 @@ impl Default for EnvOptions<'_> {
             stokens: vec![],
             log_level: "info",
             service_config_refresh: "5m",
+            notification_url: false,
         }
     }
 }
@@ -112,6 +115,11 @@ impl TestEnv {
             toml.push_str(&format!(
                 "\n[[tokens]]\nname = \"{name}\"\ntoken_file = \"{name}.vpptoken\"\nnotification_auth_token_file = \"{name}.notify\"\n"
             ));
+            if opts.notification_url {
+                toml.push_str(&format!(
+                    "notification_url = \"http://{webhook}/apple/notifications/{name}\"\n"
+                ));
+            }
             tokens.push(TestToken {
                 name: name.to_string(),
                 stoken,

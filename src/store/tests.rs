@@ -1,0 +1,303 @@
+//! Store tests on a temp file: migrations, the writer's group commit, and the queries'
+//! contracts (idempotent tracking, the feed's order, dedupe, pruning, the mirror's rules).
+
+use serde_json::json;
+
+use super::queries::{self, NewNotification, TrackOutcome};
+use super::{migrations, mirror, Store, StoreError};
+use crate::apple::model::{Assignment, PricingParam, ResponseAsset, ResponseUser, UserStatus};
+use crate::core::{
+    Change, EventRecord, EventType, HistoryEntry, Outcome, State, Timings, TrackRequest,
+};
+use crate::time::Timestamp;
+
+fn rec(id: &str, now: Timestamp) -> EventRecord {
+    EventRecord::new_tracked(
+        now,
+        TrackRequest {
+            event_id: id.into(),
+            token: "acme".into(),
+            event_type: EventType::Associate,
+            submitted_at: None,
+            num_requested: Some(2),
+            has_request: true,
+            supersedes: None,
+        },
+        &Timings::default(),
+    )
+}
+
+fn temp() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    (dir, path)
+}
+
+#[test]
+fn migrations_are_versioned_and_idempotent() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, migrations::LATEST);
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    drop(c);
+    // Reopening runs nothing twice.
+    let c = super::open_write_connection(&path).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, migrations::LATEST);
+    // A newer schema is refused, not corrupted.
+    c.pragma_update(None, "user_version", migrations::LATEST + 1)
+        .unwrap();
+    drop(c);
+    assert!(matches!(
+        super::open_write_connection(&path),
+        Err(StoreError::SchemaTooNew { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_failing_job_rolls_back_alone() {
+    let (_d, path) = temp();
+    let store = Store::open(&path).unwrap();
+    let now = Timestamp(1_000);
+    let s1 = store.clone();
+    let a = tokio::spawn(async move {
+        s1.write(move |c| {
+            queries::insert_tracked(c, &rec("ok-1", now), None, "tracked")?;
+            Ok(())
+        })
+        .await
+    });
+    let s2 = store.clone();
+    let b = tokio::spawn(async move {
+        s2.write(move |c| {
+            // Half-done work, then a failure: none of it may stay.
+            queries::insert_tracked(c, &rec("bad", now), None, "tracked")?;
+            Err::<(), _>(StoreError::Corrupt("boom".into()))
+        })
+        .await
+    });
+    assert!(a.await.unwrap().is_ok());
+    assert!(b.await.unwrap().is_err());
+    let ids = store
+        .read(|c| {
+            Ok(queries::list_events(
+                c,
+                &queries::EventFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )?
+            .0)
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = ids.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, vec!["ok-1"]);
+}
+
+#[test]
+fn tracking_is_idempotent_and_returns_early_notifications() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let now = Timestamp(5_000);
+    let n = NewNotification {
+        notification_id: "n1".into(),
+        token: "acme".into(),
+        notification_type: "ASSET_MANAGEMENT".into(),
+        event_id: Some("e1".into()),
+        result: Some("SUCCESS".into()),
+        entities: Some(2),
+        error: None,
+        received_at: now,
+        body: "{}".into(),
+    };
+    assert!(queries::insert_notification(&c, &n).unwrap());
+    assert!(
+        !queries::insert_notification(&c, &n).unwrap(),
+        "duplicate id"
+    );
+    match queries::insert_tracked(&c, &rec("e1", now), Some("{\"assets\":[]}"), "tracked").unwrap()
+    {
+        TrackOutcome::Created(notes) => {
+            assert_eq!(notes.len(), 1);
+            assert!(notes[0].success);
+            assert_eq!(notes[0].entities, 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    match queries::insert_tracked(&c, &rec("e1", now), None, "tracked").unwrap() {
+        TrackOutcome::Exists { token, event_type } => {
+            assert_eq!(token, "acme");
+            assert_eq!(event_type, EventType::Associate);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        queries::request_body(&c, "e1").unwrap().as_deref(),
+        Some("{\"assets\":[]}")
+    );
+}
+
+#[test]
+fn changes_feed_orders_by_commit_and_history_appends() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let now = Timestamp(10_000);
+    for id in ["a", "b", "c"] {
+        queries::insert_tracked(&c, &rec(id, now), None, "tracked").unwrap();
+    }
+    // "a" settles later than the others were tracked: it moves to the end of the feed.
+    let mut a = rec("a", now);
+    a.state = State::Settled;
+    a.outcome = Some(Outcome::Complete);
+    a.settled_at = Some(now);
+    let change = Change {
+        event: a,
+        insert: false,
+        copy_request_from: None,
+        history: vec![HistoryEntry {
+            at: now,
+            from: Some(State::Pending),
+            to: State::Settled,
+            outcome: Some(Outcome::Complete),
+            cause: "notifications covered every entity".into(),
+        }],
+        failures: vec![],
+        applied_notifications: vec![],
+        poll: None,
+        feed: true,
+    };
+    queries::apply_changes(&c, &[change]).unwrap();
+    let feed = queries::changes_after(&c, 0, 10).unwrap();
+    let order: Vec<&str> = feed.iter().map(|f| f.event.event_id.as_str()).collect();
+    assert_eq!(order, vec!["b", "c", "a"]);
+    assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
+    let after = queries::changes_after(&c, feed[1].seq, 10).unwrap();
+    assert_eq!(after.len(), 1);
+    let d = queries::event_detail(&c, "a").unwrap().unwrap();
+    assert_eq!(d.history.len(), 2);
+    assert_eq!(d.history[1].to, State::Settled);
+}
+
+#[test]
+fn prune_removes_old_settled_events_in_batches() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let old = Timestamp(1_000);
+    for i in 0..5 {
+        let mut r = rec(&format!("old-{i}"), old);
+        queries::insert_tracked(&c, &r, None, "tracked").unwrap();
+        r.state = State::Settled;
+        r.settled_at = Some(old);
+        queries::apply_changes(
+            &c,
+            &[Change {
+                event: r,
+                insert: false,
+                copy_request_from: None,
+                history: vec![],
+                failures: vec![],
+                applied_notifications: vec![],
+                poll: None,
+                feed: true,
+            }],
+        )
+        .unwrap();
+    }
+    queries::insert_tracked(&c, &rec("open", old), None, "tracked").unwrap();
+    assert_eq!(queries::prune(&c, Timestamp(2_000), 3).unwrap(), 3);
+    assert_eq!(queries::prune(&c, Timestamp(2_000), 3).unwrap(), 2);
+    assert_eq!(queries::prune(&c, Timestamp(2_000), 3).unwrap(), 0);
+    let left: i64 = c
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 1, "unsettled events are never pruned");
+    let hist: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM event_history WHERE event_id LIKE 'old-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(hist, 0);
+}
+
+fn asset(total: i64, assigned: i64) -> ResponseAsset {
+    serde_json::from_value(json!({"adamId": "1", "pricingParam": "STDQ", "productType": "App",
+        "assignedCount": assigned, "availableCount": total - assigned, "retiredCount": 0,
+        "totalCount": total, "deviceAssignable": true, "revocable": true, "supportedPlatforms": ["iOS"]}))
+    .unwrap()
+}
+
+fn assignment(serial: Option<&str>, user: Option<&str>) -> Assignment {
+    Assignment {
+        adam_id: "1".into(),
+        pricing_param: PricingParam::Stdq,
+        client_user_id: user.map(str::to_string),
+        serial_number: serial.map(str::to_string),
+        user_status: None,
+        id_hash: None,
+    }
+}
+
+#[test]
+fn mirror_follows_notifications_and_syncs() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let now = Timestamp(1);
+    mirror::apply_assets(&c, "acme", &[asset(10, 0)], true, now).unwrap();
+    let counts = |c: &rusqlite::Connection| -> (i64, i64) {
+        c.query_row(
+            "SELECT assigned_count, available_count FROM mirror_assets WHERE token = 'acme'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    let two = [assignment(Some("S1"), None), assignment(None, Some("u1"))];
+    mirror::apply_asset_notification(&c, "acme", true, &two, now).unwrap();
+    assert_eq!(counts(&c), (2, 8));
+    // The same notification again (a replay) changes nothing.
+    mirror::apply_asset_notification(&c, "acme", true, &two, now).unwrap();
+    assert_eq!(counts(&c), (2, 8));
+    mirror::apply_asset_notification(&c, "acme", false, &two[..1], now).unwrap();
+    assert_eq!(counts(&c), (1, 9));
+    // Retiring u1 drops their assignment.
+    let retired: ResponseUser = serde_json::from_value(
+        json!({"clientUserId": "u1", "status": "Retired", "inviteCode": "X"}),
+    )
+    .unwrap();
+    assert_eq!(retired.status, UserStatus::Retired);
+    mirror::apply_user_notification(&c, "acme", &[retired], now).unwrap();
+    assert_eq!(counts(&c), (0, 10));
+    // An incremental assignments sync only adds; a full one replaces.
+    mirror::apply_assignments(&c, "acme", &[assignment(Some("S9"), None)], false, now).unwrap();
+    mirror::apply_assignments(&c, "acme", &[assignment(Some("S8"), None)], false, now).unwrap();
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM mirror_assignments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+    mirror::apply_assignments(&c, "acme", &[assignment(Some("S8"), None)], true, now).unwrap();
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM mirror_assignments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    // ASSET_COUNT: licences bought.
+    mirror::apply_asset_count(&c, "acme", "1", "STDQ", 5, now).unwrap();
+    let (total, available): (i64, i64) = c
+        .query_row(
+            "SELECT total_count, available_count FROM mirror_assets",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((total, available), (15, 14));
+}
