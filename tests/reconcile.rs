@@ -397,6 +397,12 @@ async fn half_the_notifications_lost() {
             "{needle} missing from:\n{metrics}"
         );
     }
+    // A debug log of real Apple traffic carries no secret.
+    let log = w.daemon.as_ref().unwrap().log_text();
+    assert!(log.contains("sync finished"), "log captured");
+    for secret in w.env.secrets() {
+        assert!(!log.contains(&secret), "a secret leaked into the daemon log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
