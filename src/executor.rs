@@ -144,6 +144,7 @@ pub struct Executor {
     store: Store,
     effects: Arc<dyn Effects>,
     committed_rx: mpsc::UnboundedReceiver<Input>,
+    committed_tx: mpsc::UnboundedSender<Input>,
     inputs_rx: mpsc::Receiver<Input>,
     inputs_tx: mpsc::Sender<Input>,
     heartbeat: Arc<AtomicI64>,
@@ -156,7 +157,7 @@ impl Executor {
         let (inputs_tx, inputs_rx) = mpsc::channel(4096);
         let heartbeat = Arc::new(AtomicI64::new(Timestamp::now().0));
         let handle = ExecutorHandle {
-            committed: committed_tx,
+            committed: committed_tx.clone(),
             inputs: inputs_tx.clone(),
             heartbeat: heartbeat.clone(),
         };
@@ -166,6 +167,7 @@ impl Executor {
                 store,
                 effects,
                 committed_rx,
+                committed_tx,
                 inputs_rx,
                 inputs_tx,
                 heartbeat,
@@ -328,6 +330,7 @@ impl Executor {
             })
             .collect();
         let (tx, rx) = oneshot::channel();
+        let committed = self.committed_tx.clone();
         let queued = self
             .store
             .write_detached(
@@ -335,6 +338,13 @@ impl Executor {
                     queries::apply_changes(conn, &changes)?;
                     for (id, token, kind, full, cause) in &starts {
                         queries::sync_started(conn, *id, token, *kind, *full, cause, now)?;
+                    }
+                    // A resubmission's new event may have had notifications before we knew
+                    // its id: hand them to the core once the event is committed.
+                    for c in changes.iter().filter(|c| c.insert) {
+                        for n in queries::unapplied_notifications_for(conn, &c.event.event_id)? {
+                            let _ = committed.send(Input::Notification(n));
+                        }
                     }
                     Ok(())
                 },

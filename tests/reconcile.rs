@@ -401,7 +401,10 @@ async fn half_the_notifications_lost() {
     let log = w.daemon.as_ref().unwrap().log_text();
     assert!(log.contains("sync finished"), "log captured");
     for secret in w.env.secrets() {
-        assert!(!log.contains(&secret), "a secret leaked into the daemon log");
+        assert!(
+            !log.contains(&secret),
+            "a secret leaked into the daemon log"
+        );
     }
 }
 
