@@ -197,11 +197,19 @@ impl World {
                     }
                 }
             }
-            self.check_mirror(&t.name, &truth);
+            // The mirror converges: an event settles on its assignments sync while the assets
+            // sync for counts may still be retrying after a 5xx.
+            let start = Instant::now();
+            let mut truth = truth;
+            while let Err(why) = self.check_mirror(&t.name, &truth) {
+                assert!(start.elapsed() < Duration::from_secs(30), "{why}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                truth = self.sim.get(&format!("/_sim/truth/{}", self.uids[i])).await;
+            }
         }
     }
 
-    fn check_mirror(&self, token: &str, truth: &Value) {
+    fn check_mirror(&self, token: &str, truth: &Value) -> Result<(), String> {
         let db = rusqlite::Connection::open_with_flags(
             self.env.path("state.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -227,7 +235,11 @@ impl World {
                 )
             })
             .collect();
-        assert_eq!(assignments, want, "assignments mirror of {token}");
+        if assignments != want {
+            return Err(format!(
+                "assignments mirror of {token}: {assignments:?} != truth {want:?}"
+            ));
+        }
         let assets: BTreeSet<(String, i64, i64, i64)> = db
             .prepare("SELECT adam_id, assigned_count, available_count, total_count FROM mirror_assets WHERE token = ?1")
             .unwrap()
@@ -248,7 +260,11 @@ impl World {
                 )
             })
             .collect();
-        assert_eq!(assets, want, "assets mirror of {token}");
+        if assets != want {
+            return Err(format!(
+                "assets mirror of {token}: {assets:?} != truth {want:?}"
+            ));
+        }
         let users: BTreeSet<(String, String)> = db
             .prepare("SELECT client_user_id, status FROM mirror_users WHERE token = ?1")
             .unwrap()
@@ -267,7 +283,12 @@ impl World {
                 )
             })
             .collect();
-        assert_eq!(users, want, "users mirror of {token}");
+        if users != want {
+            return Err(format!(
+                "users mirror of {token}: {users:?} != truth {want:?}"
+            ));
+        }
+        Ok(())
     }
 
     async fn stats(&self) -> Value {
