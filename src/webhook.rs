@@ -63,7 +63,12 @@ fn reply(status: StatusCode, message: &str) -> Response {
 
 /// What one notification does to the core, if anything.
 pub fn core_input(token: &str, n: &Notification) -> Option<Input> {
+    let known = |r: NotificationResult| r != NotificationResult::Unknown;
     match &n.notification {
+        // A result we do not know says nothing about the outcome: kept, and Event Status
+        // will tell.
+        NotificationPayload::AssetManagement(p) if !known(p.result) => None,
+        NotificationPayload::UserManagement(p) if !known(p.result) => None,
         NotificationPayload::AssetManagement(p) => Some(Input::Notification(NotificationInput {
             notification_id: n.notification_id.clone(),
             token: token.to_string(),
@@ -296,5 +301,35 @@ async fn receive(
                 "cannot store the notification",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(result: &str) -> Notification {
+        let body = format!(
+            r#"{{"notificationId":"n","notificationType":"ASSET_MANAGEMENT","uId":"1",
+            "notification":{{"eventId":"e","result":"{result}","type":"ASSOCIATE",
+            "assignments":[{{"adamId":"1","pricingParam":"STDQ","serialNumber":"S"}}]}}}}"#
+        );
+        parse_notification(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn only_known_results_drive_events() {
+        match core_input("acme", &parse("SUCCESS")) {
+            Some(Input::Notification(n)) => {
+                assert!(n.success);
+                assert_eq!(n.entities, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        match core_input("acme", &parse("FAILURE")) {
+            Some(Input::Notification(n)) => assert!(!n.success),
+            other => panic!("{other:?}"),
+        }
+        assert!(core_input("acme", &parse("PARTIAL")).is_none());
     }
 }

@@ -1143,6 +1143,16 @@ pub fn parse_notification(body: &[u8]) -> Result<Notification, NotificationParse
     let notification_type =
         NotificationType::deserialize(Value::String(notification_type_raw.clone()))
             .unwrap_or(NotificationType::Unknown);
+    // A test needs no payload; refusing one without it would fail Apple's set-up check.
+    if notification_type == NotificationType::TestNotification {
+        return Ok(Notification {
+            notification_id,
+            notification_type,
+            notification_type_raw,
+            u_id,
+            notification: NotificationPayload::Test,
+        });
+    }
     let payload = match obj.get("notification") {
         Some(p @ Value::Object(_)) => p,
         None | Some(Value::Null) => return Err(field_err("notification", "missing")),
@@ -1179,6 +1189,17 @@ pub fn parse_notification(body: &[u8]) -> Result<Notification, NotificationParse
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_notification_needs_no_payload() {
+        for body in [
+            r#"{"notificationId":"t1","notificationType":"TEST_NOTIFICATION","uId":"1"}"#,
+            r#"{"notificationId":"t1","notificationType":"TEST_NOTIFICATION","uId":2049025000431439,"notification":{}}"#,
+        ] {
+            let n = parse_notification(body.as_bytes()).unwrap();
+            assert_eq!(n.notification, NotificationPayload::Test);
+        }
+    }
     use serde_json::json;
 
     #[test]

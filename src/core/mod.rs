@@ -489,8 +489,9 @@ impl Core {
                 rec.num_completed = rec.num_completed.max(num_completed);
                 rec.outcome = Some(Outcome::Complete);
                 rec.outcome_at = Some(now);
-                // Notifications that covered every entity already told the MDM everything.
-                let next = if rec.notified_success >= num_requested {
+                // Notifications that covered every entity already told the MDM everything;
+                // without any (or without a count from Apple) the MDM must sync.
+                let next = if rec.notified_success > 0 && rec.notified_success >= num_requested {
                     Next::Settle
                 } else {
                     Next::Sync

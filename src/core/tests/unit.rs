@@ -1226,3 +1226,43 @@ fn failed_sync_without_waiters_is_retried_a_bounded_number_of_times() {
         assert!(w[1].since(w[0]) >= Timings::default().poll_min);
     }
 }
+
+#[test]
+fn complete_without_notifications_or_count_still_syncs() {
+    use crate::core::{
+        Action, Core, EventRecord, EventType, State, StatusResult, Timings, TrackRequest,
+    };
+    use crate::time::Timestamp;
+    let timings = Timings::default();
+    let mut core = Core::new(timings.clone(), 1);
+    let now = Timestamp(10_000_000);
+    let rec = EventRecord::new_tracked(
+        now,
+        TrackRequest {
+            event_id: "e".into(),
+            token: "acme".into(),
+            event_type: EventType::Create,
+            submitted_at: None,
+            num_requested: None,
+            has_request: false,
+            supersedes: None,
+        },
+        &timings,
+    );
+    core.track(now, rec, vec![]);
+    let later = now.saturating_add(timings.notification_grace);
+    core.timeout(later);
+    let polled =
+        std::iter::from_fn(|| core.poll_action()).any(|a| matches!(a, Action::Poll { .. }));
+    assert!(polled);
+    // Apple omits the counts: COMPLETE with 0/0 and no notification ever came.
+    core.status_result(
+        later,
+        "e",
+        StatusResult::Complete {
+            num_requested: 0,
+            num_completed: 0,
+        },
+    );
+    assert_eq!(core.event("e").map(|e| e.state), Some(State::Syncing));
+}
