@@ -755,3 +755,65 @@ async fn kill_9_mid_run_then_restart() {
     w.check_truth(&events).await;
     w.check_well_behaved().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gives_up_after_give_up_after_and_unknown_events_are_not_found() {
+    let reconcile = "notification_grace = \"1s\"\npoll_min = \"1s\"\npoll_max = \"2s\"\nresubmit_after = \"1h\"\ngive_up_after = \"5s\"";
+    // Apple never finishes within the test.
+    let w = World::new(&["acme"], reconcile, json!({"processingDelay": "1h"})).await;
+    let t = &w.env.tokens[0];
+    let r = w
+        .sim
+        .apple_write(
+            &t.stoken,
+            "assets/associate",
+            &associate(&["G1"], "361304891"),
+        )
+        .await;
+    let slow = r["eventId"].as_str().unwrap().to_string();
+    for (id, ty) in [
+        (slow.as_str(), "ASSOCIATE"),
+        ("00000000-dead-beef-0000-000000000000", "CREATE"),
+    ] {
+        let r =
+            w.c.post(w.env.api_url("/v1/events"))
+                .json(&json!({"token": "acme", "eventId": id, "type": ty}))
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    let events = w.wait_settled(Duration::from_secs(60)).await;
+    let outcome = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["eventId"] == id)
+            .map(|e| e["outcome"].clone())
+            .unwrap()
+    };
+    assert_eq!(outcome(&slow), "timed_out");
+    assert_eq!(outcome("00000000-dead-beef-0000-000000000000"), "not_found");
+    let detail: Value =
+        w.c.get(w.env.api_url(&format!("/v1/events/{slow}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let causes: Vec<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["cause"].as_str().unwrap())
+        .collect();
+    assert!(
+        causes.iter().any(|c| c.contains("still pending")),
+        "{causes:?}"
+    );
+    assert!(
+        causes.iter().any(|c| c.contains("sync")),
+        "settled by a sync: {causes:?}"
+    );
+    w.check_well_behaved().await;
+}
