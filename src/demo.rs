@@ -1137,6 +1137,8 @@ async fn report(
     let by_id: HashMap<&str, &Value> = events.iter().map(|e| (s(&e["eventId"]), e)).collect();
     // How many notifications the daemon recorded per event (duplicates count once).
     let mut notes: HashMap<String, usize> = HashMap::new();
+    // What Event Status answered, over all polls.
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     for e in &events {
         let id = s(&e["eventId"]);
         if let Ok(d) = w.http.get(&w.api_url(&format!("/v1/events/{id}"))).await {
@@ -1144,6 +1146,9 @@ async fn report(
                 id.to_string(),
                 d["notifications"].as_array().map_or(0, Vec::len),
             );
+            for p in d["pollLog"].as_array().into_iter().flatten() {
+                *answers.entry(s(&p["result"]).to_string()).or_default() += 1;
+            }
         }
     }
 
@@ -1265,10 +1270,39 @@ async fn report(
         .filter(|e| e["polls"].as_i64().unwrap_or(0) > 0)
         .count();
     let polls: i64 = events.iter().filter_map(|e| e["polls"].as_i64()).sum();
+    let answer_list: Vec<String> = answers.iter().map(|(k, v)| format!("{k} {v}")).collect();
     say!(
-        "  learned      {} from notifications alone, {polled} needed Event Status ({polls} polls)",
-        events.len() - polled
+        "  learned      {} from notifications alone, {polled} needed Event Status ({polls} polls{})",
+        events.len() - polled,
+        if answer_list.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", answer_list.join(", "))
+        }
     );
+    match w.http.all(&w.api_url("/v1/syncs"), "syncs").await {
+        Ok(syncs) => {
+            let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+            for x in &syncs {
+                let how = if x["full"] == true {
+                    "full"
+                } else {
+                    "incremental"
+                };
+                *kinds.entry(format!("{} {how}", s(&x["kind"]))).or_default() += 1;
+            }
+            let kinds: Vec<String> = kinds.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let results = count_by(&syncs, "result");
+            let results: Vec<String> = results.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            say!(
+                "  syncs        {} ({}); results: {}",
+                syncs.len(),
+                kinds.join(", "),
+                results.join(", ")
+            );
+        }
+        Err(e) => say!("  syncs        cannot list them: {e}"),
+    }
     let resubmitted = events
         .iter()
         .filter(|e| e["supersedes"].is_string())
@@ -1286,8 +1320,10 @@ async fn report(
         .iter()
         .map(|(k, v)| format!("{v}x {k}"))
         .collect();
+    // The daemon's client already resends a write that Apple answered 5xx with an error body
+    // (so provably not processed); the demo resends only what still came back refused.
     say!(
-        "  submissions  {} requests, {} sent again after a 5xx{}",
+        "  submissions  {} requests; {} resent by the demo after the daemon reported a 5xx{}",
         requests.len(),
         log.retries,
         if retry_list.is_empty() {
@@ -1296,19 +1332,17 @@ async fn report(
             format!(" ({})", retry_list.join(", "))
         }
     );
-    let answers = match w.http.text(&w.api_url("/metrics")).await {
-        Ok(text) => api_answers(&text),
-        Err(_) => BTreeMap::new(),
-    };
-    let answer_list: Vec<String> = answers.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    say!(
-        "  Apple answers as the daemon saw them (/metrics): {}",
-        if answer_list.is_empty() {
-            "unavailable".to_string()
-        } else {
-            answer_list.join(", ")
+    // Shown only when the daemon's counters are filled in.
+    if let Ok(text) = w.http.text(&w.api_url("/metrics")).await {
+        let statuses = api_answers(&text);
+        if !statuses.is_empty() {
+            let list: Vec<String> = statuses.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            say!(
+                "  Apple HTTP statuses seen by the daemon: {}",
+                list.join(", ")
+            );
         }
-    );
+    }
     say!("  elapsed      {:.1}s", elapsed.as_secs_f64());
 
     // Apple calls by endpoint and token.
@@ -1413,11 +1447,13 @@ async fn report(
                 )
             })
         })
-        .chain(
-            (log.results.len()..requests.len())
-                .take(if log.finished { 0 } else { usize::MAX })
-                .map(|i| format!("request {} was never sent", i + 1)),
-        )
+        .chain((log.results.len() < requests.len()).then(|| {
+            format!(
+                "requests {} to {} were never sent (the demo stopped waiting)",
+                log.results.len() + 1,
+                requests.len()
+            )
+        }))
         .collect();
     checks.push(check(
         format!(
@@ -1431,8 +1467,7 @@ async fn report(
     checks.push(issued_check(w, &events, &truths));
     checks.push(planted_check(requests, log, &by_id));
     for t in &w.tokens {
-        let truth = truths.get(t.name).cloned().unwrap_or(Value::Null);
-        checks.push(mirror_check(w, t, &truth).await);
+        checks.push(mirror_check(w, t).await);
     }
     checks.push(check(
         "rate limit and Retry-After respected (0 violations, 0 requests during Retry-After)",
@@ -1636,21 +1671,11 @@ fn diff<T: Ord + std::fmt::Debug>(
 }
 
 /// The daemon's mirror (read through its API) equals the simulator's data.
-async fn mirror_check(w: &World, t: &TokenInfo, truth: &Value) -> Check {
-    let empty = Vec::new();
-    let want_assign = assignment_set(truth["assignments"].as_array().unwrap_or(&empty));
-    let want_users = user_set(truth["users"].as_array().unwrap_or(&empty));
-    let want_assets = asset_set(truth["assets"].as_array().unwrap_or(&empty));
-    let what = format!(
-        "mirror of {} equals Apple's data ({} assignments, {} users, {} assets with counts)",
-        t.name,
-        want_assign.len(),
-        want_users.len(),
-        want_assets.len()
-    );
+async fn mirror_check(w: &World, t: &TokenInfo) -> Check {
     let mut last = Vec::new();
+    let mut what = format!("mirror of {} equals Apple's data", t.name);
     // A late duplicate notification or a sync finishing may still be landing: look again
-    // briefly before calling a difference real.
+    // briefly (truth and mirror both re-read) before calling a difference real.
     for attempt in 0..5 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1659,6 +1684,9 @@ async fn mirror_check(w: &World, t: &TokenInfo, truth: &Value) -> Check {
         let read = async {
             Ok::<_, String>((
                 w.http
+                    .get(&w.sim_url(&format!("/_sim/truth/{}", t.uid)))
+                    .await?,
+                w.http
                     .all(&format!("{base}/assignments"), "assignments")
                     .await?,
                 w.http.all(&format!("{base}/users"), "users").await?,
@@ -1666,7 +1694,18 @@ async fn mirror_check(w: &World, t: &TokenInfo, truth: &Value) -> Check {
             ))
         };
         last = match read.await {
-            Ok((a, u, s)) => {
+            Ok((truth, a, u, s)) => {
+                let empty = Vec::new();
+                let want_assign = assignment_set(truth["assignments"].as_array().unwrap_or(&empty));
+                let want_users = user_set(truth["users"].as_array().unwrap_or(&empty));
+                let want_assets = asset_set(truth["assets"].as_array().unwrap_or(&empty));
+                what = format!(
+                    "mirror of {} equals Apple's data ({} assignments, {} users, {} assets with counts)",
+                    t.name,
+                    want_assign.len(),
+                    want_users.len(),
+                    want_assets.len()
+                );
                 let mut d = diff("assignment", &assignment_set(&a), &want_assign);
                 d.extend(diff("user", &user_set(&u), &want_users));
                 d.extend(diff("asset", &asset_set(&s), &want_assets));
