@@ -44,7 +44,7 @@ const PROCESSING_DELAY: &str = "1s";
 const SLOW_PROCESSING: &str = "25s";
 /// Events every workload has (see [`site_requests`]); `--events` adds device and user
 /// associations on top.
-pub const CORE_EVENTS: usize = 27;
+pub const CORE_EVENTS: usize = 29;
 pub const DEFAULT_EVENTS: usize = 48;
 pub const MAX_EVENTS: usize = 400;
 /// How often a submission refused with 5xx is retried (through the daemon, which keeps

@@ -171,7 +171,7 @@ pub struct DemoArgs {
     /// Seeds the simulator and the workload, so a run can be repeated.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Events to submit (27 to 400).
+    /// Events to submit (29 to 400).
     #[arg(long, default_value_t = crate::demo::DEFAULT_EVENTS)]
     pub events: usize,
     /// Keep the work directory (config, database, secret files) here; it must be new or empty.
