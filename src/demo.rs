@@ -1017,8 +1017,7 @@ fn progress_line(
             let outcomes = count_by(events, "outcome");
             let n = |m: &BTreeMap<&str, usize>, k: &str| m.get(k).copied().unwrap_or(0);
             line.push_str(&format!(
-                " | events {:>2}: pending {:>2}, syncing {:>2}, settled {:>2} | complete {:>2}, failed {:>2}",
-                events.len(),
+                " | pending {:>2}, syncing {:>2}, settled {:>2} | complete {:>2}, failed {:>2}",
                 n(&states, "pending"),
                 n(&states, "syncing"),
                 n(&states, "settled"),
@@ -1043,7 +1042,7 @@ fn progress_line(
             let all: i64 = w.tokens.iter().map(|t| total_calls(stats, &t.uid)).sum();
             let n = &stats["notifications"];
             line.push_str(&format!(
-                " | Apple calls {all:>3} ({}) | notifications sent {}, dropped {}, duplicated {}",
+                " | Apple calls {all:>3} ({}) | notifications {} sent, {} lost, {} duplicated",
                 per.join(", "),
                 n["sent"].as_i64().unwrap_or(0),
                 n["dropped"].as_i64().unwrap_or(0),
