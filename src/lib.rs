@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod demo;
 pub mod effects;
 pub mod executor;
 pub mod metrics;

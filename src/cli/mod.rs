@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod check_config;
+mod demo;
 mod inspect;
 mod run;
 mod sim;
@@ -167,8 +168,18 @@ pub struct SimArgs {
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
+    /// Seeds the simulator and the workload, so a run can be repeated.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Events to submit (29 to 400).
+    #[arg(long, default_value_t = crate::demo::DEFAULT_EVENTS)]
+    pub events: usize,
+    /// Keep the work directory (config, database, secret files) here; it must be new or empty.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Seconds to wait for every event to settle before reporting what is stuck (exit 1).
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
 }
 
 /// Parses the command line and runs the command.
@@ -201,6 +212,6 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Syncs(args) => inspect::syncs(&cli.config, args),
         Command::Sim(args) => sim::run(args),
         Command::Sync(args) => sync::run(&cli.config, args),
-        Command::Demo(_) => Err(CliError::failed("not implemented yet")),
+        Command::Demo(args) => demo::run(args),
     }
 }

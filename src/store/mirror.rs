@@ -125,7 +125,10 @@ fn upsert_user(
     Ok(())
 }
 
-/// Applies a users sync: full and consistent replaces; otherwise upserts.
+/// Applies a users sync: full and consistent replaces; otherwise upserts. A retired user
+/// keeps no assignments (as with the notification): when a RETIRE's notification was lost,
+/// this sync is how the daemon learns it, and an incremental assignments sync never shows
+/// the removals.
 pub fn apply_users(
     conn: &Connection,
     token: &str,
@@ -138,6 +141,41 @@ pub fn apply_users(
     }
     for u in users {
         upsert_user(conn, token, u, now)?;
+    }
+    for u in users.iter().filter(|u| u.status == UserStatus::Retired) {
+        drop_assignments_of_retired(conn, token, &u.client_user_id, now)?;
+    }
+    Ok(())
+}
+
+/// Removes the assignments of `client_user_id` unless an active user reuses that id (a
+/// clientUserId can be created again after retirement).
+fn drop_assignments_of_retired(
+    conn: &Connection,
+    token: &str,
+    client_user_id: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let active: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM mirror_users WHERE token = ?1 AND client_user_id = ?2 AND status != 'Retired'",
+        params![token, client_user_id],
+        |r| r.get(0),
+    )?;
+    if active > 0 {
+        return Ok(());
+    }
+    let assets: Vec<(String, String)> = conn
+        .prepare_cached(
+            "SELECT DISTINCT adam_id, pricing_param FROM mirror_assignments WHERE token = ?1 AND client_user_id = ?2",
+        )?
+        .query_map(params![token, client_user_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    conn.execute(
+        "DELETE FROM mirror_assignments WHERE token = ?1 AND client_user_id = ?2",
+        params![token, client_user_id],
+    )?;
+    for (adam, pricing) in assets {
+        recount(conn, token, &adam, &pricing, now)?;
     }
     Ok(())
 }
@@ -391,4 +429,60 @@ pub fn get_version(
         )
         .ok()
         .flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str, invite: &str, status: UserStatus) -> ResponseUser {
+        ResponseUser {
+            client_user_id: id.into(),
+            email: None,
+            id_hash: None,
+            invite_code: Some(invite.into()),
+            managed_apple_id: None,
+            status,
+        }
+    }
+
+    fn assignments_of(conn: &Connection, id: &str) -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM mirror_assignments WHERE token = 't' AND client_user_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_users_sync_showing_a_retired_user_drops_their_assignments() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::migrations::migrate(&mut conn).unwrap();
+        let now = Timestamp(1);
+        let a: Vec<Assignment> = ["u1", "u2"]
+            .iter()
+            .map(|u| {
+                serde_json::from_value(
+                    serde_json::json!({"adamId": "1", "pricingParam": "STDQ", "clientUserId": u}),
+                )
+                .unwrap()
+            })
+            .collect();
+        apply_assignments(&conn, "t", &a, true, now).unwrap();
+        let users = [
+            user("u1", "i1", UserStatus::Registered),
+            user("u2", "i2", UserStatus::Registered),
+        ];
+        apply_users(&conn, "t", &users, true, now).unwrap();
+        // Incremental: u1 retired; u2 retired once but created again (an active entry).
+        let changed = [
+            user("u1", "i1", UserStatus::Retired),
+            user("u2", "i2", UserStatus::Retired),
+            user("u2", "i3", UserStatus::Registered),
+        ];
+        apply_users(&conn, "t", &changed, false, now).unwrap();
+        assert_eq!(assignments_of(&conn, "u1"), 0);
+        assert_eq!(assignments_of(&conn, "u2"), 1);
+    }
 }

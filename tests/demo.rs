@@ -1,0 +1,180 @@
+//! `vpp-reconciler demo` end to end: the real binary, bounded in time. Checks that it
+//! verifies (exit 0), that the report lists every event with a final outcome, that every
+//! verification line says OK, and that no secret from its work directory reaches the output.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vpp-reconciler");
+
+/// Runs the binary with `args`, killing it after `limit`. Returns (exit code, stdout, stderr).
+fn run_bounded(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vpp-reconciler");
+    // Drain both pipes in threads so a full pipe never stalls the child.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    let code = match status {
+        Some(s) => s.code(),
+        None => panic!("demo still running after {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
+    };
+    (code, stdout, stderr)
+}
+
+/// Every secret the demo wrote: whole sTokens, their inner tokens, notification auth tokens.
+fn secrets(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read keep dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".vpptoken") {
+            let stoken = std::fs::read_to_string(&path).unwrap().trim().to_string();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(&stoken)
+                .expect("sToken is base64");
+            let v: serde_json::Value = serde_json::from_slice(&decoded).expect("sToken JSON");
+            out.push(v["token"].as_str().expect("inner token").to_string());
+            out.push(stoken);
+        } else if name.ends_with(".notify") {
+            out.push(std::fs::read_to_string(&path).unwrap().trim().to_string());
+        }
+    }
+    out
+}
+
+/// The lines of the section that starts with `title` (up to the next blank line).
+fn section<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|l| !l.starts_with(title))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect()
+}
+
+#[test]
+fn demo_seed_1_verifies_and_keeps_secrets_out_of_the_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keep = tmp.path().join("work");
+    let keep_s = keep.to_str().unwrap();
+    let (code, stdout, stderr) = run_bounded(
+        &["demo", "--seed", "1", "--keep", keep_s],
+        Duration::from_secs(180),
+    );
+    let all = format!("{stdout}\n{stderr}");
+    assert_eq!(code, Some(0), "demo failed:\n{all}");
+
+    // Progress lines, one a second.
+    let progress = section(&stdout, "progress");
+    assert!(progress.len() >= 3, "progress:\n{stdout}");
+    assert!(progress.iter().all(|l| l.starts_with('[')), "{stdout}");
+
+    // Every event is listed, settled, with a final outcome.
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("events ("))
+        .expect("events section");
+    let n: usize = header["events (".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|x| x.parse().ok())
+        .expect("event count");
+    assert!(n >= 48, "{header}");
+    let rows: Vec<&str> = section(&stdout, "events (")
+        .into_iter()
+        .skip(1)
+        .take_while(|l| !l.starts_with("  REQ/DONE"))
+        .collect();
+    assert_eq!(rows.len(), n, "one row per event:\n{stdout}");
+    for r in &rows {
+        let cols: Vec<&str> = r.split_whitespace().collect();
+        assert!(cols.len() >= 10, "{r}");
+        assert_eq!(cols[3], "settled", "{r}");
+        assert!(
+            ["complete", "failed", "timed_out", "not_found"].contains(&cols[4]),
+            "{r}"
+        );
+    }
+    // The planted failures and the resubmission are in the table.
+    for planted in ["9709", "9609", "9716"] {
+        assert!(
+            rows.iter()
+                .any(|r| r.contains(" failed ") && r.contains(planted)),
+            "{planted} missing:\n{stdout}"
+        );
+    }
+    assert!(rows.iter().any(|r| r.contains("replaces ")), "{stdout}");
+
+    // Every verification line says OK, and the result too.
+    let checks = section(&stdout, "verification");
+    assert!(checks.len() >= 8, "{stdout}");
+    for c in &checks {
+        assert!(
+            c.trim_start().starts_with("OK "),
+            "verification: {c}\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("\nresult: OK"), "{stdout}");
+    assert!(
+        stdout.contains("rate-limit violations 0, requests during Retry-After 0"),
+        "{stdout}"
+    );
+
+    // No secret in the output, and the kept directory has what the report points to.
+    let secrets = secrets(&keep);
+    assert_eq!(secrets.len(), 6, "two tokens, each sToken + inner + notify");
+    for s in &secrets {
+        assert!(s.len() > 16);
+        assert!(!all.contains(s.as_str()), "a secret was printed:\n{all}");
+    }
+    assert!(keep.join("state.db").exists());
+    assert!(keep.join("config.toml").exists());
+}
+
+#[test]
+fn demo_refuses_bad_options() {
+    let (code, _, stderr) = run_bounded(&["demo", "--events", "3"], Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--events 3"), "{stderr}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("state.db"), "old").unwrap();
+    let (code, _, stderr) = run_bounded(
+        &["demo", "--keep", tmp.path().to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is not empty"), "{stderr}");
+}
