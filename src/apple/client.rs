@@ -33,6 +33,21 @@ use super::model::{
 };
 use super::pagination::{traverse, Page, Traversal};
 
+/// The Service Config `urls` keys this client calls.
+const USED_URL_KEYS: [&str; 11] = [
+    "clientConfig",
+    "getAssets",
+    "getAssignments",
+    "getUsers",
+    "associateAssets",
+    "disassociateAssets",
+    "revokeAssets",
+    "createUsers",
+    "updateUsers",
+    "retireUsers",
+    "eventStatus",
+];
+
 /// Attempts for a write whose earlier attempt provably never reached Apple's processing.
 const WRITE_ATTEMPTS: u32 = 3;
 
@@ -321,6 +336,11 @@ impl AppleClient {
                 // these URLs receive the bearer token.
                 Ok(u) if u.scheme() == self.inner.base.scheme() => {
                     urls.insert(key.clone(), u);
+                }
+                // Keys the daemon never calls (contentMetadataLookup, invitationEmail) are
+                // not worth a warning.
+                _ if !USED_URL_KEYS.contains(&key.as_str()) => {
+                    tracing::debug!(key = %key, url = %value, "ignoring Service Config URL");
                 }
                 _ => tracing::warn!(key = %key, url = %value, "ignoring Service Config URL"),
             }
