@@ -136,6 +136,26 @@ fn token_rows(config: &Config) -> Vec<queries::TokenRow> {
         .collect()
 }
 
+/// What the webhook needs per token: its auth secret and, once learned, its location's uId.
+fn webhook_tokens(
+    config: &Config,
+    uids: &HashMap<String, String>,
+) -> HashMap<String, WebhookToken> {
+    config
+        .tokens
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                WebhookToken {
+                    auth: t.notification_auth_token.clone(),
+                    uid: uids.get(&t.name).cloned(),
+                },
+            )
+        })
+        .collect()
+}
+
 /// What a configuration reload (SIGHUP) may change while running: the tokens and their
 /// secrets. Listen addresses, the database and timings need a restart.
 struct Reloadable {
@@ -176,21 +196,11 @@ impl Reloadable {
             }
         }
         if let Ok(mut w) = self.webhook_tokens.write() {
-            let uids: HashMap<String, Option<String>> =
-                w.iter().map(|(k, v)| (k.clone(), v.uid.clone())).collect();
-            *w = new
-                .tokens
+            let uids: HashMap<String, String> = w
                 .iter()
-                .map(|t| {
-                    (
-                        t.name.clone(),
-                        WebhookToken {
-                            auth: t.notification_auth_token.clone(),
-                            uid: uids.get(&t.name).cloned().flatten(),
-                        },
-                    )
-                })
+                .filter_map(|(k, v)| v.uid.clone().map(|u| (k.clone(), u)))
                 .collect();
+            *w = webhook_tokens(&new, &uids);
         }
         if let Ok(mut a) = self.api_tokens.write() {
             *a = new.tokens.iter().map(|t| t.name.clone()).collect();
@@ -291,21 +301,7 @@ pub async fn serve_with_reload(
                 .collect())
         })
         .await?;
-    let webhook_tokens: Arc<RwLock<HashMap<String, WebhookToken>>> = Arc::new(RwLock::new(
-        config
-            .tokens
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    WebhookToken {
-                        auth: t.notification_auth_token.clone(),
-                        uid: known_uids.get(&t.name).cloned(),
-                    },
-                )
-            })
-            .collect(),
-    ));
+    let webhook_tokens = Arc::new(RwLock::new(webhook_tokens(&config, &known_uids)));
     let mut background = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.webhook {
         let state = WebhookState {
