@@ -114,8 +114,10 @@ async fn set_up(ctl: &SimCtl, n: usize) -> (String, String) {
         while s < PER_ASSET && made < n {
             let k = BATCH.min(PER_ASSET - s).min(n - made);
             let serials: Vec<String> = (s..s + k).map(|j| format!("SN{a:03}X{j:06}")).collect();
-            bodies.push(json!({"assets": [{"adamId": adam_id(a), "pricingParam": "STDQ"}],
-                "serialNumbers": serials}));
+            bodies.push(
+                json!({"assets": [{"adamId": adam_id(a), "pricingParam": "STDQ"}],
+                "serialNumbers": serials}),
+            );
             s += k;
             made += k;
         }
@@ -304,7 +306,10 @@ async fn run(addr: std::net::SocketAddr, n: usize) {
     let window_min = (pages.div_ceil(u64::from(RPS)).saturating_sub(1)) as f64;
     println!("sliding-window minimum (ceil(pages / {RPS}) - 1): {window_min:.2} s");
     if window_min > 0.0 {
-        println!("wall time / sliding-window minimum: {:.3}", secs / window_min);
+        println!(
+            "wall time / sliding-window minimum: {:.3}",
+            secs / window_min
+        );
     }
     println!(
         "records fetched and parsed per second: {:.0} records/s",
