@@ -25,7 +25,8 @@
 //!    requests and 15/s per token, the same client gate). It does no syncs at all, so its
 //!    count is a floor for that strategy.
 //! 3. **Webhook.** On the daemon of part 1: synthetic ASSET_MANAGEMENT notifications (unique
-//!    notificationIds, Bearer auth, one assignment each) paced at 1,000/s for 10 s (3 s with
+//!    notificationIds, Bearer auth, one new assignment each of one of token t0's 4 mirrored
+//!    assets, so the mirror and the asset counts change with each) paced at 1,000/s for 10 s (3 s with
 //!    `--quick`), each in its own task, latency measured from its scheduled send time (so a
 //!    stall is not hidden); then an unpaced burst from 64 connections.
 
@@ -644,7 +645,7 @@ async fn run_naive(n: usize) -> (u64, Duration, Calls) {
 
 fn notification(uid: &str, tag: &str, i: usize) -> Vec<u8> {
     json!({
-        "notification": {"assignments": [{"adamId": "900000001", "pricingParam": "STDQ",
+        "notification": {"assignments": [{"adamId": adam_id(0, i % ASSETS_PER_TOKEN), "pricingParam": "STDQ",
             "serialNumber": format!("WH-{tag}-{i:07}")}],
             "eventId": format!("wh-{tag}-{i:07}"), "result": "SUCCESS", "type": "ASSOCIATE"},
         "notificationId": format!("wh-{tag}-{}-{i:07}", uuid::Uuid::new_v4()),
