@@ -110,11 +110,28 @@ pub fn apply_to_mirror(
     n: &Notification,
     now: Timestamp,
 ) -> Result<(), StoreError> {
+    apply_to_mirror_with(conn, token, n, now, mirror::Counts::Adjust)
+}
+
+fn apply_to_mirror_with(
+    conn: &Connection,
+    token: &str,
+    n: &Notification,
+    now: Timestamp,
+    counts: mirror::Counts,
+) -> Result<(), StoreError> {
     match &n.notification {
         NotificationPayload::AssetManagement(p) if p.result == NotificationResult::Success => {
             let associate = p.kind == AssetManagementType::Associate;
             if p.kind != AssetManagementType::Unknown {
-                mirror::apply_asset_notification(conn, token, associate, &p.assignments, now)?;
+                mirror::apply_asset_notification(
+                    conn,
+                    token,
+                    associate,
+                    &p.assignments,
+                    now,
+                    counts,
+                )?;
             }
         }
         NotificationPayload::UserManagement(p) if p.result == NotificationResult::Success => {
@@ -156,7 +173,8 @@ pub fn replay_since(
     let mut n = 0;
     for body in bodies {
         if let Ok(note) = parse_notification(body.as_bytes()) {
-            apply_to_mirror(conn, token, &note, now)?;
+            // The sync may have replaced the counts or the assignments: count again.
+            apply_to_mirror_with(conn, token, &note, now, mirror::Counts::Recount)?;
             n += 1;
         }
     }

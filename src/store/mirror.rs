@@ -2,11 +2,13 @@
 //! from notifications. Every function runs inside the caller's transaction, so a sync or a
 //! notification is applied whole or not at all.
 //!
-//! Counts: after a notification changes assignments, an asset's `assignedCount` is
-//! recomputed from the mirrored assignments and `availableCount` from `totalCount`; the next
-//! assets sync replaces both with Apple's own numbers.
+//! Counts: after a notification changes assignments, an asset's `assignedCount` moves by the
+//! net number of assignments it added or removed ([`Counts::Adjust`], constant time), and
+//! `availableCount` follows from `totalCount`; a replay after a sync that replaced the mirror
+//! recomputes them from the mirrored assignments instead ([`Counts::Recount`], linear in the
+//! asset's assignments). The next assets sync replaces both with Apple's own numbers.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::StoreError;
@@ -204,15 +206,62 @@ fn recount(
         // Not mirrored yet: the next assets sync brings it.
         return Ok(());
     };
+    write_counts(conn, token, adam_id, pricing, assigned, total, &text, now)
+}
+
+/// Moves `assignedCount` of one asset by `delta` (never below 0), without counting rows: a
+/// location can hold 100,000 assignments of one app, and counting them for every
+/// notification capped the webhook at a few hundred notifications/s.
+fn adjust(
+    conn: &Connection,
+    token: &str,
+    adam_id: &str,
+    pricing: &str,
+    delta: i64,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let row: Option<(i64, i64, String)> = conn
+        .prepare_cached(
+            "SELECT assigned_count, total_count, json FROM mirror_assets \
+             WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
+        )?
+        .query_row(params![token, adam_id, pricing], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((assigned, total, text)) = row else {
+        // Not mirrored yet: the next assets sync brings it.
+        return Ok(());
+    };
+    let assigned = assigned.saturating_add(delta).max(0);
+    write_counts(conn, token, adam_id, pricing, assigned, total, &text, now)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_counts(
+    conn: &Connection,
+    token: &str,
+    adam_id: &str,
+    pricing: &str,
+    assigned: i64,
+    total: i64,
+    text: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
     let available = (total - assigned).max(0);
-    let mut v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let mut v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.insert("assignedCount".into(), assigned.into());
         o.insert("availableCount".into(), available.into());
     }
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE mirror_assets SET assigned_count = ?4, available_count = ?5, json = ?6, updated_at = ?7 \
          WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
+    )?
+    .execute(
         params![token, adam_id, pricing, assigned, available, v.to_string(), now.0],
     )?;
     Ok(())
@@ -231,16 +280,29 @@ pub fn recount_all(conn: &Connection, token: &str, now: Timestamp) -> Result<(),
     Ok(())
 }
 
+/// How a notification's assignment changes update its assets' counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counts {
+    /// Move the stored counts by the net change: constant time per asset. For notifications
+    /// as they arrive.
+    Adjust,
+    /// Count the asset's mirrored assignments again: linear in them. For replays after a sync
+    /// replaced the mirror, where the stored counts may already include the change.
+    Recount,
+}
+
 /// A SUCCESS ASSET_MANAGEMENT notification: associate inserts the listed assignments,
-/// disassociate and revoke delete them; counts follow.
+/// disassociate and revoke delete them; counts follow as `counts` says.
 pub fn apply_asset_notification(
     conn: &Connection,
     token: &str,
     associate: bool,
     assignments: &[Assignment],
     now: Timestamp,
+    counts: Counts,
 ) -> Result<(), StoreError> {
-    let mut touched: Vec<(String, String)> = Vec::new();
+    // (adamId, pricingParam) -> net change in mirrored assignments.
+    let mut touched: Vec<((String, String), i64)> = Vec::new();
     for a in assignments {
         let changed = if associate {
             insert_assignment(conn, token, a, now)?
@@ -253,13 +315,21 @@ pub fn apply_asset_notification(
             .execute(params![token, a.adam_id, a.pricing_param.as_str(), user, serial])?
                 == 1
         };
+        if !changed {
+            continue;
+        }
         let key = (a.adam_id.clone(), a.pricing_param.as_str().to_string());
-        if changed && !touched.contains(&key) {
-            touched.push(key);
+        let delta = if associate { 1 } else { -1 };
+        match touched.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, d)) => *d += delta,
+            None => touched.push((key, delta)),
         }
     }
-    for (adam, pricing) in touched {
-        recount(conn, token, &adam, &pricing, now)?;
+    for ((adam, pricing), delta) in touched {
+        match counts {
+            Counts::Adjust => adjust(conn, token, &adam, &pricing, delta, now)?,
+            Counts::Recount => recount(conn, token, &adam, &pricing, now)?,
+        }
     }
     Ok(())
 }

@@ -1,0 +1,810 @@
+//! Reconcile benchmark (issue 4): `cargo bench --bench reconcile [-- --quick]`.
+//!
+//! 1. **Daemon.** 10,000 ASSOCIATE events (1,000 with `--quick`) on 2 tokens, against the
+//!    in-process simulator at 15 requests/s per token with 30% of notifications dropped and
+//!    `processingDelay` 2s. The daemon (`daemon::serve`, in-process) receives the notifications
+//!    on its webhook (`PUT /_sim/notify`). Bench timings: notification_grace 5s, poll_min 1s,
+//!    poll_max 30s, resubmit_after 10m, give_up_after 1h.
+//!
+//!    The MDM's own writes are sent straight to the simulator (as an MDM would) and tracked
+//!    with `POST /v1/events` (with the request body and `submittedAt`). They are *not*
+//!    counted: while they are sent the simulator's `maxRequestPerSecond` is raised so that
+//!    set-up takes seconds, not 6 minutes; the daemon's own client stays capped at 15/s by its
+//!    configuration throughout, and the limit goes back to 15 one second after the last write.
+//!    **Counted**: every Apple call the daemon makes from just before the first write until
+//!    every event is settled: Event Status, Get Assignments/Assets/Users pages and Client
+//!    Config, taken from `/_sim/stats` deltas.
+//!
+//!    Lower bound = one Event Status call per event whose notification was lost (each event
+//!    here has exactly one notification: ≤100 entities, all succeed or all fail) + the pages
+//!    of one final assignments sync (incremental, so ceil(assignments / 1000) pages) and one
+//!    assets sync (1 page) per token.
+//! 2. **Naive.** A fresh simulator, same seed, same workload, same faults, no webhook: a
+//!    polling-only MDM that polls every event with `AppleClient::event_status` from
+//!    notification_grace on, every poll_min, until it is no longer PENDING (5 concurrent
+//!    requests and 15/s per token, the same client gate). It does no syncs at all, so its
+//!    count is a floor for that strategy.
+//! 3. **Webhook.** On the daemon of part 1: synthetic ASSET_MANAGEMENT notifications (unique
+//!    notificationIds, Bearer auth, one new assignment each of one of token t0's 4 mirrored
+//!    assets, so the mirror and the asset counts change with each) paced at 1,000/s for 10 s (3 s with
+//!    `--quick`), each in its own task, latency measured from its scheduled send time (so a
+//!    stall is not hidden); then an unpaced burst from 64 connections.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use vpp_reconciler::apple::model::EventStatus;
+use vpp_reconciler::apple::{AppleClient, ClientOptions};
+use vpp_reconciler::daemon::{self, Listeners};
+use vpp_reconciler::secret::Secret;
+use vpp_reconciler::sim::{self, SimOptions};
+use vpp_reconciler::time::Timestamp;
+
+const SEED: u64 = 7;
+const RPS: u32 = 15;
+const TOKENS: [&str; 2] = ["t0", "t1"];
+const PAGE_SIZE: usize = 1000;
+const DROP_RATE: f64 = 0.3;
+const PROCESSING_DELAY: &str = "2s";
+const GRACE: Duration = Duration::from_secs(5);
+const POLL_MIN: Duration = Duration::from_secs(1);
+const ASSETS_PER_TOKEN: usize = 4;
+/// Every FAIL_EVERY-th event of a token associates an unknown user (9609, FAILURE).
+const FAIL_EVERY: usize = 20;
+/// The MDM's writes in flight.
+const SUBMIT_CONCURRENCY: usize = 16;
+
+// ---- simulator ------------------------------------------------------------------------------
+
+struct SimHandle {
+    addr: SocketAddr,
+    http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// The simulator on its own runtime, so its work does not queue behind the daemon's.
+    fn start(seed: u64) -> SimHandle {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("simulator runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind the simulator");
+                tx.send(listener.local_addr().expect("simulator address"))
+                    .expect("report the simulator address");
+                let _ = sim::serve(listener, SimOptions { seed }, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
+        });
+        SimHandle {
+            addr: rx.recv().expect("simulator address"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut rb = self.http.request(method, self.url(path));
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.expect("simulator control request");
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+    async fn put(&self, path: &str, body: Value) -> Value {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+    async fn get(&self, path: &str) -> Value {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Location {
+    uid: String,
+    stoken: String,
+}
+
+fn adam_id(token: usize, a: usize) -> String {
+    format!("{}", 500_000_000 + token * 100 + a)
+}
+
+/// Two locations with enough licences, the faults, and page size 1000.
+async fn set_up_sim(sim: &SimHandle, n: usize) -> Vec<Location> {
+    let per_token = n.div_ceil(TOKENS.len());
+    let mut locs = Vec::new();
+    for (t, name) in TOKENS.iter().enumerate() {
+        let assets: Vec<Value> = (0..ASSETS_PER_TOKEN)
+            .map(|a| {
+                json!({"adamId": adam_id(t, a), "pricingParam": "STDQ", "productType": "App",
+                    "total": per_token, "deviceAssignable": true, "revocable": true})
+            })
+            .collect();
+        let users: Vec<Value> = (0..10)
+            .map(|u| json!({"clientUserId": format!("u{u}"), "email": format!("u{u}@example.com")}))
+            .collect();
+        let loc = sim
+            .post(
+                "/_sim/locations",
+                json!({"name": name, "assets": assets, "users": users, "pageSize": PAGE_SIZE}),
+            )
+            .await;
+        locs.push(Location {
+            uid: loc["uId"].as_str().expect("uId").to_string(),
+            stoken: loc["sToken"].as_str().expect("sToken").to_string(),
+        });
+    }
+    sim.put(
+        "/_sim/faults",
+        json!({"dropNotificationRate": DROP_RATE, "processingDelay": PROCESSING_DELAY}),
+    )
+    .await;
+    locs
+}
+
+// ---- workload -------------------------------------------------------------------------------
+
+struct Job {
+    token: usize,
+    body: Value,
+}
+
+/// Events alternate between the tokens; per token, every 20th associates an unknown user
+/// (one FAILURE notification), the others one asset to two serial numbers (one SUCCESS).
+fn workload(n: usize) -> Vec<Job> {
+    (0..n)
+        .map(|i| {
+            let token = i % TOKENS.len();
+            let j = i / TOKENS.len();
+            let asset = json!([{"adamId": adam_id(token, j % ASSETS_PER_TOKEN), "pricingParam": "STDQ"}]);
+            let body = if j % FAIL_EVERY == 0 {
+                json!({"assets": asset, "clientUserIds": [format!("ghost-{j}")]})
+            } else {
+                json!({"assets": asset, "serialNumbers": [format!("T{token}S{j:06}A"), format!("T{token}S{j:06}B")]})
+            };
+            Job { token, body }
+        })
+        .collect()
+}
+
+struct Submitted {
+    token: usize,
+    event_id: String,
+    at: Instant,
+}
+
+/// Sends the workload at the simulator as the MDM would (limit raised meanwhile, see the
+/// module docs), tracking each event through the daemon's API when `api` is given.
+async fn submit(
+    sim: &SimHandle,
+    locs: &[Location],
+    jobs: &[Job],
+    api: Option<SocketAddr>,
+) -> (Vec<Submitted>, Duration) {
+    sim.put("/_sim/limits", json!({"maxRequestPerSecond": 100_000}))
+        .await;
+    let start = Instant::now();
+    let url = sim.url("/mdm/v2/assets/associate");
+    let out: Vec<Submitted> = futures::stream::iter(jobs.iter())
+        .map(|job| {
+            let http = sim.http.clone();
+            let url = url.clone();
+            let stoken = locs[job.token].stoken.clone();
+            async move {
+                let at = Instant::now();
+                let submitted_at = Timestamp::now().to_rfc3339();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&stoken)
+                    .json(&job.body)
+                    .send()
+                    .await
+                    .expect("associate");
+                let v: Value = r.json().await.expect("associate answer");
+                let event_id = v["eventId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("associate refused: {v}"))
+                    .to_string();
+                if let Some(api) = api {
+                    let r = http
+                        .post(format!("http://{api}/v1/events"))
+                        .json(&json!({"token": TOKENS[job.token], "eventId": event_id,
+                            "type": "ASSOCIATE", "submittedAt": submitted_at, "request": job.body}))
+                        .send()
+                        .await
+                        .expect("track");
+                    assert_eq!(r.status().as_u16(), 201, "track {event_id}");
+                }
+                Submitted {
+                    token: job.token,
+                    event_id,
+                    at,
+                }
+            }
+        })
+        .buffered(SUBMIT_CONCURRENCY)
+        .collect()
+        .await;
+    let took = start.elapsed();
+    // Only the daemon's own requests remain in the simulator's one-second window after this.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sim.put("/_sim/limits", json!({"maxRequestPerSecond": RPS}))
+        .await;
+    (out, took)
+}
+
+// ---- stats ----------------------------------------------------------------------------------
+
+const READS: [&str; 5] = [
+    "eventStatus",
+    "getAssignments",
+    "getAssets",
+    "getUsers",
+    "clientConfig",
+];
+
+#[derive(Default, Debug, Clone)]
+struct Calls {
+    by_endpoint: HashMap<String, u64>,
+    violations: u64,
+    during_retry_after: u64,
+    dropped: u64,
+    sent: u64,
+}
+
+impl Calls {
+    fn from(stats: &Value) -> Calls {
+        let mut c = Calls::default();
+        if let Some(tokens) = stats["tokens"].as_object() {
+            for t in tokens.values() {
+                if let Some(reqs) = t["requests"].as_object() {
+                    for (k, v) in reqs {
+                        *c.by_endpoint.entry(k.clone()).or_insert(0) += v.as_u64().unwrap_or(0);
+                    }
+                }
+                c.violations += t["rateLimitViolations"].as_u64().unwrap_or(0);
+                c.during_retry_after += t["requestsDuringRetryAfter"].as_u64().unwrap_or(0);
+            }
+        }
+        c.dropped = stats["notifications"]["dropped"].as_u64().unwrap_or(0);
+        c.sent = stats["notifications"]["sent"].as_u64().unwrap_or(0);
+        c
+    }
+    fn minus(&self, earlier: &Calls) -> Calls {
+        let mut c = self.clone();
+        for (k, v) in c.by_endpoint.iter_mut() {
+            *v -= earlier.by_endpoint.get(k).copied().unwrap_or(0);
+        }
+        c.violations -= earlier.violations;
+        c.during_retry_after -= earlier.during_retry_after;
+        c.dropped -= earlier.dropped;
+        c.sent -= earlier.sent;
+        c
+    }
+    fn get(&self, k: &str) -> u64 {
+        self.by_endpoint.get(k).copied().unwrap_or(0)
+    }
+    fn reads(&self) -> u64 {
+        READS.iter().map(|k| self.get(k)).sum()
+    }
+}
+
+// ---- the daemon -----------------------------------------------------------------------------
+
+fn write_config(dir: &std::path::Path, sim: SocketAddr, locs: &[Location]) -> PathBuf {
+    let mut toml = format!(
+        r#"
+[daemon]
+database = "state.db"
+api_listen = "127.0.0.1:0"
+log_level = "error"
+[apple]
+base_url = "http://{sim}/mdm/v2/"
+request_timeout = "30s"
+max_requests_per_second = {RPS}
+max_concurrent_requests = 5
+[webhook]
+listen = "127.0.0.1:0"
+[reconcile]
+notification_grace = "5s"
+poll_min = "1s"
+poll_max = "30s"
+resubmit_after = "10m"
+give_up_after = "1h"
+"#
+    );
+    for (t, name) in TOKENS.iter().enumerate() {
+        std::fs::write(dir.join(format!("{name}.vpptoken")), &locs[t].stoken).unwrap();
+        std::fs::write(dir.join(format!("{name}.notify")), notify_secret(name)).unwrap();
+        toml.push_str(&format!(
+            "[[tokens]]\nname = \"{name}\"\ntoken_file = \"{name}.vpptoken\"\nnotification_auth_token_file = \"{name}.notify\"\n"
+        ));
+    }
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn notify_secret(name: &str) -> String {
+    format!("bench-notify-secret-{name}")
+}
+
+fn db_query<T>(db: &std::path::Path, f: impl FnOnce(&rusqlite::Connection) -> T) -> T {
+    let c = vpp_reconciler::store::open_read_only(db).expect("open the database read-only");
+    f(&c)
+}
+
+fn count(c: &rusqlite::Connection, sql: &str) -> i64 {
+    c.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+        .expect(sql)
+        .unwrap_or(0)
+}
+
+struct DaemonResult {
+    calls: Calls,
+    settle: Duration,
+    settle_after_last: Duration,
+    submit: Duration,
+}
+
+async fn run_daemon(n: usize, quick: bool) -> DaemonResult {
+    let sim = SimHandle::start(SEED);
+    let locs = set_up_sim(&sim, n).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = vpp_reconciler::config::load(&write_config(dir.path(), sim.addr, &locs))
+        .expect("config")
+        .config;
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = api.local_addr().unwrap();
+    let webhook_addr = webhook.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(daemon::serve(
+        config,
+        Listeners {
+            api,
+            webhook: Some(webhook),
+        },
+        shutdown.clone(),
+        move |_| {
+            let _ = ready_tx.send(());
+        },
+    ));
+    ready_rx.await.expect("daemon ready");
+    for (t, name) in TOKENS.iter().enumerate() {
+        sim.put(
+            "/_sim/notify",
+            json!({"uId": locs[t].uid, "authToken": notify_secret(name),
+                "url": format!("http://{webhook_addr}/apple/notifications/{name}")}),
+        )
+        .await;
+    }
+    let db = dir.path().join("state.db");
+    // The start-up syncs (3 kinds x 2 tokens) are not part of the measurement.
+    let wait = Instant::now();
+    loop {
+        let done = db_query(&db, |c| {
+            count(
+                c,
+                "SELECT COUNT(*) FROM syncs WHERE result != 'running' AND finished_at IS NOT NULL",
+            )
+        });
+        if done >= (3 * TOKENS.len()) as i64 {
+            break;
+        }
+        assert!(wait.elapsed() < Duration::from_secs(60), "start-up syncs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_sync = db_query(&db, |c| count(c, "SELECT MAX(id) FROM syncs")) + 1;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let jobs = workload(n);
+    let before = Calls::from(&sim.get("/_sim/stats").await);
+    let start = Instant::now();
+    let (_submitted, submit_time) = submit(&sim, &locs, &jobs, Some(api_addr)).await;
+    let last = start + submit_time;
+    let limit = Duration::from_secs(if quick { 300 } else { 900 });
+    let settle = loop {
+        let (total, open) = db_query(&db, |c| {
+            (
+                count(c, "SELECT COUNT(*) FROM events"),
+                count(c, "SELECT COUNT(*) FROM events WHERE state != 'settled'"),
+            )
+        });
+        if total as usize == n && open == 0 {
+            break start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{open} of {total} events not settled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let settle_after_last = Instant::now() - last;
+    let after = Calls::from(&sim.get("/_sim/stats").await);
+    let calls = after.minus(&before);
+
+    // What the daemon recorded.
+    let (polled, polls, no_note, complete, failed, other) = db_query(&db, |c| {
+        (
+            count(c, "SELECT COUNT(*) FROM events WHERE polls > 0"),
+            count(c, "SELECT SUM(polls) FROM events"),
+            count(
+                c,
+                "SELECT COUNT(*) FROM events WHERE notified_success = 0 AND notified_failure = 0",
+            ),
+            count(c, "SELECT COUNT(*) FROM events WHERE outcome = 'complete'"),
+            count(c, "SELECT COUNT(*) FROM events WHERE outcome = 'failed'"),
+            count(
+                c,
+                "SELECT COUNT(*) FROM events WHERE outcome IS NULL OR outcome NOT IN ('complete', 'failed')",
+            ),
+        )
+    });
+    let syncs: Vec<(String, i64, i64)> = db_query(&db, |c| {
+        let mut st = c
+            .prepare("SELECT kind, COUNT(*), SUM(pages) FROM syncs WHERE id >= ?1 GROUP BY kind ORDER BY kind")
+            .unwrap();
+        st.query_map([first_sync], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    });
+    // Ground truth: outcomes and the assignments each token ends with.
+    let mut truth_failed = 0;
+    let mut bound_pages = 0u64;
+    for loc in &locs {
+        let truth = sim.get(&format!("/_sim/truth/{}", loc.uid)).await;
+        let events = truth["events"].as_array().cloned().unwrap_or_default();
+        truth_failed += events
+            .iter()
+            .filter(|e| e["eventStatus"] == "FAILED")
+            .count();
+        let assignments = truth["assignments"].as_array().map_or(0, |a| a.len());
+        // One incremental assignments sync covering the workload, one assets page.
+        bound_pages += assignments.div_ceil(PAGE_SIZE).max(1) as u64 + 1;
+    }
+    let lost = calls.dropped;
+    let bound = lost + bound_pages;
+    let reads = calls.reads();
+
+    println!("== daemon ==");
+    println!(
+        "parameters: events {n}, tokens {}, rate limit {RPS} requests/s per token, dropNotificationRate {DROP_RATE}, processingDelay {PROCESSING_DELAY}, page size {PAGE_SIZE}",
+        TOKENS.len()
+    );
+    println!("parameters: notification_grace 5s, poll_min 1s, poll_max 30s, resubmit_after 10m, give_up_after 1h; MDM writes sent at the simulator (not counted), tracked via POST /v1/events");
+    println!(
+        "submission of {n} events (writes + tracking): {:.1} s",
+        submit_time.as_secs_f64()
+    );
+    println!(
+        "time to settle everything (from first write): {:.1} s",
+        settle.as_secs_f64()
+    );
+    println!(
+        "time to settle everything (from last write): {:.1} s",
+        settle_after_last.as_secs_f64()
+    );
+    println!("outcomes: complete {complete}, failed {failed}, other {other} (truth: failed {truth_failed})");
+    println!("notifications sent: {}", calls.sent);
+    println!("notifications dropped (lost): {lost}");
+    println!("events with no notification received (daemon's record): {no_note}");
+    println!("events polled: {polled}");
+    println!("Event Status calls recorded by the daemon: {polls}");
+    for (kind, runs, pages) in &syncs {
+        println!("{kind} syncs: {runs} runs, {pages} pages");
+    }
+    for k in READS {
+        println!("calls {k}: {}", calls.get(k));
+    }
+    println!("reconciliation calls: {reads}");
+    println!(
+        "reconciliation calls per event: {:.3}",
+        reads as f64 / n as f64
+    );
+    println!("lower bound (lost notifications {lost} + sync pages {bound_pages}): {bound}");
+    println!("calls / lower bound: {:.3}", reads as f64 / bound as f64);
+    println!("rate-limit violations: {}", calls.violations);
+    println!("requests during Retry-After: {}", calls.during_retry_after);
+
+    webhook_bench(webhook_addr, &locs[0].uid, quick).await;
+
+    shutdown.cancel();
+    let _ = server.await;
+    DaemonResult {
+        calls,
+        settle,
+        settle_after_last,
+        submit: submit_time,
+    }
+}
+
+// ---- naive ----------------------------------------------------------------------------------
+
+async fn run_naive(n: usize) -> (u64, Duration, Calls) {
+    let sim = SimHandle::start(SEED);
+    let locs = set_up_sim(&sim, n).await;
+    let client = AppleClient::new(ClientOptions {
+        base_url: format!("http://{}/mdm/v2/", sim.addr),
+        request_timeout: Duration::from_secs(30),
+        max_requests_per_second: RPS,
+        max_concurrent_requests: 5,
+        read_retries: 3,
+    })
+    .expect("client");
+    client.service_config().await.expect("service config");
+    for (t, name) in TOKENS.iter().enumerate() {
+        client.set_token(name, Secret::new(locs[t].stoken.clone()), None);
+    }
+    let jobs = workload(n);
+    let before = Calls::from(&sim.get("/_sim/stats").await);
+    let start = Instant::now();
+    let submitted = Arc::new(submit(&sim, &locs, &jobs, None).await.0);
+    // Per token: a min-heap of (due, index), drained by 5 workers (the client's own
+    // concurrency and rate gates apply on top).
+    type Heap = BinaryHeap<std::cmp::Reverse<(Instant, usize)>>;
+    let heaps: Vec<Arc<Mutex<Heap>>> = (0..TOKENS.len())
+        .map(|_| Arc::new(Mutex::new(BinaryHeap::new())))
+        .collect();
+    for (i, s) in submitted.iter().enumerate() {
+        heaps[s.token]
+            .lock()
+            .unwrap()
+            .push(std::cmp::Reverse((s.at + GRACE, i)));
+    }
+    let polls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (t, heap) in heaps.iter().enumerate() {
+        for _ in 0..5 {
+            let heap = heap.clone();
+            let client = client.clone();
+            let submitted = submitted.clone();
+            let polls = polls.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let next = heap.lock().unwrap().pop();
+                    let Some(std::cmp::Reverse((due, i))) = next else {
+                        break;
+                    };
+                    tokio::time::sleep_until(due.into()).await;
+                    let r = client.event_status(TOKENS[t], &submitted[i].event_id).await;
+                    polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let pending = match r {
+                        Ok(s) => s.event_status == EventStatus::Pending,
+                        Err(e) => {
+                            assert!(e.is_retryable(), "naive poll: {e}");
+                            true
+                        }
+                    };
+                    if pending {
+                        heap.lock()
+                            .unwrap()
+                            .push(std::cmp::Reverse((Instant::now() + POLL_MIN, i)));
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("naive worker");
+    }
+    let elapsed = start.elapsed();
+    let after = Calls::from(&sim.get("/_sim/stats").await);
+    let calls = after.minus(&before);
+    (
+        polls.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed,
+        calls,
+    )
+}
+
+// ---- webhook throughput ---------------------------------------------------------------------
+
+fn notification(uid: &str, tag: &str, i: usize) -> Vec<u8> {
+    json!({
+        "notification": {"assignments": [{"adamId": adam_id(0, i % ASSETS_PER_TOKEN), "pricingParam": "STDQ",
+            "serialNumber": format!("WH-{tag}-{i:07}")}],
+            "eventId": format!("wh-{tag}-{i:07}"), "result": "SUCCESS", "type": "ASSOCIATE"},
+        "notificationId": format!("wh-{tag}-{}-{i:07}", uuid::Uuid::new_v4()),
+        "notificationType": "ASSET_MANAGEMENT",
+        "uId": uid,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn webhook_bench(addr: SocketAddr, uid: &str, quick: bool) {
+    let url = format!("http://{addr}/apple/notifications/{}", TOKENS[0]);
+    let auth = format!("Bearer {}", notify_secret(TOKENS[0]));
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(2048)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+
+    // Paced: request i is due at t0 + i ms; latency from that due time.
+    let rate = 1000usize;
+    let secs = if quick { 3 } else { 10 };
+    let total = rate * secs;
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let http = http.clone();
+        let url = url.clone();
+        let auth = auth.clone();
+        let body = notification(uid, "paced", i);
+        let due = t0 + Duration::from_micros((i as u64) * 1_000_000 / rate as u64);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            let r = http
+                .post(&url)
+                .header("authorization", auth)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("webhook POST");
+            assert_eq!(r.status().as_u16(), 200, "webhook answer");
+            let done = tokio::time::Instant::now();
+            (done - due, done)
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    let mut end = t0;
+    for t in tasks {
+        let (l, done) = t.await.expect("webhook task");
+        lat.push(l);
+        end = end.max(done);
+    }
+    lat.sort();
+    let span = (end - t0).as_secs_f64();
+    println!("== webhook (durable acknowledgements) ==");
+    println!("paced offered rate: {rate} notifications/s for {secs} s ({total} notifications)");
+    println!(
+        "paced achieved rate: {:.0} notifications/s",
+        total as f64 / span
+    );
+    println!("paced latency p50: {:.1} ms", pct(&lat, 0.50));
+    println!("paced latency p99: {:.1} ms", pct(&lat, 0.99));
+    println!("paced latency max: {:.1} ms", pct(&lat, 1.0));
+
+    // Unpaced burst from 64 connections.
+    let conns = 64usize;
+    let total = if quick { 6_400 } else { 32_000 };
+    let per = total / conns;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let http = http.clone();
+        let url = url.clone();
+        let auth = auth.clone();
+        let uid = uid.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let body = notification(&uid, "burst", c * per + i);
+                let s = Instant::now();
+                let r = http
+                    .post(&url)
+                    .header("authorization", auth.as_str())
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("webhook POST");
+                assert_eq!(r.status().as_u16(), 200, "webhook answer");
+                lat.push(s.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    for t in tasks {
+        lat.extend(t.await.expect("burst task"));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "burst: {} notifications from {conns} concurrent connections",
+        per * conns
+    );
+    println!(
+        "burst throughput: {:.0} notifications/s",
+        (per * conns) as f64 / secs
+    );
+    println!("burst latency p50: {:.1} ms", pct(&lat, 0.50));
+    println!("burst latency p99: {:.1} ms", pct(&lat, 0.99));
+    println!("burst latency max: {:.1} ms", pct(&lat, 1.0));
+}
+
+// ---- main -----------------------------------------------------------------------------------
+
+fn main() {
+    // `cargo bench` passes --bench; only --quick matters.
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n = if quick { 1_000 } else { 10_000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let total = Instant::now();
+    let d = rt.block_on(run_daemon(n, quick));
+    let (naive_polls, naive_time, naive) = rt.block_on(run_naive(n));
+    let daemon_calls = d.calls.reads();
+    println!("== naive (polling only, no notifications, no syncs) ==");
+    println!(
+        "naive time to final status for every event: {:.1} s",
+        naive_time.as_secs_f64()
+    );
+    println!("naive Event Status calls: {naive_polls}");
+    println!("naive calls counted by the simulator: {}", naive.reads());
+    println!("naive rate-limit violations: {}", naive.violations);
+    println!(
+        "naive / daemon calls: {:.2}",
+        naive.reads() as f64 / daemon_calls as f64
+    );
+    println!(
+        "naive / daemon time to settle (from first write): {:.2}",
+        naive_time.as_secs_f64() / d.settle.as_secs_f64()
+    );
+    println!(
+        "daemon: submission {:.1} s, settled {:.1} s after the last write",
+        d.submit.as_secs_f64(),
+        d.settle_after_last.as_secs_f64()
+    );
+    println!("bench wall time: {:.0} s", total.elapsed().as_secs_f64());
+    assert_eq!(d.calls.violations, 0, "the daemon broke the rate limit");
+    assert_eq!(naive.violations, 0, "the naive poller broke the rate limit");
+}

@@ -1,0 +1,338 @@
+//! Sync benchmark (issue 3): `cargo bench --bench sync [-- --quick]`.
+//!
+//! A full assignments sync of one location with 100,000 assignments (10,000 with `--quick`)
+//! against the in-process simulator at Apple's 15 requests/s, page size 1000:
+//! - set-up (not measured): the simulator's rate limit is raised, 1000-serial associate
+//!   requests fill the location (processingDelay 0s), then the limit goes back to 15/s;
+//! - measured: the real client's traversal (`AppleClient::get_assignments(token, None)`)
+//!   and, separately, the SQLite mirror write (`mirror::apply_assignments`, one transaction,
+//!   durable commit through `Store::write`);
+//! - after: JSON decoding alone of the same pages (CPU bound, no rate limit), and
+//!   `/_sim/stats` rate-limit violations and requests during Retry-After (both must be 0).
+//!
+//! The simulator runs on its own runtime (2 worker threads) so its work does not queue
+//! behind the client's tasks; both share the machine's cores.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vpp_reconciler::apple::model::GetAssignmentsResponse;
+use vpp_reconciler::apple::{AppleClient, ClientOptions};
+use vpp_reconciler::secret::Secret;
+use vpp_reconciler::sim::{self, SimOptions};
+use vpp_reconciler::store::{mirror, Store};
+use vpp_reconciler::time::Timestamp;
+
+const RPS: u32 = 15;
+const PAGE_SIZE: usize = 1000;
+/// Serial numbers per associate request (Service Config's `maxSerialNumbers`).
+const BATCH: usize = 1000;
+/// Licences per asset.
+const PER_ASSET: usize = 5000;
+const TOKEN: &str = "bench";
+
+/// Starts the simulator on its own runtime; returns its address.
+fn start_sim(seed: u64) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("simulator runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind the simulator");
+            tx.send(listener.local_addr().expect("simulator address"))
+                .expect("report the simulator address");
+            // Runs until the process exits.
+            let _ = sim::serve(listener, SimOptions { seed }, std::future::pending()).await;
+        });
+    });
+    (rx.recv().expect("simulator address"), handle)
+}
+
+struct SimCtl {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl SimCtl {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
+        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let r = rb.send().await.expect("simulator control request");
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+    async fn put(&self, path: &str, body: Value) -> Value {
+        self.send(reqwest::Method::PUT, path, Some(&body)).await
+    }
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.send(reqwest::Method::POST, path, Some(&body)).await
+    }
+    async fn get(&self, path: &str) -> Value {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+}
+
+fn adam_id(i: usize) -> String {
+    format!("{}", 400_000_000 + i)
+}
+
+/// Creates the location and its `n` assignments (serial numbers, `PER_ASSET` per asset).
+async fn set_up(ctl: &SimCtl, n: usize) -> (String, String) {
+    ctl.put("/_sim/limits", json!({"maxRequestPerSecond": 100_000}))
+        .await;
+    ctl.put("/_sim/faults", json!({"processingDelay": "0s"}))
+        .await;
+    let assets_n = n.div_ceil(PER_ASSET);
+    let assets: Vec<Value> = (0..assets_n)
+        .map(|i| {
+            json!({"adamId": adam_id(i), "pricingParam": "STDQ", "productType": "App",
+                "total": PER_ASSET, "deviceAssignable": true, "revocable": true})
+        })
+        .collect();
+    let loc = ctl
+        .post(
+            "/_sim/locations",
+            json!({"name": "Bench", "assets": assets, "users": [], "pageSize": PAGE_SIZE}),
+        )
+        .await;
+    let uid = loc["uId"].as_str().expect("uId").to_string();
+    let stoken = loc["sToken"].as_str().expect("sToken").to_string();
+
+    let mut bodies = Vec::new();
+    let mut made = 0;
+    for a in 0..assets_n {
+        let mut s = 0;
+        while s < PER_ASSET && made < n {
+            let k = BATCH.min(PER_ASSET - s).min(n - made);
+            let serials: Vec<String> = (s..s + k).map(|j| format!("SN{a:03}X{j:06}")).collect();
+            bodies.push(
+                json!({"assets": [{"adamId": adam_id(a), "pricingParam": "STDQ"}],
+                "serialNumbers": serials}),
+            );
+            s += k;
+            made += k;
+        }
+    }
+    let url = format!("{}/mdm/v2/assets/associate", ctl.base);
+    let ids: Vec<String> = futures::future::join_all(bodies.iter().map(|b| {
+        let http = ctl.http.clone();
+        let url = url.clone();
+        let stoken = stoken.clone();
+        async move {
+            let r = http
+                .post(&url)
+                .bearer_auth(&stoken)
+                .json(b)
+                .send()
+                .await
+                .expect("associate");
+            let v: Value = r.json().await.expect("associate answer");
+            v["eventId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("associate refused: {v}"))
+                .to_string()
+        }
+    }))
+    .await;
+    // Processing is FIFO per location: wait until every event is COMPLETE.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut open = ids;
+    while !open.is_empty() {
+        assert!(Instant::now() < deadline, "set-up events did not complete");
+        let mut still = Vec::new();
+        for id in open {
+            let v: Value = ctl
+                .http
+                .get(format!("{}/mdm/v2/status?eventId={id}", ctl.base))
+                .bearer_auth(&stoken)
+                .send()
+                .await
+                .expect("status")
+                .json()
+                .await
+                .expect("status body");
+            match v["eventStatus"].as_str() {
+                Some("COMPLETE") => {}
+                Some("PENDING") => still.push(id),
+                _ => panic!("set-up event {id}: {v}"),
+            }
+        }
+        open = still;
+        if !open.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    ctl.put("/_sim/limits", json!({"maxRequestPerSecond": RPS}))
+        .await;
+    // Let the simulator's one-second window forget the set-up traffic.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    (uid, stoken)
+}
+
+fn counter(stats: &Value, uid: &str, path: &[&str]) -> u64 {
+    let mut v = &stats["tokens"][uid];
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64().unwrap_or(0)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n = if quick { 10_000 } else { 100_000 };
+    let (addr, _sim_thread) = start_sim(42);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(addr, n));
+}
+
+async fn run(addr: std::net::SocketAddr, n: usize) {
+    let ctl = SimCtl {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client"),
+    };
+    let setup_start = Instant::now();
+    let (uid, stoken) = set_up(&ctl, n).await;
+    let setup = setup_start.elapsed();
+
+    let client = AppleClient::new(ClientOptions {
+        base_url: format!("http://{addr}/mdm/v2/"),
+        request_timeout: Duration::from_secs(30),
+        max_requests_per_second: RPS,
+        max_concurrent_requests: 5,
+        read_retries: 3,
+    })
+    .expect("client");
+    client.service_config().await.expect("service config");
+    client.set_token(TOKEN, Secret::new(stoken.clone()), None);
+
+    let before = ctl.get("/_sim/stats").await;
+    let start = Instant::now();
+    let tr = client
+        .get_assignments(TOKEN, None)
+        .await
+        .expect("assignments traversal");
+    let fetch = start.elapsed();
+    let after = ctl.get("/_sim/stats").await;
+    assert_eq!(tr.records.len(), n, "records traversed");
+    assert!(tr.consistent, "traversal not consistent");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.db");
+    let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        .await
+        .expect("open task")
+        .expect("open store");
+    let records = tr.records.clone();
+    let store_start = Instant::now();
+    store
+        .write(move |c| mirror::apply_assignments(c, TOKEN, &records, true, Timestamp::now()))
+        .await
+        .expect("mirror write");
+    let store_time = store_start.elapsed();
+    let stored: i64 = store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM mirror_assignments WHERE token = ?1",
+                [TOKEN],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .expect("count");
+    assert_eq!(stored as usize, n, "rows in the mirror");
+
+    // JSON decoding alone: fetch the raw pages again (limit lifted), decode them repeatedly.
+    ctl.put("/_sim/limits", json!({"maxRequestPerSecond": 100_000}))
+        .await;
+    let mut raw = Vec::new();
+    for p in 0..tr.pages {
+        let bytes = ctl
+            .http
+            .get(format!("{}/mdm/v2/assignments?pageIndex={p}", ctl.base))
+            .bearer_auth(&stoken)
+            .send()
+            .await
+            .expect("raw page")
+            .bytes()
+            .await
+            .expect("raw page body");
+        raw.push(bytes);
+    }
+    let reps = 5;
+    let parse_start = Instant::now();
+    let mut parsed = 0usize;
+    for _ in 0..reps {
+        for b in &raw {
+            let r: GetAssignmentsResponse = serde_json::from_slice(b).expect("decode page");
+            parsed += r.assignments.len();
+        }
+    }
+    let parse_time = parse_start.elapsed();
+    let bytes: usize = raw.iter().map(|b| b.len()).sum();
+
+    let pages = counter(&after, &uid, &["requests", "getAssignments"])
+        - counter(&before, &uid, &["requests", "getAssignments"]);
+    let violations = counter(&after, &uid, &["rateLimitViolations"])
+        - counter(&before, &uid, &["rateLimitViolations"]);
+    let during_ra = counter(&after, &uid, &["requestsDuringRetryAfter"])
+        - counter(&before, &uid, &["requestsDuringRetryAfter"]);
+    let bound = pages as f64 / f64::from(RPS);
+    let secs = fetch.as_secs_f64();
+
+    println!("parameters: assignments {n}, page size {PAGE_SIZE}, rate limit {RPS} requests/s, 5 concurrent page fetches, full sync (no sinceVersionId)");
+    println!("set-up (not measured): {:.1} s", setup.as_secs_f64());
+    println!("sync wall time (fetch + parse): {secs:.2} s");
+    println!("pages requested: {pages}");
+    println!("pages in traversal: {}", tr.pages);
+    println!("rate-limit bound (pages / {RPS} rps): {bound:.2} s");
+    println!("wall time / bound: {:.3}", secs / bound);
+    // The simulator admits RPS requests in any sliding second, so P requests need at least
+    // ceil(P / RPS) - 1 seconds (a burst at t=0, the next at t=1, ...).
+    let window_min = (pages.div_ceil(u64::from(RPS)).saturating_sub(1)) as f64;
+    println!("sliding-window minimum (ceil(pages / {RPS}) - 1): {window_min:.2} s");
+    if window_min > 0.0 {
+        println!(
+            "wall time / sliding-window minimum: {:.3}",
+            secs / window_min
+        );
+    }
+    println!(
+        "records fetched and parsed per second: {:.0} records/s",
+        n as f64 / secs
+    );
+    println!(
+        "records parsed per second (JSON decode only, {} MB): {:.0} records/s",
+        bytes / 1_000_000,
+        parsed as f64 / parse_time.as_secs_f64()
+    );
+    println!(
+        "mirror write (one transaction, durable commit): {:.2} s",
+        store_time.as_secs_f64()
+    );
+    println!(
+        "records stored per second: {:.0} records/s",
+        n as f64 / store_time.as_secs_f64()
+    );
+    println!(
+        "sync + mirror write: {:.2} s",
+        (fetch + store_time).as_secs_f64()
+    );
+    println!("rate-limit violations: {violations}");
+    println!("requests during Retry-After: {during_ra}");
+    assert_eq!(violations, 0, "the client broke the rate limit");
+}
