@@ -263,12 +263,13 @@ fn mirror_follows_notifications_and_syncs() {
         .unwrap()
     };
     let two = [assignment(Some("S1"), None), assignment(None, Some("u1"))];
-    mirror::apply_asset_notification(&c, "acme", true, &two, now).unwrap();
+    mirror::apply_asset_notification(&c, "acme", true, &two, now, mirror::Counts::Adjust).unwrap();
     assert_eq!(counts(&c), (2, 8));
     // The same notification again (a replay) changes nothing.
-    mirror::apply_asset_notification(&c, "acme", true, &two, now).unwrap();
+    mirror::apply_asset_notification(&c, "acme", true, &two, now, mirror::Counts::Adjust).unwrap();
     assert_eq!(counts(&c), (2, 8));
-    mirror::apply_asset_notification(&c, "acme", false, &two[..1], now).unwrap();
+    mirror::apply_asset_notification(&c, "acme", false, &two[..1], now, mirror::Counts::Recount)
+        .unwrap();
     assert_eq!(counts(&c), (1, 9));
     // Retiring u1 drops their assignment.
     let retired: ResponseUser = serde_json::from_value(
