@@ -79,6 +79,7 @@ pub fn timings(config: &Config) -> Timings {
         jitter_seed: rand::random(),
         max_in_flight_per_token: config.apple.max_concurrent_requests.max(1) * 2,
         sync_retry_max: r.poll_max,
+        sync_min_interval: r.poll_min,
     }
 }
 

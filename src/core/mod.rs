@@ -42,6 +42,8 @@ pub struct Timings {
     pub max_in_flight_per_token: usize,
     /// Backoff cap for retrying failed syncs.
     pub sync_retry_max: Duration,
+    /// Least time between the starts of two runs of one (token, kind).
+    pub sync_min_interval: Duration,
 }
 
 impl Default for Timings {
@@ -55,6 +57,7 @@ impl Default for Timings {
             jitter_seed: 0,
             max_in_flight_per_token: 10,
             sync_retry_max: Duration::from_secs(600),
+            sync_min_interval: Duration::from_secs(30),
         }
     }
 }
@@ -280,8 +283,10 @@ struct SyncSlot {
     /// Another run is wanted after the current one (`Some(full)`).
     queued: Option<bool>,
     queued_cause: String,
-    /// After a failed run, the next may not start before this.
+    /// After a failed run, or too soon after the last start, the next may not start before
+    /// this.
     retry_at: Option<Timestamp>,
+    last_started: Option<Timestamp>,
     failures: u32,
     waiting: BTreeSet<String>,
 }
@@ -674,13 +679,24 @@ impl Core {
         let Some(slot) = self.syncs.get_mut(key) else {
             return;
         };
-        if slot.running.is_some() || slot.retry_at.is_some_and(|r| r > now) {
+        if slot.running.is_some() || slot.retry_at.is_some_and(|r| r > now) || slot.queued.is_none()
+        {
             return;
+        }
+        // Outcomes trickle in; starting runs back to back would fetch the same pages again and
+        // again. Waiting out `sync_min_interval` lets one run cover all of them.
+        if let Some(last) = slot.last_started {
+            let earliest = last.saturating_add(self.timings.sync_min_interval);
+            if now < earliest && now >= last {
+                slot.retry_at = Some(earliest);
+                return;
+            }
         }
         let Some(full) = slot.queued.take() else {
             return;
         };
         slot.retry_at = None;
+        slot.last_started = Some(now);
         let id = self.next_sync_id;
         self.next_sync_id += 1;
         slot.running = Some(RunningSync { id, full });

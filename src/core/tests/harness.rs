@@ -44,6 +44,7 @@ pub fn timings() -> Timings {
         jitter_seed: 7,
         max_in_flight_per_token: 10,
         sync_retry_max: Duration::from_secs(600),
+        sync_min_interval: Duration::from_secs(30),
     }
 }
 

@@ -662,7 +662,7 @@ fn disassociate_needs_a_full_assignments_sync() {
     // The incremental run started after both outcomes: it settles a1 only.
     core.sync_finished(ts(2 * SEC), 1, true);
     let acts = drain(&mut core);
-    assert_eq!(acts.len(), 2, "{acts:?}");
+    assert_eq!(acts.len(), 1, "{acts:?}");
     match &acts[0] {
         Action::Persist(c) => {
             assert_eq!(c.event.event_id, "a1");
@@ -670,28 +670,38 @@ fn disassociate_needs_a_full_assignments_sync() {
         }
         a => panic!("{a:?}"),
     }
+    // The full run d1 needs waits out sync_min_interval from the previous start (at 0).
+    let next = ts(0).saturating_add(t.sync_min_interval);
+    assert_eq!(core.poll_timeout(), Some(next));
+    core.timeout(ts(3 * SEC));
+    assert_eq!(drain(&mut core), vec![], "too early is a no-op");
+    core.timeout(next);
     assert!(matches!(
-        acts[1],
-        Action::StartSync {
+        drain(&mut core)[..],
+        [Action::StartSync {
             sync_id: 3,
             kind: SyncKind::Assignments,
             full: true,
             ..
-        }
+        }]
     ));
     assert_eq!(core.event("d1").map(|r| r.state), Some(State::Syncing));
-    core.sync_finished(ts(3 * SEC), 3, true);
+    let done = next.saturating_add(Duration::from_secs(1));
+    core.sync_finished(done, 3, true);
     let acts = drain(&mut core);
     match &acts[..] {
         [Action::Persist(c)] => {
             assert_eq!(c.event.event_id, "d1");
             assert_eq!(c.event.state, State::Settled);
-            assert_eq!(c.event.settled_at, Some(ts(3 * SEC)));
+            assert_eq!(c.event.settled_at, Some(done));
         }
         a => panic!("{a:?}"),
     }
-    // a1's request for an assets sync arrived while run 2 was starting: one follow-up.
-    core.sync_finished(ts(4 * SEC), 2, true);
+    // a1's request for an assets sync arrived while run 2 was running: one follow-up, at
+    // once since the interval from run 2's start (at 1 s) has passed.
+    let assets_at = ts(SEC).saturating_add(t.sync_min_interval);
+    assert!(done >= assets_at);
+    core.sync_finished(done, 2, true);
     assert!(matches!(
         drain(&mut core)[..],
         [Action::StartSync {
@@ -701,7 +711,7 @@ fn disassociate_needs_a_full_assignments_sync() {
             ..
         }]
     ));
-    core.sync_finished(ts(5 * SEC), 4, true);
+    core.sync_finished(assets_at, 4, true);
     assert_eq!(drain(&mut core), vec![]);
     assert!(core.is_empty());
 }
