@@ -817,3 +817,34 @@ async fn gives_up_after_give_up_after_and_unknown_events_are_not_found() {
     );
     w.check_well_behaved().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_exits_cleanly_and_loses_nothing() {
+    let mut w = World::new(
+        &["acme"],
+        FAST,
+        json!({"processingDelay": "500ms", "dropNotificationRate": 0.5}),
+    )
+    .await;
+    let ids = workload(&w, 0).await;
+    w.sim
+        .put(
+            "/_sim/faults",
+            &json!({"error5xxRate": 0.2, "retryAfter": "1s"}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let started = Instant::now();
+    let status = w.daemon.take().unwrap().terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "shutdown is bounded"
+    );
+    // Everything tracked is still there, and a restart finishes the job.
+    w.daemon = Some(w.env.start_daemon());
+    let events = w.wait_settled(Duration::from_secs(90)).await;
+    assert_eq!(events.len(), ids.len());
+    w.check_truth(&events).await;
+    w.check_well_behaved().await;
+}
