@@ -39,6 +39,9 @@ pub enum DaemonError {
     Task(String),
 }
 
+/// Everything stops within this after shutdown is asked for (systemd allows 30 s).
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(20);
+
 /// The sockets the daemon serves on.
 pub struct Listeners {
     pub api: TcpListener,
@@ -394,21 +397,23 @@ pub async fn serve_with_reload(
     }
     tracing::info!("shutting down");
     // Servers stop taking requests first; the executor then commits what it decided.
-    let bound = Duration::from_secs(20);
-    match tokio::time::timeout(bound, api_task).await {
+    // One deadline for the whole shutdown, inside systemd's TimeoutStopSec (30 s).
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BOUND;
+    let bound = SHUTDOWN_BOUND;
+    match tokio::time::timeout_at(deadline, api_task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
         Err(_) => tracing::warn!("API server did not stop within {bound:?}"),
         _ => {}
     }
     if let Some(mut c) = cron {
-        let _ = c.shutdown().await;
+        let _ = tokio::time::timeout_at(deadline, c.shutdown()).await;
     }
-    let _ = tokio::time::timeout(bound, async {
+    let _ = tokio::time::timeout_at(deadline, async {
         while background.join_next().await.is_some() {}
     })
     .await;
     background.abort_all();
-    match tokio::time::timeout(bound, exec_task).await {
+    match tokio::time::timeout_at(deadline, exec_task).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(DaemonError::Task(e.to_string())),
         Err(_) => tracing::warn!("executor did not stop within {bound:?}"),
