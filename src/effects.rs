@@ -257,6 +257,10 @@ pub async fn run_sync(
                     if kind.supports_incremental() {
                         mirror::set_version(c, &t, kind, version.as_deref())?;
                     }
+                    // Data that kept changing under a full read: what was read is kept
+                    // (upserted), but it cannot prove removals, so the run does not count and
+                    // the core retries it.
+                    let reliable = incremental || replace;
                     queries::sync_finished(
                         c,
                         sync_id,
@@ -264,18 +268,20 @@ pub async fn run_sync(
                         &SyncEnd {
                             pages,
                             records: records as u64,
-                            ok: true,
-                            error: None,
+                            ok: reliable,
+                            error: (!reliable).then(|| {
+                                "Apple's data kept changing during the read; retrying".to_string()
+                            }),
                             version_id: version,
                         },
                     )?;
-                    Ok((pages, records, incremental))
+                    Ok((pages, records, incremental, reliable))
                 })
                 .await;
             match r {
-                Ok((pages, records, incremental)) => {
-                    tracing::info!(token = %token, sync_id, kind = %kind, pages, records, incremental, "sync finished");
-                    true
+                Ok((pages, records, incremental, reliable)) => {
+                    tracing::info!(token = %token, sync_id, kind = %kind, pages, records, incremental, reliable, "sync finished");
+                    reliable
                 }
                 Err(e) => {
                     tracing::error!(token = %token, sync_id, error = %e, "cannot store a sync");

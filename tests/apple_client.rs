@@ -825,7 +825,9 @@ mod sim {
             assert_eq!(truth.len(), 5000);
             assert_eq!(t.records.len(), 5000);
             assert_eq!(keys(&t.records), keys(&truth));
-            assert!(!t.consistent, "versionChurn changes the versionId after every page");
+            // versionChurn moves the versionId after every page but leaves the data alone: the
+            // second pass reads the same records, which makes the read consistent.
+            assert!(t.consistent, "two passes with the same records are a stable read");
             assert_eq!(t.pages, 10);
             assert!(!t.incremental);
 
