@@ -184,19 +184,29 @@ impl Upkeep {
         let Some(url) = &t.notification_url else {
             return;
         };
+        let subscribed: Vec<String> = cc.subscribed_notification_types.clone();
+        let missing: Vec<&str> = NOTIFICATION_TYPES
+            .iter()
+            .copied()
+            .filter(|n| !subscribed.iter().any(|s| s == n))
+            .collect();
         let ours = cc.notification_url.as_deref() == Some(url.as_str())
             && cc
                 .notification_auth_token
                 .as_ref()
-                .is_some_and(|a| a.expose() == t.notification_auth_token.expose());
+                .is_some_and(|a| a.expose() == t.notification_auth_token.expose())
+            && missing.is_empty();
         if ours {
             return;
         }
+        // notificationTypes replaces the whole set: keep what the MDM subscribed to and add
+        // ours. mdmInfo is the MDM's: sent back exactly as read, never replaced.
+        let mut types = subscribed;
+        types.extend(missing.iter().map(|s| s.to_string()));
         let req = ClientConfigRequest {
-            // mdmInfo is the MDM's: never replaced here.
-            mdm_info: None,
+            mdm_info: cc.mdm_info.clone(),
             notification_auth_token: Some(t.notification_auth_token.clone()),
-            notification_types: Some(NOTIFICATION_TYPES.iter().map(|s| s.to_string()).collect()),
+            notification_types: Some(types),
             notification_url: Some(url.clone()),
         };
         match self.client.set_client_config(&t.name, &req).await {

@@ -62,6 +62,20 @@ async fn keeps_notifications_pointed_here_and_reports_foreign_mdm_info() {
         let cc = client_config(&sim, &stoken).await;
         if cc["notificationUrl"] == ours.as_str() {
             assert_eq!(cc["mdmInfo"]["id"], "mdm-a", "mdmInfo kept: {cc}");
+            let types: Vec<&str> = cc["subscribedNotificationTypes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            for t in [
+                "ASSET_MANAGEMENT",
+                "USER_MANAGEMENT",
+                "ASSET_COUNT",
+                "USER_ASSOCIATED",
+            ] {
+                assert!(types.contains(&t), "{t} subscribed: {cc}");
+            }
             break;
         }
         assert!(
