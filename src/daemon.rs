@@ -276,6 +276,19 @@ pub async fn serve_with_reload(
     tracing::info!(recovered, "store open; unsettled events recovered");
 
     let apple = build_client(&config)?;
+    if let Some(client) = &apple {
+        // Apple's limits before the first authenticated request, so recovered work starts at
+        // Apple's rate and not only the configured one (bounded: Apple may be down).
+        match tokio::time::timeout(Duration::from_secs(5), client.service_config()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read Service Config at start; using the configured limits")
+            }
+            Err(_) => tracing::warn!(
+                "Service Config did not answer within 5s; using the configured limits"
+            ),
+        }
+    }
     let effects: Arc<dyn Effects> = match &apple {
         Some(client) => Arc::new(AppleEffects::new(client.clone(), store.clone())),
         None => Arc::new(NoApple),

@@ -553,15 +553,15 @@ impl AppleClient {
             return unhealthy();
         };
         // Re-checked with the permit held, right before sending.
-        let stoken = loop {
+        let (stoken, sent) = loop {
             let now = self.inner.clock.now();
             let wait = {
                 let mut st = lock(&slot.state);
                 match st.gate.next_send_at(now) {
                     Err(_) => return unhealthy(),
                     Ok(at) if at <= now => {
-                        st.gate.on_sent(now);
-                        break st.stoken.clone();
+                        let sent = st.gate.on_sent(now);
+                        break (st.stoken.clone(), sent);
                     }
                     Ok(at) => at.since(now),
                 }
@@ -597,9 +597,11 @@ impl AppleClient {
         };
         metrics.api_request(token, call.endpoint, &status);
         let now = self.inner.clock.now();
-        lock(&slot.state)
-            .gate
-            .on_outcome(now, &Outcome::from_result(&result));
+        {
+            let mut st = lock(&slot.state);
+            st.gate.on_completed(sent, now);
+            st.gate.on_outcome(now, &Outcome::from_result(&result));
+        }
         if let Err(e) = &result {
             if e.is_token_problem() {
                 tracing::warn!(token, error = %e, "token marked unhealthy");

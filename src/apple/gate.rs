@@ -2,13 +2,13 @@
 //!
 //! Invariants (what a caller gets by asking [`Gate::next_send_at`] before every request and
 //! calling [`Gate::on_sent`] when it goes):
-//! - **Rate**: at most `rps` sends in any window of `1000 + margin` ms, hence at most `rps` in
-//!   any 1 s window. The gate keeps the last `rps` send times in a ring; a send may go once the
-//!   `rps`-th previous send is at least `1000 + margin` ms old. The margin exists because the
-//!   server counts *arrivals*, not our send times: network and scheduling jitter can shrink
-//!   the gap between two arrivals below the gap between the sends, and a server window may be
-//!   closed at both ends. 50 ms of slack keeps an independent counter from ever seeing
-//!   `rps + 1` for any realistic jitter, at a ~5% throughput cost.
+//! - **Rate**: at most `rps` *arrivals* at the server in any 1 s window. The server counts
+//!   arrivals, not our send times, and a request can arrive late (a new connection, a stalled
+//!   thread). So each of the last `rps` requests counts from its latest possible arrival: its
+//!   response time once answered ([`Gate::on_completed`]; arrival ≤ response), else its send
+//!   time plus a 50 ms margin. A send may go once the earliest of those is 1 s old. Over
+//!   loopback this costs ~5% of throughput; over a real network about one round trip per
+//!   window, the price of never showing `rps + 1` to a server that counts arrivals.
 //! - **Retry-After**: after an answer carrying Retry-After, nothing is sent before it ends.
 //! - **Backoff**: consecutive 429/9646 answers wait 1 s, 2 s, 4 s … up to 60 s (plus up to
 //!   `jitter` of that, from a seeded generator), longer if Retry-After says so. A success
@@ -88,7 +88,8 @@ pub struct Refused {
 #[derive(Clone, Debug)]
 pub struct Gate {
     cfg: GateConfig,
-    sends: VecDeque<Timestamp>,
+    /// The last `rps` requests in send order: (sent, latest possible arrival).
+    sends: VecDeque<(Timestamp, Timestamp)>,
     paused_until: Timestamp,
     backoff_until: Timestamp,
     backoff_level: u32,
@@ -128,21 +129,31 @@ impl Gate {
         }
         let mut at = now.max(self.paused_until).max(self.backoff_until);
         if self.sends.len() >= self.rps() as usize {
-            if let Some(oldest) = self.sends.front() {
-                at = at.max(Timestamp(
-                    oldest.0.saturating_add(1_000 + self.cfg.margin_ms.max(0)),
-                ));
+            if let Some(earliest) = self.sends.iter().map(|(_, arrival)| *arrival).min() {
+                at = at.max(Timestamp(earliest.0.saturating_add(1_000)));
             }
         }
         Ok(at)
     }
 
     /// Records a send at `now` (call only when `next_send_at(now) <= now`).
-    pub fn on_sent(&mut self, now: Timestamp) {
+    /// Returns the send time recorded, to pass to [`Gate::on_completed`].
+    pub fn on_sent(&mut self, now: Timestamp) -> Timestamp {
         // Time running backwards must not reorder the ring: record the later of the two.
-        let t = self.sends.back().map_or(now, |&last| last.max(now));
-        self.sends.push_back(t);
+        let t = self.sends.back().map_or(now, |&(last, _)| last.max(now));
+        let arrival = Timestamp(t.0.saturating_add(self.cfg.margin_ms.max(0)));
+        self.sends.push_back((t, arrival));
         self.trim();
+        t
+    }
+
+    /// The answer to the request sent at `sent` came back at `now`: it arrived no later than
+    /// that, which bounds its arrival better than the margin when the answer was slow.
+    pub fn on_completed(&mut self, sent: Timestamp, now: Timestamp) {
+        if let Some(entry) = self.sends.iter_mut().find(|(s, _)| *s == sent) {
+            // +1 ms: a server window closed at both ends must not see both requests.
+            entry.1 = entry.1.max(Timestamp(now.0.saturating_add(1)));
+        }
     }
 
     pub fn on_outcome(&mut self, now: Timestamp, outcome: &Outcome) {
@@ -221,6 +232,26 @@ impl Gate {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_slow_answer_pushes_the_window_to_its_arrival_bound() {
+        let mut g = Gate::new(GateConfig::new(2, 1));
+        let t0 = Timestamp(1_000_000);
+        let a = g.on_sent(t0);
+        let b = g.on_sent(Timestamp(t0.0 + 10));
+        // No answers yet: the earliest counts from its send plus the margin.
+        assert_eq!(g.next_send_at(t0).unwrap(), Timestamp(t0.0 + 1_050));
+        // Both answers were slow; the requests may have arrived as late as that.
+        g.on_completed(a, Timestamp(t0.0 + 600));
+        g.on_completed(b, Timestamp(t0.0 + 700));
+        assert_eq!(g.next_send_at(t0).unwrap(), Timestamp(t0.0 + 1_601));
+        // A fast answer never moves the bound earlier than the margin.
+        let mut g = Gate::new(GateConfig::new(1, 1));
+        let c = g.on_sent(t0);
+        g.on_completed(c, Timestamp(t0.0 + 2));
+        assert_eq!(g.next_send_at(t0).unwrap(), Timestamp(t0.0 + 1_050));
+    }
+
     use super::*;
     use proptest::prelude::*;
 
