@@ -114,7 +114,7 @@ pub fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), HttpError>
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::secret::bearer)
         .unwrap_or("");
     if expected.matches(given.as_bytes()) {
         Ok(())

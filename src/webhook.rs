@@ -228,7 +228,7 @@ async fn receive(
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::secret::bearer)
         .unwrap_or("");
     if !known.auth.matches(given.as_bytes()) {
         tracing::warn!(token = %token, "notification with a missing or wrong bearer token refused");

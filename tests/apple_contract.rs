@@ -506,3 +506,21 @@ fn write_requests_serialize_as_apple_expects() {
         json!({"clientUserIds":["u"]})
     );
 }
+
+#[test]
+fn a_malformed_record_is_skipped_not_fatal() {
+    // One assignment without adamId among good ones: the page still decodes.
+    let page: vpp_reconciler::apple::model::GetAssignmentsResponse =
+        serde_json::from_value(json!({
+            "assignments": [
+                {"adamId": "1", "pricingParam": "STDQ", "serialNumber": "a"},
+                {"pricingParam": "STDQ", "serialNumber": "b"},
+                {"adamId": 2, "pricingParam": "STDQ", "clientUserId": "u"}
+            ],
+            "currentPageIndex": 0, "size": 3, "totalPages": 1, "versionId": "v1",
+            "tokenExpirationDate": "2030-11-08T22:33:22+0000", "uId": "2049025000431439"
+        }))
+        .unwrap();
+    assert_eq!(page.assignments.len(), 2);
+    assert_eq!(page.assignments[1].adam_id, "2");
+}

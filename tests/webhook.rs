@@ -91,12 +91,11 @@ async fn webhook_rules() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    // Accepted, committed, then a duplicate with no second effect.
+    // Accepted (the scheme name is case-insensitive), committed, then a duplicate with no
+    // second effect.
     let auth = Some(format!("Bearer {secret}"));
-    assert_eq!(
-        post(body.clone(), auth.clone()).await.unwrap().status(),
-        200
-    );
+    let lower = Some(format!("bearer {secret}"));
+    assert_eq!(post(body.clone(), lower).await.unwrap().status(), 200);
     assert_eq!(
         post(body.clone(), auth.clone()).await.unwrap().status(),
         200

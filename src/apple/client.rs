@@ -334,7 +334,10 @@ impl AppleClient {
             match Url::parse(value) {
                 // Never let a config downgrade https to http or switch to another scheme:
                 // these URLs receive the bearer token.
-                Ok(u) if u.scheme() == self.inner.base.scheme() => {
+                Ok(u)
+                    if u.scheme() == self.inner.base.scheme()
+                        && same_site(&self.inner.base, &u) =>
+                {
                     urls.insert(key.clone(), u);
                 }
                 // Keys the daemon never calls (contentMetadataLookup, invitationEmail) are
@@ -621,6 +624,16 @@ impl AppleClient {
     }
 }
 
+/// Whether a Service Config URL may receive the bearer token: the base URL's host, or, when
+/// the base is Apple's, any Apple host (Apple says its URLs can move).
+fn same_site(base: &Url, u: &Url) -> bool {
+    let apple = |h: Option<&str>| h.is_some_and(|h| h == "apple.com" || h.ends_with(".apple.com"));
+    if apple(base.host_str()) {
+        return apple(u.host_str());
+    }
+    base.host_str() == u.host_str()
+}
+
 /// A result plus "failed to connect" (the request provably never reached the server).
 type Flagged = (Result<Vec<u8>, ApiError>, bool);
 
@@ -686,4 +699,32 @@ fn decode<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, ApiErro
             detail: truncate(&format!("at {}: {}", e.path(), e.inner()), 300),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_config_urls_stay_on_the_base_site() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let apple = u("https://vpp.itunes.apple.com/mdm/v2/");
+        assert!(same_site(
+            &apple,
+            &u("https://vpp2.itunes.apple.com/mdm/v2/assets")
+        ));
+        assert!(!same_site(
+            &apple,
+            &u("https://evil.example.com/mdm/v2/assets")
+        ));
+        let local = u("http://127.0.0.1:8790/mdm/v2/");
+        assert!(same_site(&local, &u("http://127.0.0.1:8790/mdm/v2/status")));
+        // Another port on the same host is fine; another host is not.
+        assert!(same_site(&local, &u("http://127.0.0.1:9999/mdm/v2/status")));
+        assert!(!same_site(&local, &u("http://10.0.0.1:8790/mdm/v2/status")));
+        assert!(!same_site(
+            &local,
+            &u("https://vpp.itunes.apple.com/mdm/v2/status")
+        ));
+    }
 }

@@ -21,7 +21,7 @@ pub enum ApiError {
     /// 9625: revoked, e.g. because a newer token was downloaded.
     #[error("the content token was revoked (Apple error 9625); download a new one from Apple Business or School Manager")]
     TokenRevoked,
-    /// 9601, 9622, 9722, 9647, 9637, or HTTP 401/403 without an error body.
+    /// 9601, 9622, 9722, 9647, or HTTP 401/403 without an error body.
     #[error("Apple refused the content token (error {}, HTTP {status})", fmt_number(*number))]
     Unauthorized { number: Option<i32>, status: u16 },
     /// 9646 or HTTP 429.
@@ -90,7 +90,8 @@ impl ApiError {
         match number {
             9621 => ApiError::TokenExpired,
             9625 => ApiError::TokenRevoked,
-            9601 | 9622 | 9722 | 9647 | 9637 => ApiError::Unauthorized {
+            // 9637 (facilitator accounts) refuses one request, not the token.
+            9601 | 9622 | 9722 | 9647 => ApiError::Unauthorized {
                 number: Some(number),
                 status,
             },
@@ -328,9 +329,10 @@ mod tests {
         assert_eq!(c(400, 9650).error_number(), Some(9650));
         assert!(!c(400, 9650).is_retryable());
         assert!(matches!(c(503, 9999), ApiError::Unavailable { .. }));
-        for n in [9601, 9622, 9722, 9647, 9637] {
+        for n in [9601, 9622, 9722, 9647] {
             assert!(c(403, n).is_token_problem(), "{n}");
         }
+        assert!(!c(403, 9637).is_token_problem());
     }
 
     #[test]

@@ -461,7 +461,8 @@ pub struct UnlimitedResponseAsset {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GetAssetsResponse {
-    #[serde(default, deserialize_with = "null_as_empty")]
+    // One malformed record must not fail a whole page (and a whole sync): skip it.
+    #[serde(default, deserialize_with = "lenient_list")]
     pub assets: Vec<ResponseAsset>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub unlimited_assets: Vec<UnlimitedResponseAsset>,
@@ -513,7 +514,8 @@ impl Assignment {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GetAssignmentsResponse {
-    #[serde(default, deserialize_with = "null_as_empty")]
+    // One malformed record must not fail a whole page (and a whole sync): skip it.
+    #[serde(default, deserialize_with = "lenient_list")]
     pub assignments: Vec<Assignment>,
     #[serde(flatten)]
     pub page: PageInfo,
@@ -542,7 +544,8 @@ fn unknown_status() -> UserStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GetUsersResponse {
-    #[serde(default, deserialize_with = "null_as_empty")]
+    // One malformed record must not fail a whole page (and a whole sync): skip it.
+    #[serde(default, deserialize_with = "lenient_list")]
     pub users: Vec<ResponseUser>,
     #[serde(flatten)]
     pub page: PageInfo,
@@ -574,7 +577,8 @@ pub struct StatusResponse {
     pub num_requested: Option<i64>,
     #[serde(default, deserialize_with = "lenient_i64")]
     pub num_completed: Option<i64>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    // One malformed record must not fail a whole page (and a whole sync): skip it.
+    #[serde(default, deserialize_with = "lenient_list")]
     pub failures: Vec<ErrorResponse>,
     #[serde(default)]
     pub mdm_info: Option<MdmInfo>,
@@ -1151,6 +1155,26 @@ pub fn parse_notification(body: &[u8]) -> Result<Notification, NotificationParse
             notification_type_raw,
             u_id,
             notification: NotificationPayload::Test,
+        });
+    }
+    let typed = matches!(
+        notification_type,
+        NotificationType::AssetManagement
+            | NotificationType::UserManagement
+            | NotificationType::AssetCount
+            | NotificationType::UserAssociated
+    );
+    if !typed {
+        // Types that drive nothing here are kept whatever their payload looks like: a 400
+        // would only make Apple retry them.
+        return Ok(Notification {
+            notification_id,
+            notification_type,
+            notification_type_raw,
+            u_id,
+            notification: NotificationPayload::Other(
+                obj.get("notification").cloned().unwrap_or(Value::Null),
+            ),
         });
     }
     let payload = match obj.get("notification") {

@@ -490,13 +490,17 @@ impl Core {
                 num_requested,
                 num_completed,
             } => {
-                rec.num_requested = Some(num_requested);
+                // Apple may omit numRequested (read as 0): never lose the body's count.
+                let requested = rec.num_requested.unwrap_or(0).max(num_requested);
+                if requested > 0 {
+                    rec.num_requested = Some(requested);
+                }
                 rec.num_completed = rec.num_completed.max(num_completed);
                 rec.outcome = Some(Outcome::Complete);
                 rec.outcome_at = Some(now);
                 // Notifications that covered every entity already told the MDM everything;
-                // without any (or without a count from Apple) the MDM must sync.
-                let next = if rec.notified_success > 0 && rec.notified_success >= num_requested {
+                // without any (or without a count) the MDM must sync.
+                let next = if rec.notified_success > 0 && rec.notified_success >= requested {
                     Next::Settle
                 } else {
                     Next::Sync
@@ -512,7 +516,9 @@ impl Core {
                 num_completed,
                 failures,
             } => {
-                rec.num_requested = Some(num_requested);
+                if num_requested > 0 {
+                    rec.num_requested = Some(rec.num_requested.unwrap_or(0).max(num_requested));
+                }
                 rec.num_completed = num_completed;
                 rec.outcome = Some(Outcome::Failed);
                 rec.outcome_at = Some(now);

@@ -1276,3 +1276,55 @@ fn complete_without_notifications_or_count_still_syncs() {
     );
     assert_eq!(core.event("e").map(|e| e.state), Some(State::Syncing));
 }
+
+#[test]
+fn apple_omitting_num_requested_keeps_the_bodys_count() {
+    use crate::core::{
+        Action, Core, EventRecord, EventType, NotificationInput, State, StatusResult, Timings,
+        TrackRequest,
+    };
+    use crate::time::Timestamp;
+    let timings = Timings::default();
+    let mut core = Core::new(timings.clone(), 1);
+    let now = Timestamp(10_000_000);
+    let rec = EventRecord::new_tracked(
+        now,
+        TrackRequest {
+            event_id: "e".into(),
+            token: "acme".into(),
+            event_type: EventType::Associate,
+            submitted_at: None,
+            num_requested: Some(4),
+            has_request: true,
+            supersedes: None,
+        },
+        &timings,
+    );
+    core.track(now, rec, vec![]);
+    // Half the entities were notified; the other chunk was lost.
+    core.notification(
+        now,
+        NotificationInput {
+            notification_id: "n1".into(),
+            token: "acme".into(),
+            event_id: "e".into(),
+            success: true,
+            entities: 2,
+            error: None,
+        },
+    );
+    let later = now.saturating_add(timings.notification_grace);
+    core.timeout(later);
+    assert!(std::iter::from_fn(|| core.poll_action()).any(|a| matches!(a, Action::Poll { .. })));
+    core.status_result(
+        later,
+        "e",
+        StatusResult::Complete {
+            num_requested: 0,
+            num_completed: 0,
+        },
+    );
+    let e = core.event("e").expect("not settled on a partial cover");
+    assert_eq!(e.state, State::Syncing);
+    assert_eq!(e.num_requested, Some(4));
+}
