@@ -220,13 +220,32 @@ impl AppleClient {
     pub fn set_token(&self, name: &str, stoken: Secret, max_rps: Option<u32>) {
         let rps = self.effective_rps(max_rps);
         let mut tokens = lock(&self.inner.tokens);
-        if let Some(slot) = tokens.get(name) {
+        let update = |slot: &TokenSlot, stoken: Secret| {
             let mut st = lock(&slot.state);
             st.stoken = stoken;
             st.max_rps = max_rps;
             st.gate.set_rps(rps);
             st.gate.reset_health();
+        };
+        // Apple limits requests per sToken (location): two names for one content token share
+        // one gate and one concurrency limit.
+        let shared = tokens
+            .iter()
+            .find(|(n, s)| n.as_str() != name && lock(&s.state).stoken == stoken)
+            .map(|(_, s)| s.clone());
+        if let Some(slot) = shared {
+            update(&slot, stoken);
+            tokens.insert(name.to_string(), slot);
             return;
+        }
+        if let Some(slot) = tokens.get(name).cloned() {
+            let alone = !tokens
+                .iter()
+                .any(|(n, s)| n.as_str() != name && Arc::ptr_eq(s, &slot));
+            if alone {
+                update(&slot, stoken);
+                return;
+            }
         }
         let slot = TokenSlot {
             permits: Semaphore::new(self.inner.opts.max_concurrent_requests),
@@ -704,6 +723,23 @@ fn decode<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, ApiErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_names_for_one_content_token_share_a_gate() {
+        let c = AppleClient::new(ClientOptions::default()).unwrap();
+        c.set_token("a", Secret::new("same"), None);
+        c.set_token("b", Secret::new("same"), None);
+        c.set_token("c", Secret::new("other"), None);
+        let t = lock(&c.inner.tokens);
+        assert!(Arc::ptr_eq(&t["a"], &t["b"]));
+        assert!(!Arc::ptr_eq(&t["a"], &t["c"]));
+        drop(t);
+        // A new file for "b" splits it off again.
+        c.set_token("b", Secret::new("renewed"), None);
+        let t = lock(&c.inner.tokens);
+        assert!(!Arc::ptr_eq(&t["a"], &t["b"]));
+        assert_eq!(lock(&t["a"].state).stoken, Secret::new("same"));
+    }
 
     #[test]
     fn service_config_urls_stay_on_the_base_site() {
