@@ -590,7 +590,10 @@ impl Core {
         let change = change_for(&t.rec);
         match result {
             Ok(new_id) if !self.events.contains_key(&new_id) && new_id != old_id => {
-                let rec = &mut self.events.get_mut(old_id).expect("checked above").rec;
+                let Some(t) = self.events.get_mut(old_id) else {
+                    return;
+                };
+                let rec = &mut t.rec;
                 rec.superseded_by = Some(new_id.clone());
                 let old = rec.clone();
                 self.after_change(
