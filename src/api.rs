@@ -97,9 +97,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tokens", get(list_tokens))
         .route("/v1/tokens/{token}/requests/{kind}", post(submit_request))
         .route("/v1/tokens/{token}/sync", post(request_sync))
-        .route("/v1/tokens/{token}/assets", get(mirror_assets))
-        .route("/v1/tokens/{token}/assignments", get(mirror_assignments))
-        .route("/v1/tokens/{token}/users", get(mirror_users))
+        .route(
+            "/v1/tokens/{token}/assets",
+            mirror_route(MirrorKind::Assets),
+        )
+        .route(
+            "/v1/tokens/{token}/assignments",
+            mirror_route(MirrorKind::Assignments),
+        )
+        .route("/v1/tokens/{token}/users", mirror_route(MirrorKind::Users))
         .route("/v1/syncs", get(list_syncs))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -765,31 +771,16 @@ async fn mirror_page(
     Ok(Json(body).into_response())
 }
 
-async fn mirror_assets(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(token): Path<String>,
-    q: Result<Query<PageQuery>, QueryRejection>,
-) -> Result<Response, HttpError> {
-    mirror_page(state, headers, token, q, MirrorKind::Assets).await
-}
-
-async fn mirror_assignments(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(token): Path<String>,
-    q: Result<Query<PageQuery>, QueryRejection>,
-) -> Result<Response, HttpError> {
-    mirror_page(state, headers, token, q, MirrorKind::Assignments).await
-}
-
-async fn mirror_users(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(token): Path<String>,
-    q: Result<Query<PageQuery>, QueryRejection>,
-) -> Result<Response, HttpError> {
-    mirror_page(state, headers, token, q, MirrorKind::Users).await
+/// `GET /v1/tokens/{token}/<what>`: one handler for the three mirror reads.
+fn mirror_route(what: MirrorKind) -> axum::routing::MethodRouter<ApiState> {
+    get(
+        move |State(state): State<ApiState>,
+              headers: HeaderMap,
+              Path(token): Path<String>,
+              q: Result<Query<PageQuery>, QueryRejection>| {
+            mirror_page(state, headers, token, q, what)
+        },
+    )
 }
 
 /// Prometheus text; unauthenticated like `/healthz` (scrapers rarely carry bearer tokens and
