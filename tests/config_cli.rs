@@ -29,13 +29,13 @@ impl Setup {
             "acme.vpptoken",
             &format!(
                 "{}\n",
-                vpptoken("inner-acme", "2030-11-08T22:33:22+0000", "Acme Inc")
+                vpptoken("inner-acme", "2098-11-08T22:33:22+0000", "Acme Inc")
             ),
         );
         s.write("acme.notify", "notify-acme\n");
         s.write(
             "beta.vpptoken",
-            &vpptoken("inner-beta", "2031-02-01T00:00:00+0000", "Beta School"),
+            &vpptoken("inner-beta", "2098-02-01T00:00:00+0000", "Beta School"),
         );
         s.write("beta.notify", "notify-beta");
         s
@@ -142,7 +142,7 @@ fn good_config_prints_a_summary() {
         "\"0 30 2 * * *\"",
         "name:         acme",
         "orgName:      Acme Inc",
-        "2030-11-08 22:33:22 UTC (expires in ",
+        "2098-11-08 22:33:22 UTC (expires in ",
         "notification_url: https://mdm.example.com/hooks/apple/acme",
         &format!("token_file:   {}", s.path("acme.vpptoken").display()),
         &format!(
@@ -391,7 +391,7 @@ fn warnings_do_not_fail_the_check() {
 fn secrets_never_appear() {
     let s = Setup::new();
     let inner = "INNER-3b1f9c2e-planted";
-    let whole = vpptoken(inner, "2030-11-08T22:33:22+0000", "Acme Inc");
+    let whole = vpptoken(inner, "2098-11-08T22:33:22+0000", "Acme Inc");
     let notify = "NOTIFY-8d2a5e71-planted";
     let api = "APITOKEN-c4e09b6f-planted";
     s.write("acme.vpptoken", &whole);
@@ -443,13 +443,13 @@ fn credentials_directory_resolution() {
     let creds = tempfile::tempdir().expect("creds dir");
     std::fs::write(
         creds.path().join("acme.vpptoken"),
-        vpptoken("inner-cred", "2032-03-04T05:06:07+0000", "From Credentials"),
+        vpptoken("inner-cred", "2099-03-04T05:06:07+0000", "From Credentials"),
     )
     .expect("write");
     std::fs::write(creds.path().join("acme.notify"), "cred-notify").expect("write");
     std::fs::write(
         creds.path().join("beta.vpptoken"),
-        vpptoken("b", "2032-01-01T00:00:00+0000", "B"),
+        vpptoken("b", "2099-01-01T00:00:00+0000", "B"),
     )
     .expect("write");
     std::fs::write(creds.path().join("beta.notify"), "b").expect("write");

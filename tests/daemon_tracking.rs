@@ -171,8 +171,11 @@ async fn track_is_idempotent_and_conflicts_are_409() {
     });
     let daemon = env.start_daemon();
     let c = client();
+    // Relative to now: a fixed date ages past `give_up_after` and the event times out.
+    let submitted_at = (chrono::Utc::now() - chrono::Duration::minutes(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let body = json!({"token": "acme", "eventId": "e-1", "type": "ASSOCIATE",
-        "submittedAt": "2026-11-25T10:00:00Z"});
+        "submittedAt": submitted_at});
     let (s, first) = post(&c, &env, &body).await;
     assert_eq!(s, 201, "{first}");
     assert_eq!(first["state"], "pending");
