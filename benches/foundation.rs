@@ -112,7 +112,7 @@ fn core_inputs_per_second(n: usize) -> f64 {
     let start = Instant::now();
     let mut inputs = 0usize;
     for i in 0..n {
-        core.track(now, record(i, now, &timings), vec![]);
+        core.track(now, record(i, now, &timings), None);
         inputs += 1;
         if i % 2 == 0 {
             core.notification(
@@ -177,7 +177,9 @@ fn due_lookup(n: usize) -> (Duration, usize, Duration, usize) {
     for i in 0..n {
         let mut r = record(i, now, &timings);
         r.next_check_at = Some(now.saturating_add(Duration::from_secs((i as u64) % 1_000_000)));
-        queries::insert_tracked(&conn, &r, None, "bench").unwrap();
+        let mut change = vpp_reconciler::core::Change::of(&r);
+        change.insert = true;
+        assert_eq!(queries::apply_changes(&conn, &[change]), vec![None]);
     }
     conn.execute_batch("COMMIT").unwrap();
     let ro = vpp_reconciler::store::open_read_only(&path).unwrap();

@@ -3,7 +3,7 @@
 //! they hold no business logic and read no clock beyond stamping what they receive.
 
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -22,23 +22,24 @@ use crate::apple::ApiError;
 use crate::core::{
     EventRecord, EventType, Outcome, State as EventState, SyncKind, Timings, TrackRequest,
 };
-use crate::executor::{ExecutorHandle, Input};
+use crate::executor::{ExecutorHandle, Input, TrackReply};
 use crate::secret::Secret;
 use crate::store::mirror::{self, MirrorKind};
-use crate::store::queries::{self, EventFilter, EventView, TrackOutcome};
+use crate::store::queries::{self, EventFilter, EventView};
 use crate::store::{Store, StoreError};
 use crate::time::Timestamp;
+use crate::tokens::Registry;
 
 /// Shared state of the API handlers.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
     pub executor: ExecutorHandle,
-    /// Configured token names; replaced on reload.
-    pub tokens: Arc<RwLock<HashSet<String>>>,
+    /// The configured tokens (replaced on reload).
+    pub tokens: Registry,
     pub timings: Timings,
     pub api_token: Option<Secret>,
-    /// Bounds requests that wait on a commit (and so the executor's `committed` channel).
+    /// Bounds track requests waiting on the executor.
     pub writes: Arc<Semaphore>,
     /// The Apple client, for submitting requests through the daemon.
     pub apple: Option<crate::apple::AppleClient>,
@@ -179,7 +180,7 @@ pub struct TrackFields<'a> {
 pub fn validate_track(
     now: Timestamp,
     fields: &TrackFields<'_>,
-    tokens: &HashSet<String>,
+    is_token: impl Fn(&str) -> bool,
     timings: &Timings,
 ) -> Result<ValidTrack, HttpError> {
     let TrackFields {
@@ -191,7 +192,7 @@ pub fn validate_track(
     } = *fields;
     validate_event_id(event_id).map_err(HttpError::bad_request)?;
     let event_type: EventType = event_type.parse().map_err(HttpError::bad_request)?;
-    if !tokens.contains(token) {
+    if !is_token(token) {
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
             "unknown_token",
@@ -235,8 +236,8 @@ pub fn validate_track(
     })
 }
 
-/// Commits a tracked event (idempotently) and hands it to the executor in commit order.
-/// Returns the status (201 new, 200 already tracked) and the event's view.
+/// Tracks an event through the executor (the one path that writes events) and answers once
+/// it is committed: 201 new, 200 already tracked with the same token and type, 409 otherwise.
 pub async fn commit_track(
     state: &ApiState,
     valid: ValidTrack,
@@ -248,49 +249,57 @@ pub async fn commit_track(
             "shutting down",
         )
     })?;
-    let record = valid.record.clone();
-    let committed = state.executor.committed.clone();
-    let hook_record = record.clone();
-    let outcome = state
+    let id = valid.record.event_id.clone();
+    // Settled events have left the core's memory: the store answers for them.
+    let stored = state
         .store
-        .write_then(
-            move |conn| queries::insert_tracked(conn, &record, valid.request.as_deref(), "tracked"),
-            move |outcome| {
-                if let TrackOutcome::Created(notes) = outcome {
-                    let _ = committed.send(Input::Tracked {
-                        record: hook_record,
-                        notes: notes.clone(),
-                    });
-                }
-            },
-        )
+        .read(move |c| queries::get_event(c, &id))
         .await?;
-    match outcome {
-        TrackOutcome::Created(_) => Ok((
-            StatusCode::CREATED,
-            EventView::from_record(valid.record, vec![]),
-        )),
-        TrackOutcome::Exists { token, event_type } => {
-            if token == valid.record.token && event_type == valid.record.event_type {
-                let id = valid.record.event_id.clone();
-                let view = state
-                    .store
-                    .read(move |c| queries::list_event_view(c, &id))
-                    .await?
-                    .ok_or_else(|| HttpError::not_found("event vanished"))?;
-                Ok((StatusCode::OK, view))
-            } else {
-                Err(HttpError::new(
-                    StatusCode::CONFLICT,
-                    "conflict",
-                    format!(
-                        "event {} is already tracked with token {token:?} and type {event_type}",
-                        valid.record.event_id
-                    ),
-                ))
-            }
+    let reply = match stored {
+        Some(rec) => TrackReply::Existing(rec),
+        None => {
+            state
+                .executor
+                .track(valid.record.clone(), valid.request)
+                .await
         }
+    };
+    match reply {
+        TrackReply::Created(rec) => Ok((StatusCode::CREATED, EventView::from_record(rec, vec![]))),
+        TrackReply::Existing(rec)
+            if rec.token == valid.record.token && rec.event_type == valid.record.event_type =>
+        {
+            let id = rec.event_id.clone();
+            let view = state
+                .store
+                .read(move |c| queries::list_event_view(c, &id))
+                .await?
+                .unwrap_or_else(|| EventView::from_record(rec, vec![]));
+            Ok((StatusCode::OK, view))
+        }
+        TrackReply::Existing(rec) => {
+            Err(conflict(&valid.record.event_id, &rec.token, rec.event_type))
+        }
+        TrackReply::Conflict { token, event_type } => {
+            Err(conflict(&valid.record.event_id, &token, event_type))
+        }
+        TrackReply::NotCommitted(why) => Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!(
+                "event {} could not be committed ({why}); try again",
+                valid.record.event_id
+            ),
+        )),
     }
+}
+
+fn conflict(event_id: &str, token: &str, event_type: EventType) -> HttpError {
+    HttpError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("event {event_id} is already tracked with token {token:?} and type {event_type}"),
+    )
 }
 
 async fn track(
@@ -301,7 +310,6 @@ async fn track(
     authorize(&state, &headers)?;
     let body: TrackBody = serde_json::from_slice(&body)
         .map_err(|e| HttpError::bad_request(format!("invalid track request: {e}")))?;
-    let tokens = state.tokens.read().map(|t| t.clone()).unwrap_or_default();
     let fields = TrackFields {
         token: &body.token,
         event_id: &body.event_id,
@@ -309,7 +317,12 @@ async fn track(
         submitted_at: body.submitted_at.as_deref(),
         request: body.request.as_ref(),
     };
-    let valid = validate_track(Timestamp::now(), &fields, &tokens, &state.timings)?;
+    let valid = validate_track(
+        Timestamp::now(),
+        &fields,
+        |t| state.tokens.contains(t),
+        &state.timings,
+    )?;
     let (status, view) = commit_track(&state, valid).await?;
     Ok((status, Json(view)).into_response())
 }
@@ -399,7 +412,31 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         .executor
         .alive(Timestamp::now(), Duration::from_secs(30));
     match (db, alive) {
-        (Ok(Ok(())), true) => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
+        (Ok(Ok(())), true) => {
+            let configured = state.tokens.names();
+            let unhealthy = state
+                .store
+                .read(queries::unhealthy_tokens)
+                .await
+                .unwrap_or_default();
+            let tokens: serde_json::Map<String, Value> = unhealthy
+                .into_iter()
+                .filter(|t| configured.contains(&t.name))
+                .map(|t| {
+                    let name = t.name.clone();
+                    (name, serde_json::to_value(t).unwrap_or(Value::Null))
+                })
+                .collect();
+            if tokens.is_empty() {
+                (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+            } else {
+                (
+                    StatusCode::OK,
+                    Json(json!({"status": "degraded", "tokens": tokens})),
+                )
+                    .into_response()
+            }
+        }
         (db, alive) => {
             let why = match db {
                 Ok(Ok(())) => String::new(),
@@ -424,12 +461,7 @@ async fn healthz(State(state): State<ApiState>) -> Response {
 
 /// 404 `unknown_token` unless `token` is configured.
 fn known_token(state: &ApiState, token: &str) -> Result<(), HttpError> {
-    let known = state
-        .tokens
-        .read()
-        .map(|t| t.contains(token))
-        .unwrap_or(false);
-    if known {
+    if state.tokens.contains(token) {
         Ok(())
     } else {
         Err(HttpError::new(
@@ -598,8 +630,12 @@ async fn submit_chunks(
             submitted_at: Some(&submitted_at),
             request: Some(chunk),
         };
-        let tokens = state.tokens.read().map(|t| t.clone()).unwrap_or_default();
-        let tracked = match validate_track(Timestamp::now(), &fields, &tokens, &state.timings) {
+        let tracked = match validate_track(
+            Timestamp::now(),
+            &fields,
+            |t| state.tokens.contains(t),
+            &state.timings,
+        ) {
             Ok(valid) => commit_track(&state, valid).await,
             // The body was checked already, so what fails here is Apple's answer (an odd
             // eventId) or a reload that removed the token meanwhile: not the caller's fault.
@@ -786,7 +822,7 @@ fn mirror_route(what: MirrorKind) -> axum::routing::MethodRouter<ApiState> {
 /// Prometheus text; unauthenticated like `/healthz` (scrapers rarely carry bearer tokens and
 /// nothing here is secret: token names only).
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let configured = state.tokens.read().map(|t| t.clone()).unwrap_or_default();
+    let configured: HashSet<String> = state.tokens.names().into_iter().collect();
     let snapshot = state
         .store
         .read(move |c| crate::metrics::snapshot(c, &configured))

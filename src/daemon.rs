@@ -2,8 +2,8 @@
 //! executor and the HTTP servers until shutdown. [`serve`] takes its listeners and shutdown
 //! signal as arguments (mini-redis style), so tests bind port 0 and use a temp database.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -11,18 +11,18 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use std::collections::HashMap;
-
 use crate::api::{self, ApiState};
 use crate::apple::{AppleClient, ClientOptions};
 use crate::config::Config;
+use crate::core::periodic::{Chore, Periodic};
 use crate::core::{Core, SyncKind, Timings};
 use crate::effects::AppleEffects;
 use crate::executor::{Effects, Executor, ExecutorHandle, Input, NoApple};
-use crate::scheduler::{self, SharedTokens, Upkeep};
+use crate::scheduler::{self, Upkeep};
 use crate::store::{queries, Store, StoreError};
 use crate::time::Timestamp;
-use crate::webhook::{self, WebhookState, WebhookToken};
+use crate::tokens::{HealthWriter, Registry};
+use crate::webhook::{self, WebhookState};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -140,33 +140,12 @@ fn token_rows(config: &Config) -> Vec<queries::TokenRow> {
         .collect()
 }
 
-/// What the webhook needs per token: its auth secret and, once learned, its location's uId.
-fn webhook_tokens(
-    config: &Config,
-    uids: &HashMap<String, String>,
-) -> HashMap<String, WebhookToken> {
-    config
-        .tokens
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                WebhookToken {
-                    auth: t.notification_auth_token.clone(),
-                    uid: uids.get(&t.name).cloned(),
-                },
-            )
-        })
-        .collect()
-}
-
 /// What a configuration reload (SIGHUP) may change while running: the tokens and their
 /// secrets. Listen addresses, the database and timings need a restart.
 struct Reloadable {
     apple: Option<AppleClient>,
-    api_tokens: Arc<RwLock<HashSet<String>>>,
-    webhook_tokens: Arc<RwLock<HashMap<String, WebhookToken>>>,
-    shared_tokens: SharedTokens,
+    registry: Registry,
+    health: Option<Arc<HealthWriter>>,
     store: Store,
 }
 
@@ -181,13 +160,10 @@ impl Reloadable {
             tracing::warn!("only [[tokens]] are reloaded; other changes need a restart");
         }
         if let Some(client) = &self.apple {
-            let old: Vec<String> = self
-                .shared_tokens
-                .read()
-                .map(|t| t.iter().map(|t| t.name.clone()).collect())
-                .unwrap_or_default();
-            for name in old.iter().filter(|n| new.token(n).is_none()) {
-                client.remove_token(name);
+            for name in self.registry.names() {
+                if new.token(&name).is_none() {
+                    client.remove_token(&name);
+                }
             }
             // set_token keeps the rate history and clears an unhealthy mark: a new token file
             // gets a fresh chance.
@@ -199,34 +175,19 @@ impl Reloadable {
                 );
             }
         }
-        if let Ok(mut w) = self.webhook_tokens.write() {
-            let uids: HashMap<String, String> = w
-                .iter()
-                .filter_map(|(k, v)| v.uid.clone().map(|u| (k.clone(), u)))
-                .collect();
-            *w = webhook_tokens(&new, &uids);
-        }
-        if let Ok(mut a) = self.api_tokens.write() {
-            *a = new.tokens.iter().map(|t| t.name.clone()).collect();
-        }
-        if let Ok(mut s) = self.shared_tokens.write() {
-            *s = new.tokens.clone();
-        }
+        self.registry.replace(&new.tokens);
         let now = Timestamp::now();
         let rows = token_rows(&new);
-        let names: Vec<String> = new.tokens.iter().map(|t| t.name.clone()).collect();
         let r = self
             .store
-            .write(move |c| {
-                queries::upsert_tokens(c, &rows, now)?;
-                for n in &names {
-                    queries::set_token_health(c, n, "unknown", None, now)?;
-                }
-                Ok(())
-            })
+            .write(move |c| queries::upsert_tokens(c, &rows, now))
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "cannot record reloaded tokens");
+        }
+        // Health as the client sees it now, recorded before anyone asks.
+        if let Some(h) = &self.health {
+            h.write_changes().await;
         }
         tracing::info!(tokens = new.tokens.len(), "configuration reloaded");
     }
@@ -289,28 +250,7 @@ pub async fn serve_with_reload(
             ),
         }
     }
-    let effects: Arc<dyn Effects> = match &apple {
-        Some(client) => Arc::new(AppleEffects::new(client.clone(), store.clone())),
-        None => Arc::new(NoApple),
-    };
-    let (executor, handle) = Executor::new(core, store.clone(), effects);
-    let running = Running {
-        store: store.clone(),
-        executor: handle.clone(),
-    };
-
-    let token_names: HashSet<String> = config.tokens.iter().map(|t| t.name.clone()).collect();
-    let api_tokens = Arc::new(RwLock::new(token_names));
-    let api_state = ApiState {
-        store: store.clone(),
-        executor: handle.clone(),
-        tokens: api_tokens.clone(),
-        timings,
-        api_token: config.daemon.api_token.clone(),
-        writes: Arc::new(Semaphore::new(512)),
-        apple: apple.clone(),
-    };
-    let known_uids: HashMap<String, String> = store
+    let known_uids: BTreeMap<String, String> = store
         .read(|c| {
             Ok(queries::list_tokens(c)?
                 .into_iter()
@@ -318,13 +258,45 @@ pub async fn serve_with_reload(
                 .collect())
         })
         .await?;
-    let webhook_tokens = Arc::new(RwLock::new(webhook_tokens(&config, &known_uids)));
+    let registry = Registry::with_uids(&config.tokens, &known_uids);
+    let mut periodic = Periodic::default();
+    periodic.every(Chore::Retention, Duration::from_secs(3600), now);
+    let effects: Arc<dyn Effects> = match &apple {
+        Some(client) => {
+            periodic.every(Chore::Upkeep, config.apple.service_config_refresh, now);
+            Arc::new(AppleEffects::new(
+                client.clone(),
+                store.clone(),
+                Upkeep::new(client.clone(), store.clone(), registry.clone()),
+                config.reconcile.retention,
+            ))
+        }
+        None => Arc::new(NoApple {
+            store: store.clone(),
+            retention: config.reconcile.retention,
+        }),
+    };
+    let (executor, handle) = Executor::new(core, store.clone(), effects, periodic);
+    let running = Running {
+        store: store.clone(),
+        executor: handle.clone(),
+    };
+
+    let api_state = ApiState {
+        store: store.clone(),
+        executor: handle.clone(),
+        tokens: registry.clone(),
+        timings,
+        api_token: config.daemon.api_token.clone(),
+        writes: Arc::new(Semaphore::new(512)),
+        apple: apple.clone(),
+    };
     let mut background = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.webhook {
         let state = WebhookState {
             store: store.clone(),
-            committed: handle.committed.clone(),
-            tokens: webhook_tokens.clone(),
+            executor: handle.inputs.clone(),
+            tokens: registry.clone(),
             writes: Arc::new(Semaphore::new(1024)),
         };
         let app = webhook::router(
@@ -342,24 +314,15 @@ pub async fn serve_with_reload(
             }
         });
     }
-    let shared_tokens: SharedTokens = Arc::new(RwLock::new(config.tokens.clone()));
-    if let Some(client) = &apple {
-        let upkeep = Upkeep::new(
-            client.clone(),
-            store.clone(),
-            shared_tokens.clone(),
-            webhook_tokens.clone(),
-        );
-        background.spawn(upkeep.run(config.apple.service_config_refresh, shutdown.clone()));
+    let health = apple
+        .as_ref()
+        .map(|client| HealthWriter::new(client.clone(), store.clone(), registry.clone()));
+    if let Some(h) = &health {
+        background.spawn(h.clone().run(shutdown.clone()));
     }
-    background.spawn(scheduler::retention(
-        store.clone(),
-        config.reconcile.retention,
-        shutdown.clone(),
-    ));
     let cron = match scheduler::start_cron(
         &config.reconcile.full_sync_schedule,
-        shared_tokens.clone(),
+        registry.clone(),
         handle.clone(),
     )
     .await
@@ -397,9 +360,8 @@ pub async fn serve_with_reload(
     on_ready(&running);
     let reloadable = Reloadable {
         apple: apple.clone(),
-        api_tokens: api_tokens.clone(),
-        webhook_tokens: webhook_tokens.clone(),
-        shared_tokens,
+        registry,
+        health,
         store: store.clone(),
     };
     loop {

@@ -1,70 +1,42 @@
-//! The executor's effects against Apple: Event Status polls, resubmissions and syncs into the
-//! mirror. A thin adapter: it maps Apple's answers to the core's inputs and records what it
-//! learned (sync runs, versionIds, token health) in the store.
+//! The executor's effects against Apple: Event Status polls, resubmissions, syncs into the
+//! mirror, and the periodic chores. A thin adapter: it maps Apple's answers to the core's
+//! inputs; what a sync does lives in `mirror`, token health in `tokens`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tokio::sync::Mutex;
 
 use crate::apple::model::{EventStatus, RequestKind};
-use crate::apple::{ApiError, AppleClient, TokenHealth};
-use crate::core::{EventType, StatusResult, SyncKind};
-use crate::executor::Effects;
-use crate::store::queries::{self, SyncEnd};
-use crate::store::{mirror, Store};
+use crate::apple::{ApiError, AppleClient};
+use crate::core::periodic::Chore;
+use crate::core::{EventType, StatusResult, SyncKind, SyncOutcome};
+use crate::executor::{Effects, ResubmitError};
+use crate::scheduler::Upkeep;
+use crate::store::Store;
 use crate::time::Timestamp;
 
 pub struct AppleEffects {
     client: AppleClient,
     store: Store,
-    /// Last health written per token, so the store is only told of changes.
-    health: Arc<Mutex<HashMap<String, bool>>>,
+    upkeep: Arc<Mutex<Upkeep>>,
+    retention: Duration,
 }
 
 impl AppleEffects {
-    pub fn new(client: AppleClient, store: Store) -> AppleEffects {
+    pub fn new(
+        client: AppleClient,
+        store: Store,
+        upkeep: Upkeep,
+        retention: Duration,
+    ) -> AppleEffects {
         AppleEffects {
             client,
             store,
-            health: Arc::new(Mutex::new(HashMap::new())),
+            upkeep: Arc::new(Mutex::new(upkeep)),
+            retention,
         }
-    }
-}
-
-/// Records a token's health in the store when it changed (expired, revoked, unauthorized,
-/// or healthy again after a reload).
-pub async fn note_health(
-    client: &AppleClient,
-    store: &Store,
-    cache: &Mutex<HashMap<String, bool>>,
-    token: &str,
-) {
-    let Some(health) = client.token_health(token) else {
-        return;
-    };
-    let (healthy, reason, since) = match &health {
-        TokenHealth::Healthy => (true, None, Timestamp::now()),
-        TokenHealth::Unhealthy { reason, since } => (false, Some(reason.to_string()), *since),
-    };
-    let changed = {
-        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-        c.insert(token.to_string(), healthy) != Some(healthy)
-    };
-    if !changed {
-        return;
-    }
-    if !healthy {
-        tracing::error!(token = %token, reason = reason.as_deref().unwrap_or(""),
-            "token is unhealthy; its traffic stops until the configuration is reloaded");
-    }
-    let t = token.to_string();
-    let label = if healthy { "healthy" } else { "unhealthy" };
-    let r = store
-        .write(move |c| queries::set_token_health(c, &t, label, reason.as_deref(), since))
-        .await;
-    if let Err(e) = r {
-        tracing::error!(error = %e, "cannot record token health");
     }
 }
 
@@ -98,14 +70,11 @@ fn status_result(r: Result<crate::apple::model::StatusResponse, ApiError>) -> St
 impl Effects for AppleEffects {
     fn poll_status(&self, token: String, event_id: String) -> BoxFuture<'static, StatusResult> {
         let client = self.client.clone();
-        let store = self.store.clone();
-        let cache = self.health.clone();
         Box::pin(async move {
             let r = client.event_status(&token, &event_id).await;
             if let Err(e) = &r {
                 tracing::debug!(token = %token, event_id = %event_id, error = %e, "Event Status failed");
             }
-            note_health(&client, &store, &cache, &token).await;
             status_result(r)
         })
     }
@@ -115,18 +84,16 @@ impl Effects for AppleEffects {
         token: String,
         event_type: EventType,
         body: String,
-    ) -> BoxFuture<'static, Result<String, String>> {
+    ) -> BoxFuture<'static, Result<String, ResubmitError>> {
         let client = self.client.clone();
-        let store = self.store.clone();
-        let cache = self.health.clone();
         Box::pin(async move {
-            let value: serde_json::Value = serde_json::from_str(&body)
-                .map_err(|e| format!("the stored request body is not JSON: {e}"))?;
-            let r = client
+            let value: serde_json::Value =
+                serde_json::from_str(&body).map_err(|e| ResubmitError::BadBody(e.to_string()))?;
+            client
                 .submit(&token, RequestKind::for_event_type(event_type), &value)
-                .await;
-            note_health(&client, &store, &cache, &token).await;
-            r.map(|ev| ev.event_id).map_err(|e| e.to_string())
+                .await
+                .map(|ev| ev.event_id)
+                .map_err(|e| ResubmitError::Apple(e.to_string()))
         })
     }
 
@@ -136,158 +103,26 @@ impl Effects for AppleEffects {
         token: String,
         kind: SyncKind,
         full: bool,
-    ) -> BoxFuture<'static, bool> {
+    ) -> BoxFuture<'static, SyncOutcome> {
         let client = self.client.clone();
         let store = self.store.clone();
-        let cache = self.health.clone();
         Box::pin(async move {
-            let ok = run_sync(&client, &store, sync_id, &token, kind, full).await;
-            crate::metrics::global().sync(&token, kind.as_str(), if ok { "ok" } else { "failed" });
-            note_health(&client, &store, &cache, &token).await;
-            ok
+            let outcome =
+                crate::mirror::run::run(&client, &store, sync_id, &token, kind, full).await;
+            crate::metrics::global().sync(&token, kind.as_str(), outcome.label());
+            outcome
         })
     }
-}
 
-enum Fetched {
-    Assets(crate::apple::Traversal<crate::apple::model::ResponseAsset>),
-    Assignments(crate::apple::Traversal<crate::apple::model::Assignment>),
-    Users(crate::apple::Traversal<crate::apple::model::ResponseUser>),
-}
-
-async fn fetch(
-    client: &AppleClient,
-    token: &str,
-    kind: SyncKind,
-    since: Option<&str>,
-) -> Result<Fetched, ApiError> {
-    Ok(match kind {
-        SyncKind::Assets => Fetched::Assets(client.get_assets(token).await?),
-        SyncKind::Assignments => Fetched::Assignments(client.get_assignments(token, since).await?),
-        SyncKind::Users => Fetched::Users(client.get_users(token, since).await?),
-    })
-}
-
-/// One sync run: traverse, then apply to the mirror, store the versionId and finish the run
-/// row, all in one transaction. Returns whether it succeeded.
-pub async fn run_sync(
-    client: &AppleClient,
-    store: &Store,
-    sync_id: u64,
-    token: &str,
-    kind: SyncKind,
-    full: bool,
-) -> bool {
-    let started = Timestamp::now();
-    let since = if full || !kind.supports_incremental() {
-        None
-    } else {
-        let t = token.to_string();
-        store
-            .read(move |c| mirror::get_version(c, &t, kind))
-            .await
-            .ok()
-            .flatten()
-    };
-    let mut fetched = fetch(client, token, kind, since.as_deref()).await;
-    if matches!(fetched, Err(ApiError::InvalidVersion)) {
-        tracing::info!(token = %token, sync_id, kind = %kind, "stored versionId refused (9721); falling back to a full sync");
-        fetched = fetch(client, token, kind, None).await;
-    }
-    let t = token.to_string();
-    match fetched {
-        Err(e) => {
-            tracing::warn!(token = %token, sync_id, kind = %kind, error = %e, "sync failed");
-            let end = SyncEnd {
-                ok: false,
-                error: Some(e.to_string()),
-                ..SyncEnd::default()
-            };
-            let _ = store
-                .write(move |c| queries::sync_finished(c, sync_id, Timestamp::now(), &end))
-                .await;
-            false
-        }
-        Ok(data) => {
-            let r = store
-                .write(move |c| {
-                    let now = Timestamp::now();
-                    let (pages, records, version, replace, incremental) = match &data {
-                        Fetched::Assets(tr) => {
-                            let replace = tr.consistent;
-                            mirror::apply_assets(c, &t, &tr.records, replace, now)?;
-                            (
-                                tr.pages,
-                                tr.records.len(),
-                                tr.version_id.clone(),
-                                replace,
-                                false,
-                            )
-                        }
-                        Fetched::Assignments(tr) => {
-                            let replace = !tr.incremental && tr.consistent;
-                            mirror::apply_assignments(c, &t, &tr.records, replace, now)?;
-                            (
-                                tr.pages,
-                                tr.records.len(),
-                                tr.version_id.clone(),
-                                replace,
-                                tr.incremental,
-                            )
-                        }
-                        Fetched::Users(tr) => {
-                            let replace = !tr.incremental && tr.consistent;
-                            mirror::apply_users(c, &t, &tr.records, replace, now)?;
-                            (
-                                tr.pages,
-                                tr.records.len(),
-                                tr.version_id.clone(),
-                                replace,
-                                tr.incremental,
-                            )
-                        }
-                    };
-                    if replace {
-                        // Pages read before a notification must not undo it.
-                        let replayed = crate::webhook::replay_since(c, &t, started, now)?;
-                        if replayed > 0 && kind == SyncKind::Assets {
-                            mirror::recount_all(c, &t, now)?;
-                        }
-                    }
-                    if kind.supports_incremental() {
-                        mirror::set_version(c, &t, kind, version.as_deref())?;
-                    }
-                    // Data that kept changing under a full read: what was read is kept
-                    // (upserted), but it cannot prove removals, so the run does not count and
-                    // the core retries it.
-                    let reliable = incremental || replace;
-                    queries::sync_finished(
-                        c,
-                        sync_id,
-                        now,
-                        &SyncEnd {
-                            pages,
-                            records: records as u64,
-                            ok: reliable,
-                            error: (!reliable).then(|| {
-                                "Apple's data kept changing during the read; retrying".to_string()
-                            }),
-                            version_id: version,
-                        },
-                    )?;
-                    Ok((pages, records, incremental, reliable))
-                })
-                .await;
-            match r {
-                Ok((pages, records, incremental, reliable)) => {
-                    tracing::info!(token = %token, sync_id, kind = %kind, pages, records, incremental, reliable, "sync finished");
-                    reliable
-                }
-                Err(e) => {
-                    tracing::error!(token = %token, sync_id, error = %e, "cannot store a sync");
-                    false
-                }
+    fn chore(&self, chore: Chore, now: Timestamp) -> BoxFuture<'static, ()> {
+        let store = self.store.clone();
+        let upkeep = self.upkeep.clone();
+        let retention = self.retention;
+        Box::pin(async move {
+            match chore {
+                Chore::Retention => crate::executor::prune(&store, now, retention).await,
+                Chore::Upkeep => upkeep.lock().await.once(now).await,
             }
-        }
+        })
     }
 }

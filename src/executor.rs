@@ -1,34 +1,39 @@
-//! The one loop that drives the core (patterns.md §6): it reads the clock once per turn, feeds
-//! inputs to the [`Core`], persists each turn's changes in one transaction, and only after
-//! that commit dispatches the turn's effects (write-ahead: a decision is durable before it
-//! acts, so a crash never repeats a resubmission the store does not know about).
+//! The one loop that drives the core (docs/architecture.md): each turn reads the clock once,
+//! feeds that turn's inputs to the [`Core`], hands the turn's changes to the store as one job,
+//! and only after the store answers dispatches the effects whose changes committed
+//! (write-ahead: a decision is durable before it acts, so a crash never repeats a
+//! resubmission the store does not know about). The store's answers come back in turn order
+//! and are fed to the core ([`Core::persisted`]), so the core knows what is durable.
 //!
-//! Inputs arrive on two channels. `committed` carries what the store's writer thread has just
-//! made durable (tracked events, notifications), in commit order; it is unbounded because
-//! its producers are: each HTTP request waits for its own commit, and the servers bound their
-//! concurrent requests. `inputs` (bounded) carries sync requests and the answers of effects.
+//! Everything reaches the loop through one bounded channel: tracking requests, committed
+//! notifications, sync requests, and the answers of effects. Producers wait when it is full.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::core::periodic::{Chore, Periodic};
 use crate::core::{
-    Action, Change, Core, EventRecord, EventType, NotificationInput, StatusResult, SyncKind,
+    Action, Change, Core, EventRecord, EventType, NotificationInput, Persisted, StatusResult,
+    SyncKind, SyncOutcome, TrackDecision,
 };
-use crate::store::{queries, Store};
+use crate::store::{queries, Store, StoreError};
 use crate::time::Timestamp;
 
 /// What the executor is told.
 #[derive(Debug)]
 pub enum Input {
-    /// A newly tracked event, committed, with notifications that arrived before it.
-    Tracked {
+    /// Track a new event (API, CLI, submissions). `reply` is answered once it is durable.
+    Track {
         record: EventRecord,
-        notes: Vec<NotificationInput>,
+        request: Option<String>,
+        reply: oneshot::Sender<TrackReply>,
     },
     /// A committed ASSET_MANAGEMENT / USER_MANAGEMENT notification.
     Notification(NotificationInput),
@@ -47,25 +52,62 @@ pub enum Input {
     },
     Resubmitted {
         event_id: String,
-        result: Result<String, String>,
+        result: Result<String, ResubmitError>,
     },
     SyncFinished {
         sync_id: u64,
-        ok: bool,
+        outcome: SyncOutcome,
     },
+    ChoreDone(Chore),
+}
+
+/// The answer to [`Input::Track`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackReply {
+    /// Newly tracked and committed.
+    Created(EventRecord),
+    /// Already tracked with the same token and type (committed).
+    Existing(EventRecord),
+    /// The eventId is tracked with another token or type.
+    Conflict {
+        token: String,
+        event_type: EventType,
+    },
+    /// It could not be committed; the caller may try again.
+    NotCommitted(String),
+}
+
+/// Why a resubmission did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResubmitError {
+    #[error("state could not be committed")]
+    NotCommitted,
+    #[error("the request body is no longer stored")]
+    NoBody,
+    #[error("cannot read the request body: {0}")]
+    Store(String),
+    #[error("the stored request body is not JSON: {0}")]
+    BadBody(String),
+    #[error("Apple did not accept it: {0}")]
+    Apple(String),
 }
 
 /// Which sync run serves a sync request: the one running now (possibly just started), and
-/// whether another run is queued after it (coalesced requests share that one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// whether another run is queued after it (coalesced requests share that one), and when the
+/// queued run may start if it has to wait.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncTicket {
     pub sync_id: Option<u64>,
     pub queued: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_behind: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<String>,
 }
 
-/// The Apple side of the effects. Implemented by the Apple client adapter; the executor only
-/// knows this trait.
+/// The Apple side of the effects, and the periodic chores. Implemented by the adapters; the
+/// executor only knows this trait.
 pub trait Effects: Send + Sync + 'static {
     /// Event Status for one event.
     fn poll_status(&self, token: String, event_id: String) -> BoxFuture<'static, StatusResult>;
@@ -75,19 +117,24 @@ pub trait Effects: Send + Sync + 'static {
         token: String,
         event_type: EventType,
         body: String,
-    ) -> BoxFuture<'static, Result<String, String>>;
-    /// Runs one sync and records it (the run row exists already); `true` on success.
+    ) -> BoxFuture<'static, Result<String, ResubmitError>>;
+    /// Runs one sync and records it (the run row exists already).
     fn sync(
         &self,
         sync_id: u64,
         token: String,
         kind: SyncKind,
         full: bool,
-    ) -> BoxFuture<'static, bool>;
+    ) -> BoxFuture<'static, SyncOutcome>;
+    /// Runs one periodic chore as of `now`.
+    fn chore(&self, chore: Chore, now: Timestamp) -> BoxFuture<'static, ()>;
 }
 
 /// Effects for a daemon without an Apple client: every call is answered "try later".
-pub struct NoApple;
+pub struct NoApple {
+    pub store: Store,
+    pub retention: Duration,
+}
 
 impl Effects for NoApple {
     fn poll_status(&self, _token: String, _event_id: String) -> BoxFuture<'static, StatusResult> {
@@ -103,8 +150,8 @@ impl Effects for NoApple {
         _token: String,
         _event_type: EventType,
         _body: String,
-    ) -> BoxFuture<'static, Result<String, String>> {
-        Box::pin(async { Err("no Apple client configured".to_string()) })
+    ) -> BoxFuture<'static, Result<String, ResubmitError>> {
+        Box::pin(async { Err(ResubmitError::Apple("no Apple client configured".into())) })
     }
     fn sync(
         &self,
@@ -112,15 +159,38 @@ impl Effects for NoApple {
         _token: String,
         _kind: SyncKind,
         _full: bool,
-    ) -> BoxFuture<'static, bool> {
-        Box::pin(async { false })
+    ) -> BoxFuture<'static, SyncOutcome> {
+        Box::pin(async { SyncOutcome::Transient("no Apple client configured".into()) })
+    }
+    fn chore(&self, chore: Chore, now: Timestamp) -> BoxFuture<'static, ()> {
+        let store = self.store.clone();
+        let retention = self.retention;
+        Box::pin(async move {
+            if chore == Chore::Retention {
+                prune(&store, now, retention).await;
+            }
+        })
+    }
+}
+
+/// Prunes settled events older than `retention` as of `now`, in bounded batches.
+pub async fn prune(store: &Store, now: Timestamp, retention: Duration) {
+    let before = now.saturating_sub(retention);
+    for _ in 0..1000 {
+        match store.write(move |c| queries::prune(c, before, 500)).await {
+            Ok(n) if n > 0 => tracing::info!(pruned = n, "settled events pruned"),
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "pruning failed");
+                return;
+            }
+        }
     }
 }
 
 /// Handles for talking to a running executor.
 #[derive(Clone)]
 pub struct ExecutorHandle {
-    pub committed: mpsc::UnboundedSender<Input>,
     pub inputs: mpsc::Sender<Input>,
     /// Unix ms of the loop's last turn, for `/healthz`.
     pub heartbeat: Arc<AtomicI64>,
@@ -132,32 +202,78 @@ impl ExecutorHandle {
         let last = Timestamp(self.heartbeat.load(Ordering::Relaxed));
         now.since(last) <= within
     }
+
+    /// Tracks an event and waits until it is durable (or known not to be).
+    pub async fn track(&self, record: EventRecord, request: Option<String>) -> TrackReply {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .inputs
+            .send(Input::Track {
+                record,
+                request,
+                reply,
+            })
+            .await;
+        if sent.is_err() {
+            return TrackReply::NotCommitted("the daemon is shutting down".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| TrackReply::NotCommitted("the daemon is shutting down".into()))
+    }
 }
 
 /// Most inputs taken in one turn: bounds the turn's latency and transaction size.
 const MAX_INPUTS_PER_TURN: usize = 512;
 /// The loop wakes at least this often (heartbeat, health).
 const IDLE_WAKE: Duration = Duration::from_secs(5);
+/// Capacity of the input channel.
+const INPUT_QUEUE: usize = 8192;
+/// Turns handed to the store and not answered yet; the loop takes no new input beyond this.
+const MAX_TURNS_IN_FLIGHT: usize = 64;
+
+/// What the store answers for one turn.
+struct TurnResult {
+    changes: Vec<Change>,
+    /// Per change: `None` committed, or why not.
+    errors: Vec<Option<String>>,
+    /// Per started sync: whether its run row was written.
+    syncs_written: Vec<bool>,
+    /// Notifications that arrived before the events this turn inserted.
+    early: Vec<NotificationInput>,
+}
+
+/// A turn handed to the store, with what waits on it.
+struct TurnInFlight {
+    effects: Vec<Action>,
+}
+
+type Commit = BoxFuture<'static, Result<TurnResult, StoreError>>;
 
 pub struct Executor {
     core: Core,
     store: Store,
     effects: Arc<dyn Effects>,
-    committed_rx: mpsc::UnboundedReceiver<Input>,
-    committed_tx: mpsc::UnboundedSender<Input>,
     inputs_rx: mpsc::Receiver<Input>,
     inputs_tx: mpsc::Sender<Input>,
     heartbeat: Arc<AtomicI64>,
     tasks: tokio::task::JoinSet<()>,
+    commits: FuturesOrdered<Commit>,
+    turns: std::collections::VecDeque<TurnInFlight>,
+    /// Trackers waiting for their event's insert to commit.
+    waiting_trackers: BTreeMap<String, Vec<(oneshot::Sender<TrackReply>, bool)>>,
+    periodic: Periodic,
 }
 
 impl Executor {
-    pub fn new(core: Core, store: Store, effects: Arc<dyn Effects>) -> (Executor, ExecutorHandle) {
-        let (committed_tx, committed_rx) = mpsc::unbounded_channel();
-        let (inputs_tx, inputs_rx) = mpsc::channel(4096);
+    pub fn new(
+        core: Core,
+        store: Store,
+        effects: Arc<dyn Effects>,
+        periodic: Periodic,
+    ) -> (Executor, ExecutorHandle) {
+        let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
         let heartbeat = Arc::new(AtomicI64::new(Timestamp::now().0));
         let handle = ExecutorHandle {
-            committed: committed_tx.clone(),
             inputs: inputs_tx.clone(),
             heartbeat: heartbeat.clone(),
         };
@@ -166,12 +282,14 @@ impl Executor {
                 core,
                 store,
                 effects,
-                committed_rx,
-                committed_tx,
                 inputs_rx,
                 inputs_tx,
                 heartbeat,
                 tasks: tokio::task::JoinSet::new(),
+                commits: FuturesOrdered::new(),
+                turns: std::collections::VecDeque::new(),
+                waiting_trackers: BTreeMap::new(),
+                periodic,
             },
             handle,
         )
@@ -182,65 +300,119 @@ impl Executor {
     /// restart).
     pub async fn run(mut self, shutdown: CancellationToken, drain: Duration) {
         // Anything recovered and already due fires on the first turn.
-        self.core.timeout(Timestamp::now());
-        self.flush().await;
+        let now = Timestamp::now();
+        self.core.timeout(now);
+        self.flush(now).await;
         loop {
             let now = Timestamp::now();
             self.heartbeat.store(now.0, Ordering::Relaxed);
-            let wait = self
-                .core
-                .poll_timeout()
+            let next = [self.core.poll_timeout(), self.periodic.next_at()]
+                .into_iter()
+                .flatten()
+                .min();
+            let wait = next
                 .map(|t| t.since(now))
                 .unwrap_or(IDLE_WAKE)
                 .min(IDLE_WAKE);
+            let room = self.turns.len() < MAX_TURNS_IN_FLIGHT;
+            let mut first: Option<Input> = None;
+            let mut commit = None;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(input) = self.committed_rx.recv() => self.handle(input),
-                Some(input) = self.inputs_rx.recv() => self.handle(input),
+                Some(c) = self.commits.next(), if !self.commits.is_empty() => commit = Some(c),
+                Some(input) = self.inputs_rx.recv(), if room => first = Some(input),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
-            // Take whatever else is ready, so a burst costs one transaction.
-            for _ in 0..MAX_INPUTS_PER_TURN {
-                match self.committed_rx.try_recv() {
-                    Ok(i) => self.handle(i),
-                    Err(_) => match self.inputs_rx.try_recv() {
-                        Ok(i) => self.handle(i),
+            // The one clock read of this turn.
+            let now = Timestamp::now();
+            if let Some(c) = commit {
+                self.committed(now, c);
+            }
+            if let Some(input) = first {
+                self.handle(now, input);
+                // Take whatever else is ready, so a burst costs one transaction.
+                for _ in 0..MAX_INPUTS_PER_TURN {
+                    match self.inputs_rx.try_recv() {
+                        Ok(i) => self.handle(now, i),
                         Err(_) => break,
-                    },
+                    }
                 }
             }
-            self.core.timeout(Timestamp::now());
-            self.flush().await;
+            self.core.timeout(now);
+            for chore in self.periodic.due(now) {
+                let fx = self.effects.clone();
+                let results = self.inputs_tx.clone();
+                self.tasks.spawn(async move {
+                    fx.chore(chore, now).await;
+                    let _ = results.send(Input::ChoreDone(chore)).await;
+                });
+            }
+            self.flush(now).await;
         }
-        self.flush().await;
+        let now = Timestamp::now();
+        self.flush(now).await;
         let deadline = tokio::time::Instant::now() + drain;
-        while !self.tasks.is_empty() {
-            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!(
-                        in_flight = self.tasks.len(),
-                        "abandoning in-flight Apple calls at shutdown"
-                    );
-                    self.tasks.abort_all();
-                    break;
+        loop {
+            tokio::select! {
+                Some(c) = self.commits.next(), if !self.commits.is_empty() => {
+                    self.committed(Timestamp::now(), c)
+                }
+                r = tokio::time::timeout_at(deadline, self.tasks.join_next()), if !self.tasks.is_empty() => {
+                    if r.is_err() {
+                        tracing::warn!(in_flight = self.tasks.len(), "abandoning in-flight Apple calls at shutdown");
+                        self.tasks.abort_all();
+                    }
+                }
+                else => break,
+            }
+            // Answers that arrived while draining are applied too; no new effects start.
+            while let Ok(i) = self.inputs_rx.try_recv() {
+                if !matches!(i, Input::Track { .. }) {
+                    self.handle(Timestamp::now(), i);
                 }
             }
+            self.persist_only(Timestamp::now()).await;
         }
-        // Answers that arrived while draining are applied and committed too.
-        while let Ok(i) = self.inputs_rx.try_recv() {
-            self.handle(i);
+        self.persist_only(Timestamp::now()).await;
+        while let Some(c) = self.commits.next().await {
+            if let Err(e) = &c {
+                tracing::error!(error = %e, "final commit failed");
+            }
         }
-        self.flush_and_wait().await;
     }
 
-    fn handle(&mut self, input: Input) {
-        let now = Timestamp::now();
+    fn handle(&mut self, now: Timestamp, input: Input) {
         match input {
-            Input::Tracked { record, notes } => self.core.track(now, record, notes),
+            Input::Track {
+                record,
+                request,
+                reply,
+            } => {
+                let id = record.event_id.clone();
+                match self.core.track(now, record, request) {
+                    TrackDecision::Created(_) => self
+                        .waiting_trackers
+                        .entry(id)
+                        .or_default()
+                        .push((reply, true)),
+                    TrackDecision::Existing {
+                        record,
+                        durable: true,
+                    } => {
+                        let _ = reply.send(TrackReply::Existing(record));
+                    }
+                    TrackDecision::Existing { .. } => self
+                        .waiting_trackers
+                        .entry(id)
+                        .or_default()
+                        .push((reply, false)),
+                    TrackDecision::Conflict { token, event_type } => {
+                        let _ = reply.send(TrackReply::Conflict { token, event_type });
+                    }
+                }
+            }
             Input::Notification(n) => {
                 let id = n.event_id.clone();
                 if !self.core.notification(now, n) {
@@ -256,54 +428,188 @@ impl Executor {
             } => {
                 self.core.request_sync(now, &token, kind, full, &cause);
                 if let Some(reply) = reply {
-                    let (running, queued, _) = self
-                        .core
-                        .sync_state(&token, kind)
-                        .unwrap_or((None, false, 0));
+                    let st = self.core.sync_state(&token, kind);
+                    let running = st.and_then(|s| s.running);
+                    let queued = st.is_some_and(|s| s.queued);
                     let _ = reply.send(SyncTicket {
                         sync_id: running,
                         queued,
+                        queued_behind: running.filter(|_| queued),
+                        starts_at: st.and_then(|s| s.queued_not_before).map(|t| t.to_rfc3339()),
                     });
                 }
             }
             Input::Status { event_id, result } => self.core.status_result(now, &event_id, result),
             Input::Resubmitted { event_id, result } => {
-                self.core.resubmit_result(now, &event_id, result)
+                self.core
+                    .resubmit_result(now, &event_id, result.map_err(|e| e.to_string()))
             }
-            Input::SyncFinished { sync_id, ok } => self.core.sync_finished(now, sync_id, ok),
+            Input::SyncFinished { sync_id, outcome } => {
+                self.core.sync_finished(now, sync_id, outcome)
+            }
+            Input::ChoreDone(chore) => self.periodic.done(chore, now),
         }
     }
 
-    /// Drains the core's actions: persists the changes in one transaction, then dispatches the
-    /// effects once it committed.
-    async fn flush(&mut self) {
-        if let Some(commit) = self.persist_turn().await {
-            let (changes_committed, effects) = commit;
-            let store = self.store.clone();
-            let fx = self.effects.clone();
-            let results = self.inputs_tx.clone();
-            self.tasks.spawn(async move {
-                let committed = matches!(changes_committed.await, Ok(Ok(())));
-                dispatch(effects, committed, store, fx, results).await;
-            });
+    /// The store answered the oldest turn in flight: tell the core what is durable, answer
+    /// trackers, then dispatch the effects whose changes committed.
+    fn committed(&mut self, now: Timestamp, result: Result<TurnResult, StoreError>) {
+        let Some(turn) = self.turns.pop_front() else {
+            return;
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // The whole job is lost (the writer stopped or the commit failed): nothing
+                // of it is durable. Its changes are gone with the job, so the events affected
+                // are re-polled from their last durable state after a restart.
+                tracing::error!(error = %e, "a turn could not be committed");
+                for a in turn.effects {
+                    self.refuse(now, a);
+                }
+                return;
+            }
+        };
+        let mut committed_events = std::collections::BTreeSet::new();
+        for (change, error) in result.changes.into_iter().zip(result.errors) {
+            let id = change.event.event_id.clone();
+            let insert = change.insert;
+            if let Some(e) = &error {
+                tracing::error!(event_id = %id, error = %e, "a change could not be committed; retrying");
+            } else {
+                committed_events.insert(id.clone());
+            }
+            if insert {
+                if let Some(waiters) = self.waiting_trackers.remove(&id) {
+                    for (reply, created) in waiters {
+                        let answer = match (&error, created) {
+                            (None, true) => TrackReply::Created(change.event.clone()),
+                            (None, false) => TrackReply::Existing(change.event.clone()),
+                            (Some(e), _) => TrackReply::NotCommitted(e.clone()),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+            self.core.persisted(now, Persisted { change, error });
         }
-    }
-
-    async fn flush_and_wait(&mut self) {
-        if let Some((commit, _effects)) = self.persist_turn().await {
-            if let Ok(Err(e)) = commit.await {
-                tracing::error!(error = %e, "final commit failed");
+        for id in self.core.take_abandoned() {
+            tracing::error!(event_id = %id, "gave up committing this event's changes");
+            if let Some(waiters) = self.waiting_trackers.remove(&id) {
+                for (reply, _) in waiters {
+                    let _ = reply.send(TrackReply::NotCommitted("the store refuses it".into()));
+                }
+            }
+        }
+        for n in result.early {
+            self.core.notification(now, n);
+        }
+        let mut syncs = result.syncs_written.into_iter();
+        for action in turn.effects {
+            let go = match &action {
+                Action::Poll { event_id, .. } | Action::Resubmit { event_id, .. } => {
+                    committed_events.contains(event_id)
+                }
+                Action::StartSync { .. } => syncs.next().unwrap_or(false),
+                Action::Persist(_) => false,
+            };
+            if go {
+                self.dispatch(action);
+            } else {
+                self.refuse(now, action);
             }
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn persist_turn(
-        &mut self,
-    ) -> Option<(
-        oneshot::Receiver<Result<(), crate::store::StoreError>>,
-        Vec<Action>,
-    )> {
+    /// Answers an effect that must not run because its decision is not durable.
+    fn refuse(&mut self, now: Timestamp, action: Action) {
+        match action {
+            Action::Poll { event_id, .. } => self.core.status_result(
+                now,
+                &event_id,
+                StatusResult::Retry {
+                    not_before: None,
+                    reason: "state could not be committed".into(),
+                },
+            ),
+            Action::Resubmit { event_id, .. } => self.core.resubmit_result(
+                now,
+                &event_id,
+                Err(ResubmitError::NotCommitted.to_string()),
+            ),
+            Action::StartSync { sync_id, .. } => self.core.sync_finished(
+                now,
+                sync_id,
+                SyncOutcome::Transient("its run could not be recorded".into()),
+            ),
+            Action::Persist(_) => {}
+        }
+    }
+
+    fn dispatch(&mut self, action: Action) {
+        let fx = self.effects.clone();
+        let results = self.inputs_tx.clone();
+        let store = self.store.clone();
+        self.tasks.spawn(async move {
+            let input = match action {
+                Action::Poll { token, event_id } => {
+                    let result = fx.poll_status(token, event_id.clone()).await;
+                    Input::Status { event_id, result }
+                }
+                Action::Resubmit {
+                    token,
+                    event_id,
+                    event_type,
+                } => {
+                    let id = event_id.clone();
+                    let result = match store.read(move |c| queries::request_body(c, &id)).await {
+                        Ok(Some(body)) => fx.resubmit(token, event_type, body).await,
+                        Ok(None) => Err(ResubmitError::NoBody),
+                        Err(e) => Err(ResubmitError::Store(e.to_string())),
+                    };
+                    Input::Resubmitted { event_id, result }
+                }
+                Action::StartSync {
+                    sync_id,
+                    token,
+                    kind,
+                    full,
+                    ..
+                } => {
+                    let outcome = fx.sync(sync_id, token, kind, full).await;
+                    Input::SyncFinished { sync_id, outcome }
+                }
+                Action::Persist(_) => return,
+            };
+            let _ = results.send(input).await;
+        });
+    }
+
+    /// Drains the core's actions and hands the turn to the store; its effects wait for the
+    /// answer (see [`Executor::committed`]).
+    async fn flush(&mut self, now: Timestamp) {
+        let (changes, effects) = self.drain_actions();
+        self.queue_turn(now, changes, effects).await;
+    }
+
+    /// At shutdown: persist what was decided, start nothing new.
+    async fn persist_only(&mut self, now: Timestamp) {
+        let (changes, effects) = self.drain_actions();
+        // Effects not started are answered as refused so their events stay consistent.
+        let starts: Vec<Action> = effects
+            .into_iter()
+            .filter(|a| matches!(a, Action::StartSync { .. }))
+            .collect();
+        for a in starts {
+            self.refuse(now, a);
+        }
+        let (more, _) = self.drain_actions();
+        let mut all = changes;
+        all.extend(more);
+        self.queue_turn(now, all, Vec::new()).await;
+    }
+
+    fn drain_actions(&mut self) -> (Vec<Change>, Vec<Action>) {
         let mut changes: Vec<Change> = Vec::new();
         let mut effects: Vec<Action> = Vec::new();
         while let Some(a) = self.core.poll_action() {
@@ -312,10 +618,13 @@ impl Executor {
                 other => effects.push(other),
             }
         }
+        (changes, effects)
+    }
+
+    async fn queue_turn(&mut self, now: Timestamp, changes: Vec<Change>, effects: Vec<Action>) {
         if changes.is_empty() && effects.is_empty() {
-            return None;
+            return;
         }
-        let now = Timestamp::now();
         let starts: Vec<(u64, String, SyncKind, bool, String)> = effects
             .iter()
             .filter_map(|a| match a {
@@ -330,23 +639,35 @@ impl Executor {
             })
             .collect();
         let (tx, rx) = oneshot::channel();
-        let committed = self.committed_tx.clone();
         let queued = self
             .store
             .write_detached(
                 move |conn| {
-                    queries::apply_changes(conn, &changes)?;
-                    for (id, token, kind, full, cause) in &starts {
-                        queries::sync_started(conn, *id, token, *kind, *full, cause, now)?;
-                    }
-                    // A resubmission's new event may have had notifications before we knew
-                    // its id: hand them to the core once the event is committed.
-                    for c in changes.iter().filter(|c| c.insert) {
-                        for n in queries::unapplied_notifications_for(conn, &c.event.event_id)? {
-                            let _ = committed.send(Input::Notification(n));
+                    let errors = queries::apply_changes(conn, &changes);
+                    let syncs_written = starts
+                        .iter()
+                        .map(|(id, token, kind, full, cause)| {
+                            queries::sync_started(conn, *id, token, *kind, *full, cause, now)
+                                .is_ok()
+                        })
+                        .collect();
+                    // Notifications may arrive before we know an event's id: hand them to
+                    // the core once the event is committed.
+                    let mut early = Vec::new();
+                    for (c, e) in changes.iter().zip(&errors) {
+                        if c.insert && e.is_none() {
+                            early.extend(queries::unapplied_notifications_for(
+                                conn,
+                                &c.event.event_id,
+                            )?);
                         }
                     }
-                    Ok(())
+                    Ok(TurnResult {
+                        changes,
+                        errors,
+                        syncs_written,
+                        early,
+                    })
                 },
                 tx,
             )
@@ -354,68 +675,9 @@ impl Executor {
         if let Err(e) = queued {
             tracing::error!(error = %e, "cannot queue the turn's changes");
         }
-        Some((rx, effects))
+        self.commits.push_back(Box::pin(async move {
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        }));
+        self.turns.push_back(TurnInFlight { effects });
     }
-}
-
-/// Runs a turn's effects after its commit. If the commit failed, nothing is sent to Apple and
-/// the core is told each call failed, so it retries later.
-async fn dispatch(
-    effects: Vec<Action>,
-    committed: bool,
-    store: Store,
-    fx: Arc<dyn Effects>,
-    results: mpsc::Sender<Input>,
-) {
-    let mut set = tokio::task::JoinSet::new();
-    for action in effects {
-        let fx = fx.clone();
-        let results = results.clone();
-        let store = store.clone();
-        set.spawn(async move {
-            let input = match action {
-                Action::Poll { token, event_id } => {
-                    let result = if committed {
-                        fx.poll_status(token, event_id.clone()).await
-                    } else {
-                        StatusResult::Retry {
-                            not_before: None,
-                            reason: "state could not be committed".into(),
-                        }
-                    };
-                    Input::Status { event_id, result }
-                }
-                Action::Resubmit {
-                    token,
-                    event_id,
-                    event_type,
-                } => {
-                    let result = if !committed {
-                        Err("state could not be committed".to_string())
-                    } else {
-                        let id = event_id.clone();
-                        match store.read(move |c| queries::request_body(c, &id)).await {
-                            Ok(Some(body)) => fx.resubmit(token, event_type, body).await,
-                            Ok(None) => Err("the request body is no longer stored".into()),
-                            Err(e) => Err(format!("cannot read the request body: {e}")),
-                        }
-                    };
-                    Input::Resubmitted { event_id, result }
-                }
-                Action::StartSync {
-                    sync_id,
-                    token,
-                    kind,
-                    full,
-                    ..
-                } => {
-                    let ok = committed && fx.sync(sync_id, token, kind, full).await;
-                    Input::SyncFinished { sync_id, ok }
-                }
-                Action::Persist(_) => return,
-            };
-            let _ = results.send(input).await;
-        });
-    }
-    while set.join_next().await.is_some() {}
 }

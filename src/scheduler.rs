@@ -1,13 +1,11 @@
 //! Periodic work, as thin adapters: the cron full sync per token (tokio-cron-scheduler; its
-//! jobs only send inputs to the executor), Service Config and Client Config upkeep, token
-//! expiry warnings, and retention. None of it holds business logic of the event core.
+//! jobs only send inputs to the executor), and the upkeep chore the executor runs on its clock
+//! (Service Config, Client Config, token expiry warnings). None of it holds business logic of
+//! the event core.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::HashSet;
 
 use tokio_cron_scheduler::{Job, JobScheduler};
-use tokio_util::sync::CancellationToken;
 
 use crate::apple::model::ClientConfigRequest;
 use crate::apple::AppleClient;
@@ -16,7 +14,7 @@ use crate::core::SyncKind;
 use crate::executor::{ExecutorHandle, Input};
 use crate::store::{queries, Store};
 use crate::time::Timestamp;
-use crate::webhook::WebhookToken;
+use crate::tokens::Registry;
 
 /// Notification types the daemon subscribes to when it keeps Client Config pointing at it.
 pub const NOTIFICATION_TYPES: [&str; 4] = [
@@ -29,17 +27,14 @@ pub const NOTIFICATION_TYPES: [&str; 4] = [
 /// Starts the cron full sync per token and kind. Returns the scheduler (keep it alive).
 pub async fn start_cron(
     schedule: &str,
-    tokens: SharedTokens,
+    tokens: Registry,
     executor: ExecutorHandle,
 ) -> Result<JobScheduler, String> {
     let sched = JobScheduler::new()
         .await
         .map_err(|e| format!("cannot start the cron scheduler: {e}"))?;
     let job = Job::new_async(schedule, move |_id, _lock| {
-        let names: Vec<String> = tokens
-            .read()
-            .map(|t| t.iter().map(|t| t.name.clone()).collect())
-            .unwrap_or_default();
+        let names = tokens.names();
         let inputs = executor.inputs.clone();
         Box::pin(async move {
             for token in names {
@@ -69,58 +64,33 @@ pub async fn start_cron(
     Ok(sched)
 }
 
-/// The configured tokens, replaced on reload.
-pub type SharedTokens = Arc<std::sync::RwLock<Vec<TokenConfig>>>;
-
 /// Keeps what the daemon knows about Apple fresh: Service Config (URLs, limits), each token's
 /// Client Config (uId, location, mdmInfo ownership, notification URL), health and expiry.
 pub struct Upkeep {
     pub client: AppleClient,
     pub store: Store,
-    pub tokens: SharedTokens,
-    pub webhook_tokens: Arc<std::sync::RwLock<HashMap<String, WebhookToken>>>,
-    pub health: Arc<Mutex<HashMap<String, bool>>>,
+    pub tokens: Registry,
     warned: HashSet<(String, u32)>,
 }
 
 impl Upkeep {
-    pub fn new(
-        client: AppleClient,
-        store: Store,
-        tokens: SharedTokens,
-        webhook_tokens: Arc<std::sync::RwLock<HashMap<String, WebhookToken>>>,
-    ) -> Upkeep {
+    pub fn new(client: AppleClient, store: Store, tokens: Registry) -> Upkeep {
         Upkeep {
             client,
             store,
             tokens,
-            webhook_tokens,
-            health: Arc::new(Mutex::new(HashMap::new())),
             warned: HashSet::new(),
         }
     }
 
-    /// Runs every `every` until shutdown.
-    pub async fn run(mut self, every: Duration, shutdown: CancellationToken) {
-        loop {
-            self.once().await;
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-        }
-    }
-
-    pub async fn once(&mut self) {
+    /// One round, as of `now` (the executor's clock).
+    pub async fn once(&mut self, now: Timestamp) {
         if let Err(e) = self.client.service_config().await {
             tracing::warn!(error = %e, "cannot read Service Config; keeping the last URLs and limits");
         }
-        let now = Timestamp::now();
-        let tokens: Vec<TokenConfig> = self.tokens.read().map(|t| t.clone()).unwrap_or_default();
-        for t in tokens {
+        for t in self.tokens.configs() {
             self.expiry_warning(&t, now);
             self.client_config(&t).await;
-            crate::effects::note_health(&self.client, &self.store, &self.health, &t.name).await;
         }
     }
 
@@ -150,11 +120,7 @@ impl Upkeep {
             }
         };
         if let Some(uid) = &cc.u_id {
-            if let Ok(mut w) = self.webhook_tokens.write() {
-                if let Some(wt) = w.get_mut(&t.name) {
-                    wt.uid = Some(uid.clone());
-                }
-            }
+            self.tokens.set_uid(&t.name, uid);
         }
         let mdm = cc.mdm_info.as_ref().map(|m| m.id.clone());
         let (name, uid, location) = (t.name.clone(), cc.u_id.clone(), cc.location_name.clone());
@@ -226,30 +192,6 @@ pub fn expiry_threshold(now: Timestamp, expires: Timestamp) -> Option<u32> {
     }
     let days = expires.since(now).as_secs() / 86_400;
     [1u32, 7, 30].into_iter().find(|t| days < u64::from(*t))
-}
-
-/// Prunes settled events older than `retention`, in bounded batches, every hour.
-pub async fn retention(store: Store, retention: Duration, shutdown: CancellationToken) {
-    loop {
-        let before = Timestamp::now().saturating_sub(retention);
-        loop {
-            match store.write(move |c| queries::prune(c, before, 500)).await {
-                Ok(n) if n > 0 => tracing::info!(pruned = n, "settled events pruned"),
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "pruning failed");
-                    break;
-                }
-            }
-            if shutdown.is_cancelled() {
-                return;
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,12 @@
-//! Apple's notifications in (design §6): `POST {path_prefix}/{token}` with
-//! `Authorization: Bearer <notification auth token>`.
+//! Apple's notifications in (docs/architecture.md, "Webhook"): `POST {path_prefix}/{token}`
+//! with `Authorization: Bearer <notification auth token>`.
 //!
 //! A notification is acknowledged (200) only after it is committed, together with its effect
-//! on the mirror, in the store's next group commit; the store's writer then hands it to the
-//! executor in commit order. Handling is at-least-once from Apple's side and exactly-once
-//! here: a duplicate `notificationId` is answered 200 and has no second effect.
+//! on the mirror, in the store's next group commit; it is then handed to the executor.
+//! Handling is at-least-once from Apple's side and exactly-once here: a duplicate
+//! `notificationId` is answered 200 and has no second effect.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -16,36 +15,27 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use rusqlite::Connection;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::apple::model::{
-    parse_notification, AssetManagementType, Notification, NotificationPayload, NotificationResult,
+    parse_notification, Notification, NotificationPayload, NotificationResult,
 };
 use crate::core::{NotificationInput, SyncKind};
 use crate::executor::Input;
-use crate::secret::Secret;
 use crate::store::queries::{self, NewNotification};
-use crate::store::{mirror, Store, StoreError};
+use crate::store::Store;
 use crate::time::Timestamp;
+use crate::tokens::Registry;
 
 /// Unparseable bodies kept for inspection, at most.
 const QUARANTINE_CAP: u32 = 1000;
 
-/// What the webhook knows of one token.
-#[derive(Clone, Debug)]
-pub struct WebhookToken {
-    pub auth: Secret,
-    /// The location's uId once learned from Apple; notifications for another uId are refused.
-    pub uid: Option<String>,
-}
-
 #[derive(Clone)]
 pub struct WebhookState {
     pub store: Store,
-    pub committed: tokio::sync::mpsc::UnboundedSender<Input>,
-    pub tokens: Arc<RwLock<HashMap<String, WebhookToken>>>,
+    pub executor: tokio::sync::mpsc::Sender<Input>,
+    pub tokens: Registry,
     /// Bounds requests waiting on a commit.
     pub writes: Arc<Semaphore>,
 }
@@ -103,84 +93,6 @@ pub fn core_input(token: &str, n: &Notification) -> Option<Input> {
     }
 }
 
-/// Applies a notification's data to the mirror (inside the caller's transaction).
-pub fn apply_to_mirror(
-    conn: &Connection,
-    token: &str,
-    n: &Notification,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    apply_to_mirror_with(conn, token, n, now, mirror::Counts::Adjust)
-}
-
-fn apply_to_mirror_with(
-    conn: &Connection,
-    token: &str,
-    n: &Notification,
-    now: Timestamp,
-    counts: mirror::Counts,
-) -> Result<(), StoreError> {
-    match &n.notification {
-        NotificationPayload::AssetManagement(p) if p.result == NotificationResult::Success => {
-            let associate = p.kind == AssetManagementType::Associate;
-            if p.kind != AssetManagementType::Unknown {
-                mirror::apply_asset_notification(
-                    conn,
-                    token,
-                    associate,
-                    &p.assignments,
-                    now,
-                    counts,
-                )?;
-            }
-        }
-        NotificationPayload::UserManagement(p) if p.result == NotificationResult::Success => {
-            mirror::apply_user_notification(conn, token, &p.users, now)?;
-        }
-        NotificationPayload::UserAssociated(p) => {
-            mirror::apply_user_notification(conn, token, &p.associated_users, now)?;
-        }
-        NotificationPayload::AssetCount(p) => {
-            mirror::apply_asset_count(
-                conn,
-                token,
-                &p.adam_id,
-                p.pricing_param.as_str(),
-                p.count_delta,
-                now,
-            )?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Re-applies to the mirror the notifications of `token` received at or after `since`, so a
-/// sync that replaced the mirror with pages read before them does not undo them.
-pub fn replay_since(
-    conn: &Connection,
-    token: &str,
-    since: Timestamp,
-    now: Timestamp,
-) -> Result<usize, StoreError> {
-    let bodies: Vec<String> = conn
-        .prepare_cached(
-            "SELECT body FROM notifications WHERE token = ?1 AND received_at >= ?2 \
-             AND type IN ('ASSET_MANAGEMENT', 'USER_MANAGEMENT', 'USER_ASSOCIATED') ORDER BY id",
-        )?
-        .query_map(rusqlite::params![token, since.0], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut n = 0;
-    for body in bodies {
-        if let Ok(note) = parse_notification(body.as_bytes()) {
-            // The sync may have replaced the counts or the assignments: count again.
-            apply_to_mirror_with(conn, token, &note, now, mirror::Counts::Recount)?;
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
 fn stored(token: &str, n: &Notification, body: &[u8], now: Timestamp) -> NewNotification {
     let (event_id, result, entities, error) = match &n.notification {
         NotificationPayload::AssetManagement(p) => (
@@ -217,12 +129,7 @@ async fn receive(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let known = state
-        .tokens
-        .read()
-        .ok()
-        .and_then(|t| t.get(&token).cloned());
-    let Some(known) = known else {
+    let Some(known) = state.tokens.get(&token) else {
         return reply(StatusCode::NOT_FOUND, "unknown token");
     };
     let given = headers
@@ -230,7 +137,11 @@ async fn receive(
         .and_then(|v| v.to_str().ok())
         .and_then(crate::secret::bearer)
         .unwrap_or("");
-    if !known.auth.matches(given.as_bytes()) {
+    if !known
+        .config
+        .notification_auth_token
+        .matches(given.as_bytes())
+    {
         tracing::warn!(token = %token, "notification with a missing or wrong bearer token refused");
         return reply(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
@@ -276,7 +187,6 @@ async fn receive(
     }
     let row = stored(&token, &note, &body, now);
     let input = core_input(&token, &note);
-    let committed = state.committed.clone();
     let (t, ntype, result) = (
         token.clone(),
         note.notification_type_raw.clone(),
@@ -284,23 +194,19 @@ async fn receive(
     );
     let written = state
         .store
-        .write_then(
-            move |c| {
-                let new = queries::insert_notification(c, &row)?;
-                if new {
-                    apply_to_mirror(c, &t, &note, now)?;
-                }
-                Ok(new)
-            },
-            move |new| {
-                if *new {
-                    if let Some(input) = input {
-                        let _ = committed.send(input);
-                    }
-                }
-            },
-        )
+        .write(move |c| {
+            let new = queries::insert_notification(c, &row)?;
+            if new {
+                crate::mirror::notify::apply_notification(c, &t, &note, now)?;
+            }
+            Ok(new)
+        })
         .await;
+    if let (Ok(true), Some(input)) = (&written, input) {
+        // Committed: if the loop is gone (shutdown) the store still has it, unapplied, and
+        // recovery applies it after the restart.
+        let _ = state.executor.send(input).await;
+    }
     let metrics_result = match &written {
         Ok(true) => result.as_str(),
         Ok(false) => "duplicate",

@@ -292,9 +292,29 @@ struct InProcess {
     _dir: tempfile::TempDir,
 }
 
+/// A configured token as the config loader would produce it.
+fn token_config(name: &str) -> vpp_reconciler::config::TokenConfig {
+    use vpp_reconciler::secret::Secret;
+    vpp_reconciler::config::TokenConfig {
+        name: name.to_string(),
+        token_file: format!("{name}.vpptoken").into(),
+        content_token: vpp_reconciler::config::ContentToken {
+            raw: Secret::new(format!("raw-{name}")),
+            org_name: "Org".into(),
+            exp_date: vpp_reconciler::time::Timestamp::now()
+                .saturating_add(Duration::from_secs(86_400 * 365)),
+            inner_token: Secret::new("inner"),
+        },
+        notification_auth_token_file: format!("{name}.notify").into(),
+        notification_auth_token: Secret::new("notify"),
+        notification_url: None,
+        max_requests_per_second: None,
+    }
+}
+
 impl InProcess {
     async fn start(apple: Option<vpp_reconciler::apple::AppleClient>) -> InProcess {
-        use std::sync::{Arc, RwLock};
+        use std::sync::Arc;
         use vpp_reconciler::api::{router, ApiState};
         use vpp_reconciler::core::{Core, Timings};
         use vpp_reconciler::executor::{Executor, NoApple};
@@ -305,14 +325,18 @@ impl InProcess {
         let (executor, handle) = Executor::new(
             Core::new(Timings::default(), 1),
             store.clone(),
-            Arc::new(NoApple),
+            Arc::new(NoApple {
+                store: store.clone(),
+                retention: Duration::from_secs(86_400),
+            }),
+            Default::default(),
         );
         let shutdown = tokio_util::sync::CancellationToken::new();
         let exec = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(1)));
         let state = ApiState {
             store: store.clone(),
             executor: handle,
-            tokens: Arc::new(RwLock::new(["acme".to_string()].into_iter().collect())),
+            tokens: vpp_reconciler::tokens::Registry::new(&[token_config("acme")]),
             timings: Timings::default(),
             api_token: None,
             writes: Arc::new(tokio::sync::Semaphore::new(8)),

@@ -666,6 +666,16 @@ async fn an_expired_token_stops_while_the_other_carries_on() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // /healthz: up, but degraded, naming the token and why.
+    let health: Value = reqwest::get(w.env.api_url("/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["tokens"]["beta"]["health"], "unhealthy", "{health}");
+    assert!(health["tokens"].get("acme").is_none(), "{health}");
     let stats = w.stats().await;
     let before = stats["tokens"][&w.uids[1]]["requests"].clone();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -680,6 +690,32 @@ async fn an_expired_token_stops_while_the_other_carries_on() {
     let pid = w.daemon.as_ref().unwrap().child.id() as i32;
     unsafe {
         libc::kill(pid, libc::SIGHUP);
+    }
+    // Right after the reload `tokens` and /healthz tell the truth: the renewed token is
+    // healthy again (not "unknown" until some later change).
+    let start = Instant::now();
+    loop {
+        let out = w.env.cli(&["tokens", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let healthy = v["tokens"].as_array().is_some_and(|t| {
+            t.iter()
+                .filter(|t| t["name"] == "beta")
+                .all(|t| t["health"] == "healthy")
+        });
+        let hz: Value = reqwest::get(w.env.api_url("/healthz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if healthy && hz["status"] == "ok" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "after reload: {v} {hz}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let events = w.wait_settled(Duration::from_secs(90)).await;
     assert_eq!(events.len(), a.len() + b.len());

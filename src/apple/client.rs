@@ -103,6 +103,8 @@ struct Inner {
     base: Url,
     service: RwLock<Option<ServiceState>>,
     tokens: Mutex<HashMap<String, Arc<TokenSlot>>>,
+    /// Bumped whenever a token's health may have changed; see [`AppleClient::health_changes`].
+    health: tokio::sync::watch::Sender<u64>,
 }
 
 struct ServiceState {
@@ -209,6 +211,7 @@ impl AppleClient {
                 base,
                 service: RwLock::new(None),
                 tokens: Mutex::new(HashMap::new()),
+                health: tokio::sync::watch::channel(0).0,
             }),
         })
     }
@@ -227,6 +230,7 @@ impl AppleClient {
             st.gate.set_rps(rps);
             st.gate.reset_health();
         };
+        self.health_changed();
         // Apple limits requests per sToken (location): two names for one content token share
         // one gate and one concurrency limit.
         let shared = tokens
@@ -260,6 +264,17 @@ impl AppleClient {
 
     pub fn remove_token(&self, name: &str) {
         lock(&self.inner.tokens).remove(name);
+        self.health_changed();
+    }
+
+    /// Wakes whenever a token's health may have changed (marked unhealthy, or reset by
+    /// [`AppleClient::set_token`]); read the health with [`AppleClient::token_health`].
+    pub fn health_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.health.subscribe()
+    }
+
+    fn health_changed(&self) {
+        self.inner.health.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     pub fn token_health(&self, name: &str) -> Option<TokenHealth> {
@@ -619,15 +634,16 @@ impl AppleClient {
         };
         metrics.api_request(token, call.endpoint, &status);
         let now = self.inner.clock.now();
-        {
+        let became_unhealthy = {
             let mut st = lock(&slot.state);
+            let was_healthy = st.gate.unhealthy().is_none();
             st.gate.on_completed(sent, now);
             st.gate.on_outcome(now, &Outcome::from_result(&result));
-        }
-        if let Err(e) = &result {
-            if e.is_token_problem() {
-                tracing::warn!(token, error = %e, "token marked unhealthy");
-            }
+            was_healthy && st.gate.unhealthy().is_some()
+        };
+        if became_unhealthy {
+            // Logged by the health writer, once per change.
+            self.health_changed();
         }
         Attempt {
             result: result.map_err(|e| e.redact(stoken.expose())),

@@ -1,12 +1,16 @@
-//! The pure core: the event lifecycle of design §2, poll scheduling and sync coalescing.
-//! No IO, no clock reads, no async runtime: `now` is always an argument.
+//! The pure core: the event lifecycle (docs/lifecycle.md), poll scheduling, sync coalescing
+//! and the bookkeeping of what is durable. No IO, no clock reads, no async runtime: `now` is
+//! always an argument.
 //!
 //! Driving rule (as in str0m/quinn): after every input (`track`, `notification`,
-//! `status_result`, `resubmit_result`, `request_sync`, `sync_finished`, `timeout`), drain
-//! [`Core::poll_action`] until it returns `None`, then sleep until [`Core::poll_timeout`].
-//! Every outbound action that needs an answer ([`Action::Poll`], [`Action::Resubmit`],
-//! [`Action::StartSync`]) has a matching input, so the core always knows what is in flight.
-//! A spurious or early `timeout` is a no-op.
+//! `status_result`, `resubmit_result`, `request_sync`, `sync_finished`, `persisted`,
+//! `timeout`), drain [`Core::poll_action`] until it returns `None`, then sleep until
+//! [`Core::poll_timeout`]. Every outbound action has a matching input ([`Action::Persist`] →
+//! [`Core::persisted`], [`Action::Poll`] → [`Core::status_result`], [`Action::Resubmit`] →
+//! [`Core::resubmit_result`], [`Action::StartSync`] → [`Core::sync_finished`]), so the core
+//! always knows what is in flight and what is durable. A spurious or early `timeout` is a
+//! no-op. Outputs are deterministic for a given input sequence and jitter seed: every map
+//! that is iterated is ordered.
 //!
 //! Invariants kept here (and property-tested):
 //! - `settled` is final; settled events leave memory after their last [`Change`].
@@ -15,245 +19,33 @@
 //!   after its outcome was recorded completes (and is full when the event needs it). "After"
 //!   is causal (by sync id), not by wall clock, which may step back.
 //! - History only grows: every state or outcome change emits a [`HistoryEntry`].
+//! - A change whose commit failed is retried (merged with later ones, bounded); it never
+//!   makes the changes of other events fail.
 
 pub mod backoff;
 pub mod model;
+pub mod periodic;
+mod persist;
+mod record;
+pub mod sync;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::time::Timestamp;
 pub use model::{EventType, Failure, Outcome, State, SyncKind};
+pub use record::{
+    Action, Change, EventRecord, FailureSource, HistoryEntry, NotificationInput, Persisted,
+    PollRecord, StatusResult, SyncOutcome, Timings, TrackDecision, TrackRequest,
+};
+pub use sync::{SyncState, MAX_UNWAITED_SYNC_ATTEMPTS};
 
-/// Attempts of a failed sync that no event waits on, before it is left to the next request.
-pub const MAX_UNWAITED_SYNC_ATTEMPTS: u32 = 5;
-
-/// The timings of design §4 `[reconcile]`, plus the bounds the core enforces.
-#[derive(Clone, Debug)]
-pub struct Timings {
-    pub notification_grace: Duration,
-    pub poll_min: Duration,
-    pub poll_max: Duration,
-    pub resubmit_after: Duration,
-    pub give_up_after: Duration,
-    /// Seeds poll jitter; fixed in tests so schedules are exact.
-    pub jitter_seed: u64,
-    /// Polls and resubmissions in flight per token; more due events wait their turn.
-    pub max_in_flight_per_token: usize,
-    /// Backoff cap for retrying failed syncs.
-    pub sync_retry_max: Duration,
-    /// Least time between the starts of two runs of one (token, kind).
-    pub sync_min_interval: Duration,
-}
-
-impl Default for Timings {
-    fn default() -> Self {
-        Timings {
-            notification_grace: Duration::from_secs(300),
-            poll_min: Duration::from_secs(30),
-            poll_max: Duration::from_secs(600),
-            resubmit_after: Duration::from_secs(600),
-            give_up_after: Duration::from_secs(86_400),
-            jitter_seed: 0,
-            max_in_flight_per_token: 10,
-            sync_retry_max: Duration::from_secs(600),
-            sync_min_interval: Duration::from_secs(30),
-        }
-    }
-}
-
-/// One tracked event as persisted. The store writes exactly this; recovery reads it back.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventRecord {
-    pub event_id: String,
-    pub token: String,
-    pub event_type: EventType,
-    pub state: State,
-    pub outcome: Option<Outcome>,
-    pub tracked_at: Timestamp,
-    pub submitted_at: Timestamp,
-    pub settled_at: Option<Timestamp>,
-    /// When the current outcome was recorded; a settling sync must start at or after it.
-    pub outcome_at: Option<Timestamp>,
-    /// Entities Apple must process; from the request body or Event Status.
-    pub num_requested: Option<u32>,
-    pub num_completed: u32,
-    /// Entities covered by SUCCESS / FAILURE notifications so far.
-    pub notified_success: u32,
-    pub notified_failure: u32,
-    pub polls: u32,
-    pub last_poll_at: Option<Timestamp>,
-    pub backoff_attempt: u32,
-    /// When the core next looks at this event; `None` once it no longer polls.
-    pub next_check_at: Option<Timestamp>,
-    /// The daemon holds the request body, so it may resubmit.
-    pub has_request: bool,
-    pub resubmitted: bool,
-    pub superseded_by: Option<String>,
-    pub supersedes: Option<String>,
-    /// Removals are invisible to incremental assignment syncs, so disassociate and revoke
-    /// events need a full one.
-    pub needs_full_sync: bool,
-}
-
-/// What the tracker tells us about a new event.
-#[derive(Clone, Debug)]
-pub struct TrackRequest {
-    pub event_id: String,
-    pub token: String,
-    pub event_type: EventType,
-    pub submitted_at: Option<Timestamp>,
-    pub num_requested: Option<u32>,
-    pub has_request: bool,
-    pub supersedes: Option<String>,
-}
-
-impl EventRecord {
-    /// The record of a newly tracked event: pending, first check after the notification
-    /// grace period counted from submission.
-    pub fn new_tracked(now: Timestamp, req: TrackRequest, timings: &Timings) -> EventRecord {
-        let submitted_at = req.submitted_at.unwrap_or(now).min(now);
-        let first_check = submitted_at
-            .saturating_add(timings.notification_grace)
-            .max(now);
-        EventRecord {
-            event_id: req.event_id,
-            token: req.token,
-            event_type: req.event_type,
-            state: State::Pending,
-            outcome: None,
-            tracked_at: now,
-            submitted_at,
-            settled_at: None,
-            outcome_at: None,
-            num_requested: req.num_requested,
-            num_completed: 0,
-            notified_success: 0,
-            notified_failure: 0,
-            polls: 0,
-            last_poll_at: None,
-            backoff_attempt: 0,
-            next_check_at: Some(first_check),
-            has_request: req.has_request,
-            resubmitted: req.supersedes.is_some(),
-            superseded_by: None,
-            supersedes: req.supersedes,
-            needs_full_sync: matches!(req.event_type, EventType::Disassociate | EventType::Revoke),
-        }
-    }
-}
-
-/// One history row: appended on every state or outcome change and notable step.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HistoryEntry {
-    pub at: Timestamp,
-    pub from: Option<State>,
-    pub to: State,
-    pub outcome: Option<Outcome>,
-    pub cause: String,
-}
-
-/// One answered Event Status call.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PollRecord {
-    pub at: Timestamp,
-    pub result: String,
-    pub detail: Option<String>,
-}
-
-/// Where a recorded failure came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureSource {
-    Notification,
-    Status,
-}
-
-impl FailureSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureSource::Notification => "notification",
-            FailureSource::Status => "status",
-        }
-    }
-}
-
-/// A change to persist in one transaction: the event's new snapshot plus what to append.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    pub event: EventRecord,
-    /// The row does not exist yet (a resubmission's new event).
-    pub insert: bool,
-    /// Copy the request body from this event (resubmission).
-    pub copy_request_from: Option<String>,
-    pub history: Vec<HistoryEntry>,
-    pub failures: Vec<(FailureSource, Failure)>,
-    pub applied_notifications: Vec<String>,
-    pub poll: Option<PollRecord>,
-    /// State or outcome changed: the outcome feed must show this event again.
-    pub feed: bool,
-}
-
-/// An ASSET_MANAGEMENT / USER_MANAGEMENT notification, reduced to what the core needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NotificationInput {
-    pub notification_id: String,
-    pub token: String,
-    pub event_id: String,
-    pub success: bool,
-    /// Entities (assignments or users) this chunk covers.
-    pub entities: u32,
-    pub error: Option<Failure>,
-}
-
-/// The answer to an [`Action::Poll`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StatusResult {
-    Pending,
-    Complete {
-        num_requested: u32,
-        num_completed: u32,
-    },
-    Failed {
-        num_requested: u32,
-        num_completed: u32,
-        failures: Vec<Failure>,
-    },
-    /// Apple does not know the eventId (9708).
-    NotFound,
-    /// No answer this time (5xx, 429, timeout, unhealthy token): try again, not before
-    /// `not_before` if given.
-    Retry {
-        not_before: Option<Timestamp>,
-        reason: String,
-    },
-}
-
-/// Effects for the adapters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Persist this change (one transaction with the others of the same turn).
-    Persist(Box<Change>),
-    /// Call Event Status; answer with [`Core::status_result`].
-    Poll { token: String, event_id: String },
-    /// Resubmit the stored request body; answer with [`Core::resubmit_result`].
-    Resubmit {
-        token: String,
-        event_id: String,
-        event_type: EventType,
-    },
-    /// Run a sync; answer with [`Core::sync_finished`].
-    StartSync {
-        sync_id: u64,
-        token: String,
-        kind: SyncKind,
-        full: bool,
-        cause: String,
-    },
-}
+pub use persist::MAX_PERSIST_ATTEMPTS;
 
 #[derive(Debug)]
 struct Tracked {
     rec: EventRecord,
+    /// Its row exists in the store (recovered, or an insert confirmed by `persisted`).
+    durable: bool,
     in_flight: bool,
     /// Notification ids applied in this process's lifetime; the store dedupes across restarts.
     seen: Vec<String>,
@@ -271,51 +63,44 @@ struct TokenQueue {
     in_flight: usize,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct RunningSync {
-    id: u64,
-    full: bool,
-}
-
-#[derive(Default, Debug)]
-struct SyncSlot {
-    running: Option<RunningSync>,
-    /// Another run is wanted after the current one (`Some(full)`).
-    queued: Option<bool>,
-    queued_cause: String,
-    /// After a failed run, or too soon after the last start, the next may not start before
-    /// this.
-    retry_at: Option<Timestamp>,
-    last_started: Option<Timestamp>,
-    failures: u32,
-    waiting: BTreeSet<String>,
-}
-
 /// The event core. See the module docs for the driving rule.
 pub struct Core {
     timings: Timings,
+    /// Looked up by id only, never iterated: a hash map is fine here.
     events: HashMap<String, Tracked>,
-    queues: HashMap<String, TokenQueue>,
-    syncs: HashMap<(String, SyncKind), SyncSlot>,
-    sync_index: HashMap<u64, (String, SyncKind)>,
-    next_sync_id: u64,
+    queues: BTreeMap<String, TokenQueue>,
+    syncs: sync::Syncs,
     actions: VecDeque<Action>,
     /// Events that settled while their resubmission was in flight: its answer is a live
     /// Apple event that must still be tracked.
-    orphaned_resubmits: HashMap<String, EventRecord>,
+    orphaned_resubmits: BTreeMap<String, EventRecord>,
+    unpersisted: BTreeMap<String, persist::Unpersisted>,
+    /// Failed commit attempts per event, cleared when one of its changes commits.
+    persist_attempts: BTreeMap<String, u32>,
+    persist_retry_at: Option<Timestamp>,
+    /// Events given up on after [`MAX_PERSIST_ATTEMPTS`], for the executor to report.
+    abandoned: Vec<String>,
 }
 
 impl Core {
     pub fn new(timings: Timings, next_sync_id: u64) -> Core {
         Core {
+            syncs: sync::Syncs::new(
+                next_sync_id,
+                timings.sync_min_interval,
+                timings.poll_min,
+                timings.sync_retry_max,
+                timings.jitter_seed,
+            ),
             timings,
             events: HashMap::new(),
-            queues: HashMap::new(),
-            syncs: HashMap::new(),
-            sync_index: HashMap::new(),
-            next_sync_id: next_sync_id.max(1),
+            queues: BTreeMap::new(),
             actions: VecDeque::new(),
-            orphaned_resubmits: HashMap::new(),
+            orphaned_resubmits: BTreeMap::new(),
+            unpersisted: BTreeMap::new(),
+            persist_attempts: BTreeMap::new(),
+            persist_retry_at: None,
+            abandoned: Vec::new(),
         }
     }
 
@@ -343,7 +128,7 @@ impl Core {
             return;
         }
         let id = rec.event_id.clone();
-        self.insert(rec);
+        self.insert(rec, true);
         if let Some(t) = self.events.get(&id) {
             if t.rec.state == State::Syncing {
                 let rec = t.rec.clone();
@@ -355,19 +140,45 @@ impl Core {
         }
     }
 
-    /// A newly tracked event (already committed by the store), with notifications that
-    /// arrived before it.
-    pub fn track(&mut self, now: Timestamp, rec: EventRecord, notes: Vec<NotificationInput>) {
-        if self.events.contains_key(&rec.event_id) || rec.state == State::Settled {
-            return;
+    /// A newly tracked event. Emits the [`Action::Persist`] that inserts it (with the
+    /// request body, if any); notifications that arrived before it are fed once that commits
+    /// (the store keeps them). Idempotent for the same token and type.
+    pub fn track(
+        &mut self,
+        now: Timestamp,
+        rec: EventRecord,
+        request_body: Option<String>,
+    ) -> TrackDecision {
+        if let Some(t) = self.events.get(&rec.event_id) {
+            return if t.rec.token == rec.token && t.rec.event_type == rec.event_type {
+                TrackDecision::Existing {
+                    record: t.rec.clone(),
+                    durable: t.durable,
+                }
+            } else {
+                TrackDecision::Conflict {
+                    token: t.rec.token.clone(),
+                    event_type: t.rec.event_type,
+                }
+            };
         }
-        self.insert(rec);
-        for n in notes {
-            self.notification(now, n);
-        }
+        let mut change = Change::of(&rec);
+        change.insert = true;
+        change.feed = true;
+        change.request_body = request_body;
+        change.history.push(HistoryEntry {
+            at: now,
+            from: None,
+            to: rec.state,
+            outcome: rec.outcome,
+            cause: "tracked".into(),
+        });
+        self.emit_persist(change);
+        self.insert(rec.clone(), false);
+        TrackDecision::Created(rec)
     }
 
-    fn insert(&mut self, mut rec: EventRecord) {
+    fn insert(&mut self, mut rec: EventRecord, durable: bool) {
         if rec.state == State::Pending && rec.next_check_at.is_none() {
             rec.next_check_at = Some(rec.submitted_at);
         }
@@ -385,6 +196,7 @@ impl Core {
             rec.event_id.clone(),
             Tracked {
                 rec,
+                durable,
                 in_flight: false,
                 seen: Vec::new(),
                 outcome_seq: 0,
@@ -408,7 +220,7 @@ impl Core {
         }
         t.seen.push(n.notification_id.clone());
         let before = t.rec.clone();
-        let mut change = change_for(&t.rec);
+        let mut change = Change::of(&t.rec);
         change.applied_notifications.push(n.notification_id.clone());
         if n.success {
             t.rec.notified_success = t.rec.notified_success.saturating_add(n.entities);
@@ -474,7 +286,7 @@ impl Core {
             return;
         }
         let before = t.rec.clone();
-        let mut change = change_for(&t.rec);
+        let mut change = Change::of(&t.rec);
         let rec = &mut t.rec;
         let (label, detail, next) = match result {
             StatusResult::Pending => {
@@ -545,7 +357,7 @@ impl Core {
                 ("RETRY".to_string(), Some(reason), Next::RetryAt(not_before))
             }
         };
-        change.poll = Some(PollRecord {
+        change.polls.push(PollRecord {
             at: now,
             result: label.clone(),
             detail,
@@ -587,7 +399,7 @@ impl Core {
             }
         }
         let before = t.rec.clone();
-        let change = change_for(&t.rec);
+        let change = Change::of(&t.rec);
         match result {
             Ok(new_id) if !self.events.contains_key(&new_id) && new_id != old_id => {
                 let Some(t) = self.events.get_mut(old_id) else {
@@ -642,23 +454,19 @@ impl Core {
             },
             &self.timings,
         );
-        self.actions.push_back(Action::Persist(Box::new(Change {
-            event: new_rec.clone(),
-            insert: true,
-            copy_request_from: Some(old_id.clone()),
-            history: vec![HistoryEntry {
-                at: now,
-                from: None,
-                to: State::Pending,
-                outcome: None,
-                cause: format!("tracked as the resubmission of {old_id}"),
-            }],
-            failures: vec![],
-            applied_notifications: vec![],
-            poll: None,
-            feed: true,
-        })));
-        self.insert(new_rec);
+        let mut change = Change::of(&new_rec);
+        change.insert = true;
+        change.copy_request_from = Some(old_id.clone());
+        change.feed = true;
+        change.history.push(HistoryEntry {
+            at: now,
+            from: None,
+            to: State::Pending,
+            outcome: None,
+            cause: format!("tracked as the resubmission of {old_id}"),
+        });
+        self.emit_persist(change);
+        self.insert(new_rec, false);
     }
 
     /// Asks for a sync of `kind` for `token`. Coalesced: at most one runs per (token, kind);
@@ -671,89 +479,36 @@ impl Core {
         full: bool,
         cause: &str,
     ) {
-        let key = (token.to_string(), kind);
-        let slot = self.syncs.entry(key.clone()).or_default();
-        let full = full || !kind.supports_incremental();
-        match slot.queued {
-            Some(f) => slot.queued = Some(f || full),
-            None => {
-                slot.queued = Some(full);
-                slot.queued_cause = cause.to_string();
-            }
-        }
-        self.maybe_start_sync(now, &key);
+        let mut out = Vec::new();
+        self.syncs
+            .request(now, &(token.to_string(), kind), full, cause, &mut out);
+        self.actions.extend(out);
     }
 
-    fn maybe_start_sync(&mut self, now: Timestamp, key: &(String, SyncKind)) {
-        let Some(slot) = self.syncs.get_mut(key) else {
-            return;
-        };
-        if slot.running.is_some() || slot.retry_at.is_some_and(|r| r > now) || slot.queued.is_none()
-        {
-            return;
-        }
-        // Outcomes trickle in; starting runs back to back would fetch the same pages again and
-        // again. Waiting out `sync_min_interval` lets one run cover all of them.
-        if let Some(last) = slot.last_started {
-            let earliest = last.saturating_add(self.timings.sync_min_interval);
-            if now < earliest && now >= last {
-                slot.retry_at = Some(earliest);
-                return;
-            }
-        }
-        let Some(full) = slot.queued.take() else {
-            return;
-        };
-        slot.retry_at = None;
-        slot.last_started = Some(now);
-        let id = self.next_sync_id;
-        self.next_sync_id += 1;
-        slot.running = Some(RunningSync { id, full });
-        self.sync_index.insert(id, key.clone());
-        self.actions.push_back(Action::StartSync {
-            sync_id: id,
-            token: key.0.clone(),
-            kind: key.1,
-            full,
-            cause: std::mem::take(&mut slot.queued_cause),
-        });
-    }
-
-    /// A sync run ended. On success every event waiting for a sync of this kind whose
-    /// outcome predates the run's start settles.
-    pub fn sync_finished(&mut self, now: Timestamp, sync_id: u64, ok: bool) {
-        let Some(key) = self.sync_index.remove(&sync_id) else {
-            return;
-        };
-        let Some(slot) = self.syncs.get_mut(&key) else {
-            return;
-        };
-        let Some(run) = slot.running.filter(|r| r.id == sync_id) else {
-            return;
-        };
-        slot.running = None;
-        if ok {
-            slot.failures = 0;
+    /// A sync run ended. When it succeeded, every event waiting for a sync of this kind
+    /// whose outcome predates the run's start settles.
+    pub fn sync_finished(&mut self, now: Timestamp, sync_id: u64, outcome: SyncOutcome) {
+        let mut out = Vec::new();
+        let done = self.syncs.finished(now, sync_id, &outcome, &mut out);
+        if let Some((key, run, waiting)) = done {
             let events = &self.events;
-            let covered: Vec<String> = slot
-                .waiting
-                .iter()
+            let covered: Vec<String> = waiting
+                .into_iter()
                 .filter(|id| {
-                    events.get(*id).is_some_and(|t| {
+                    events.get(id).is_some_and(|t| {
                         t.rec.outcome_at.is_some()
                             && t.outcome_seq <= run.id
                             && (run.full || !t.rec.needs_full_sync)
                     })
                 })
-                .cloned()
                 .collect();
             for id in &covered {
-                slot.waiting.remove(id);
+                self.syncs.unwait(&key, id);
             }
             for id in covered {
                 if let Some(t) = self.events.get(&id) {
                     let before = t.rec.clone();
-                    let change = change_for(&t.rec);
+                    let change = Change::of(&t.rec);
                     self.after_change(
                         now,
                         before,
@@ -763,28 +518,8 @@ impl Core {
                     );
                 }
             }
-        } else {
-            slot.failures = slot.failures.saturating_add(1);
-            let delay = backoff::delay(
-                slot.failures - 1,
-                self.timings.poll_min,
-                self.timings.sync_retry_max,
-                backoff::seed_for(self.timings.jitter_seed, &key.0) ^ sync_id,
-            );
-            slot.retry_at = Some(now.saturating_add(delay));
-            // Run again later, keeping the fuller of the two: always while events wait on it;
-            // otherwise (an assets sync for counts, a hint) a bounded number of times.
-            if !slot.waiting.is_empty()
-                || slot.queued.is_some()
-                || slot.failures < MAX_UNWAITED_SYNC_ATTEMPTS
-            {
-                slot.queued = Some(slot.queued.unwrap_or(false) || run.full);
-                if slot.queued_cause.is_empty() {
-                    slot.queued_cause = format!("retry after failed sync {sync_id}");
-                }
-            }
         }
-        self.maybe_start_sync(now, &key);
+        self.actions.extend(out);
     }
 
     /// Time passes: fire due polls, give-ups and sync retries.
@@ -805,18 +540,10 @@ impl Core {
                 self.fire(now, &id);
             }
         }
-        let keys: Vec<(String, SyncKind)> = self
-            .syncs
-            .iter()
-            .filter(|(_, s)| s.retry_at.is_some_and(|r| r <= now) && s.running.is_none())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
-            if let Some(s) = self.syncs.get_mut(&k) {
-                s.retry_at = None;
-            }
-            self.maybe_start_sync(now, &k);
-        }
+        let mut out = Vec::new();
+        self.syncs.timeout(now, &mut out);
+        self.actions.extend(out);
+        self.retry_persists(now);
     }
 
     fn fire(&mut self, now: Timestamp, id: &str) {
@@ -832,7 +559,7 @@ impl Core {
             .saturating_add(self.timings.give_up_after);
         if now >= give_up_at {
             let before = t.rec.clone();
-            let change = change_for(&t.rec);
+            let change = Change::of(&t.rec);
             t.rec.outcome = Some(Outcome::TimedOut);
             t.rec.outcome_at = Some(now);
             let cause = format!(
@@ -860,7 +587,7 @@ impl Core {
                 return;
             }
         }
-        let mut change = change_for(&t.rec);
+        let mut change = Change::of(&t.rec);
         t.in_flight = true;
         t.rec.polls = t.rec.polls.saturating_add(1);
         t.rec.last_poll_at = Some(now);
@@ -868,7 +595,7 @@ impl Core {
         let token = t.rec.token.clone();
         change.event = t.rec.clone();
         self.queues.entry(token.clone()).or_default().in_flight += 1;
-        self.actions.push_back(Action::Persist(Box::new(change)));
+        self.emit_persist(change);
         self.actions.push_back(Action::Poll {
             token,
             event_id: id.to_string(),
@@ -887,7 +614,7 @@ impl Core {
     ) {
         let id = before.event_id.clone();
         let timings = self.timings.clone();
-        let next_sync_id = self.next_sync_id;
+        let next_sync_id = self.syncs.next_id();
         let Some(t) = self.events.get_mut(&id) else {
             return;
         };
@@ -975,7 +702,7 @@ impl Core {
                 .due
                 .insert((at, id.clone()));
         }
-        self.actions.push_back(Action::Persist(Box::new(change)));
+        self.emit_persist(change);
         if resubmit {
             self.actions.push_back(Action::Resubmit {
                 token: rec.token.clone(),
@@ -1005,12 +732,8 @@ impl Core {
     }
 
     fn enter_waiting(&mut self, now: Timestamp, rec: &EventRecord, cause: &str) {
-        let settling = rec.event_type.settling_sync();
-        self.syncs
-            .entry((rec.token.clone(), settling))
-            .or_default()
-            .waiting
-            .insert(rec.event_id.clone());
+        let key = (rec.token.clone(), rec.event_type.settling_sync());
+        self.syncs.wait(&key, &rec.event_id);
         let why = format!("event {} ({cause})", rec.event_id);
         for kind in rec.event_type.sync_kinds() {
             let full = rec.needs_full_sync && *kind == SyncKind::Assignments;
@@ -1019,12 +742,8 @@ impl Core {
     }
 
     fn remove_waiting(&mut self, rec: &EventRecord) {
-        if let Some(slot) = self
-            .syncs
-            .get_mut(&(rec.token.clone(), rec.event_type.settling_sync()))
-        {
-            slot.waiting.remove(&rec.event_id);
-        }
+        let key = (rec.token.clone(), rec.event_type.settling_sync());
+        self.syncs.unwait(&key, &rec.event_id);
     }
 
     /// Drains the next effect.
@@ -1041,16 +760,10 @@ impl Core {
             .filter(|q| q.in_flight < self.timings.max_in_flight_per_token)
             .filter_map(|q| q.due.first().map(|(at, _)| *at))
             .min();
-        let syncs = self
-            .syncs
-            .values()
-            .filter(|s| s.running.is_none())
-            .filter_map(|s| s.retry_at)
-            .min();
-        match (polls, syncs) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [polls, self.syncs.next_timeout(), self.persist_retry_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Events due at or before `now`, without firing them (for inspection and benchmarks).
@@ -1061,11 +774,9 @@ impl Core {
             .sum()
     }
 
-    /// Sync state for inspection: (running sync id, queued, waiting events).
-    pub fn sync_state(&self, token: &str, kind: SyncKind) -> Option<(Option<u64>, bool, usize)> {
-        self.syncs
-            .get(&(token.to_string(), kind))
-            .map(|s| (s.running.map(|r| r.id), s.queued.is_some(), s.waiting.len()))
+    /// Sync state of one (token, kind): running run, queued run and when it may start.
+    pub fn sync_state(&self, token: &str, kind: SyncKind) -> Option<SyncState> {
+        self.syncs.state(&(token.to_string(), kind))
     }
 }
 
@@ -1077,19 +788,6 @@ enum Next {
     Resubmit,
     Sync,
     Settle,
-}
-
-fn change_for(rec: &EventRecord) -> Change {
-    Change {
-        event: rec.clone(),
-        insert: false,
-        copy_request_from: None,
-        history: Vec::new(),
-        failures: Vec::new(),
-        applied_notifications: Vec::new(),
-        poll: None,
-        feed: false,
-    }
 }
 
 #[cfg(test)]

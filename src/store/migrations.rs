@@ -158,6 +158,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN mdm_info TEXT;
     ALTER TABLE tokens ADD COLUMN client_config TEXT;
     "#,
+    // 3: the feed's sequence as a counter of its own, so pruning the newest settled event
+    // can never hand out its seq again.
+    r#"
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value)
+        SELECT 'change_seq', COALESCE(MAX(change_seq), 0) FROM events;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

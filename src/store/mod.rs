@@ -184,13 +184,14 @@ impl Store {
 
     /// Queues a write without waiting for it; `on_commit` gets the result after commit. Used
     /// by the executor so that its loop never waits on disk.
-    pub async fn write_detached<F>(
+    pub async fn write_detached<R, F>(
         &self,
         f: F,
-        on_commit: oneshot::Sender<Result<(), StoreError>>,
+        on_commit: oneshot::Sender<Result<R, StoreError>>,
     ) -> Result<(), StoreError>
     where
-        F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let job: Job = Box::new(move |conn| {
             let result = f(conn);

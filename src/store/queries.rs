@@ -64,61 +64,14 @@ fn event_at(r: &Row<'_>, o: usize) -> rusqlite::Result<EventRecord> {
     })
 }
 
+/// Takes the next feed sequence number. A counter of its own (not `MAX(change_seq)`), so a
+/// number is never handed out twice, also after retention pruned the rows holding it.
 fn next_change_seq(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row(
-        "SELECT COALESCE(MAX(change_seq), 0) + 1 FROM events",
-        [],
-        |r| r.get(0),
-    )?)
-}
-
-/// Result of [`insert_tracked`].
-#[derive(Debug)]
-pub enum TrackOutcome {
-    /// Inserted; these notifications arrived before the event and are yet to be applied.
-    Created(Vec<NotificationInput>),
-    /// The eventId is already tracked, with this token and type.
-    Exists {
-        token: String,
-        event_type: EventType,
-    },
-}
-
-/// Inserts a newly tracked event with its first history row, unless the eventId exists.
-pub fn insert_tracked(
-    conn: &Connection,
-    rec: &EventRecord,
-    request: Option<&str>,
-    cause: &str,
-) -> Result<TrackOutcome, StoreError> {
-    let existing: Option<(String, String)> = conn
-        .query_row(
-            "SELECT token, type FROM events WHERE event_id = ?1",
-            [&rec.event_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    if let Some((token, t)) = existing {
-        let event_type = t.parse::<EventType>().map_err(StoreError::Corrupt)?;
-        return Ok(TrackOutcome::Exists { token, event_type });
-    }
-    let seq = next_change_seq(conn)?;
-    write_event(conn, rec, true, Some(seq))?;
-    if let Some(body) = request {
-        conn.execute(
-            "UPDATE events SET request = ?2 WHERE event_id = ?1",
-            params![rec.event_id, body],
-        )?;
-    }
-    conn.execute(
-        "INSERT INTO event_history (event_id, at, from_state, to_state, outcome, cause) \
-         VALUES (?1, ?2, NULL, ?3, NULL, ?4)",
-        params![rec.event_id, rec.tracked_at.0, rec.state.as_str(), cause],
-    )?;
-    Ok(TrackOutcome::Created(unapplied_notifications_for(
-        conn,
-        &rec.event_id,
-    )?))
+    Ok(conn
+        .prepare_cached(
+            "UPDATE counters SET value = value + 1 WHERE name = 'change_seq' RETURNING value",
+        )?
+        .query_row([], |r| r.get(0))?)
 }
 
 fn write_event(
@@ -180,74 +133,94 @@ fn write_event(
     Ok(())
 }
 
-/// Applies the core's changes of one executor turn (the caller's transaction makes them
-/// atomic together).
-pub fn apply_changes(conn: &Connection, changes: &[Change]) -> Result<(), StoreError> {
-    let mut seq: Option<i64> = None;
-    for c in changes {
-        let s = if c.feed || c.insert {
-            let next = match seq {
-                Some(s) => s + 1,
-                None => next_change_seq(conn)?,
-            };
-            seq = Some(next);
-            Some(next)
+/// Applies the core's changes of one executor turn, each in a savepoint of its own: a change
+/// that fails is undone alone and reported, the others stay (and commit with the turn).
+/// Returns, per change, `None` or why it failed.
+pub fn apply_changes(conn: &Connection, changes: &[Change]) -> Vec<Option<String>> {
+    changes
+        .iter()
+        .map(|c| {
+            if let Err(e) = conn.execute_batch("SAVEPOINT change") {
+                return Some(e.to_string());
+            }
+            match apply_change(conn, c) {
+                Ok(()) => {
+                    let _ = conn.execute_batch("RELEASE change");
+                    None
+                }
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK TO change; RELEASE change");
+                    Some(e.to_string())
+                }
+            }
+        })
+        .collect()
+}
+
+fn apply_change(conn: &Connection, c: &Change) -> Result<(), StoreError> {
+    if !c.rows_only {
+        let seq = if c.feed || c.insert {
+            Some(next_change_seq(conn)?)
         } else {
             None
         };
-        write_event(conn, &c.event, c.insert, s)?;
+        write_event(conn, &c.event, c.insert, seq)?;
+        if let Some(body) = &c.request_body {
+            conn.prepare_cached("UPDATE events SET request = ?2 WHERE event_id = ?1")?
+                .execute(params![c.event.event_id, body])?;
+        }
         if let Some(from) = &c.copy_request_from {
-            conn.execute(
+            conn.prepare_cached(
                 "UPDATE events SET request = (SELECT request FROM events WHERE event_id = ?2) \
                  WHERE event_id = ?1",
-                params![c.event.event_id, from],
-            )?;
-        }
-        let mut hist = conn.prepare_cached(
-            "INSERT INTO event_history (event_id, at, from_state, to_state, outcome, cause) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for h in &c.history {
-            hist.execute(params![
-                c.event.event_id,
-                h.at.0,
-                h.from.map(State::as_str),
-                h.to.as_str(),
-                h.outcome.map(Outcome::as_str),
-                h.cause
-            ])?;
-        }
-        let mut fail = conn.prepare_cached(
-            "INSERT INTO failures (event_id, at, source, error_number, error_message, error_info) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        let at = c
-            .history
-            .last()
-            .map(|h| h.at.0)
-            .unwrap_or(c.event.tracked_at.0);
-        for (source, f) in &c.failures {
-            fail.execute(params![
-                c.event.event_id,
-                at,
-                source.as_str(),
-                f.error_number,
-                f.error_message,
-                f.error_info.as_ref().map(|v| v.to_string())
-            ])?;
-        }
-        let mut applied = conn.prepare_cached(
-            "UPDATE notifications SET applied_at = ?2 WHERE notification_id = ?1 AND applied_at IS NULL",
-        )?;
-        for id in &c.applied_notifications {
-            applied.execute(params![id, at])?;
-        }
-        if let Some(p) = &c.poll {
-            conn.prepare_cached(
-                "INSERT INTO polls (event_id, at, result, detail) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![c.event.event_id, p.at.0, p.result, p.detail])?;
+            .execute(params![c.event.event_id, from])?;
         }
+    }
+    let mut hist = conn.prepare_cached(
+        "INSERT INTO event_history (event_id, at, from_state, to_state, outcome, cause) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for h in &c.history {
+        hist.execute(params![
+            c.event.event_id,
+            h.at.0,
+            h.from.map(State::as_str),
+            h.to.as_str(),
+            h.outcome.map(Outcome::as_str),
+            h.cause
+        ])?;
+    }
+    let mut fail = conn.prepare_cached(
+        "INSERT INTO failures (event_id, at, source, error_number, error_message, error_info) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let at = c
+        .history
+        .last()
+        .map(|h| h.at.0)
+        .unwrap_or(c.event.tracked_at.0);
+    for (source, f) in &c.failures {
+        fail.execute(params![
+            c.event.event_id,
+            at,
+            source.as_str(),
+            f.error_number,
+            f.error_message,
+            f.error_info.as_ref().map(|v| v.to_string())
+        ])?;
+    }
+    let mut applied = conn.prepare_cached(
+        "UPDATE notifications SET applied_at = ?2 WHERE notification_id = ?1 AND applied_at IS NULL",
+    )?;
+    for id in &c.applied_notifications {
+        applied.execute(params![id, at])?;
+    }
+    let mut polls = conn.prepare_cached(
+        "INSERT INTO polls (event_id, at, result, detail) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for p in &c.polls {
+        polls.execute(params![c.event.event_id, p.at.0, p.result, p.detail])?;
     }
     Ok(())
 }
@@ -332,6 +305,23 @@ pub fn unapplied_notifications_for(
     )?;
     let rows = stmt.query_map([event_id], notification_input)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Bodies of the notifications that change the mirror, received for `token` at or after
+/// `since`, in arrival order (for the replay after a sync).
+pub fn mirror_notification_bodies_since(
+    conn: &Connection,
+    token: &str,
+    since: Timestamp,
+) -> Result<Vec<String>, StoreError> {
+    let bodies = conn
+        .prepare_cached(
+            "SELECT body FROM notifications WHERE token = ?1 AND received_at >= ?2 \
+             AND type IN ('ASSET_MANAGEMENT', 'USER_MANAGEMENT', 'USER_ASSOCIATED') ORDER BY id",
+        )?
+        .query_map(params![token, since.0], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(bodies)
 }
 
 /// Every unsettled event, for recovery after a restart.
@@ -804,6 +794,37 @@ pub fn changes_after(
             })
         })
         .collect()
+}
+
+/// A token that is not healthy: Apple refused it, or another MDM owns its location.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnhealthyToken {
+    #[serde(skip)]
+    pub name: String,
+    pub health: String,
+    pub reason: Option<String>,
+    pub mdm_conflict: Option<String>,
+}
+
+/// Tokens that are unhealthy or in an mdmInfo conflict, for `/healthz`. Reads the small
+/// tokens table only.
+pub fn unhealthy_tokens(conn: &Connection) -> Result<Vec<UnhealthyToken>, StoreError> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT name, health, health_reason, mdm_conflict FROM tokens \
+             WHERE health = 'unhealthy' OR mdm_conflict IS NOT NULL ORDER BY name",
+        )?
+        .query_map([], |r| {
+            Ok(UnhealthyToken {
+                name: r.get(0)?,
+                health: r.get(1)?,
+                reason: r.get(2)?,
+                mdm_conflict: r.get(3)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
 }
 
 /// Token health and counts for `tokens` / `GET /v1/tokens`.

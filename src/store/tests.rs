@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::queries::{self, NewNotification, TrackOutcome};
+use super::queries::{self, NewNotification};
 use super::{migrations, mirror, Store, StoreError};
 use crate::apple::model::{Assignment, PricingParam, ResponseAsset, ResponseUser, UserStatus};
 use crate::core::{
@@ -62,6 +62,30 @@ fn migrations_are_versioned_and_idempotent() {
     ));
 }
 
+/// Inserts a newly tracked event the way the core emits it.
+fn insert_tracked(
+    c: &rusqlite::Connection,
+    r: &EventRecord,
+    body: Option<&str>,
+    _cause: &str,
+) -> Result<(), StoreError> {
+    let mut change = Change::of(r);
+    change.insert = true;
+    change.feed = true;
+    change.request_body = body.map(str::to_string);
+    change.history.push(HistoryEntry {
+        at: r.tracked_at,
+        from: None,
+        to: r.state,
+        outcome: None,
+        cause: "tracked".into(),
+    });
+    match queries::apply_changes(c, &[change]).remove(0) {
+        None => Ok(()),
+        Some(e) => Err(StoreError::Corrupt(e)),
+    }
+}
+
 #[tokio::test]
 async fn a_failing_job_rolls_back_alone() {
     let (_d, path) = temp();
@@ -70,7 +94,7 @@ async fn a_failing_job_rolls_back_alone() {
     let s1 = store.clone();
     let a = tokio::spawn(async move {
         s1.write(move |c| {
-            queries::insert_tracked(c, &rec("ok-1", now), None, "tracked")?;
+            insert_tracked(c, &rec("ok-1", now), None, "tracked")?;
             Ok(())
         })
         .await
@@ -79,7 +103,7 @@ async fn a_failing_job_rolls_back_alone() {
     let b = tokio::spawn(async move {
         s2.write(move |c| {
             // Half-done work, then a failure: none of it may stay.
-            queries::insert_tracked(c, &rec("bad", now), None, "tracked")?;
+            insert_tracked(c, &rec("bad", now), None, "tracked")?;
             Err::<(), _>(StoreError::Corrupt("boom".into()))
         })
         .await
@@ -124,22 +148,20 @@ fn tracking_is_idempotent_and_returns_early_notifications() {
         !queries::insert_notification(&c, &n).unwrap(),
         "duplicate id"
     );
-    match queries::insert_tracked(&c, &rec("e1", now), Some("{\"assets\":[]}"), "tracked").unwrap()
-    {
-        TrackOutcome::Created(notes) => {
-            assert_eq!(notes.len(), 1);
-            assert!(notes[0].success);
-            assert_eq!(notes[0].entities, 2);
-        }
-        other => panic!("{other:?}"),
-    }
-    match queries::insert_tracked(&c, &rec("e1", now), None, "tracked").unwrap() {
-        TrackOutcome::Exists { token, event_type } => {
-            assert_eq!(token, "acme");
-            assert_eq!(event_type, EventType::Associate);
-        }
-        other => panic!("{other:?}"),
-    }
+    insert_tracked(&c, &rec("e1", now), Some("{\"assets\":[]}"), "tracked").unwrap();
+    let notes = queries::unapplied_notifications_for(&c, "e1").unwrap();
+    assert_eq!(notes.len(), 1);
+    assert!(notes[0].success);
+    assert_eq!(notes[0].entities, 2);
+    assert!(
+        insert_tracked(&c, &rec("e1", now), None, "tracked").is_err(),
+        "a second insert of one eventId is refused"
+    );
+    let kept = queries::get_event(&c, "e1").unwrap().unwrap();
+    assert_eq!(
+        (kept.token.as_str(), kept.event_type),
+        ("acme", EventType::Associate)
+    );
     assert_eq!(
         queries::request_body(&c, "e1").unwrap().as_deref(),
         Some("{\"assets\":[]}")
@@ -152,7 +174,7 @@ fn changes_feed_orders_by_commit_and_history_appends() {
     let c = super::open_write_connection(&path).unwrap();
     let now = Timestamp(10_000);
     for id in ["a", "b", "c"] {
-        queries::insert_tracked(&c, &rec(id, now), None, "tracked").unwrap();
+        insert_tracked(&c, &rec(id, now), None, "tracked").unwrap();
     }
     // "a" settles later than the others were tracked: it moves to the end of the feed.
     let mut a = rec("a", now);
@@ -172,10 +194,12 @@ fn changes_feed_orders_by_commit_and_history_appends() {
         }],
         failures: vec![],
         applied_notifications: vec![],
-        poll: None,
+        polls: vec![],
         feed: true,
+        request_body: None,
+        rows_only: false,
     };
-    queries::apply_changes(&c, &[change]).unwrap();
+    assert_eq!(queries::apply_changes(&c, &[change]), vec![None]);
     let feed = queries::changes_after(&c, 0, 10).unwrap();
     let order: Vec<&str> = feed.iter().map(|f| f.event.event_id.as_str()).collect();
     assert_eq!(order, vec!["b", "c", "a"]);
@@ -194,7 +218,7 @@ fn prune_removes_old_settled_events_in_batches() {
     let old = Timestamp(1_000);
     for i in 0..5 {
         let mut r = rec(&format!("old-{i}"), old);
-        queries::insert_tracked(&c, &r, None, "tracked").unwrap();
+        insert_tracked(&c, &r, None, "tracked").unwrap();
         r.state = State::Settled;
         r.settled_at = Some(old);
         queries::apply_changes(
@@ -206,13 +230,14 @@ fn prune_removes_old_settled_events_in_batches() {
                 history: vec![],
                 failures: vec![],
                 applied_notifications: vec![],
-                poll: None,
+                polls: vec![],
                 feed: true,
+                request_body: None,
+                rows_only: false,
             }],
-        )
-        .unwrap();
+        );
     }
-    queries::insert_tracked(&c, &rec("open", old), None, "tracked").unwrap();
+    insert_tracked(&c, &rec("open", old), None, "tracked").unwrap();
     assert_eq!(queries::prune(&c, Timestamp(2_000), 3).unwrap(), 3);
     assert_eq!(queries::prune(&c, Timestamp(2_000), 3).unwrap(), 2);
     assert_eq!(queries::prune(&c, Timestamp(2_000), 3).unwrap(), 0);
@@ -301,4 +326,41 @@ fn mirror_follows_notifications_and_syncs() {
         )
         .unwrap();
     assert_eq!((total, available), (15, 14));
+}
+
+#[test]
+fn feed_seq_only_grows_across_pruning_and_reopening() {
+    let (_d, path) = temp();
+    let old = Timestamp(1_000);
+    let top = {
+        let c = super::open_write_connection(&path).unwrap();
+        insert_tracked(&c, &rec("a", old), None, "tracked").unwrap();
+        let mut b = rec("b", old);
+        insert_tracked(&c, &b, None, "tracked").unwrap();
+        b.state = State::Settled;
+        b.settled_at = Some(old);
+        let mut settle = Change::of(&b);
+        settle.feed = true;
+        assert_eq!(queries::apply_changes(&c, &[settle]), vec![None]);
+        let feed = queries::changes_after(&c, 0, 10).unwrap();
+        let top = feed.last().unwrap();
+        assert_eq!(
+            top.event.event_id, "b",
+            "the settled event holds the highest seq"
+        );
+        // Retention prunes it: its seq must never be handed out again.
+        assert_eq!(queries::prune(&c, Timestamp(2_000), 10).unwrap(), 1);
+        top.seq
+    };
+    // Reopened, as after a restart.
+    let c = super::open_write_connection(&path).unwrap();
+    insert_tracked(&c, &rec("c", old), None, "tracked").unwrap();
+    let after = queries::changes_after(&c, top, 10).unwrap();
+    assert_eq!(
+        after.len(),
+        1,
+        "a consumer resuming after {top} sees the new change"
+    );
+    assert_eq!(after[0].event.event_id, "c");
+    assert!(after[0].seq > top);
 }

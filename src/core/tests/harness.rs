@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::core::{
     Action, Change, Core, EventRecord, EventType, Failure, NotificationInput, Outcome, State,
-    StatusResult, SyncKind, Timings, TrackRequest,
+    StatusResult, SyncKind, SyncOutcome, Timings, TrackRequest,
 };
 use crate::time::Timestamp;
 
@@ -24,6 +24,11 @@ pub const HOUR: i64 = 60 * MIN;
 pub const DAY: i64 = 24 * HOUR;
 
 /// The wall-clock timestamp `ms` after [`T0`].
+/// The insert the core emits when an event is tracked (the tests look at what follows).
+pub fn is_track_insert(c: &Change) -> bool {
+    c.insert && c.copy_request_from.is_none()
+}
+
 pub fn ts(ms: i64) -> Timestamp {
     Timestamp(T0 + ms)
 }
@@ -342,8 +347,13 @@ impl Harness {
                 let rec = EventRecord::new_tracked(now, req.clone(), self.core.timings());
                 self.initial.insert(rec.event_id.clone(), rec.clone());
                 let notes = self.held.remove(&rec.event_id).unwrap_or_default();
-                fed = notes.len();
-                self.core.track(now, rec, notes);
+                // The insert, then each early notification.
+                fed = notes.len() + 1;
+                self.core.track(now, rec, None);
+                // The store hands early notifications over once the insert commits.
+                for n in notes {
+                    self.core.notification(now, n);
+                }
             }
             Input::Notify(n) if self.applied_before_crash.contains(&n.notification_id) => {
                 // The store's dedup: applied in an earlier life of the daemon.
@@ -372,7 +382,12 @@ impl Harness {
                     run.end_real = Some(real);
                     run.ok = Some(*ok);
                 }
-                self.core.sync_finished(now, *id, *ok);
+                let outcome = if *ok {
+                    SyncOutcome::Ok
+                } else {
+                    SyncOutcome::Transient("test".into())
+                };
+                self.core.sync_finished(now, *id, outcome);
             }
             Input::RequestSync(token, kind, full) => {
                 self.core.request_sync(now, token, *kind, *full, "test");
@@ -447,7 +462,9 @@ impl Harness {
         for (i, s) in self.steps.iter().enumerate() {
             for a in &s.actions {
                 if let Action::Persist(c) = a {
-                    out.push((i, (**c).clone()));
+                    if !is_track_insert(c) {
+                        out.push((i, (**c).clone()));
+                    }
                 }
             }
         }
@@ -586,7 +603,7 @@ impl Harness {
         for (i, s) in self.steps.iter().enumerate() {
             for a in &s.actions {
                 if let Action::Persist(c) = a {
-                    if c.event.event_id == id {
+                    if c.event.event_id == id && !is_track_insert(c) {
                         out.push((i, &**c));
                     }
                 }

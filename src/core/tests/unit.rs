@@ -7,7 +7,7 @@ use super::harness::*;
 use crate::core::backoff;
 use crate::core::{
     Action, Core, EventRecord, EventType, FailureSource, HistoryEntry, Outcome, PollRecord, State,
-    StatusResult, SyncKind,
+    StatusResult, SyncKind, SyncOutcome, TrackDecision,
 };
 
 const POLL_MIN: Duration = Duration::from_secs(30);
@@ -120,7 +120,7 @@ fn partial_chunks_then_silence_poll_after_grace_then_sync() {
     let polls: Vec<PollRecord> = h
         .changes("e1")
         .iter()
-        .filter_map(|(_, c)| c.poll.clone())
+        .filter_map(|(_, c)| c.polls.last().cloned())
         .collect();
     assert_eq!(
         polls,
@@ -316,7 +316,7 @@ fn retry_after_is_respected() {
     let polls_recorded: Vec<String> = h
         .changes("e1")
         .iter()
-        .filter_map(|(_, c)| c.poll.as_ref().map(|p| p.result.clone()))
+        .filter_map(|(_, c)| c.polls.last().map(|p| p.result.clone()))
         .collect();
     assert_eq!(polls_recorded[..3], ["RETRY", "RETRY", "PENDING"]);
     h.check_invariants();
@@ -527,7 +527,11 @@ fn duplicate_notification_has_no_second_effect() {
         track_req("f1", "acme", EventType::Create, Some(2)),
         &t,
     );
-    core.track(ts(0), rec, vec![]);
+    core.track(ts(0), rec, None);
+    assert!(
+        matches!(drain(&mut core)[..], [Action::Persist(_)]),
+        "the insert"
+    );
     assert!(core.notification(ts(1), note("x", "acme", "f1", false, 1)));
     let first = drain(&mut core);
     assert_eq!(first.len(), 2, "{first:?}"); // persist + users sync
@@ -585,7 +589,9 @@ fn hundred_failures_during_a_sync_coalesce_into_one_follow_up() {
     );
     assert!(h.core.is_empty());
     assert_eq!(
-        h.core.sync_state("acme", SyncKind::Assignments),
+        h.core
+            .sync_state("acme", SyncKind::Assignments)
+            .map(|s| (s.running, s.queued, s.waiting)),
         Some((None, false, 0))
     );
     h.check_invariants();
@@ -660,7 +666,7 @@ fn disassociate_needs_a_full_assignments_sync() {
         "{acts:?}"
     );
     // The incremental run started after both outcomes: it settles a1 only.
-    core.sync_finished(ts(2 * SEC), 1, true);
+    core.sync_finished(ts(2 * SEC), 1, SyncOutcome::Ok);
     let acts = drain(&mut core);
     assert_eq!(acts.len(), 1, "{acts:?}");
     match &acts[0] {
@@ -687,7 +693,7 @@ fn disassociate_needs_a_full_assignments_sync() {
     ));
     assert_eq!(core.event("d1").map(|r| r.state), Some(State::Syncing));
     let done = next.saturating_add(Duration::from_secs(1));
-    core.sync_finished(done, 3, true);
+    core.sync_finished(done, 3, SyncOutcome::Ok);
     let acts = drain(&mut core);
     match &acts[..] {
         [Action::Persist(c)] => {
@@ -701,7 +707,7 @@ fn disassociate_needs_a_full_assignments_sync() {
     // once since the interval from run 2's start (at 1 s) has passed.
     let assets_at = ts(SEC).saturating_add(t.sync_min_interval);
     assert!(done >= assets_at);
-    core.sync_finished(done, 2, true);
+    core.sync_finished(done, 2, SyncOutcome::Ok);
     assert!(matches!(
         drain(&mut core)[..],
         [Action::StartSync {
@@ -711,7 +717,7 @@ fn disassociate_needs_a_full_assignments_sync() {
             ..
         }]
     ));
-    core.sync_finished(assets_at, 4, true);
+    core.sync_finished(assets_at, 4, SyncOutcome::Ok);
     assert_eq!(drain(&mut core), vec![]);
     assert!(core.is_empty());
 }
@@ -780,7 +786,7 @@ fn recover_syncing_requests_its_sync_and_pending_keeps_its_schedule() {
     done.state = State::Settled;
     core.recover(ts(HOUR), done, vec![]);
     assert!(core.event("x").is_none());
-    core.sync_finished(ts(HOUR + MIN), 40, true);
+    core.sync_finished(ts(HOUR + MIN), 40, SyncOutcome::Ok);
     let acts = drain(&mut core);
     assert!(
         matches!(&acts[..], [Action::Persist(c)] if c.event.event_id == "u1" && c.event.state == State::Settled)
@@ -798,7 +804,11 @@ fn in_flight_cap_limits_concurrent_polls_without_spinning() {
             track_req(&format!("e{i}"), "acme", EventType::Create, Some(1)),
             &t,
         );
-        core.track(ts(0), rec, vec![]);
+        core.track(ts(0), rec, None);
+        assert!(
+            matches!(drain(&mut core)[..], [Action::Persist(_)]),
+            "the insert"
+        );
     }
     assert_eq!(core.poll_timeout(), Some(ts(5 * MIN)));
     core.timeout(ts(5 * MIN));
@@ -860,7 +870,11 @@ fn clock_going_backwards_never_polls_closer_than_poll_min() {
     let t = timings();
     let mut core = Core::new(t.clone(), 1);
     let rec = EventRecord::new_tracked(ts(0), track_req("e1", "acme", EventType::Create, None), &t);
-    core.track(ts(0), rec, vec![]);
+    core.track(ts(0), rec, None);
+    assert!(
+        matches!(drain(&mut core)[..], [Action::Persist(_)]),
+        "the insert"
+    );
     core.timeout(ts(5 * MIN));
     assert_eq!(drain(&mut core).len(), 2);
     core.status_result(ts(5 * MIN), "e1", StatusResult::Pending);
@@ -937,7 +951,11 @@ fn early_or_spurious_timeout_is_a_no_op() {
         track_req("e1", "acme", EventType::Create, Some(1)),
         &t,
     );
-    core.track(ts(0), rec.clone(), vec![]);
+    core.track(ts(0), rec.clone(), None);
+    assert!(
+        matches!(drain(&mut core)[..], [Action::Persist(_)]),
+        "the insert"
+    );
     assert_eq!(drain(&mut core), vec![]);
     assert_eq!(core.poll_timeout(), Some(ts(5 * MIN)));
     for at in [ts(0), ts(MIN), ts(5 * MIN - 1), ts(-DAY)] {
@@ -952,12 +970,15 @@ fn early_or_spurious_timeout_is_a_no_op() {
     core.timeout(ts(5 * MIN));
     assert_eq!(drain(&mut core), vec![]);
     // Tracking twice is a no-op too.
-    core.track(ts(MIN), rec, vec![]);
+    assert!(matches!(
+        core.track(ts(MIN), rec, None),
+        TrackDecision::Existing { .. }
+    ));
     assert_eq!(drain(&mut core), vec![]);
     assert_eq!(core.event("e1").unwrap().polls, 1);
     // Answers for unknown events and unknown syncs are ignored.
     core.status_result(ts(6 * MIN), "nope", StatusResult::Pending);
-    core.sync_finished(ts(6 * MIN), 99, true);
+    core.sync_finished(ts(6 * MIN), 99, SyncOutcome::Ok);
     core.resubmit_result(ts(6 * MIN), "nope", Ok("x".into()));
     assert_eq!(drain(&mut core), vec![]);
 }
@@ -993,7 +1014,11 @@ fn failure_after_timed_out_records_failed_and_needs_a_new_sync() {
         track_req("u1", "acme", EventType::Create, Some(2)),
         &t,
     );
-    core.track(ts(0), rec, vec![]);
+    core.track(ts(0), rec, None);
+    assert!(
+        matches!(drain(&mut core)[..], [Action::Persist(_)]),
+        "the insert"
+    );
     // Only wake at the deadline (as if every poll had been answered elsewhere).
     core.timeout(ts(DAY));
     let acts = drain(&mut core);
@@ -1019,13 +1044,13 @@ fn failure_after_timed_out_records_failed_and_needs_a_new_sync() {
         a => panic!("{a:?}"),
     }
     // Sync 1 started before the failure was known: not enough.
-    core.sync_finished(ts(DAY + MIN), 1, true);
+    core.sync_finished(ts(DAY + MIN), 1, SyncOutcome::Ok);
     let acts = drain(&mut core);
     assert!(
         matches!(&acts[..], [Action::StartSync { sync_id: 2, .. }]),
         "{acts:?}"
     );
-    core.sync_finished(ts(DAY + 2 * MIN), 2, true);
+    core.sync_finished(ts(DAY + 2 * MIN), 2, SyncOutcome::Ok);
     let acts = drain(&mut core);
     assert!(
         matches!(&acts[..], [Action::Persist(c)] if c.event.state == State::Settled && c.event.outcome == Some(Outcome::Failed))
@@ -1043,7 +1068,11 @@ fn late_success_after_timed_out_still_settles_on_a_sync() {
         track_req("u1", "acme", EventType::Create, Some(2)),
         &t,
     );
-    core.track(ts(0), rec, vec![]);
+    core.track(ts(0), rec, None);
+    assert!(
+        matches!(drain(&mut core)[..], [Action::Persist(_)]),
+        "the insert"
+    );
     core.timeout(ts(DAY));
     drain(&mut core);
     core.notification(ts(DAY + SEC), note("n1", "acme", "u1", true, 2));
@@ -1056,13 +1085,13 @@ fn late_success_after_timed_out_still_settles_on_a_sync() {
         }
         a => panic!("{a:?}"),
     }
-    core.sync_finished(ts(DAY + MIN), 1, true);
+    core.sync_finished(ts(DAY + MIN), 1, SyncOutcome::Ok);
     let acts = drain(&mut core);
     assert!(
         matches!(&acts[..], [Action::StartSync { sync_id: 2, .. }]),
         "{acts:?}"
     );
-    core.sync_finished(ts(DAY + 2 * MIN), 2, true);
+    core.sync_finished(ts(DAY + 2 * MIN), 2, SyncOutcome::Ok);
     let acts = drain(&mut core);
     assert!(
         matches!(&acts[..], [Action::Persist(c)] if c.event.state == State::Settled && c.event.outcome == Some(Outcome::Complete))
@@ -1163,7 +1192,7 @@ fn failed_status_records_apples_failures_and_syncs() {
         c.failures,
         vec![(FailureSource::Status, failure(9609, "u-failed"))]
     );
-    assert_eq!(c.poll.as_ref().map(|p| p.result.as_str()), Some("FAILED"));
+    assert_eq!(c.polls.last().map(|p| p.result.as_str()), Some("FAILED"));
     assert!(c.feed);
     let last = h.last("e1");
     assert_eq!(
@@ -1219,7 +1248,7 @@ fn failed_sync_without_waiters_is_retried_a_bounded_number_of_times() {
         }
         if let Some(id) = started {
             starts.push(now);
-            core.sync_finished(now, id, false);
+            core.sync_finished(now, id, SyncOutcome::Transient("test".into()));
         }
         match core.poll_timeout() {
             Some(t) => {
@@ -1259,7 +1288,11 @@ fn complete_without_notifications_or_count_still_syncs() {
         },
         &timings,
     );
-    core.track(now, rec, vec![]);
+    core.track(now, rec, None);
+    assert!(
+        matches!(drain(&mut core)[..], [Action::Persist(_)]),
+        "the insert"
+    );
     let later = now.saturating_add(timings.notification_grace);
     core.timeout(later);
     let polled =
@@ -1300,7 +1333,11 @@ fn apple_omitting_num_requested_keeps_the_bodys_count() {
         },
         &timings,
     );
-    core.track(now, rec, vec![]);
+    core.track(now, rec, None);
+    assert!(
+        matches!(drain(&mut core)[..], [Action::Persist(_)]),
+        "the insert"
+    );
     // Half the entities were notified; the other chunk was lost.
     core.notification(
         now,

@@ -1,0 +1,84 @@
+//! What notifications do to the mirror: applied with the notification's own commit, and
+//! replayed after a sync that replaced the mirror with pages read before they arrived
+//! (docs/architecture.md, "The mirror").
+
+use rusqlite::Connection;
+
+use crate::apple::model::{
+    parse_notification, AssetManagementType, Notification, NotificationPayload, NotificationResult,
+};
+use crate::store::queries;
+use crate::store::{mirror, StoreError};
+use crate::time::Timestamp;
+
+/// Applies a notification's data to the mirror (inside the caller's transaction).
+pub fn apply_notification(
+    conn: &Connection,
+    token: &str,
+    n: &Notification,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    apply_with(conn, token, n, now, mirror::Counts::Adjust)
+}
+
+fn apply_with(
+    conn: &Connection,
+    token: &str,
+    n: &Notification,
+    now: Timestamp,
+    counts: mirror::Counts,
+) -> Result<(), StoreError> {
+    match &n.notification {
+        NotificationPayload::AssetManagement(p) if p.result == NotificationResult::Success => {
+            let associate = p.kind == AssetManagementType::Associate;
+            if p.kind != AssetManagementType::Unknown {
+                mirror::apply_asset_notification(
+                    conn,
+                    token,
+                    associate,
+                    &p.assignments,
+                    now,
+                    counts,
+                )?;
+            }
+        }
+        NotificationPayload::UserManagement(p) if p.result == NotificationResult::Success => {
+            mirror::apply_user_notification(conn, token, &p.users, now)?;
+        }
+        NotificationPayload::UserAssociated(p) => {
+            mirror::apply_user_notification(conn, token, &p.associated_users, now)?;
+        }
+        NotificationPayload::AssetCount(p) => {
+            mirror::apply_asset_count(
+                conn,
+                token,
+                &p.adam_id,
+                p.pricing_param.as_str(),
+                p.count_delta,
+                now,
+            )?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Re-applies to the mirror the notifications of `token` received at or after `since`, so a
+/// sync that replaced the mirror with pages read before them does not undo them.
+pub fn replay_since(
+    conn: &Connection,
+    token: &str,
+    since: Timestamp,
+    now: Timestamp,
+) -> Result<usize, StoreError> {
+    let bodies = queries::mirror_notification_bodies_since(conn, token, since)?;
+    let mut n = 0;
+    for body in bodies {
+        if let Ok(note) = parse_notification(body.as_bytes()) {
+            // The sync may have replaced the counts or the assignments: count again.
+            apply_with(conn, token, &note, now, mirror::Counts::Recount)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
