@@ -11,6 +11,7 @@ use crate::apple::model::{EventStatus, RequestKind};
 use crate::apple::{ApiError, AppleClient, TokenHealth};
 use crate::core::{EventType, StatusResult, SyncKind};
 use crate::executor::Effects;
+use crate::metrics::Metrics;
 use crate::store::queries::{self, SyncEnd};
 use crate::store::{mirror, Store};
 use crate::time::Timestamp;
@@ -18,15 +19,17 @@ use crate::time::Timestamp;
 pub struct AppleEffects {
     client: AppleClient,
     store: Store,
+    metrics: Metrics,
     /// Last health written per token, so the store is only told of changes.
     health: Arc<Mutex<HashMap<String, bool>>>,
 }
 
 impl AppleEffects {
-    pub fn new(client: AppleClient, store: Store) -> AppleEffects {
+    pub fn new(client: AppleClient, store: Store, metrics: Metrics) -> AppleEffects {
         AppleEffects {
             client,
             store,
+            metrics,
             health: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -140,9 +143,10 @@ impl Effects for AppleEffects {
         let client = self.client.clone();
         let store = self.store.clone();
         let cache = self.health.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let ok = run_sync(&client, &store, sync_id, &token, kind, full).await;
-            crate::metrics::global().sync(&token, kind.as_str(), if ok { "ok" } else { "failed" });
+            metrics.sync(&token, kind.as_str(), if ok { "ok" } else { "failed" });
             note_health(&client, &store, &cache, &token).await;
             ok
         })
