@@ -573,6 +573,7 @@ async fn run_naive(n: usize) -> (u64, Duration, Calls) {
         max_requests_per_second: RPS,
         max_concurrent_requests: 5,
         read_retries: 3,
+        metrics: Default::default(),
     })
     .expect("client");
     client.service_config().await.expect("service config");

@@ -215,6 +215,7 @@ async fn run(addr: std::net::SocketAddr, n: usize) {
         max_requests_per_second: RPS,
         max_concurrent_requests: 5,
         read_retries: 3,
+        metrics: Default::default(),
     })
     .expect("client");
     client.service_config().await.expect("service config");

@@ -43,6 +43,8 @@ pub struct ApiState {
     pub writes: Arc<Semaphore>,
     /// The Apple client, for submitting requests through the daemon.
     pub apple: Option<crate::apple::AppleClient>,
+    /// Recorded into by the handlers and rendered on `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// An API error: status, machine code and one sentence.
@@ -617,7 +619,7 @@ async fn submit_chunks(
             Err(e) => return submit_failed(&token, kind, i, chunks.len(), &e, event_ids, events),
         };
         if let Some(expires) = answer.token_expiration_date {
-            crate::metrics::global().set_token_expiry(&token, expires);
+            state.metrics.set_token_expiry(&token, expires);
         }
         let event_id = answer.event_id;
         // Apple has the request now: whatever happens next, the caller must learn this id.
@@ -825,7 +827,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     let configured: HashSet<String> = state.tokens.names().into_iter().collect();
     let snapshot = state
         .store
-        .read(move |c| crate::metrics::snapshot(c, &configured))
+        .read(move |c| crate::store::stats::store_stats(c, &configured))
         .await;
     match snapshot {
         Ok(snapshot) => (
@@ -834,7 +836,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
                 axum::http::header::CONTENT_TYPE,
                 crate::metrics::CONTENT_TYPE,
             )],
-            crate::metrics::global().render(&snapshot, Timestamp::now()),
+            state.metrics.render(&snapshot, Timestamp::now()),
         )
             .into_response(),
         Err(e) => HttpError::from(e).into_response(),

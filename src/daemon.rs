@@ -18,6 +18,7 @@ use crate::core::periodic::{Chore, Periodic};
 use crate::core::{Core, SyncKind, Timings};
 use crate::effects::AppleEffects;
 use crate::executor::{Effects, Executor, ExecutorHandle, Input, NoApple};
+use crate::metrics::Metrics;
 use crate::scheduler::{self, Upkeep};
 use crate::store::{queries, Store, StoreError};
 use crate::time::Timestamp;
@@ -87,7 +88,10 @@ pub fn timings(config: &Config) -> Timings {
 }
 
 /// The Apple client for the configured tokens (none when no token is configured).
-pub fn build_client(config: &Config) -> Result<Option<AppleClient>, DaemonError> {
+pub fn build_client(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<AppleClient>, DaemonError> {
     if config.tokens.is_empty() {
         return Ok(None);
     }
@@ -97,6 +101,7 @@ pub fn build_client(config: &Config) -> Result<Option<AppleClient>, DaemonError>
         max_requests_per_second: config.apple.max_requests_per_second,
         max_concurrent_requests: config.apple.max_concurrent_requests,
         read_retries: 3,
+        metrics: metrics.clone(),
     })
     .map_err(|e| DaemonError::Task(format!("cannot build the Apple client: {e}")))?;
     for t in &config.tokens {
@@ -236,7 +241,10 @@ pub async fn serve_with_reload(
     }
     tracing::info!(recovered, "store open; unsettled events recovered");
 
-    let apple = build_client(&config)?;
+    // The one registry of this daemon: recorded into by the client, the effects, the webhook
+    // and the API, and rendered on `/metrics`.
+    let metrics = Metrics::new();
+    let apple = build_client(&config, &metrics)?;
     if let Some(client) = &apple {
         // Apple's limits before the first authenticated request, so recovered work starts at
         // Apple's rate and not only the configured one (bounded: Apple may be down).
@@ -269,6 +277,7 @@ pub async fn serve_with_reload(
                 store.clone(),
                 Upkeep::new(client.clone(), store.clone(), registry.clone()),
                 config.reconcile.retention,
+                metrics.clone(),
             ))
         }
         None => Arc::new(NoApple {
@@ -290,6 +299,7 @@ pub async fn serve_with_reload(
         api_token: config.daemon.api_token.clone(),
         writes: Arc::new(Semaphore::new(512)),
         apple: apple.clone(),
+        metrics: metrics.clone(),
     };
     let mut background = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.webhook {
@@ -298,6 +308,7 @@ pub async fn serve_with_reload(
             executor: handle.inputs.clone(),
             tokens: registry.clone(),
             writes: Arc::new(Semaphore::new(1024)),
+            metrics: metrics.clone(),
         };
         let app = webhook::router(
             state,

@@ -13,6 +13,7 @@ use crate::apple::{ApiError, AppleClient};
 use crate::core::periodic::Chore;
 use crate::core::{EventType, StatusResult, SyncKind, SyncOutcome};
 use crate::executor::{Effects, ResubmitError};
+use crate::metrics::Metrics;
 use crate::scheduler::Upkeep;
 use crate::store::Store;
 use crate::time::Timestamp;
@@ -22,6 +23,7 @@ pub struct AppleEffects {
     store: Store,
     upkeep: Arc<Mutex<Upkeep>>,
     retention: Duration,
+    metrics: Metrics,
 }
 
 impl AppleEffects {
@@ -30,12 +32,14 @@ impl AppleEffects {
         store: Store,
         upkeep: Upkeep,
         retention: Duration,
+        metrics: Metrics,
     ) -> AppleEffects {
         AppleEffects {
             client,
             store,
             upkeep: Arc::new(Mutex::new(upkeep)),
             retention,
+            metrics,
         }
     }
 }
@@ -106,10 +110,11 @@ impl Effects for AppleEffects {
     ) -> BoxFuture<'static, SyncOutcome> {
         let client = self.client.clone();
         let store = self.store.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let outcome =
                 crate::mirror::run::run(&client, &store, sync_id, &token, kind, full).await;
-            crate::metrics::global().sync(&token, kind.as_str(), outcome.label());
+            metrics.sync(&token, kind.as_str(), outcome.label());
             outcome
         })
     }

@@ -1,27 +1,39 @@
 //! Prometheus metrics (design §8), exposed in text format 0.0.4 on the local API's `/metrics`.
 //!
-//! A deliberately small registry: a handful of fixed families, no dependency. Counters and
-//! histograms live in a process-wide [`Metrics`] ([`global`]) so any module can record
-//! without plumbing; gauges that mirror the database (`vppr_events`) are computed at scrape
-//! time by the caller of [`Metrics::render`], so they can never drift from the store.
+//! Built on `prometheus-client`: one [`Registry`] per [`Metrics`] handle, created once at
+//! daemon start-up and handed to whoever records (the Apple client, the webhook, the API, the
+//! effects). Counters and histograms are recorded as things happen; gauges that mirror the
+//! database are set from a [`StoreStats`] read at scrape time ([`Metrics::render`]), so they
+//! can never drift from the store.
 //!
 //! Families:
 //! - `vppr_events{state,outcome,token}` gauge, from the store at scrape time (`outcome="none"`
 //!   while unknown).
 //! - `vppr_api_requests_total{token,endpoint,status}` counter: calls to Apple's API
-//!   ([`Metrics::api_request`]); `status` is the HTTP status or a short word such as
-//!   `timeout` / `transport` when there was no response.
+//!   ([`Metrics::api_request`]); `status` is `ok`, Apple's error number, or a short word such
+//!   as `timeout` / `transport` when there was no response.
 //! - `vppr_notifications_total{token,type,result}` counter ([`Metrics::notification`]).
 //! - `vppr_syncs_total{token,kind,result}` counter ([`Metrics::sync`]).
 //! - `vppr_token_expiry_seconds{token}` gauge: seconds until the content token expires
 //!   (negative once expired), from [`Metrics::set_token_expiry`] or the store.
 //! - `vppr_api_request_duration_seconds{endpoint}` histogram ([`Metrics::observe_api_latency`]).
 //! - `vppr_webhook_ack_duration_seconds` histogram ([`Metrics::observe_webhook_ack`]).
+//!
+//! Counters are registered without `_total`: the encoder appends it.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::store::stats::StoreStats;
 use crate::time::Timestamp;
 
 /// Upper bounds (seconds) of the latency histograms: from a fast local commit to Apple's
@@ -30,347 +42,286 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// The content type of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of the exposition (text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// Handle to the registry; cheap to clone (one `Arc`).
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    state: String,
+    outcome: String,
+    token: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRequestLabels {
+    token: String,
+    endpoint: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    token: String,
+    r#type: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncLabels {
+    token: String,
+    kind: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    token: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+/// A family listed even while it has no label set: the registry leaves out empty families,
+/// and a scraper (or a person) should see every family's HELP and TYPE from the start.
+#[derive(Debug)]
+struct Listed<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// A duration as observed: a negative or NaN duration is a caller's bug; count it as zero
+/// rather than lose it.
+fn duration(seconds: f64) -> f64 {
+    if seconds.is_finite() && seconds > 0.0 {
+        seconds
+    } else {
+        0.0
+    }
+}
+
+/// Handle to the registry; cheap to clone (one `Arc`). Clones record into the same registry;
+/// [`Metrics::new`] makes a separate one.
+#[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
-struct Inner {
-    api_requests: Mutex<BTreeMap<[String; 3], u64>>,
-    notifications: Mutex<BTreeMap<[String; 3], u64>>,
-    syncs: Mutex<BTreeMap<[String; 3], u64>>,
-    token_expiry: Mutex<BTreeMap<String, Timestamp>>,
-    api_latency: Mutex<BTreeMap<String, Histogram>>,
-    webhook_ack: Mutex<Histogram>,
-}
-
-/// A cumulative histogram over [`LATENCY_BUCKETS`].
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Histogram {
-    /// Non-cumulative counts per bucket; the `+Inf` bucket is `count`.
-    buckets: [u64; LATENCY_BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, v: f64) {
-        // A negative or NaN duration is a caller's bug; count it as zero rather than lose it.
-        let v = if v.is_finite() && v > 0.0 { v } else { 0.0 };
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| v <= *b) {
-            self.buckets[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
     }
 }
 
-/// One row of the `vppr_events` gauge, as counted from the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventCount {
-    pub token: String,
-    pub state: String,
-    pub outcome: Option<String>,
-    pub count: u64,
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
-/// What the store knows at scrape time.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub events: Vec<EventCount>,
-    /// Configured tokens and the expiry of their `.vpptoken`.
-    pub token_expiry: Vec<(String, Timestamp)>,
+struct Inner {
+    registry: Registry,
+    events: Family<EventLabels, Gauge>,
+    api_requests: Family<ApiRequestLabels, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
+    syncs: Family<SyncLabels, Counter>,
+    token_expiry: Family<TokenLabels, Gauge<f64, AtomicU64>>,
+    api_latency: Family<EndpointLabels, Histogram>,
+    webhook_ack: Histogram,
+    /// Expiry as Apple last reported it, per token; wins over the store's at scrape time.
+    learned_expiry: Mutex<HashMap<String, Timestamp>>,
+    /// Serializes scrapes: each clears and refills the store-backed gauges before encoding.
+    scrape: Mutex<()>,
 }
 
-/// Reads what `/metrics` exports from the store: one grouped count of events, and the expiry
-/// of the configured tokens (`configured` filters out tokens removed by a reload).
-pub fn snapshot(
-    conn: &rusqlite::Connection,
-    configured: &std::collections::HashSet<String>,
-) -> Result<Snapshot, crate::store::StoreError> {
-    let events = conn
-        .prepare_cached(
-            "SELECT token, state, outcome, COUNT(*) FROM events GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-        )?
-        .query_map([], |r| {
-            Ok(EventCount {
-                token: r.get(0)?,
-                state: r.get(1)?,
-                outcome: r.get(2)?,
-                count: r.get::<_, i64>(3)?.max(0) as u64,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    let token_expiry = conn
-        .prepare_cached("SELECT name, expires_at FROM tokens WHERE expires_at IS NOT NULL")?
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, Timestamp(r.get(1)?))))?
-        .filter(|r| r.as_ref().map_or(true, |(n, _)| configured.contains(n)))
-        .collect::<Result<_, _>>()?;
-    Ok(Snapshot {
-        events,
-        token_expiry,
-    })
-}
-
-static GLOBAL: OnceLock<Metrics> = OnceLock::new();
-
-/// The process-wide registry.
-pub fn global() -> &'static Metrics {
-    GLOBAL.get_or_init(Metrics::default)
-}
-
-// Poisoning only means another thread panicked mid-increment; the counts are still usable.
+// Poisoning only means another thread panicked mid-update; the values are still usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn inc(map: &Mutex<BTreeMap<[String; 3], u64>>, key: [&str; 3]) {
-    let key = key.map(str::to_string);
-    *lock(map).entry(key).or_insert(0) += 1;
-}
-
 impl Metrics {
     pub fn new() -> Metrics {
-        Metrics::default()
+        let events = Family::<EventLabels, Gauge>::default();
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        let syncs = Family::<SyncLabels, Counter>::default();
+        let token_expiry = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
+        let api_latency = Family::<EndpointLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let webhook_ack = latency_histogram();
+
+        // Help texts carry no final period: the registry adds one.
+        let mut registry = Registry::default();
+        registry.register(
+            "vppr_events",
+            "Tracked events by state, outcome (none while unknown) and token",
+            Listed(events.clone()),
+        );
+        registry.register(
+            "vppr_api_requests",
+            "Calls to Apple's API by token, endpoint and HTTP status",
+            Listed(api_requests.clone()),
+        );
+        registry.register(
+            "vppr_notifications",
+            "Notifications received by token, type and result",
+            Listed(notifications.clone()),
+        );
+        registry.register(
+            "vppr_syncs",
+            "Finished sync runs by token, kind and result",
+            Listed(syncs.clone()),
+        );
+        registry.register(
+            "vppr_token_expiry_seconds",
+            "Seconds until the content token expires (negative once expired)",
+            Listed(token_expiry.clone()),
+        );
+        registry.register(
+            "vppr_api_request_duration_seconds",
+            "Latency of calls to Apple's API by endpoint",
+            Listed(api_latency.clone()),
+        );
+        registry.register(
+            "vppr_webhook_ack_duration_seconds",
+            "Time from receiving a notification to acknowledging it",
+            webhook_ack.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                events,
+                api_requests,
+                notifications,
+                syncs,
+                token_expiry,
+                api_latency,
+                webhook_ack,
+                learned_expiry: Mutex::new(HashMap::new()),
+                scrape: Mutex::new(()),
+            }),
+        }
     }
 
     /// One call to Apple's API answered (or failed) with `status`.
     pub fn api_request(&self, token: &str, endpoint: &str, status: &str) {
-        inc(&self.inner.api_requests, [token, endpoint, status]);
+        self.inner
+            .api_requests
+            .get_or_create(&ApiRequestLabels {
+                token: token.into(),
+                endpoint: endpoint.into(),
+                status: status.into(),
+            })
+            .inc();
     }
 
     /// One notification received: its `type` (ASSET_MANAGEMENT, …) and what became of it
     /// (e.g. `applied`, `duplicate`, `unauthorized`, `invalid`).
     pub fn notification(&self, token: &str, notification_type: &str, result: &str) {
-        inc(
-            &self.inner.notifications,
-            [token, notification_type, result],
-        );
+        self.inner
+            .notifications
+            .get_or_create(&NotificationLabels {
+                token: token.into(),
+                r#type: notification_type.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// One sync run finished with `result` (e.g. `ok`, `failed`, `abandoned`).
     pub fn sync(&self, token: &str, kind: &str, result: &str) {
-        inc(&self.inner.syncs, [token, kind, result]);
+        self.inner
+            .syncs
+            .get_or_create(&SyncLabels {
+                token: token.into(),
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// The token's expiry as Apple last reported it (`tokenExpirationDate`); overrides the
     /// expiry read from the `.vpptoken` file.
     pub fn set_token_expiry(&self, token: &str, expires_at: Timestamp) {
-        lock(&self.inner.token_expiry).insert(token.to_string(), expires_at);
-    }
-
-    /// Forgets a token removed by a reload.
-    pub fn remove_token(&self, token: &str) {
-        lock(&self.inner.token_expiry).remove(token);
+        lock(&self.inner.learned_expiry).insert(token.to_string(), expires_at);
     }
 
     /// Latency of one call to Apple's API.
     pub fn observe_api_latency(&self, endpoint: &str, seconds: f64) {
-        lock(&self.inner.api_latency)
-            .entry(endpoint.to_string())
-            .or_default()
-            .observe(seconds);
+        self.inner
+            .api_latency
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.into(),
+            })
+            .observe(duration(seconds));
     }
 
     /// Time from receiving a notification to acknowledging it (after its commit).
     pub fn observe_webhook_ack(&self, seconds: f64) {
-        lock(&self.inner.webhook_ack).observe(seconds);
+        self.inner.webhook_ack.observe(duration(seconds));
     }
 
-    /// The exposition text: the store's `snapshot` plus what was recorded, at `now`.
-    pub fn render(&self, snapshot: &Snapshot, now: Timestamp) -> String {
-        let mut out = String::with_capacity(4096);
+    /// The exposition text: the store's `stats` plus what was recorded, at `now`.
+    ///
+    /// The store-backed gauges are cleared and refilled on every scrape, so a label set the
+    /// store no longer reports (a token removed by a reload, a state with no event left)
+    /// disappears.
+    pub fn render(&self, stats: &StoreStats, now: Timestamp) -> String {
+        let inner = &*self.inner;
+        let _scrape = lock(&inner.scrape);
 
-        header(
-            &mut out,
-            "vppr_events",
-            "Tracked events by state, outcome (none while unknown) and token.",
-            "gauge",
-        );
-        for e in &snapshot.events {
-            sample(
-                &mut out,
-                "vppr_events",
-                &[
-                    ("state", &e.state),
-                    ("outcome", e.outcome.as_deref().unwrap_or("none")),
-                    ("token", &e.token),
-                ],
-                e.count as f64,
-            );
+        inner.events.clear();
+        for e in &stats.events {
+            inner
+                .events
+                .get_or_create(&EventLabels {
+                    state: e.state.clone(),
+                    outcome: e.outcome.clone().unwrap_or_else(|| "none".into()),
+                    token: e.token.clone(),
+                })
+                .set(i64::try_from(e.count).unwrap_or(i64::MAX));
         }
 
-        counter_family(
-            &mut out,
-            "vppr_api_requests_total",
-            "Calls to Apple's API by token, endpoint and HTTP status.",
-            ["token", "endpoint", "status"],
-            &lock(&self.inner.api_requests),
-        );
-        counter_family(
-            &mut out,
-            "vppr_notifications_total",
-            "Notifications received by token, type and result.",
-            ["token", "type", "result"],
-            &lock(&self.inner.notifications),
-        );
-        counter_family(
-            &mut out,
-            "vppr_syncs_total",
-            "Finished sync runs by token, kind and result.",
-            ["token", "kind", "result"],
-            &lock(&self.inner.syncs),
-        );
-
-        header(
-            &mut out,
-            "vppr_token_expiry_seconds",
-            "Seconds until the content token expires (negative once expired).",
-            "gauge",
-        );
-        let mut expiry: BTreeMap<String, Timestamp> =
-            snapshot.token_expiry.iter().cloned().collect();
+        inner.token_expiry.clear();
         {
-            let learned = lock(&self.inner.token_expiry);
-            for (token, at) in learned.iter() {
-                // Only tokens still configured; Apple's word wins over the file's.
-                if let Some(slot) = expiry.get_mut(token) {
-                    *slot = *at;
-                }
+            let learned = lock(&inner.learned_expiry);
+            // Only tokens the store reports (still configured); Apple's word wins over the
+            // file's.
+            for t in &stats.token_expiry {
+                let at = learned.get(&t.token).copied().unwrap_or(t.expires_at);
+                inner
+                    .token_expiry
+                    .get_or_create(&TokenLabels {
+                        token: t.token.clone(),
+                    })
+                    .set((at.0 - now.0) as f64 / 1000.0);
             }
         }
-        for (token, at) in &expiry {
-            let secs = (at.0 - now.0) as f64 / 1000.0;
-            sample(
-                &mut out,
-                "vppr_token_expiry_seconds",
-                &[("token", token)],
-                secs,
-            );
-        }
 
-        header(
-            &mut out,
-            "vppr_api_request_duration_seconds",
-            "Latency of calls to Apple's API by endpoint.",
-            "histogram",
-        );
-        for (endpoint, h) in lock(&self.inner.api_latency).iter() {
-            histogram(
-                &mut out,
-                "vppr_api_request_duration_seconds",
-                &[("endpoint", endpoint)],
-                h,
-            );
-        }
-
-        header(
-            &mut out,
-            "vppr_webhook_ack_duration_seconds",
-            "Time from receiving a notification to acknowledging it.",
-            "histogram",
-        );
-        let ack = lock(&self.inner.webhook_ack).clone();
-        histogram(&mut out, "vppr_webhook_ack_duration_seconds", &[], &ack);
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &inner.registry);
         out
-    }
-}
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn counter_family(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    labels: [&str; 3],
-    values: &BTreeMap<[String; 3], u64>,
-) {
-    header(out, name, help, "counter");
-    for (key, n) in values {
-        let pairs: Vec<(&str, &str)> = labels
-            .iter()
-            .zip(key.iter())
-            .map(|(l, v)| (*l, v.as_str()))
-            .collect();
-        sample(out, name, &pairs, *n as f64);
-    }
-}
-
-fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], h: &Histogram) {
-    let bucket = format!("{name}_bucket");
-    let mut cumulative = 0u64;
-    for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets.iter()) {
-        cumulative += n;
-        let le = format_value(*bound);
-        let mut l = labels.to_vec();
-        l.push(("le", &le));
-        sample(out, &bucket, &l, cumulative as f64);
-    }
-    let mut l = labels.to_vec();
-    l.push(("le", "+Inf"));
-    sample(out, &bucket, &l, h.count as f64);
-    sample(out, &format!("{name}_sum"), labels, h.sum);
-    sample(out, &format!("{name}_count"), labels, h.count as f64);
-}
-
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{k}=\"{}\"", escape_label(v));
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {}", format_value(value));
-}
-
-/// Label values escape backslash, double quote and line feed (format 0.0.4).
-pub fn escape_label(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-/// HELP text escapes backslash and line feed only.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-/// Sample values as Prometheus spells them (`+Inf`, `-Inf`, `NaN`; Rust prints `inf`).
-fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::stats::{EventCount, TokenExpiry};
 
     /// A parsed sample: name, labels in order, value.
     type Sample = (String, Vec<(String, String)>, f64);
@@ -431,9 +382,13 @@ mod tests {
         })
     }
 
+    fn empty() -> StoreStats {
+        StoreStats::default()
+    }
+
     #[test]
     fn every_family_has_help_and_type_even_when_empty() {
-        let text = Metrics::new().render(&Snapshot::default(), Timestamp(0));
+        let text = Metrics::new().render(&empty(), Timestamp(0));
         for (name, kind) in [
             ("vppr_events", "gauge"),
             ("vppr_api_requests_total", "counter"),
@@ -452,6 +407,10 @@ mod tests {
             Some(0.0)
         );
         assert!(text.ends_with('\n'));
+        // Text format 0.0.4, not OpenMetrics: no `# EOF`, no doubled suffix.
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("_total_total"), "{text}");
+        assert!(!text.contains(".."), "one period after a help text: {text}");
     }
 
     #[test]
@@ -462,7 +421,7 @@ mod tests {
         m.api_request("acme", "assets/associate", "429");
         m.notification("acme", "ASSET_MANAGEMENT", "applied");
         m.sync("beta", "users", "ok");
-        let text = m.render(&Snapshot::default(), Timestamp(0));
+        let text = m.render(&empty(), Timestamp(0));
         let labels = [
             ("token", "acme"),
             ("endpoint", "assets/associate"),
@@ -495,11 +454,13 @@ mod tests {
     }
 
     #[test]
-    fn clones_share_the_registry() {
+    fn clones_share_the_registry_and_new_ones_do_not() {
         let m = Metrics::new();
         m.clone().sync("acme", "assets", "ok");
-        let text = m.render(&Snapshot::default(), Timestamp(0));
+        let text = m.render(&empty(), Timestamp(0));
         assert!(text.contains("vppr_syncs_total{token=\"acme\",kind=\"assets\",result=\"ok\"} 1\n"));
+        let other = Metrics::new().render(&empty(), Timestamp(0));
+        assert!(!other.contains("token=\"acme\""), "{other}");
     }
 
     #[test]
@@ -507,7 +468,7 @@ mod tests {
         let m = Metrics::new();
         let nasty = "a\\b\"c\nd";
         m.notification(nasty, "T", "r");
-        let text = m.render(&Snapshot::default(), Timestamp(0));
+        let text = m.render(&empty(), Timestamp(0));
         assert!(text.contains(r#"token="a\\b\"c\nd""#), "{text}");
         // Every line is either a comment or a well-formed sample, and no raw newline leaked.
         let labels = [("token", nasty), ("type", "T"), ("result", "r")];
@@ -515,12 +476,12 @@ mod tests {
             value_of(&text, "vppr_notifications_total", &labels),
             Some(1.0)
         );
-        assert_eq!(escape_help("x\\y\nz"), "x\\\\y\\nz");
     }
 
     #[test]
-    fn events_gauge_comes_from_the_snapshot() {
-        let snap = Snapshot {
+    fn events_gauge_comes_from_the_store_and_stale_label_sets_go() {
+        let m = Metrics::new();
+        let stats = StoreStats {
             events: vec![
                 EventCount {
                     token: "acme".into(),
@@ -537,31 +498,40 @@ mod tests {
             ],
             token_expiry: vec![],
         };
-        let text = Metrics::new().render(&snap, Timestamp(0));
-        let l = [("state", "pending"), ("outcome", "none"), ("token", "acme")];
-        assert_eq!(value_of(&text, "vppr_events", &l), Some(3.0));
+        let text = m.render(&stats, Timestamp(0));
+        let pending = [("state", "pending"), ("outcome", "none"), ("token", "acme")];
+        assert_eq!(value_of(&text, "vppr_events", &pending), Some(3.0));
         let l = [
             ("state", "syncing"),
             ("outcome", "failed"),
             ("token", "acme"),
         ];
         assert_eq!(value_of(&text, "vppr_events", &l), Some(1.0));
+        // The next scrape shows only what the store reports then.
+        let stats = StoreStats {
+            events: stats.events[1..].to_vec(),
+            token_expiry: vec![],
+        };
+        let text = m.render(&stats, Timestamp(0));
+        assert_eq!(value_of(&text, "vppr_events", &pending), None, "{text}");
+        assert_eq!(value_of(&text, "vppr_events", &l), Some(1.0));
     }
 
     #[test]
     fn token_expiry_is_seconds_from_now_and_apple_wins_over_the_file() {
         let m = Metrics::new();
-        let snap = Snapshot {
+        let expiry = |token: &str, at: i64| TokenExpiry {
+            token: token.into(),
+            expires_at: Timestamp(at),
+        };
+        let stats = StoreStats {
             events: vec![],
-            token_expiry: vec![
-                ("acme".into(), Timestamp(100_000)),
-                ("beta".into(), Timestamp(5_000)),
-            ],
+            token_expiry: vec![expiry("acme", 100_000), expiry("beta", 5_000)],
         };
         m.set_token_expiry("acme", Timestamp(200_000));
         // A token no longer configured is not exported even if it was learned earlier.
         m.set_token_expiry("gone", Timestamp(1));
-        let text = m.render(&snap, Timestamp(10_000));
+        let text = m.render(&stats, Timestamp(10_000));
         assert_eq!(
             value_of(&text, "vppr_token_expiry_seconds", &[("token", "acme")]),
             Some(190.0)
@@ -574,6 +544,17 @@ mod tests {
             value_of(&text, "vppr_token_expiry_seconds", &[("token", "gone")]),
             None
         );
+        // A token removed by a reload disappears from the next scrape.
+        let stats = StoreStats {
+            events: vec![],
+            token_expiry: vec![expiry("acme", 100_000)],
+        };
+        let text = m.render(&stats, Timestamp(10_000));
+        assert_eq!(
+            value_of(&text, "vppr_token_expiry_seconds", &[("token", "beta")]),
+            None,
+            "{text}"
+        );
     }
 
     #[test]
@@ -583,7 +564,7 @@ mod tests {
             m.observe_api_latency("status", s);
         }
         m.observe_webhook_ack(0.2);
-        let text = m.render(&Snapshot::default(), Timestamp(0));
+        let text = m.render(&empty(), Timestamp(0));
         let name = "vppr_api_request_duration_seconds_bucket";
         let b = |le: &str| value_of(&text, name, &[("endpoint", "status"), ("le", le)]);
         // NaN and negative count as 0: in the first bucket.
@@ -606,14 +587,17 @@ mod tests {
         )
         .unwrap();
         assert!((sum - 103.041).abs() < 1e-9, "{sum}");
-        // Buckets never decrease.
+        // Buckets never decrease, and there is one per bound plus +Inf.
         let mut last = 0.0;
+        let mut n_buckets = 0;
         for (n, l, v) in samples(&text) {
             if n == name && l[0].1 == "status" {
                 assert!(v >= last);
                 last = v;
+                n_buckets += 1;
             }
         }
+        assert_eq!(n_buckets, LATENCY_BUCKETS.len() + 1);
         assert_eq!(
             value_of(
                 &text,
@@ -622,22 +606,5 @@ mod tests {
             ),
             Some(1.0)
         );
-    }
-
-    #[test]
-    fn special_values_use_prometheus_spelling() {
-        assert_eq!(format_value(f64::INFINITY), "+Inf");
-        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(format_value(f64::NAN), "NaN");
-        assert_eq!(format_value(0.005), "0.005");
-        assert_eq!(format_value(30.0), "30");
-    }
-
-    #[test]
-    fn global_is_one_registry() {
-        global().sync("global-test", "assets", "ok");
-        let text = global().render(&Snapshot::default(), Timestamp(0));
-        assert!(text.contains("token=\"global-test\""));
-        assert!(std::ptr::eq(global(), global()));
     }
 }

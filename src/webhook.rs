@@ -38,6 +38,7 @@ pub struct WebhookState {
     pub tokens: Registry,
     /// Bounds requests waiting on a commit.
     pub writes: Arc<Semaphore>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub fn router(state: WebhookState, path_prefix: &str, max_body_bytes: usize) -> Router {
@@ -213,7 +214,7 @@ async fn receive(
         Err(_) => "error",
     };
     tracing::debug!(token = %token, r#type = %ntype, result = %metrics_result, "notification handled");
-    let metrics = crate::metrics::global();
+    let metrics = &state.metrics;
     metrics.notification(&token, &ntype, metrics_result);
     metrics.observe_webhook_ack(started.elapsed().as_secs_f64());
     match written {

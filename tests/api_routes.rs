@@ -341,6 +341,7 @@ impl InProcess {
             api_token: None,
             writes: Arc::new(tokio::sync::Semaphore::new(8)),
             apple,
+            metrics: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

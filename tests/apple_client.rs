@@ -117,6 +117,7 @@ fn opts(base: &str) -> ClientOptions {
         max_requests_per_second: 15,
         max_concurrent_requests: 5,
         read_retries: 2,
+        metrics: Default::default(),
     }
 }
 

@@ -63,6 +63,9 @@ pub struct ClientOptions {
     pub max_concurrent_requests: usize,
     /// Extra attempts for a read after a retryable error.
     pub read_retries: u32,
+    /// Where calls and their latency are recorded (the daemon passes its registry; the
+    /// default is a registry of its own that nobody scrapes).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for ClientOptions {
@@ -73,6 +76,7 @@ impl Default for ClientOptions {
             max_requests_per_second: 15,
             max_concurrent_requests: 5,
             read_retries: 3,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
@@ -621,7 +625,7 @@ impl AppleClient {
             Err(e) => transport_error(e),
             Ok(resp) => read_response(resp).await,
         };
-        let metrics = crate::metrics::global();
+        let metrics = &self.inner.opts.metrics;
         metrics.observe_api_latency(call.endpoint, sent_at.elapsed().as_secs_f64());
         let status = match &result {
             Ok(_) => "ok".to_string(),

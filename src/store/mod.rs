@@ -11,6 +11,7 @@
 pub mod migrations;
 pub mod mirror;
 pub mod queries;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -364,3 +364,45 @@ fn feed_seq_only_grows_across_pruning_and_reopening() {
     assert_eq!(after[0].event.event_id, "c");
     assert!(after[0].seq > top);
 }
+
+#[test]
+fn store_stats_groups_events_and_reports_configured_tokens_only() {
+    use super::stats::{store_stats, EventCount, TokenExpiry};
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let now = Timestamp(5_000);
+    for id in ["e1", "e2"] {
+        insert_tracked(&c, &rec(id, now), None, "tracked").unwrap();
+    }
+    let rows = [
+        queries::TokenRow {
+            name: "acme".into(),
+            org_name: None,
+            expires_at: Some(Timestamp(9_000)),
+        },
+        queries::TokenRow {
+            name: "gone".into(),
+            org_name: None,
+            expires_at: Some(Timestamp(1)),
+        },
+    ];
+    queries::upsert_tokens(&c, &rows, now).unwrap();
+    let configured = ["acme".to_string()].into_iter().collect();
+    let stats = store_stats(&c, &configured).unwrap();
+    assert_eq!(
+        stats.events,
+        vec![EventCount {
+            token: "acme".into(),
+            state: "pending".into(),
+            outcome: None,
+            count: 2,
+        }]
+    );
+    assert_eq!(
+        stats.token_expiry,
+        vec![TokenExpiry {
+            token: "acme".into(),
+            expires_at: Timestamp(9_000),
+        }]
+    );
+}
