@@ -724,8 +724,9 @@ fn retry_after_header(h: &HeaderMap) -> Option<Duration> {
         .and_then(|v| parse_retry_after(v, SystemTime::now()))
 }
 
+/// 200 ms, doubling per attempt, at most 5 s.
 fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
+    Duration::from_millis(crate::core::backoff::exponential_ms(200, attempt, 5_000))
 }
 
 fn decode<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, ApiError> {

@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::core::backoff;
 use crate::time::Timestamp;
 
 use super::error::ApiError;
@@ -99,7 +100,7 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(cfg: GateConfig) -> Gate {
-        let rng = cfg.seed ^ 0x9E37_79B9_7F4A_7C15;
+        let rng = cfg.seed ^ backoff::GOLDEN_GAMMA;
         Gate {
             cfg,
             sends: VecDeque::new(),
@@ -205,28 +206,26 @@ impl Gate {
     }
 
     fn backoff_delay_ms(&mut self) -> i64 {
-        let exp = self.backoff_level.saturating_sub(1).min(30);
-        let base = self
-            .cfg
-            .backoff_base_ms
-            .max(0)
-            .saturating_mul(1i64 << exp)
-            .min(self.cfg.backoff_max_ms.max(0));
+        let base = backoff::exponential_ms(
+            self.cfg.backoff_base_ms.max(0) as u64,
+            self.backoff_level.saturating_sub(1),
+            self.cfg.backoff_max_ms.max(0) as u64,
+        );
+        // No jitter: leave the generator where it is, so seeded sequences stay put.
         let jitter = self.cfg.jitter.clamp(0.0, 1.0);
-        if jitter == 0.0 {
-            return base;
-        }
-        let frac = (self.next_rand() >> 11) as f64 / (1u64 << 53) as f64;
-        base + (base as f64 * jitter * frac) as i64
+        let ms = if jitter == 0.0 {
+            base
+        } else {
+            backoff::add_jitter_fraction(base, jitter, self.next_rand())
+        };
+        i64::try_from(ms).unwrap_or(i64::MAX)
     }
 
-    // splitmix64: tiny, seedable, good enough for jitter.
+    /// The next output of a SplitMix64 stream: tiny, seedable, good enough for jitter.
     fn next_rand(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let out = backoff::splitmix64(self.rng);
+        self.rng = self.rng.wrapping_add(backoff::GOLDEN_GAMMA);
+        out
     }
 }
 

@@ -71,17 +71,17 @@ impl<T> Page<T> {
 
 impl From<GetAssetsResponse> for Page<ResponseAsset> {
     fn from(r: GetAssetsResponse) -> Self {
-        Page::new(r.assets, r.page)
+        Page::new(r.assets.into(), r.page)
     }
 }
 impl From<GetAssignmentsResponse> for Page<Assignment> {
     fn from(r: GetAssignmentsResponse) -> Self {
-        Page::new(r.assignments, r.page)
+        Page::new(r.assignments.into(), r.page)
     }
 }
 impl From<GetUsersResponse> for Page<ResponseUser> {
     fn from(r: GetUsersResponse) -> Self {
-        Page::new(r.users, r.page)
+        Page::new(r.users.into(), r.page)
     }
 }
 

@@ -194,7 +194,8 @@ pub async fn deliver(
 ) -> bool {
     for attempt in 0..attempts {
         if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+            let ms = crate::core::backoff::exponential_ms(250, attempt - 1, u64::MAX);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let res = http
             .post(url)

@@ -1,0 +1,234 @@
+//! Configuration (design §4): the TOML file, typed and validated, with every secret file read
+//! and checked at load time so that a bad deployment fails at start (or in `check-config`)
+//! rather than at the first Apple call.
+//!
+//! Parsing is two-step: serde reads the file into `Raw*` structs (`deny_unknown_fields`, every
+//! key optional), then [`load`] validates them into the typed [`Config`], applying defaults.
+//! Keeping defaults out of serde lets every error name the key path and the offending value.
+//!
+//! Errors are one sentence prefixed by the config path; they never contain a secret or the
+//! content of a secret file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+mod load;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+mod vpptoken;
+
+pub use load::{load, load_with, LoadEnv};
+pub use vpptoken::{parse_apple_date, parse_content_token, ContentToken, ContentTokenError};
+
+/// Default location of the configuration file (design §3).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vpp-reconciler/config.toml";
+/// Default SQLite file (design §4).
+pub const DEFAULT_DATABASE: &str = "/var/lib/vpp-reconciler/state.db";
+/// Apple's `maxNotificationLength`: the longest notification URL or auth token it accepts.
+pub const MAX_NOTIFICATION_LENGTH: usize = 512;
+/// Apple's documented floor between Event Status polls of one event.
+pub const APPLE_POLL_FLOOR: Duration = Duration::from_secs(30);
+/// Apple's advice: wait this long for notifications before polling.
+pub const APPLE_NOTIFICATION_GRACE: Duration = Duration::from_secs(300);
+/// Apple: at most 5 parallel page fetches per token.
+pub const APPLE_MAX_CONCURRENT: usize = 5;
+
+// ---------------------------------------------------------------------------------------------
+// Typed configuration
+// ---------------------------------------------------------------------------------------------
+
+/// A loaded configuration and the non-fatal problems found while validating it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// One sentence each, without a `warning:` prefix.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was loaded from, as given.
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    pub apple: AppleConfig,
+    pub webhook: WebhookConfig,
+    pub reconcile: ReconcileConfig,
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Config {
+    pub fn token(&self, name: &str) -> Option<&TokenConfig> {
+        self.tokens.iter().find(|t| t.name == name)
+    }
+
+    /// The effective per-token cap before Service Config's `maxRequestPerSecond` is known.
+    pub fn max_requests_per_second(&self, token: &TokenConfig) -> u32 {
+        token
+            .max_requests_per_second
+            .map_or(self.apple.max_requests_per_second, |t| {
+                t.min(self.apple.max_requests_per_second)
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// Absolute, or relative to the working directory if the config path was relative.
+    pub database: PathBuf,
+    pub api_listen: SocketAddr,
+    pub api_token_file: Option<PathBuf>,
+    pub api_token: Option<Secret>,
+    pub log_format: LogFormat,
+    /// A tracing `EnvFilter` string, validated.
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+impl FromStr for LogFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "json" => Ok(LogFormat::Json),
+            "text" => Ok(LogFormat::Text),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppleConfig {
+    /// Always ends with `/`, so endpoint paths can be joined onto it.
+    pub base_url: String,
+    pub request_timeout: Duration,
+    pub max_requests_per_second: u32,
+    pub max_concurrent_requests: usize,
+    pub service_config_refresh: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    pub listen: SocketAddr,
+    /// Starts with `/`, never ends with `/`; routes are `{path_prefix}/{token name}`.
+    pub path_prefix: String,
+    pub max_body_bytes: usize,
+}
+
+impl WebhookConfig {
+    pub fn route_for(&self, token_name: &str) -> String {
+        format!("{}/{}", self.path_prefix, token_name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconcileConfig {
+    pub notification_grace: Duration,
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+    pub resubmit_after: Duration,
+    pub give_up_after: Duration,
+    /// Six fields, with seconds, as tokio-cron-scheduler expects.
+    pub full_sync_schedule: String,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenConfig {
+    pub name: String,
+    /// Resolved path of the `.vpptoken` file.
+    pub token_file: PathBuf,
+    pub content_token: ContentToken,
+    /// Resolved path of the notification auth token file.
+    pub notification_auth_token_file: PathBuf,
+    pub notification_auth_token: Secret,
+    pub notification_url: Option<String>,
+    pub max_requests_per_second: Option<u32>,
+}
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file itself could not be read.
+    #[error("{}: cannot be read: {}", .path.display(), io_reason(.source))]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax or shape (unknown key, wrong type).
+    #[error("{}:{line}: {message}", .path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// A value that parsed but is not acceptable; `message` names the value.
+    #[error("{}: {key} {message}", .path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The key path (`tokens[0].name`) for validation errors.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// `io::Error`'s text without the `(os error N)` suffix, which says nothing to an operator.
+fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Formats a duration the way config files write them (`"30s"`, `"10m"`, `"24h"`, `"30d"`),
+/// using the largest unit that divides it exactly, so values round-trip through the parser.
+pub fn display_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    if s == 0 {
+        "0s".to_string()
+    } else if s % 86_400 == 0 && s >= 2 * 86_400 {
+        format!("{}d", s / 86_400)
+    } else if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
