@@ -1,4 +1,4 @@
-//! Prometheus metrics (design §8), exposed in text format 0.0.4 on the local API's `/metrics`.
+//! Prometheus metrics (README.md), exposed in text format 0.0.4 on the local API's `/metrics`.
 //!
 //! Built on `prometheus-client`: one [`Registry`] per [`Metrics`] handle, created once at
 //! daemon start-up and handed to whoever records (the Apple client, the webhook, the API, the

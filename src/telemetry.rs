@@ -1,4 +1,4 @@
-//! Logging set-up (design §8): one global tracing subscriber writing to stderr, either one
+//! Logging set-up (README.md): one global tracing subscriber writing to stderr, either one
 //! JSON object per line (event fields flattened to the top level, so `token`, `eventId`,
 //! `syncId` are plain keys) or human-readable text.
 

@@ -1,4 +1,4 @@
-//! Contract tests: every example body quoted in /work/shared/apple-api.md and the
+//! Contract tests: every example body quoted in /work/shared/docs/apple-api.md and the
 //! handling-error-responses seed decodes into our models, plus the leniency rules
 //! (unknown fields and enum values, missing optionals, bad dates, i32::MAX counts).
 
@@ -253,7 +253,7 @@ fn event_response_example() {
 
 #[test]
 fn status_response_examples() {
-    // apple-api.md §3.9
+    // docs/apple-api.md#event-status
     let r: StatusResponse = serde_json::from_str(
         r#"{"eventStatus":"FAILED","eventType":"ASSOCIATE","failures":[{"errorInfo":{"clientUserIds":["client-4"]},
  "errorNumber":9609,"errorMessage":"Registered user not found"}],"numCompleted":14,"numRequested":16,

@@ -1,4 +1,4 @@
-//! The webhook of design §6 on the real daemon: authentication, body limit, quarantine of
+//! The webhook of docs/architecture.md#webhook on the real daemon: authentication, body limit, quarantine of
 //! unparseable bodies, the uId check, duplicates, and a notification for an event tracked
 //! later.
 

@@ -1,4 +1,4 @@
-//! Paginated traversal of Get Assets / Get Assignments / Get Users (apple-api.md §4).
+//! Paginated traversal of Get Assets / Get Assignments / Get Users (docs/apple-api.md#pagination-and-versionid).
 //!
 //! Invariants:
 //! - The end of data is the absence of `nextPageIndex`; `totalPages` is only a hint for which

@@ -1,4 +1,4 @@
-//! The command line (design §3). Each command lives in its own module; `main.rs` only calls
+//! The command line (README.md). Each command lives in its own module; `main.rs` only calls
 //! [`main`].
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Configuration (design §4): the TOML file, typed and validated, with every secret file read
+//! Configuration (config/vpp-reconciler.toml): the TOML file, typed and validated, with every secret file read
 //! and checked at load time so that a bad deployment fails at start (or in `check-config`)
 //! rather than at the first Apple call.
 //!
@@ -27,9 +27,9 @@ mod vpptoken;
 pub use load::{load, load_with, LoadEnv};
 pub use vpptoken::{parse_apple_date, parse_content_token, ContentToken, ContentTokenError};
 
-/// Default location of the configuration file (design §3).
+/// Default location of the configuration file (README.md).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vpp-reconciler/config.toml";
-/// Default SQLite file (design §4).
+/// Default SQLite file (config/vpp-reconciler.toml).
 pub const DEFAULT_DATABASE: &str = "/var/lib/vpp-reconciler/state.db";
 /// Apple's `maxNotificationLength`: the longest notification URL or auth token it accepts.
 pub const MAX_NOTIFICATION_LENGTH: usize = 512;

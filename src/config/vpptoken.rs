@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use crate::secret::Secret;
 use crate::time::Timestamp;
 
-/// A decoded `.vpptoken` (apple-api.md §2).
+/// A decoded `.vpptoken` (docs/apple-api.md#token-file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContentToken {
     /// The whole file content without whitespace: this is what is sent as `Bearer`.

@@ -1,5 +1,5 @@
 //! Vocabulary shared by the core and its adapters: event types, states, outcomes, sync kinds.
-//! Names and spellings are the interface of design §2 and §5.
+//! Names and spellings are the interface of docs/lifecycle.md.
 
 use std::fmt;
 use std::str::FromStr;
@@ -47,7 +47,7 @@ impl EventType {
         )
     }
 
-    /// The syncs that refresh the MDM's view after this event (design §2).
+    /// The syncs that refresh the MDM's view after this event (docs/lifecycle.md).
     pub fn sync_kinds(self) -> &'static [SyncKind] {
         if self.is_asset_event() {
             &[SyncKind::Assignments, SyncKind::Assets]

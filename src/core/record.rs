@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::model::{EventType, Failure, Outcome, State, SyncKind};
 use crate::time::Timestamp;
 
-/// The timings of design §4 `[reconcile]`, plus the bounds the core enforces.
+/// The timings of config/vpp-reconciler.toml `[reconcile]`, plus the bounds the core enforces.
 #[derive(Clone, Debug)]
 pub struct Timings {
     pub notification_grace: Duration,

@@ -1,4 +1,4 @@
-//! `vpp-reconciler demo` (design §3): the simulator and the daemon in one process on temp
+//! `vpp-reconciler demo` (README.md): the simulator and the daemon in one process on temp
 //! files, a realistic workload submitted through the daemon under faults, live progress, and a
 //! report that checks every outcome and the mirror against the simulator's ground truth.
 //!
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Demo timings, scaled down so the demo ends in well under a minute. Real deployments keep
-/// Apple's floors (5m before polling, 30s between polls): see design §4.
+/// Apple's floors (5m before polling, 30s between polls): see config/vpp-reconciler.toml.
 const NOTIFICATION_GRACE: &str = "3s";
 const POLL_MIN: &str = "1s";
 const POLL_MAX: &str = "5s";

@@ -31,7 +31,7 @@ enum Ep {
     GetAssignments,
     GetUsers,
     Write(EventType),
-    /// `status/{eventId}`, or `status?eventId=` as apple-api.md §3.9 writes it.
+    /// `status/{eventId}`, or `status?eventId=` as docs/apple-api.md#event-status writes it.
     EventStatus(Option<String>),
 }
 

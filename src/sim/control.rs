@@ -1,4 +1,4 @@
-//! Control routes under `/_sim/` (design §7). Errors here are `{"error": "..."}` with 400/404;
+//! Control routes under `/_sim/` (listed in the module docs of `sim`). Errors here are `{"error": "..."}` with 400/404;
 //! they are the test harness's API, not Apple's.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Apple's `ErrorResponse` and the error table (apple-api.md §6). Only numbers matter to a
+//! Apple's `ErrorResponse` and the error table (docs/apple-api.md#error-numbers). Only numbers matter to a
 //! correct client; messages follow Apple's v2 table wording closely [C ERR].
 
 use axum::http::{HeaderValue, StatusCode};
@@ -38,7 +38,7 @@ impl ApiError {
     }
 
     /// Renders the error. `http200` is the `errorsWithHttp200` fault: 4xx bodies are sent with
-    /// HTTP 200 (as FLEET reports for invalid tokens, apple-api.md §2 [E]). 429 and 5xx keep
+    /// HTTP 200 (as FLEET reports for invalid tokens, docs/apple-api.md#token-file [E]). 429 and 5xx keep
     /// their status because their meaning (back off / Retry-After) lives in the status line.
     pub fn into_response_with(self, http200: bool) -> Response {
         let status = if http200

@@ -1,4 +1,4 @@
-//! Fault injection (`PUT /_sim/faults`, design §7). Omitted keys keep their value; `tokenState`
+//! Fault injection (`PUT /_sim/faults`, src/sim/mod.rs). Omitted keys keep their value; `tokenState`
 //! entries are merged per uId; unknown keys, rates outside 0..=1 and durations over 24 h are
 //! refused with 400 and change nothing. Defaults: no faults, `processingDelay` 200 ms (so
 //! PENDING is observable), `retryAfter` 1 s (Apple's example is 120 s [C ERR]).

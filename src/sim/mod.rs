@@ -1,5 +1,5 @@
-//! The Apple API simulator (`vpp-reconciler sim`, design §7): an independent model of Apple's
-//! Apps and Books for Organizations API (`mdm/v2`) built from `apple-api.md`, for tests,
+//! The Apple API simulator (`vpp-reconciler sim`): an independent model of Apple's
+//! Apps and Books for Organizations API (`mdm/v2`) built from `docs/apple-api.md`, for tests,
 //! benchmarks and the demo. It deliberately shares no types with the daemon's client
 //! (`src/apple/`), so a client mistake is not mirrored here.
 //!
@@ -10,7 +10,7 @@
 //! - Routes under `/mdm/v2/`: `service/config` (no auth, not rate limited), `client/config`
 //!   GET/POST, `assets`, `assignments`, `users`, `assets/associate|disassociate|revoke`,
 //!   `users/create|update|retire`, and Event Status at `status/{eventId}` and also
-//!   `status?eventId=` (apple-api.md §3.9 writes the query form; both are accepted).
+//!   `status?eventId=` (docs/apple-api.md#event-status writes the query form; both are accepted).
 //! - Checks, in order: unknown path 404 (9602 body); method 9726/405; (Service Config answered here);
 //!   Authorization 9722/401; unknown token 9622/401 [E]; the request is then counted for the
 //!   location; token state 9625 (revoked) / 9621 (expired, by fault or past `expDate`);
@@ -25,7 +25,7 @@
 //! - Rate limit: see [`rate`]. `maxRequestPerSecond` and every other limit come from the
 //!   Service Config limits (Apple's example values [C SVC]), changeable with `PUT /_sim/limits`.
 //!
-//! # Control routes (`/_sim/`, design §7, errors `{"error"}` with 400/404)
+//! # Control routes (`/_sim/`, errors `{"error"}` with 400/404)
 //! - `POST /_sim/locations` `{name?, expDate?, pageSize? (1000), assets: [{adamId,
 //!   pricingParam? (STDQ), productType? (App), total | unlimited: true, deviceAssignable?,
 //!   revocable? (both default true, false for books), supportedPlatforms?}], users:

@@ -1,10 +1,10 @@
-//! Notification building and delivery (apple-api.md §5, design §7).
+//! Notification building and delivery (docs/apple-api.md#notifications, src/sim/mod.rs).
 //!
 //! - Envelope `{notification, notificationId, notificationType, uId}` [C NOTIF].
 //! - ASSET_MANAGEMENT `{assignments, eventId, result, type, error?}` and USER_MANAGEMENT
 //!   `{eventId, result, type, users, error?}`: SUCCESS chunks list succeeded entities, FAILURE
 //!   chunks list failed entities of one error number with that one `error` [C ERR example];
-//!   USER_MANAGEMENT failures use the same shape [I, apple-api.md §5].
+//!   USER_MANAGEMENT failures use the same shape [I, docs/apple-api.md#notifications].
 //! - At most 100 entities per notification [C NOTIF]. A REVOKE that removed nothing still sends
 //!   one SUCCESS with an empty list, so the client hears about the event [I].
 //! - POST with `Authorization: Bearer <authToken>` and `Content-Type: application/json`, up to

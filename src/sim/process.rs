@@ -1,4 +1,4 @@
-//! Writes: synchronous validation with Apple's error numbers (§6.1), then an event processed
+//! Writes: synchronous validation with Apple's error numbers (docs/apple-api.md#error-numbers), then an event processed
 //! asynchronously, in submission order, by one worker per location after `processingDelay`.
 
 use std::collections::HashSet;

@@ -1,4 +1,4 @@
-//! Serde models of Apple's `mdm/v2` requests, responses and notifications (apple-api.md §3, §5).
+//! Serde models of Apple's `mdm/v2` requests, responses and notifications (docs/apple-api.md).
 //!
 //! Invariants: decoding is lenient where Apple may evolve — unknown fields are ignored, optional
 //! fields are `Option` or defaulted, enums have an `Unknown` arm, counts are `i64`

@@ -1,4 +1,4 @@
-//! One test per transition of design §2, driven through the simulated harness (or the core
+//! One test per transition of docs/lifecycle.md, driven through the simulated harness (or the core
 //! directly where the exact action sequence matters).
 
 use std::time::Duration;
