@@ -13,6 +13,9 @@
 //! - **Backoff**: consecutive 429/9646 answers wait 1 s, 2 s, 4 s … up to 60 s (plus up to
 //!   `jitter` of that, from a seeded generator), longer if Retry-After says so. A success
 //!   resets the ladder.
+//! - **Half-open**: when a Retry-After window or a 429 backoff ends, one request goes first
+//!   and the rest wait for its answer, so a server that is still struggling sees one request,
+//!   not `max_concurrent_requests`, and nothing lands inside a window that answer reopens.
 //! - **Health**: after a token problem everything is refused until [`Gate::reset_health`].
 
 use std::collections::VecDeque;
@@ -96,7 +99,26 @@ pub struct Gate {
     backoff_level: u32,
     unhealthy: Option<Refused>,
     rng: u64,
+    probe: Probe,
+    /// The answer being recorded is the probe's (between `on_completed` and `on_outcome`).
+    probe_just_answered: bool,
 }
+
+/// The half-open state after a pause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    /// No pause to recover from.
+    Closed,
+    /// A pause was set: the next request is a probe.
+    Armed,
+    /// The probe was sent at this time; others wait for its answer.
+    Sent(Timestamp),
+}
+
+/// How often a request waiting behind a probe asks again.
+const PROBE_POLL_MS: i64 = 25;
+/// A probe with no answer this long (its caller went away) no longer holds the others.
+const PROBE_TIMEOUT_MS: i64 = 120_000;
 
 impl Gate {
     pub fn new(cfg: GateConfig) -> Gate {
@@ -109,6 +131,8 @@ impl Gate {
             backoff_level: 0,
             unhealthy: None,
             rng,
+            probe: Probe::Closed,
+            probe_just_answered: false,
         }
     }
 
@@ -129,6 +153,11 @@ impl Gate {
             return Err(r.clone());
         }
         let mut at = now.max(self.paused_until).max(self.backoff_until);
+        if let Probe::Sent(sent) = self.probe {
+            if now.0 < sent.0.saturating_add(PROBE_TIMEOUT_MS) {
+                at = at.max(Timestamp(now.0.saturating_add(PROBE_POLL_MS)));
+            }
+        }
         if self.sends.len() >= self.rps() as usize {
             if let Some(earliest) = self.sends.iter().map(|(_, arrival)| *arrival).min() {
                 at = at.max(Timestamp(earliest.0.saturating_add(1_000)));
@@ -143,6 +172,9 @@ impl Gate {
         // Time running backwards must not reorder the ring: record the later of the two.
         let t = self.sends.back().map_or(now, |&(last, _)| last.max(now));
         let arrival = Timestamp(t.0.saturating_add(self.cfg.margin_ms.max(0)));
+        if self.probe == Probe::Armed {
+            self.probe = Probe::Sent(t);
+        }
         self.sends.push_back((t, arrival));
         self.trim();
         t
@@ -151,6 +183,16 @@ impl Gate {
     /// The answer to the request sent at `sent` came back at `now`: it arrived no later than
     /// that, which bounds its arrival better than the margin when the answer was slow.
     pub fn on_completed(&mut self, sent: Timestamp, now: Timestamp) {
+        if self.probe == Probe::Sent(sent) {
+            // Answered: the others may go, unless a pause is still ahead (another answer
+            // set one meanwhile) or `on_outcome` arms a new probe.
+            self.probe = if self.paused_until() > now {
+                Probe::Armed
+            } else {
+                Probe::Closed
+            };
+            self.probe_just_answered = true;
+        }
         if let Some(entry) = self.sends.iter_mut().find(|(s, _)| *s == sent) {
             // +1 ms: a server window closed at both ends must not see both requests.
             entry.1 = entry.1.max(Timestamp(now.0.saturating_add(1)));
@@ -168,10 +210,12 @@ impl Gate {
                     until = until.max(now.saturating_add(*ra));
                 }
                 self.backoff_until = self.backoff_until.max(until);
+                self.arm_probe();
             }
             Outcome::Unavailable { retry_after } => {
                 if let Some(ra) = retry_after {
                     self.paused_until = self.paused_until.max(now.saturating_add(*ra));
+                    self.arm_probe();
                 }
             }
             Outcome::TokenProblem(reason) => {
@@ -182,7 +226,19 @@ impl Gate {
                     });
                 }
             }
-            Outcome::NoAnswer => {}
+            Outcome::NoAnswer => {
+                // A probe without an answer told us nothing: the next request probes again.
+                if self.probe_just_answered {
+                    self.arm_probe();
+                }
+            }
+        }
+        self.probe_just_answered = false;
+    }
+
+    fn arm_probe(&mut self) {
+        if !matches!(self.probe, Probe::Sent(_)) {
+            self.probe = Probe::Armed;
         }
     }
 
@@ -260,6 +316,88 @@ mod tests {
         Gate::new(c)
     }
 
+    /// Sends now if the gate allows; returns the send time.
+    fn try_send(g: &mut Gate, now: i64) -> Option<Timestamp> {
+        let at = g.next_send_at(Timestamp(now)).unwrap();
+        (at <= Timestamp(now)).then(|| g.on_sent(Timestamp(now)))
+    }
+
+    #[test]
+    fn after_retry_after_one_probe_goes_first_and_the_rest_wait_for_its_answer() {
+        let mut g = exact(100);
+        let s = g.on_sent(Timestamp(0));
+        g.on_completed(s, Timestamp(10));
+        g.on_outcome(
+            Timestamp(10),
+            &Outcome::Unavailable {
+                retry_after: Some(Duration::from_secs(2)),
+            },
+        );
+        assert!(try_send(&mut g, 1_000).is_none(), "inside Retry-After");
+        let probe = try_send(&mut g, 2_010).expect("the probe goes when the window ends");
+        assert!(
+            try_send(&mut g, 2_011).is_none(),
+            "the rest wait for the probe"
+        );
+        assert!(try_send(&mut g, 2_500).is_none());
+        // Still failing: a new window, and again one probe after it.
+        g.on_completed(probe, Timestamp(2_600));
+        g.on_outcome(
+            Timestamp(2_600),
+            &Outcome::Unavailable {
+                retry_after: Some(Duration::from_secs(3)),
+            },
+        );
+        assert!(
+            try_send(&mut g, 3_000).is_none(),
+            "inside the reopened window"
+        );
+        assert!(try_send(&mut g, 5_599).is_none());
+        let probe = try_send(&mut g, 5_600).unwrap();
+        assert!(try_send(&mut g, 5_601).is_none());
+        // Healthy again: everyone may go.
+        g.on_completed(probe, Timestamp(5_700));
+        g.on_outcome(Timestamp(5_700), &Outcome::Success);
+        assert!(try_send(&mut g, 5_700).is_some());
+        assert!(try_send(&mut g, 5_700).is_some());
+    }
+
+    #[test]
+    fn after_a_429_backoff_one_probe_goes_first_and_a_lost_probe_is_replaced() {
+        let mut g = exact(100);
+        let s = g.on_sent(Timestamp(0));
+        g.on_completed(s, Timestamp(5));
+        g.on_outcome(Timestamp(5), &Outcome::RateLimited { retry_after: None });
+        assert!(try_send(&mut g, 500).is_none(), "backing off");
+        let probe = try_send(&mut g, 1_005).unwrap();
+        assert!(try_send(&mut g, 1_006).is_none());
+        // The probe timed out: the next request probes again, alone.
+        g.on_completed(probe, Timestamp(2_000));
+        g.on_outcome(Timestamp(2_000), &Outcome::NoAnswer);
+        let probe = try_send(&mut g, 2_000).unwrap();
+        assert!(try_send(&mut g, 2_001).is_none());
+        g.on_completed(probe, Timestamp(2_100));
+        g.on_outcome(Timestamp(2_100), &Outcome::Success);
+        assert!(try_send(&mut g, 2_100).is_some());
+        assert!(try_send(&mut g, 2_100).is_some());
+    }
+
+    #[test]
+    fn a_probe_whose_caller_vanished_stops_holding_the_others() {
+        let mut g = exact(100);
+        let s = g.on_sent(Timestamp(0));
+        g.on_completed(s, Timestamp(5));
+        g.on_outcome(
+            Timestamp(5),
+            &Outcome::Unavailable {
+                retry_after: Some(Duration::from_secs(1)),
+            },
+        );
+        assert!(try_send(&mut g, 1_005).is_some(), "probe, never answered");
+        assert!(try_send(&mut g, 60_000).is_none());
+        assert!(try_send(&mut g, 1_005 + PROBE_TIMEOUT_MS).is_some());
+    }
+
     /// Sends one request that became ready at `ready`, stepping time to when the gate allows.
     fn send(g: &mut Gate, ready: i64) -> i64 {
         let mut now = Timestamp(ready);
@@ -310,6 +448,8 @@ mod tests {
         for _ in 0..8 {
             let sent = send(&mut g, now);
             delays.push(sent - now);
+            // Each send after a backoff is its probe: answered before the next.
+            g.on_completed(Timestamp(sent), Timestamp(sent));
             g.on_outcome(Timestamp(sent), &Outcome::RateLimited { retry_after: None });
             now = sent;
         }
