@@ -1,0 +1,136 @@
+//! The local HTTP API (docs/architecture.md#local-http-api): JSON in and out, camelCase like
+//! Apple's, errors as `{"error", "code"}`. Handlers validate, talk to the store and hand inputs
+//! to the executor; they hold no business logic and read no clock beyond stamping what they
+//! receive.
+//!
+//! One module per behaviour: [`auth`] (the bearer check, one layer), [`events`] (track, list,
+//! get), [`submit`] (submitting through the daemon), [`feed`] (changes feed), [`syncs`],
+//! [`tokens`] (tokens and mirror reads), [`health`] (`/healthz`, `/metrics`) and [`validate`]
+//! (input checks shared with the CLI).
+
+mod auth;
+mod events;
+mod feed;
+mod health;
+mod submit;
+mod syncs;
+mod tokens;
+mod validate;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::core::Timings;
+use crate::executor::ExecutorHandle;
+use crate::secret::Secret;
+use crate::store::mirror::MirrorKind;
+use crate::store::{Store, StoreError};
+use crate::tokens::Registry;
+
+pub use events::commit_track;
+pub use validate::{
+    validate_event_id, validate_track, ListQuery, PageQuery, TrackFields, ValidTrack,
+};
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub executor: ExecutorHandle,
+    /// The configured tokens (replaced on reload).
+    pub tokens: Registry,
+    pub timings: Timings,
+    pub api_token: Option<Secret>,
+    /// Bounds track requests waiting on the executor.
+    pub writes: Arc<Semaphore>,
+    /// The Apple client, for submitting requests through the daemon.
+    pub apple: Option<crate::apple::AppleClient>,
+    /// Recorded into by the handlers and rendered on `/metrics`.
+    pub metrics: crate::metrics::Metrics,
+}
+
+/// An API error: status, machine code and one sentence.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> HttpError {
+        HttpError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl From<StoreError> for HttpError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error in the local API");
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.message, "code": self.code})),
+        )
+            .into_response()
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/events", post(events::track).get(events::list_events))
+        .route("/v1/events/{event_id}", get(events::get_event))
+        .route("/v1/changes", get(feed::list_changes))
+        .route("/v1/tokens", get(tokens::list_tokens))
+        .route(
+            "/v1/tokens/{token}/requests/{kind}",
+            post(submit::submit_request),
+        )
+        .route("/v1/tokens/{token}/sync", post(syncs::request_sync))
+        .route(
+            "/v1/tokens/{token}/assets",
+            tokens::mirror_route(MirrorKind::Assets),
+        )
+        .route(
+            "/v1/tokens/{token}/assignments",
+            tokens::mirror_route(MirrorKind::Assignments),
+        )
+        .route(
+            "/v1/tokens/{token}/users",
+            tokens::mirror_route(MirrorKind::Users),
+        )
+        .route("/v1/syncs", get(syncs::list_syncs))
+        // The bearer check guards the routes above only: a route layer wraps the routes
+        // added before it, so the two below stay unauthenticated.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_bearer,
+        ))
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
+        .with_state(state)
+}

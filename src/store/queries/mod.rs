@@ -1,0 +1,35 @@
+//! Queries. Plain functions over a `&Connection`, shared by the daemon (through
+//! [`super::Store`]) and the read-only inspection commands. One module per table:
+//! [`events`] (with their history, failures and polls), [`notifications`], [`syncs`],
+//! [`tokens`], [`feed`] (the changes feed); [`views`] holds the JSON shapes the API and the
+//! CLI print. Everything is re-exported here, so `queries::X` paths name any of it.
+
+pub mod events;
+pub mod feed;
+pub mod notifications;
+pub mod syncs;
+pub mod tokens;
+pub mod views;
+
+pub use events::*;
+pub use feed::*;
+pub use notifications::*;
+pub use syncs::*;
+pub use tokens::*;
+pub use views::*;
+
+use crate::time::Timestamp;
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+fn parse_col<T: std::str::FromStr<Err = String>>(s: String, col: &str) -> rusqlite::Result<T> {
+    s.parse::<T>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("column {col}: {e}").into(),
+        )
+    })
+}

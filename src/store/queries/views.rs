@@ -1,0 +1,140 @@
+//! The JSON shapes of events, changes, tokens and syncs as the local API and the CLI print
+//! them (docs/architecture.md#local-http-api). They live in the store, not in `crate::api`,
+//! because the store's queries build them and the store never imports from the API.
+
+use serde::Serialize;
+
+use crate::core::{EventRecord, EventType, Failure, Outcome, State};
+use crate::time::Timestamp;
+
+/// An event as listed (docs/architecture.md#local-http-api).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    pub event_id: String,
+    pub token: String,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub state: State,
+    pub outcome: Option<Outcome>,
+    pub tracked_at: Timestamp,
+    pub settled_at: Option<Timestamp>,
+    pub num_requested: Option<u32>,
+    pub num_completed: u32,
+    pub polls: u32,
+    pub next_check_at: Option<Timestamp>,
+    pub failures: Vec<Failure>,
+    pub superseded_by: Option<String>,
+    pub supersedes: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryView {
+    pub at: Timestamp,
+    pub from: Option<State>,
+    pub to: State,
+    pub outcome: Option<Outcome>,
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationView {
+    pub notification_id: String,
+    #[serde(rename = "type")]
+    pub notification_type: String,
+    pub result: Option<String>,
+    pub entities: Option<u32>,
+    pub received_at: Timestamp,
+    pub applied_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PollView {
+    pub at: Timestamp,
+    pub result: String,
+    pub detail: Option<String>,
+}
+
+/// One event with everything known about it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventDetail {
+    #[serde(flatten)]
+    pub event: EventView,
+    pub submitted_at: Timestamp,
+    pub outcome_at: Option<Timestamp>,
+    pub has_request: bool,
+    pub history: Vec<HistoryView>,
+    pub notifications: Vec<NotificationView>,
+    /// The Event Status calls (the `polls` field keeps the count, as in list views).
+    pub poll_log: Vec<PollView>,
+}
+
+impl EventView {
+    pub fn from_record(rec: EventRecord, failures: Vec<Failure>) -> EventView {
+        EventView {
+            event_id: rec.event_id,
+            token: rec.token,
+            event_type: rec.event_type,
+            state: rec.state,
+            outcome: rec.outcome,
+            tracked_at: rec.tracked_at,
+            settled_at: rec.settled_at,
+            num_requested: rec.num_requested,
+            num_completed: rec.num_completed,
+            polls: rec.polls,
+            next_check_at: rec.next_check_at,
+            failures,
+            superseded_by: rec.superseded_by,
+            supersedes: rec.supersedes,
+        }
+    }
+}
+
+/// The outcome feed: events whose state or outcome changed after `after`, in commit order.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeView {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub event: EventView,
+}
+
+/// Token health and counts for `tokens` / `GET /v1/tokens`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenView {
+    pub name: String,
+    pub u_id: Option<String>,
+    pub org_name: Option<String>,
+    pub location: Option<String>,
+    pub expires_at: Option<Timestamp>,
+    pub health: String,
+    pub health_reason: Option<String>,
+    pub health_since: Option<Timestamp>,
+    pub mdm_conflict: Option<String>,
+    pub pending: u64,
+    pub syncing: u64,
+    pub last_syncs: Vec<SyncView>,
+}
+
+/// One sync run.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncView {
+    pub id: u64,
+    pub token: String,
+    pub kind: String,
+    pub full: bool,
+    pub cause: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub duration_ms: Option<i64>,
+    pub pages: u32,
+    pub records: u64,
+    pub result: String,
+    pub error: Option<String>,
+}
