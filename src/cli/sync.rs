@@ -45,7 +45,8 @@ fn sync_url(api_listen: &str, token: &str) -> Result<String, CliError> {
     Ok(url.to_string())
 }
 
-/// One line for the ticket `{"syncId", "queued"}`.
+/// One line for the ticket `{"syncId", "queued", "startsAt"?}`: which run serves the
+/// request, and when a queued run may start.
 fn describe(ticket: &Value, token: &str, kind: SyncKind, full: bool) -> String {
     let mode = if full { "full" } else { "incremental" };
     let id = ticket.get("syncId").and_then(Value::as_u64);
@@ -53,9 +54,17 @@ fn describe(ticket: &Value, token: &str, kind: SyncKind, full: bool) -> String {
         .get("queued")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let starts = ticket
+        .get("startsAt")
+        .and_then(Value::as_str)
+        .map(|t| format!("; it starts at {t}"))
+        .unwrap_or_default();
     match (id, queued) {
         (Some(n), false) => format!("sync {n} started for {token} ({kind}, {mode})"),
-        (Some(n), true) => format!("queued after sync {n} for {token} ({kind}, {mode})"),
+        (Some(n), true) => format!("queued after sync {n} for {token} ({kind}, {mode}){starts}"),
+        (None, true) if !starts.is_empty() => format!(
+            "sync queued for {token} ({kind}, {mode}): runs of one kind start at least poll_min apart{starts}"
+        ),
         (None, _) => format!(
             "sync requested for {token} ({kind}, {mode}); it will start when the token allows"
         ),
@@ -100,6 +109,20 @@ mod tests {
         assert!(
             describe(&json!({"syncId": null, "queued": false}), "acme", k, false)
                 .starts_with("sync requested for acme")
+        );
+        let t = "2026-01-01T00:00:30.000Z";
+        assert_eq!(
+            describe(&json!({"syncId": null, "queued": true, "startsAt": t}), "acme", k, false),
+            format!("sync queued for acme (assignments, incremental): runs of one kind start at least poll_min apart; it starts at {t}")
+        );
+        assert_eq!(
+            describe(
+                &json!({"syncId": 7, "queued": true, "queuedBehind": 7, "startsAt": t}),
+                "acme",
+                k,
+                true
+            ),
+            format!("queued after sync 7 for acme (assignments, full); it starts at {t}")
         );
     }
 }

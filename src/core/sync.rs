@@ -234,3 +234,34 @@ impl Syncs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_within_the_min_interval_says_when_its_run_starts() {
+        let min = Duration::from_secs(30);
+        let mut s = Syncs::new(1, min, min, Duration::from_secs(600), 0);
+        let key = ("acme".to_string(), SyncKind::Users);
+        let mut out = Vec::new();
+        let t0 = Timestamp(1_000_000);
+        s.request(t0, &key, false, "first", &mut out);
+        assert_eq!(out.len(), 1, "the first run starts at once");
+        s.finished(
+            t0.saturating_add(Duration::from_secs(2)),
+            1,
+            &SyncOutcome::Ok,
+            &mut out,
+        );
+        let t1 = t0.saturating_add(Duration::from_secs(5));
+        s.request(t1, &key, false, "second", &mut out);
+        assert_eq!(out.len(), 1, "too soon: queued, not started");
+        let st = s.state(&key).unwrap();
+        assert_eq!(st.running, None);
+        assert!(st.queued);
+        assert_eq!(st.queued_not_before, Some(t0.saturating_add(min)));
+        s.timeout(t0.saturating_add(min), &mut out);
+        assert_eq!(out.len(), 2, "and it starts then");
+    }
+}
