@@ -315,15 +315,13 @@ pub async fn serve_with_reload(
             &config.webhook.path_prefix,
             config.webhook.max_body_bytes,
         );
-        let sd = shutdown.clone();
-        background.spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { sd.cancelled().await })
-                .await
-            {
-                tracing::error!(error = %e, "webhook server failed");
-            }
-        });
+        background.spawn(crate::serve::serve(
+            listener,
+            app,
+            crate::serve::Limits::WEBHOOK,
+            shutdown.clone(),
+            Duration::from_secs(5),
+        ));
     }
     let health = apple
         .as_ref()

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod scheduler;
 pub mod secret;
+pub mod serve;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

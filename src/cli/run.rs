@@ -18,6 +18,9 @@ pub fn run(config_path: &Path) -> CliResult {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    if let Some((before, now)) = crate::serve::raise_fd_limit() {
+        tracing::debug!(before, now, "open files limit");
+    }
     let config = loaded.config;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
