@@ -102,7 +102,7 @@ pub async fn serve(
 
 /// Raises this process's soft limit on open files to its hard limit (systemd's default soft
 /// limit is 1024, which a few hundred slow clients could use up and so shut Apple out).
-pub fn raise_fd_limit() -> Option<(u64, u64)> {
+pub fn raise_fd_limit() -> Option<(libc::rlim_t, libc::rlim_t)> {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         let mut lim = libc::rlimit {
@@ -112,13 +112,13 @@ pub fn raise_fd_limit() -> Option<(u64, u64)> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return None;
         }
-        let before = lim.rlim_cur as u64;
+        let before = lim.rlim_cur;
         if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Some((before, before));
             }
         }
-        Some((before, lim.rlim_cur as u64))
+        Some((before, lim.rlim_cur))
     }
 }
