@@ -207,6 +207,9 @@ pub fn tokens(config_path: &Path, args: JsonArg) -> CliResult {
                 syncs.join(", ")
             }
         );
+        if let Some(c) = &t.mdm_conflict {
+            println!("  mdmConflict: {c} (README.md, \"mdmConflict\")");
+        }
     }
     Ok(())
 }
