@@ -397,10 +397,20 @@ pub async fn serve_with_reload(
     })
     .await;
     background.abort_all();
-    match tokio::time::timeout_at(deadline, exec_task).await {
+    let exec_result = match tokio::time::timeout_at(deadline, exec_task).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(DaemonError::Task(e.to_string())),
+        Err(_) => {
+            tracing::warn!("executor did not stop within {bound:?}");
+            Ok(())
+        }
+    };
+    // Last: commit what is queued and checkpoint the WAL into the database file, so a copy
+    // of state.db alone after a clean stop holds everything.
+    match tokio::time::timeout_at(deadline, store.close()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(DaemonError::Task(e.to_string())),
-        Err(_) => tracing::warn!("executor did not stop within {bound:?}"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "closing the database"),
+        Err(_) => tracing::warn!("the database writer did not stop within {bound:?}"),
     }
-    Ok(())
+    exec_result
 }

@@ -103,7 +103,7 @@ base_url = "https://vpp.itunes.apple.com/mdm/v2"
 max_requests_per_second = 10
 
 [webhook]
-listen = "0.0.0.0:8788"
+listen = "127.0.0.1:8788"
 path_prefix = "/hooks/apple"
 
 [reconcile]
@@ -126,7 +126,24 @@ max_requests_per_second = 3
 #[test]
 fn good_config_prints_a_summary() {
     let s = Setup::new();
-    let out = s.check(GOOD);
+    // The layout README.md recommends (secrets 0600 in credentials/, which the shipped unit
+    // hands to the service), so that check-config has nothing to warn about.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir(s.path("credentials")).expect("mkdir");
+    for f in [
+        "acme.vpptoken",
+        "acme.notify",
+        "beta.vpptoken",
+        "beta.notify",
+    ] {
+        let to = s.path("credentials").join(f);
+        std::fs::rename(s.path(f), &to).expect("move");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let config = GOOD
+        .replace("\"acme.", "\"credentials/acme.")
+        .replace("\"beta.", "\"credentials/beta.");
+    let out = s.check(&config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
@@ -136,7 +153,7 @@ fn good_config_prints_a_summary() {
         "api_listen:     127.0.0.1:8787",
         "https://vpp.itunes.apple.com/mdm/v2/",
         "10 requests/s, 5 concurrent per token",
-        "0.0.0.0:8788",
+        "127.0.0.1:8788",
         "/hooks/apple",
         "30s .. 15m",
         "\"0 30 2 * * *\"",
@@ -144,10 +161,13 @@ fn good_config_prints_a_summary() {
         "orgName:      Acme Inc",
         "2098-11-08 22:33:22 UTC (expires in ",
         "notification_url: https://mdm.example.com/hooks/apple/acme",
-        &format!("token_file:   {}", s.path("acme.vpptoken").display()),
+        &format!(
+            "token_file:   {}",
+            s.path("credentials/acme.vpptoken").display()
+        ),
         &format!(
             "notification_auth_token_file: {}",
-            s.path("beta.notify").display()
+            s.path("credentials/beta.notify").display()
         ),
         "orgName:      Beta School",
         "webhook route: /hooks/apple/beta",
@@ -165,6 +185,10 @@ fn minimal_and_example_configs_are_valid() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vpp-reconciler.toml"),
     )
     .expect("example config");
+    std::fs::create_dir(s.path("credentials")).expect("mkdir");
+    for f in ["acme.vpptoken", "acme.notify"] {
+        std::fs::copy(s.path(f), s.path("credentials").join(f)).expect("copy");
+    }
     let out = s.check(&example);
     assert_eq!(
         out.status.code(),

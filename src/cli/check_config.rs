@@ -1,11 +1,14 @@
 //! `check-config`: validate the configuration and every secret file it references, then print
 //! a summary in which secrets appear only as file paths.
 use std::fmt::Write as _;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Component, Path};
 use std::time::Duration;
 
 use super::{CliError, CliResult};
-use crate::config::{self, display_duration, Config, TokenConfig};
+use crate::config::{
+    self, display_duration, Config, LoadEnv, SecretFile, TokenConfig, CREDENTIALS_SUBDIR,
+};
 use crate::time::Timestamp;
 
 pub fn run(config: &Path) -> CliResult {
@@ -13,8 +16,79 @@ pub fn run(config: &Path) -> CliResult {
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
+    // The secret files loaded above; their permissions as the service will meet them.
+    let env = LoadEnv::from_process();
+    if env.credentials_directory.is_none() {
+        let public = config::load_public(config).map_err(|e| CliError::usage(e.to_string()))?;
+        for f in public.config.secret_files() {
+            if let Some(w) = permission_warning(f) {
+                eprintln!("warning: {w}");
+            }
+        }
+    }
     print!("{}", summary(&loaded.config, Timestamp::now()));
     Ok(())
+}
+
+/// Where the shipped unit's `LoadCredential=credentials:...` reads from.
+const UNIT_CREDENTIALS_DIR: &str = "/etc/vpp-reconciler/credentials";
+
+/// A secret file that others can read, or that the service (systemd's dynamic user, outside
+/// `$CREDENTIALS_DIRECTORY`) could not read. Called only when `$CREDENTIALS_DIRECTORY` is not
+/// set: inside it systemd owns the files.
+fn permission_warning(f: &SecretFile) -> Option<String> {
+    let meta = std::fs::metadata(&f.resolved).ok()?;
+    let mode = meta.mode() & 0o7777;
+    let shown = f.shown();
+    if mode & 0o044 != 0 {
+        return Some(format!(
+            "{} {shown} is readable by its group or by others (mode {mode:04o}); make it \
+             readable by its owner only: chmod 600 {}",
+            f.key,
+            f.resolved.display()
+        ));
+    }
+    if mode & 0o004 != 0 {
+        return None;
+    }
+    let owner = match meta.uid() {
+        0 => "root".to_string(),
+        uid => format!("uid {uid}"),
+    };
+    let configured = Path::new(&f.configured);
+    let handed_over = configured.is_relative()
+        && configured
+            .components()
+            .find(|c| !matches!(c, Component::CurDir))
+            .is_some_and(|c| c.as_os_str() == CREDENTIALS_SUBDIR);
+    if handed_over {
+        return None;
+    }
+    let file_name = configured
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| f.configured.clone());
+    let how = format!(
+        "the shipped unit hands the service only the files in {UNIT_CREDENTIALS_DIR}/ \
+         (LoadCredential=credentials:{UNIT_CREDENTIALS_DIR}): move the file there and write \
+         \"{CREDENTIALS_SUBDIR}/{file_name}\" in the configuration (README.md, \"Running under \
+         systemd\")"
+    );
+    Some(if configured.is_absolute() {
+        format!(
+            "{} {shown} can be read only by {owner} (mode {mode:04o}), and the service runs as \
+             systemd's dynamic user, which reads an absolute path directly and so cannot read \
+             it; {how}",
+            f.key
+        )
+    } else {
+        format!(
+            "{} {shown} can be read only by {owner} (mode {mode:04o}), and the service runs as \
+             systemd's dynamic user, which will not be able to read it unless systemd hands it \
+             over with LoadCredential=; {how}",
+            f.key
+        )
+    })
 }
 
 /// The redacted summary. Built from paths, numbers and non-secret fields only.

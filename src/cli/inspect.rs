@@ -1,17 +1,21 @@
 //! Read-only inspection commands (`events`, `event`, `tokens`, `syncs`). They open the SQLite
-//! file read-only, so they work whether or not the daemon runs.
+//! file read-only, so they work whether or not the daemon runs, and they load the configuration
+//! without opening any secret file (design §3): an operator needs only the configuration and
+//! read access to the database.
 
 use std::path::Path;
 
 use rusqlite::Connection;
 
-use super::{load_config, CliError, CliResult, EventArgs, EventsArgs, JsonArg, SyncsArgs};
+use super::{
+    load_public_config, store_error, CliError, CliResult, EventArgs, EventsArgs, JsonArg, SyncsArgs,
+};
 use crate::api::ListQuery;
 use crate::store::{self, queries};
 use crate::time::Timestamp;
 
 fn open(config_path: &Path) -> Result<Connection, CliError> {
-    let loaded = load_config(config_path)?;
+    let loaded = load_public_config(config_path)?;
     let db = &loaded.config.daemon.database;
     if !db.exists() {
         return Err(CliError::failed(format!(
@@ -19,7 +23,7 @@ fn open(config_path: &Path) -> Result<Connection, CliError> {
             db.display()
         )));
     }
-    store::open_read_only(db).map_err(|e| CliError::failed(e.to_string()))
+    store::open_read_only(db).map_err(store_error)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> CliResult {
@@ -203,6 +207,9 @@ pub fn tokens(config_path: &Path, args: JsonArg) -> CliResult {
                 syncs.join(", ")
             }
         );
+        if let Some(c) = &t.mdm_conflict {
+            println!("  mdmConflict: {c} (README.md, \"mdmConflict\")");
+        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod backup;
 mod check_config;
 mod demo;
 mod inspect;
@@ -42,6 +43,20 @@ pub type CliResult = Result<(), CliError>;
 /// Loads the configuration for a command; every mistake is a usage error (exit 2).
 pub fn load_config(path: &std::path::Path) -> Result<crate::config::Loaded, CliError> {
     crate::config::load(path).map_err(|e| CliError::usage(e.to_string()))
+}
+
+/// Loads the configuration without opening any secret file, for the read-only commands.
+pub fn load_public_config(path: &std::path::Path) -> Result<crate::config::PublicLoaded, CliError> {
+    crate::config::load_public(path).map_err(|e| CliError::usage(e.to_string()))
+}
+
+/// A store error as a command's failure: a database written by a newer binary is a deployment
+/// error (exit 2: restarting or retrying will not fix it); anything else failed (exit 1).
+pub fn store_error(e: crate::store::StoreError) -> CliError {
+    match e {
+        crate::store::StoreError::SchemaTooNew { .. } => CliError::usage(e.to_string()),
+        e => CliError::failed(e.to_string()),
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -86,6 +101,17 @@ pub enum Command {
     Sim(SimArgs),
     /// Run the demo: simulator and daemon on temp files with a faulty workload.
     Demo(DemoArgs),
+    /// Write a consistent copy of the database (works while the daemon runs).
+    Backup(BackupArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Where to write the copy.
+    pub path: PathBuf,
+    /// Replace PATH if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -213,5 +239,6 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Sim(args) => sim::run(args),
         Command::Sync(args) => sync::run(&cli.config, args),
         Command::Demo(args) => demo::run(args),
+        Command::Backup(args) => backup::run(&cli.config, args),
     }
 }

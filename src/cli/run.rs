@@ -47,7 +47,10 @@ pub fn run(config_path: &Path) -> CliResult {
             })
             .await;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        result.map_err(|e| CliError::failed(e.to_string()))
+        result.map_err(|e| match e {
+            daemon::DaemonError::Store(e) => super::store_error(e),
+            e => CliError::failed(e.to_string()),
+        })
     })
 }
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::time::Timestamp;
 
 use super::raw::RawConfig;
-use super::validate::{shown_path, Validator};
-use super::{io_reason, ConfigError, Loaded};
+use super::validate::Validator;
+use super::{io_reason, ConfigError, Loaded, PublicLoaded, SecretFile};
 
 /// Secret files are small; a cap keeps a mistaken path (a log, `/dev/zero`) from hanging load.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
@@ -40,6 +40,44 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// [`load`] with an explicit clock and credentials directory.
 pub fn load_with(path: &Path, env: &LoadEnv) -> Result<Loaded, ConfigError> {
+    let raw = read_raw(path)?;
+    let mut v = Validator {
+        path,
+        dir: config_dir(path),
+        env,
+        warnings: Vec::new(),
+    };
+    let config = v.config(raw)?;
+    Ok(Loaded {
+        config,
+        warnings: v.warnings,
+    })
+}
+
+/// Loads and validates the configuration at `path` without opening any secret file: what the
+/// read-only commands (`events`, `event`, `tokens`, `syncs`, `backup`) use, so that an operator
+/// can run them with only the configuration file and read access to the database.
+pub fn load_public(path: &Path) -> Result<PublicLoaded, ConfigError> {
+    load_public_with(path, &LoadEnv::from_process())
+}
+
+/// [`load_public`] with an explicit clock and credentials directory.
+pub fn load_public_with(path: &Path, env: &LoadEnv) -> Result<PublicLoaded, ConfigError> {
+    let raw = read_raw(path)?;
+    let mut v = Validator {
+        path,
+        dir: config_dir(path),
+        env,
+        warnings: Vec::new(),
+    };
+    let config = v.public(raw)?;
+    Ok(PublicLoaded {
+        config,
+        warnings: v.warnings,
+    })
+}
+
+fn read_raw(path: &Path) -> Result<RawConfig, ConfigError> {
     let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -52,18 +90,7 @@ pub fn load_with(path: &Path, env: &LoadEnv) -> Result<Loaded, ConfigError> {
             message: "the file is not valid UTF-8".to_string(),
         }
     })?;
-    let raw: RawConfig = toml::from_str(&text).map_err(|e| parse_error(path, &text, &e))?;
-    let mut v = Validator {
-        path,
-        dir: config_dir(path),
-        env,
-        warnings: Vec::new(),
-    };
-    let config = v.config(raw)?;
-    Ok(Loaded {
-        config,
-        warnings: v.warnings,
-    })
+    toml::from_str(&text).map_err(|e| parse_error(path, &text, &e))
 }
 
 /// The directory relative paths in the config resolve against.
@@ -138,14 +165,18 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 }
 
 impl Validator<'_> {
-    /// against the config file's directory.
-    fn resolve_secret(&self, configured: &str) -> PathBuf {
+    /// An absolute secret path as is; a relative one against `$CREDENTIALS_DIRECTORY` when set,
+    /// else against the config file's directory. Inside `$CREDENTIALS_DIRECTORY` a `/` in the
+    /// relative path reads as `_`: systemd names a credential loaded from a directory
+    /// (`LoadCredential=credentials:/etc/vpp-reconciler/credentials`) `credentials_FILE`, so
+    /// `credentials/acme.vpptoken` names the same file on the host and under systemd.
+    pub(super) fn resolve_secret(&self, configured: &str) -> PathBuf {
         let p = Path::new(configured);
         if p.is_absolute() {
             return p.to_path_buf();
         }
         match &self.env.credentials_directory {
-            Some(dir) => dir.join(p),
+            Some(dir) => dir.join(credential_name(configured)),
             None => self.dir.join(p),
         }
     }
@@ -154,21 +185,18 @@ impl Validator<'_> {
     pub(super) fn read_secret_file(
         &self,
         key: &str,
-        configured: &str,
-    ) -> Result<(PathBuf, String), ConfigError> {
-        if configured.trim().is_empty() {
-            return Err(self.err(key, "\"\" must be a file path"));
-        }
-        let resolved = self.resolve_secret(configured);
-        let shown = shown_path(configured, &resolved);
+        file: &SecretFile,
+    ) -> Result<String, ConfigError> {
+        let shown = file.shown();
+        let resolved = &file.resolved;
         let cannot =
             |e: std::io::Error| self.err(key, format!("{shown} cannot be read: {}", io_reason(&e)));
-        let file = std::fs::File::open(&resolved).map_err(cannot)?;
-        if file.metadata().map_err(cannot)?.is_dir() {
+        let f = std::fs::File::open(resolved).map_err(cannot)?;
+        if f.metadata().map_err(cannot)?.is_dir() {
             return Err(self.err(key, format!("{shown} is a directory, not a file")));
         }
         let mut bytes = Vec::new();
-        file.take(MAX_SECRET_FILE_BYTES + 1)
+        f.take(MAX_SECRET_FILE_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(cannot)?;
         if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
@@ -179,8 +207,16 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let text = String::from_utf8(bytes)
-            .map_err(|_| self.err(key, format!("{shown} is not text (not valid UTF-8)")))?;
-        Ok((resolved, text))
+        String::from_utf8(bytes)
+            .map_err(|_| self.err(key, format!("{shown} is not text (not valid UTF-8)")))
     }
+}
+
+/// The credential name systemd gives a relative secret path (`credentials/acme.vpptoken` →
+/// `credentials_acme.vpptoken`; a plain file name stays as it is).
+pub fn credential_name(configured: &str) -> String {
+    configured
+        .trim_start_matches("./")
+        .trim_matches('/')
+        .replace('/', "_")
 }

@@ -24,11 +24,15 @@ mod tests;
 mod validate;
 mod vpptoken;
 
-pub use load::{load, load_with, LoadEnv};
+pub use load::{credential_name, load, load_public, load_public_with, load_with, LoadEnv};
 pub use vpptoken::{parse_apple_date, parse_content_token, ContentToken, ContentTokenError};
 
 /// Default location of the configuration file (README.md).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vpp-reconciler/config.toml";
+/// The directory beside the configuration whose files the shipped systemd unit hands to the
+/// service (`LoadCredential=credentials:/etc/vpp-reconciler/credentials`); secret paths in
+/// it are written `credentials/NAME` in the configuration.
+pub const CREDENTIALS_SUBDIR: &str = "credentials";
 /// Default SQLite file (config/vpp-reconciler.toml).
 pub const DEFAULT_DATABASE: &str = "/var/lib/vpp-reconciler/state.db";
 /// Apple's `maxNotificationLength`: the longest notification URL or auth token it accepts.
@@ -50,6 +54,65 @@ pub struct Loaded {
     pub config: Config,
     /// One sentence each, without a `warning:` prefix.
     pub warnings: Vec<String>,
+}
+
+/// A configuration validated without opening any secret file, and its warnings.
+#[derive(Debug, Clone)]
+pub struct PublicLoaded {
+    pub config: PublicConfig,
+    pub warnings: Vec<String>,
+}
+
+/// The configuration as the read-only commands see it: every key validated and every secret
+/// path resolved, no secret read. `daemon.api_token` is always `None` here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublicConfig {
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    pub api_token_file: Option<SecretFile>,
+    pub apple: AppleConfig,
+    pub webhook: WebhookConfig,
+    pub reconcile: ReconcileConfig,
+    pub tokens: Vec<PublicToken>,
+}
+
+impl PublicConfig {
+    /// Every secret file the configuration names, in file order.
+    pub fn secret_files(&self) -> Vec<&SecretFile> {
+        let mut v: Vec<&SecretFile> = self.api_token_file.iter().collect();
+        for t in &self.tokens {
+            v.push(&t.token_file);
+            v.push(&t.notification_auth_token_file);
+        }
+        v
+    }
+}
+
+/// A token's settings without its secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublicToken {
+    pub name: String,
+    pub token_file: SecretFile,
+    pub notification_auth_token_file: SecretFile,
+    pub notification_url: Option<String>,
+    pub max_requests_per_second: Option<u32>,
+}
+
+/// A secret file named by the configuration: its key path, the value as written, and where it
+/// resolved to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretFile {
+    /// e.g. `tokens[0].token_file`.
+    pub key: String,
+    pub configured: String,
+    pub resolved: PathBuf,
+}
+
+impl SecretFile {
+    /// `"acme.vpptoken"`, plus where it resolved to when that differs.
+    pub fn shown(&self) -> String {
+        validate::shown_path(&self.configured, &self.resolved)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

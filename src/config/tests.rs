@@ -80,7 +80,7 @@ fn defaults_apply_to_a_minimal_file() {
     assert_eq!(c.apple.max_requests_per_second, 15);
     assert_eq!(c.apple.max_concurrent_requests, 5);
     assert_eq!(c.apple.service_config_refresh, Duration::from_secs(300));
-    assert_eq!(c.webhook.listen, "0.0.0.0:8788".parse().unwrap());
+    assert_eq!(c.webhook.listen, "127.0.0.1:8788".parse().unwrap());
     assert_eq!(c.webhook.path_prefix, "/apple/notifications");
     assert_eq!(c.webhook.max_body_bytes, 1_048_576);
     assert_eq!(c.reconcile.notification_grace, Duration::from_secs(300));

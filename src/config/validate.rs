@@ -37,8 +37,15 @@ impl Validator<'_> {
         self.warnings.push(message.into());
     }
 
+    /// Validates everything, then reads and checks every secret file.
     pub(super) fn config(&mut self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let daemon = self.daemon(raw.daemon)?;
+        let public = self.public(raw)?;
+        self.with_secrets(public)
+    }
+
+    /// Validates the file and resolves secret paths without opening any secret file.
+    pub(super) fn public(&mut self, raw: RawConfig) -> Result<PublicConfig, ConfigError> {
+        let (daemon, api_token_file) = self.daemon(raw.daemon)?;
         let apple = self.apple(raw.apple)?;
         let webhook = self.webhook(raw.webhook)?;
         let reconcile = self.reconcile(raw.reconcile)?;
@@ -60,6 +67,36 @@ impl Validator<'_> {
         if tokens.is_empty() {
             self.warn("no [[tokens]] are configured; the daemon will have nothing to reconcile");
         }
+        Ok(PublicConfig {
+            path: self.path.to_path_buf(),
+            daemon,
+            api_token_file,
+            apple,
+            webhook,
+            reconcile,
+            tokens,
+        })
+    }
+
+    /// Reads and checks the secret files a validated configuration names.
+    fn with_secrets(&mut self, public: PublicConfig) -> Result<Config, ConfigError> {
+        let PublicConfig {
+            path,
+            mut daemon,
+            api_token_file,
+            apple,
+            webhook,
+            reconcile,
+            tokens: public_tokens,
+        } = public;
+        if let Some(f) = &api_token_file {
+            let text = self.read_secret_file(&f.key, f)?;
+            daemon.api_token = Some(self.auth_token(&f.key, f, &text)?);
+        }
+        let mut tokens = Vec::with_capacity(public_tokens.len());
+        for (i, t) in public_tokens.into_iter().enumerate() {
+            tokens.push(self.token_secrets(i, t)?);
+        }
         for (i, a) in tokens.iter().enumerate() {
             for b in &tokens[i + 1..] {
                 if a.content_token.raw == b.content_token.raw {
@@ -72,7 +109,7 @@ impl Validator<'_> {
             }
         }
         Ok(Config {
-            path: self.path.to_path_buf(),
+            path,
             daemon,
             apple,
             webhook,
@@ -81,7 +118,23 @@ impl Validator<'_> {
         })
     }
 
-    fn daemon(&mut self, raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
+    /// A secret file's key and path, validated and resolved but not opened.
+    fn secret_file(&self, key: &str, configured: String) -> Result<SecretFile, ConfigError> {
+        if configured.trim().is_empty() {
+            return Err(self.err(key, "\"\" must be a file path"));
+        }
+        let resolved = self.resolve_secret(&configured);
+        Ok(SecretFile {
+            key: key.to_string(),
+            configured,
+            resolved,
+        })
+    }
+
+    fn daemon(
+        &mut self,
+        raw: RawDaemon,
+    ) -> Result<(DaemonConfig, Option<SecretFile>), ConfigError> {
         let database = match raw.database {
             Some(s) if s.trim().is_empty() => {
                 return Err(self.err("daemon.database", "\"\" must be a file path"))
@@ -90,16 +143,12 @@ impl Validator<'_> {
             None => PathBuf::from(DEFAULT_DATABASE),
         };
         let api_listen = self.socket_addr("daemon.api_listen", raw.api_listen, "127.0.0.1:8787")?;
-        let (api_token_file, api_token) = match raw.api_token_file {
-            Some(f) => {
-                let (resolved, text) = self.read_secret_file("daemon.api_token_file", &f)?;
-                let token = self.auth_token("daemon.api_token_file", &f, &resolved, &text)?;
-                (Some(resolved), Some(token))
-            }
-            None => (None, None),
+        let api_token_file = match raw.api_token_file {
+            Some(f) => Some(self.secret_file("daemon.api_token_file", f)?),
+            None => None,
         };
         if !api_listen.ip().is_loopback() {
-            if api_token.is_none() {
+            if api_token_file.is_none() {
                 self.warn(format!(
                     "daemon.api_listen {} is not a loopback address and no api_token_file is set: \
                      anyone who can reach it can change the daemon's state",
@@ -131,14 +180,17 @@ impl Validator<'_> {
                 ),
             )
         })?;
-        Ok(DaemonConfig {
-            database,
-            api_listen,
+        Ok((
+            DaemonConfig {
+                database,
+                api_listen,
+                api_token_file: api_token_file.as_ref().map(|f| f.resolved.clone()),
+                api_token: None,
+                log_format,
+                log_level,
+            },
             api_token_file,
-            api_token,
-            log_format,
-            log_level,
-        })
+        ))
     }
 
     fn apple(&mut self, raw: RawApple) -> Result<AppleConfig, ConfigError> {
@@ -209,7 +261,16 @@ impl Validator<'_> {
     }
 
     fn webhook(&mut self, raw: RawWebhook) -> Result<WebhookConfig, ConfigError> {
-        let listen = self.socket_addr("webhook.listen", raw.listen, "0.0.0.0:8788")?;
+        let listen = self.socket_addr("webhook.listen", raw.listen, "127.0.0.1:8788")?;
+        if !listen.ip().is_loopback() {
+            self.warn(format!(
+                "webhook.listen {} is not a loopback address: the webhook speaks plain HTTP, so \
+                 notifications and their auth token would cross the network unencrypted (and \
+                 Apple delivers only to https:// URLs); bind it to 127.0.0.1 and put a \
+                 TLS-terminating proxy in front (README.md, \"Exposing the webhook\")",
+                q(&listen.to_string())
+            ));
+        }
         let path_prefix = raw
             .path_prefix
             .unwrap_or_else(|| "/apple/notifications".to_string());
@@ -326,7 +387,7 @@ impl Validator<'_> {
         i: usize,
         raw: RawToken,
         apple: &AppleConfig,
-    ) -> Result<TokenConfig, ConfigError> {
+    ) -> Result<PublicToken, ConfigError> {
         let key = |k: &str| format!("tokens[{i}].{k}");
         let name = raw
             .name
@@ -339,46 +400,15 @@ impl Validator<'_> {
             return Err(self.err(&key("name"), format!("{} must match [a-z0-9-]+", q(&name))));
         }
 
-        let token_file_cfg = raw
+        let token_file = raw
             .token_file
             .ok_or_else(|| self.err(&key("token_file"), "is missing"))?;
-        let (token_file, text) = self.read_secret_file(&key("token_file"), &token_file_cfg)?;
-        let content_token = parse_content_token(&text).map_err(|why| {
-            self.err(
-                &key("token_file"),
-                format!(
-                    "{} is not a content token: {why}",
-                    shown_path(&token_file_cfg, &token_file)
-                ),
-            )
-        })?;
-        let now = self.env.now;
-        if content_token.is_expired(now) {
-            self.warn(format!(
-                "tokens[{i}] {}: the content token expired on {}; Apple will refuse it (9621) \
-                 until a new one is downloaded from Apple Business/School Manager",
-                q(&name),
-                content_token.exp_date.to_datetime().format("%Y-%m-%d")
-            ));
-        } else if content_token.exp_date.since(now) < Duration::from_secs(15 * 86400) {
-            self.warn(format!(
-                "tokens[{i}] {}: the content token expires on {}",
-                q(&name),
-                content_token.exp_date.to_datetime().format("%Y-%m-%d")
-            ));
-        }
-
-        let notify_cfg = raw
+        let token_file = self.secret_file(&key("token_file"), token_file)?;
+        let notify = raw
             .notification_auth_token_file
             .ok_or_else(|| self.err(&key("notification_auth_token_file"), "is missing"))?;
-        let (notification_auth_token_file, text) =
-            self.read_secret_file(&key("notification_auth_token_file"), &notify_cfg)?;
-        let notification_auth_token = self.auth_token(
-            &key("notification_auth_token_file"),
-            &notify_cfg,
-            &notification_auth_token_file,
-            &text,
-        )?;
+        let notification_auth_token_file =
+            self.secret_file(&key("notification_auth_token_file"), notify)?;
 
         let notification_url = match raw.notification_url {
             None => None,
@@ -398,11 +428,60 @@ impl Validator<'_> {
                 Some(n)
             }
         };
-        Ok(TokenConfig {
+        Ok(PublicToken {
             name,
             token_file,
-            content_token,
             notification_auth_token_file,
+            notification_url,
+            max_requests_per_second,
+        })
+    }
+
+    /// Reads one token's `.vpptoken` and notification auth token.
+    fn token_secrets(&mut self, i: usize, t: PublicToken) -> Result<TokenConfig, ConfigError> {
+        let PublicToken {
+            name,
+            token_file,
+            notification_auth_token_file,
+            notification_url,
+            max_requests_per_second,
+        } = t;
+        let text = self.read_secret_file(&token_file.key, &token_file)?;
+        let content_token = parse_content_token(&text).map_err(|why| {
+            self.err(
+                &token_file.key,
+                format!("{} is not a content token: {why}", token_file.shown()),
+            )
+        })?;
+        let now = self.env.now;
+        if content_token.is_expired(now) {
+            self.warn(format!(
+                "tokens[{i}] {}: the content token expired on {}; Apple will refuse it (9621) \
+                 until a new one is downloaded from Apple Business/School Manager",
+                q(&name),
+                content_token.exp_date.to_datetime().format("%Y-%m-%d")
+            ));
+        } else if content_token.exp_date.since(now) < Duration::from_secs(15 * 86400) {
+            self.warn(format!(
+                "tokens[{i}] {}: the content token expires on {}",
+                q(&name),
+                content_token.exp_date.to_datetime().format("%Y-%m-%d")
+            ));
+        }
+        let text = self.read_secret_file(
+            &notification_auth_token_file.key,
+            &notification_auth_token_file,
+        )?;
+        let notification_auth_token = self.auth_token(
+            &notification_auth_token_file.key,
+            &notification_auth_token_file,
+            &text,
+        )?;
+        Ok(TokenConfig {
+            name,
+            token_file: token_file.resolved,
+            content_token,
+            notification_auth_token_file: notification_auth_token_file.resolved,
             notification_auth_token,
             notification_url,
             max_requests_per_second,
@@ -452,14 +531,8 @@ impl Validator<'_> {
     }
 
     /// enough for Apple's `maxNotificationLength`.
-    fn auth_token(
-        &self,
-        key: &str,
-        configured: &str,
-        resolved: &Path,
-        text: &str,
-    ) -> Result<Secret, ConfigError> {
-        let shown = shown_path(configured, resolved);
+    fn auth_token(&self, key: &str, file: &SecretFile, text: &str) -> Result<Secret, ConfigError> {
+        let shown = file.shown();
         let t = text.trim();
         if t.is_empty() {
             return Err(self.err(key, format!("{shown} is empty")));

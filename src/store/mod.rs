@@ -8,6 +8,7 @@
 //! became durable. No SQLite call ever runs on a tokio runtime thread: reads use
 //! `spawn_blocking` with a small pool of read connections.
 
+pub mod backup;
 pub mod migrations;
 pub mod mirror;
 pub mod queries;
@@ -35,7 +36,11 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("database schema version {found} is newer than this binary supports ({supported})")]
+    #[error(
+        "database schema version {found} is newer than this binary supports (schema version \
+         {supported}): it was written by a newer vpp-reconciler, and downgrades are not supported; \
+         run the newer version, or restore a backup made by this one"
+    )]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("the database writer has stopped")]
     Closed,
@@ -43,16 +48,25 @@ pub enum StoreError {
     NotFound(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    #[error("backup failed: {0}")]
+    Backup(String),
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A unit of work for the writer: runs inside the batch's transaction, answers after commit.
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
 
+/// What the writer thread receives: work, or the request to stop after the work before it.
+enum Msg {
+    Job(Job),
+    /// Commit everything queued before, checkpoint the WAL into the main file, stop, answer.
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
     readers: Arc<ReadPool>,
     path: PathBuf,
 }
@@ -127,7 +141,7 @@ impl Store {
     /// `spawn_blocking` or before the runtime starts.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = open_write_connection(path)?;
-        let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel::<Msg>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("vppr-store-writer".into())
             .spawn(move || writer_loop(conn, rx))
@@ -179,7 +193,10 @@ impl Store {
             });
             (ok, done)
         });
-        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        self.jobs
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -202,7 +219,22 @@ impl Store {
             });
             (ok, done)
         });
-        self.jobs.send(job).await.map_err(|_| StoreError::Closed)
+        self.jobs
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Stops the writer on clean shutdown: every write queued before this is committed, then
+    /// the WAL is checkpointed into the main file (`PRAGMA wal_checkpoint(TRUNCATE)`), so a
+    /// copy of the database file alone holds everything. Writes queued after it fail with
+    /// [`StoreError::Closed`]. Closing twice is harmless.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Msg::Close(tx)).await.is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
     }
 
     /// Runs a read on a pooled read-only connection, off the runtime threads.
@@ -246,48 +278,104 @@ impl Store {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+        match first {
+            Msg::Job(job) => batch.push(job),
+            Msg::Close(reply) => {
+                close = Some(reply);
+                break;
+            }
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Msg::Job(job)) => batch.push(job),
+                Ok(Msg::Close(reply)) => {
+                    close = Some(reply);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            // Dropping the jobs answers their callers with `Closed`; nothing was written.
-            tracing::error!(error = %e, "cannot begin a write transaction");
-            batch.clear();
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
+        commit_batch(&conn, &mut batch);
+        if close.is_some() {
+            break;
         }
-        for job in batch.drain(..) {
-            let sp = conn.execute_batch("SAVEPOINT job");
-            let (ok, done) = job(&conn);
-            if sp.is_ok() {
-                if ok {
-                    let _ = conn.execute_batch("RELEASE job");
-                } else {
-                    // Undo only this job; the rest of the batch still commits.
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                }
+    }
+    // Refuse what comes after the close; answer every later Close too.
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Close(reply) = msg {
+            let _ = reply.send(Ok(()));
+        }
+    }
+    let result = checkpoint(&conn);
+    if let Some(reply) = close {
+        let _ = reply.send(result);
+    }
+}
+
+/// Moves every committed page from the WAL into the main file and truncates the WAL, so the
+/// database file alone is a complete copy (README, "Backup and restore").
+fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
+    let (busy, log, done): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if busy != 0 {
+        tracing::warn!(
+            wal_frames = log,
+            checkpointed = done,
+            "WAL checkpoint at shutdown was blocked by a reader; the -wal file still holds data"
+        );
+        return Err(StoreError::Corrupt(
+            "the WAL checkpoint at shutdown was blocked by a reader".into(),
+        ));
+    }
+    tracing::info!(
+        checkpointed = done,
+        "WAL checkpointed into the database file"
+    );
+    Ok(())
+}
+
+fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // Dropping the jobs answers their callers with `Closed`; nothing was written.
+        tracing::error!(error = %e, "cannot begin a write transaction");
+        batch.clear();
+        std::thread::sleep(Duration::from_millis(100));
+        return;
+    }
+    for job in batch.drain(..) {
+        let sp = conn.execute_batch("SAVEPOINT job");
+        let (ok, done) = job(conn);
+        if sp.is_ok() {
+            if ok {
+                let _ = conn.execute_batch("RELEASE job");
+            } else {
+                // Undo only this job; the rest of the batch still commits.
+                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
             }
-            completions.push(done);
         }
-        let commit = conn.execute_batch("COMMIT");
-        let failed = commit.as_ref().err().map(|e| e.to_string());
-        if let Some(msg) = &failed {
-            tracing::error!(error = %msg, "commit failed; the batch is rolled back");
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for done in completions {
-            match &failed {
-                None => done(Ok(())),
-                Some(msg) => done(Err(StoreError::Corrupt(format!("commit failed: {msg}")))),
-            }
+        completions.push(done);
+    }
+    let commit = conn.execute_batch("COMMIT");
+    let failed = commit.as_ref().err().map(|e| e.to_string());
+    if let Some(msg) = &failed {
+        tracing::error!(error = %msg, "commit failed; the batch is rolled back");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for done in completions {
+        match &failed {
+            None => done(Ok(())),
+            Some(msg) => done(Err(StoreError::Corrupt(format!("commit failed: {msg}")))),
         }
     }
 }
