@@ -240,7 +240,7 @@ fn tokens_section(h: &mut String, s: &StatusSnapshot, now: Timestamp) {
             .unwrap_or_default();
         let _ = writeln!(
             h,
-            "<tr><td class=\"name\">{}</td><td>{org}</td><td>{health}</td><td>{expires}</td>\
+            "<tr><td class=\"name\">{}</td><td>{org}</td><td>{health}</td><td class=\"nowrap\">{expires}</td>\
              <td>{conflict}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
             escape_html(&t.name),
             t.pending,
@@ -523,6 +523,7 @@ tbody tr:last-child td{border-bottom:none}
 .zero{color:#b8bdc8}
 .total{font-weight:600}
 .name{font-weight:600}
+.nowrap,time{white-space:nowrap}
 .msg{max-width:480px}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
 small{font-size:12px}
