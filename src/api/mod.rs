@@ -5,13 +5,14 @@
 //!
 //! One module per behaviour: [`auth`] (the bearer check, one layer), [`events`] (track, list,
 //! get), [`submit`] (submitting through the daemon), [`feed`] (changes feed), [`syncs`],
-//! [`tokens`] (tokens and mirror reads), [`health`] (`/healthz`, `/metrics`) and [`validate`]
-//! (input checks shared with the CLI).
+//! [`tokens`] (tokens and mirror reads), [`health`] (`/healthz`, `/metrics`), [`status`] (the
+//! HTML status page at `/`) and [`validate`] (input checks shared with the CLI).
 
 mod auth;
 mod events;
 mod feed;
 mod health;
+mod status;
 mod submit;
 mod syncs;
 mod tokens;
@@ -124,6 +125,9 @@ pub fn router(state: ApiState) -> Router {
             tokens::mirror_route(MirrorKind::Users),
         )
         .route("/v1/syncs", get(syncs::list_syncs))
+        // The status page shows token names, eventIds and Apple's messages: behind the
+        // bearer like `/v1` when a token is configured (no `?token=`: see `status`).
+        .route("/", get(status::status_page))
         // The bearer check guards the routes above only: a route layer wraps the routes
         // added before it, so the two below stay unauthenticated.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -168,6 +168,14 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO counters (name, value)
         SELECT 'change_seq', COALESCE(MAX(change_seq), 0) FROM events;
     "#,
+    // 4 (status page, `GET /`): time indexes for its per-hour chart of Apple calls, so the
+    // last 24 hours are read with a range over an index instead of a scan of every poll and
+    // sync run ever kept. Only indexes: no table changes, safe to reorder against another
+    // branch's migration when merging (renumber, never edit a released one).
+    r#"
+    CREATE INDEX IF NOT EXISTS polls_at ON polls(at);
+    CREATE INDEX IF NOT EXISTS syncs_started ON syncs(started_at);
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

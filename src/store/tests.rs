@@ -406,3 +406,105 @@ fn store_stats_groups_events_and_reports_configured_tokens_only() {
         }]
     );
 }
+
+#[test]
+fn status_snapshot_counts_by_state_and_hour_within_bounds() {
+    use super::queries::status::{self, HOUR_MS};
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    // 10:30 on some day; the chart starts at 11:00 the day before.
+    let now = Timestamp(1_764_000_000_000 / HOUR_MS * HOUR_MS + HOUR_MS / 2);
+    let since = status::chart_start(now);
+    assert_eq!(since.0, now.0 - now.0 % HOUR_MS - 23 * HOUR_MS);
+    for id in ["p1", "p2", "s-new", "s-old"] {
+        insert_tracked(&c, &rec(id, Timestamp(since.0 - 48 * HOUR_MS)), None, "t").unwrap();
+    }
+    let settle = |id: &str, at: Timestamp, outcome: Outcome| {
+        let mut r = rec(id, Timestamp(since.0 - 48 * HOUR_MS));
+        r.state = State::Settled;
+        r.outcome = Some(outcome);
+        r.settled_at = Some(at);
+        let mut change = Change::of(&r);
+        change.feed = true;
+        assert_eq!(queries::apply_changes(&c, &[change]), vec![None]);
+    };
+    settle("s-new", Timestamp(now.0 - 10_000), Outcome::Failed);
+    settle("s-old", Timestamp(since.0 - 1), Outcome::Complete);
+    c.execute_batch(&format!(
+        "INSERT INTO polls (event_id, at, result) VALUES ('p1', {a}, 'pending'), ('p1', {b}, 'pending'), ('p2', {old}, 'pending');
+         INSERT INTO failures (event_id, at, source, error_number, error_message) VALUES ('s-new', {a}, 'poll', 9609, 'user <b>not</b> found');",
+        a = since.0 + 5,
+        b = now.0 - 1,
+        old = since.0 - 5,
+    ))
+    .unwrap();
+    queries::sync_started(
+        &c,
+        1,
+        "acme",
+        crate::core::SyncKind::Assets,
+        true,
+        "test",
+        Timestamp(since.0 + HOUR_MS),
+    )
+    .unwrap();
+    queries::sync_finished(
+        &c,
+        1,
+        Timestamp(since.0 + HOUR_MS + 500),
+        &queries::SyncEnd {
+            pages: 3,
+            records: 250,
+            ok: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+
+    let s = status::status_snapshot(&c, now).unwrap();
+    assert_eq!(s.since, since);
+    let counts: Vec<(&str, Option<&str>, u64)> = s
+        .events
+        .iter()
+        .map(|e| (e.state.as_str(), e.outcome.as_deref(), e.count))
+        .collect();
+    // The one settled before the window is not counted.
+    assert_eq!(
+        counts,
+        vec![("pending", None, 2), ("settled", Some("failed"), 1)]
+    );
+    assert_eq!(s.hours.len(), 24);
+    assert_eq!(s.hours[0].polls, 1);
+    assert_eq!(s.hours[1].sync_pages, 3);
+    assert_eq!(s.hours[1].apple_calls(), 3);
+    assert_eq!(s.hours[23].polls, 1);
+    assert_eq!(s.hours[23].settled, 1);
+    assert_eq!(s.hours.iter().map(|h| h.settled).sum::<u64>(), 1);
+    assert_eq!(s.failures.len(), 1);
+    assert_eq!(s.failures[0].token.as_deref(), Some("acme"));
+    assert_eq!(s.failures[0].error_number, 9609);
+    assert_eq!(s.syncs.len(), 1);
+    assert_eq!(s.syncs[0].pages, 3);
+}
+
+#[test]
+fn status_queries_read_through_indexes_never_a_whole_table() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    for (sql, args) in super::queries::status::planned() {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for step in &plan {
+            // `SCAN f` is the failures table read newest first by rowid, stopped by LIMIT.
+            let bounded = !step.starts_with("SCAN")
+                || step.contains("USING INDEX")
+                || step.contains("USING COVERING INDEX")
+                || (step == "SCAN f" && sql.contains("ORDER BY f.id DESC LIMIT"));
+            assert!(bounded, "{sql}\nscans a whole table: {plan:?}");
+        }
+    }
+}

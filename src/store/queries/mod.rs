@@ -2,11 +2,13 @@
 //! [`super::Store`]) and the read-only inspection commands. One module per table:
 //! [`events`] (with their history, failures and polls), [`notifications`], [`syncs`],
 //! [`tokens`], [`feed`] (the changes feed); [`views`] holds the JSON shapes the API and the
-//! CLI print. Everything is re-exported here, so `queries::X` paths name any of it.
+//! CLI print. Everything is re-exported here, so `queries::X` paths name any of it, except
+//! [`status`] (the status page's reads across tables), named as `queries::status::X`.
 
 pub mod events;
 pub mod feed;
 pub mod notifications;
+pub mod status;
 pub mod syncs;
 pub mod tokens;
 pub mod views;
