@@ -84,6 +84,10 @@ pub fn timings(config: &Config) -> Timings {
         max_in_flight_per_token: config.apple.max_concurrent_requests.max(1) * 2,
         sync_retry_max: r.poll_max,
         sync_min_interval: r.poll_min,
+        // Busy tokens sync at least this often (ten poll floors, at most a minute).
+        sync_max_staleness: (r.poll_min * 10)
+            .min(Duration::from_secs(60))
+            .max(r.poll_min),
     }
 }
 

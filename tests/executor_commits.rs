@@ -63,6 +63,7 @@ fn timings() -> Timings {
         max_in_flight_per_token: 10,
         sync_retry_max: Duration::from_millis(200),
         sync_min_interval: Duration::from_millis(50),
+        sync_max_staleness: Duration::from_millis(50),
     }
 }
 

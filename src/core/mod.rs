@@ -89,6 +89,7 @@ impl Core {
             syncs: sync::Syncs::new(
                 next_sync_id,
                 timings.sync_min_interval,
+                timings.sync_max_staleness,
                 timings.poll_min,
                 timings.sync_retry_max,
                 timings.jitter_seed,
@@ -217,8 +218,9 @@ impl Core {
         cause: &str,
     ) {
         let mut out = Vec::new();
+        let busy = self.busy(now, token);
         self.syncs
-            .request(now, &(token.to_string(), kind), full, cause, &mut out);
+            .request(now, &(token.to_string(), kind), full, cause, busy, &mut out);
         self.actions.extend(out);
     }
 
@@ -226,7 +228,11 @@ impl Core {
     /// whose outcome predates the run's start settles.
     pub fn sync_finished(&mut self, now: Timestamp, sync_id: u64, outcome: SyncOutcome) {
         let mut out = Vec::new();
-        let done = self.syncs.finished(now, sync_id, &outcome, &mut out);
+        let busy = self
+            .syncs
+            .token_of(sync_id)
+            .is_some_and(|t| self.busy(now, &t));
+        let done = self.syncs.finished(now, sync_id, &outcome, busy, &mut out);
         if let Some((key, run, waiting)) = done {
             let events = &self.events;
             let covered: Vec<String> = waiting
@@ -278,9 +284,22 @@ impl Core {
             }
         }
         let mut out = Vec::new();
-        self.syncs.timeout(now, &mut out);
+        let queues = &self.queues;
+        let limit = self.timings.max_in_flight_per_token;
+        self.syncs
+            .timeout(now, |t| queue_busy(queues.get(t), now, limit), &mut out);
         self.actions.extend(out);
         self.retry_persists(now);
+    }
+
+    /// Whether `token`'s polls are using its rate limit: half its in-flight bound taken, or
+    /// polls overdue.
+    fn busy(&self, now: Timestamp, token: &str) -> bool {
+        queue_busy(
+            self.queues.get(token),
+            now,
+            self.timings.max_in_flight_per_token,
+        )
     }
 
     fn fire(&mut self, now: Timestamp, id: &str) {
@@ -515,6 +534,12 @@ impl Core {
     pub fn sync_state(&self, token: &str, kind: SyncKind) -> Option<SyncState> {
         self.syncs.state(&(token.to_string(), kind))
     }
+}
+
+fn queue_busy(q: Option<&TokenQueue>, now: Timestamp, limit: usize) -> bool {
+    q.is_some_and(|q| {
+        q.in_flight >= limit.div_ceil(2) || q.due.first().is_some_and(|(at, _)| *at <= now)
+    })
 }
 
 enum Next {

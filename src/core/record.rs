@@ -22,6 +22,9 @@ pub struct Timings {
     pub sync_retry_max: Duration,
     /// Least time between the starts of two runs of one (token, kind).
     pub sync_min_interval: Duration,
+    /// Longest a run of a busy token (polls using its rate limit) is deferred after the
+    /// last start, so one run covers many outcomes.
+    pub sync_max_staleness: Duration,
 }
 
 impl Default for Timings {
@@ -36,6 +39,7 @@ impl Default for Timings {
             max_in_flight_per_token: 10,
             sync_retry_max: Duration::from_secs(600),
             sync_min_interval: Duration::from_secs(30),
+            sync_max_staleness: Duration::from_secs(60),
         }
     }
 }

@@ -32,6 +32,8 @@ struct SyncSlot {
     /// this.
     retry_at: Option<Timestamp>,
     last_started: Option<Timestamp>,
+    /// A run held back while its token was busy starts by this time at the latest.
+    deferred_until: Option<Timestamp>,
     failures: u32,
     waiting: BTreeSet<String>,
 }
@@ -53,6 +55,9 @@ pub struct Syncs {
     index: BTreeMap<u64, SyncKey>,
     next_id: u64,
     min_interval: Duration,
+    /// While a token's polls use its rate limit, runs wait up to this long after the last
+    /// start, so one run covers many outcomes instead of competing with the polls.
+    max_staleness: Duration,
     retry_min: Duration,
     retry_max: Duration,
     jitter_seed: u64,
@@ -62,6 +67,7 @@ impl Syncs {
     pub fn new(
         next_id: u64,
         min_interval: Duration,
+        max_staleness: Duration,
         retry_min: Duration,
         retry_max: Duration,
         jitter_seed: u64,
@@ -71,10 +77,16 @@ impl Syncs {
             index: BTreeMap::new(),
             next_id: next_id.max(1),
             min_interval,
+            max_staleness: max_staleness.max(min_interval),
             retry_min,
             retry_max,
             jitter_seed,
         }
+    }
+
+    /// The token of a running sync.
+    pub fn token_of(&self, sync_id: u64) -> Option<String> {
+        self.index.get(&sync_id).map(|k| k.0.clone())
     }
 
     /// The id the next run will get: a run with an id at or above this starts after now.
@@ -82,13 +94,15 @@ impl Syncs {
         self.next_id
     }
 
-    /// Asks for a run; `full` wins over incremental when requests fold together.
+    /// Asks for a run; `full` wins over incremental when requests fold together. `busy`:
+    /// the token's polls are using its rate limit (see `max_staleness`).
     pub fn request(
         &mut self,
         now: Timestamp,
         key: &SyncKey,
         full: bool,
         cause: &str,
+        busy: bool,
         out: &mut Vec<Action>,
     ) {
         let slot = self.slots.entry(key.clone()).or_default();
@@ -100,7 +114,7 @@ impl Syncs {
                 slot.queued_cause = cause.to_string();
             }
         }
-        self.maybe_start(now, key, out);
+        self.maybe_start(now, key, busy, out);
     }
 
     /// Marks `event_id` as waiting for the next successful run of `key`.
@@ -118,7 +132,7 @@ impl Syncs {
         }
     }
 
-    fn maybe_start(&mut self, now: Timestamp, key: &SyncKey, out: &mut Vec<Action>) {
+    fn maybe_start(&mut self, now: Timestamp, key: &SyncKey, busy: bool, out: &mut Vec<Action>) {
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
@@ -134,11 +148,20 @@ impl Syncs {
                 slot.retry_at = Some(earliest);
                 return;
             }
+            // A busy token: outcomes keep coming in, and every sync page is a request not
+            // spent on a poll. Wait up to the staleness bound, so one run covers them all (a
+            // request once the token is no longer busy starts it sooner).
+            let stale_at = last.saturating_add(self.max_staleness);
+            if busy && now < stale_at && now >= last {
+                slot.deferred_until = Some(stale_at);
+                return;
+            }
         }
         let Some(full) = slot.queued.take() else {
             return;
         };
         slot.retry_at = None;
+        slot.deferred_until = None;
         slot.last_started = Some(now);
         let id = self.next_id;
         self.next_id += 1;
@@ -160,6 +183,7 @@ impl Syncs {
         now: Timestamp,
         sync_id: u64,
         outcome: &SyncOutcome,
+        busy: bool,
         out: &mut Vec<Action>,
     ) -> Option<(SyncKey, RunningSync, Vec<String>)> {
         let key = self.index.remove(&sync_id)?;
@@ -196,23 +220,33 @@ impl Syncs {
             }
             None
         };
-        self.maybe_start(now, &key, out);
+        self.maybe_start(now, &key, busy, out);
         result
     }
 
     /// Starts runs whose retry or min-interval wait is over.
-    pub fn timeout(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+    pub fn timeout(&mut self, now: Timestamp, busy: impl Fn(&str) -> bool, out: &mut Vec<Action>) {
         let keys: Vec<SyncKey> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.retry_at.is_some_and(|r| r <= now) && s.running.is_none())
+            .filter(|(_, s)| {
+                s.running.is_none()
+                    && (s.retry_at.is_some_and(|r| r <= now)
+                        || s.deferred_until.is_some_and(|r| r <= now))
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
+            let mut stale = false;
             if let Some(s) = self.slots.get_mut(&k) {
-                s.retry_at = None;
+                if s.retry_at.is_some_and(|r| r <= now) {
+                    s.retry_at = None;
+                }
+                stale = s.deferred_until.is_some_and(|r| r <= now);
             }
-            self.maybe_start(now, &k, out);
+            // At the staleness bound a deferred run goes, busy or not.
+            let b = !stale && busy(&k.0);
+            self.maybe_start(now, &k, b, out);
         }
     }
 
@@ -221,7 +255,10 @@ impl Syncs {
         self.slots
             .values()
             .filter(|s| s.running.is_none())
-            .filter_map(|s| s.retry_at)
+            .filter_map(|s| match (s.retry_at, s.deferred_until) {
+                (Some(r), Some(d)) => Some(r.max(d)),
+                (r, d) => r.or(d),
+            })
             .min()
     }
 
@@ -229,7 +266,7 @@ impl Syncs {
         self.slots.get(key).map(|s| SyncState {
             running: s.running.map(|r| r.id),
             queued: s.queued.is_some(),
-            queued_not_before: s.queued.and(s.retry_at),
+            queued_not_before: s.queued.and(s.retry_at.or(s.deferred_until)),
             waiting: s.waiting.len(),
         })
     }
@@ -242,26 +279,57 @@ mod tests {
     #[test]
     fn a_request_within_the_min_interval_says_when_its_run_starts() {
         let min = Duration::from_secs(30);
-        let mut s = Syncs::new(1, min, min, Duration::from_secs(600), 0);
+        let mut s = Syncs::new(1, min, min, min, Duration::from_secs(600), 0);
         let key = ("acme".to_string(), SyncKind::Users);
         let mut out = Vec::new();
         let t0 = Timestamp(1_000_000);
-        s.request(t0, &key, false, "first", &mut out);
+        s.request(t0, &key, false, "first", false, &mut out);
         assert_eq!(out.len(), 1, "the first run starts at once");
         s.finished(
             t0.saturating_add(Duration::from_secs(2)),
             1,
             &SyncOutcome::Ok,
+            false,
             &mut out,
         );
         let t1 = t0.saturating_add(Duration::from_secs(5));
-        s.request(t1, &key, false, "second", &mut out);
+        s.request(t1, &key, false, "second", false, &mut out);
         assert_eq!(out.len(), 1, "too soon: queued, not started");
         let st = s.state(&key).unwrap();
         assert_eq!(st.running, None);
         assert!(st.queued);
         assert_eq!(st.queued_not_before, Some(t0.saturating_add(min)));
-        s.timeout(t0.saturating_add(min), &mut out);
+        s.timeout(t0.saturating_add(min), |_| false, &mut out);
         assert_eq!(out.len(), 2, "and it starts then");
+    }
+
+    #[test]
+    fn a_busy_token_defers_runs_up_to_the_staleness_bound() {
+        let (min, stale) = (Duration::from_secs(1), Duration::from_secs(10));
+        let mut s = Syncs::new(1, min, stale, min, Duration::from_secs(60), 0);
+        let key = ("acme".to_string(), SyncKind::Assignments);
+        let mut out = Vec::new();
+        let t0 = Timestamp(1_000_000);
+        s.request(t0, &key, false, "first", true, &mut out);
+        assert_eq!(out.len(), 1, "a first run never waits");
+        s.finished(t0, 1, &SyncOutcome::Ok, true, &mut out);
+        let at = |secs: u64| t0.saturating_add(Duration::from_secs(secs));
+        s.request(at(2), &key, false, "outcome", true, &mut out);
+        for sec in 2..10 {
+            s.timeout(at(sec), |_| true, &mut out);
+            assert_eq!(out.len(), 1, "deferred at {sec} s while busy");
+        }
+        s.timeout(at(10), |_| true, &mut out);
+        assert_eq!(out.len(), 2, "started at the staleness bound");
+        // Not busy: only the min interval holds.
+        s.finished(at(10), 2, &SyncOutcome::Ok, false, &mut out);
+        s.request(at(11), &key, false, "outcome", false, &mut out);
+        assert_eq!(out.len(), 3);
+        // Deferred while busy, then a request once the token is quiet starts it at once.
+        s.finished(at(11), 3, &SyncOutcome::Ok, false, &mut out);
+        s.request(at(13), &key, false, "outcome", true, &mut out);
+        assert_eq!(out.len(), 3, "deferred");
+        s.request(at(14), &key, false, "outcome", false, &mut out);
+        assert_eq!(out.len(), 4, "quiet again: starts");
     }
 }

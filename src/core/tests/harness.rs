@@ -50,6 +50,7 @@ pub fn timings() -> Timings {
         max_in_flight_per_token: 10,
         sync_retry_max: Duration::from_secs(600),
         sync_min_interval: Duration::from_secs(30),
+        sync_max_staleness: Duration::from_secs(300),
     }
 }
 
