@@ -102,6 +102,17 @@ fn token_summary(s: &mut String, c: &Config, t: &TokenConfig, now: Timestamp) {
     }
     let _ = writeln!(
         s,
+        "    mdm_id:       {}",
+        t.mdm_id.as_deref().map_or("(none)".to_string(), printable)
+    );
+    if t.claim_location {
+        let _ = writeln!(
+            s,
+            "    claim_location: yes (a location without mdmInfo is claimed)"
+        );
+    }
+    let _ = writeln!(
+        s,
         "    max_requests_per_second: {}",
         c.max_requests_per_second(t)
     );

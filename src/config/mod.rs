@@ -164,6 +164,13 @@ pub struct TokenConfig {
     pub notification_auth_token: Secret,
     pub notification_url: Option<String>,
     pub max_requests_per_second: Option<u32>,
+    /// The `mdmInfo.id` of the MDM this location belongs to (design §4). With
+    /// `notification_url` set, Client Config is changed only while the location's mdmInfo.id
+    /// equals it.
+    pub mdm_id: Option<String>,
+    /// Opt-in: a location without any mdmInfo may be claimed (Client Config set, with mdmInfo
+    /// from `mdm_id` when given). Off by default: such a location is left alone.
+    pub claim_location: bool,
 }
 // ---------------------------------------------------------------------------------------------
 // Errors

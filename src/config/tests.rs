@@ -418,3 +418,36 @@ fn debug_never_shows_secrets() {
     let raw = vpptoken("inner-secret", "2030-11-08T22:33:22+0000", "Acme Inc");
     assert!(!dbg.contains(&raw));
 }
+
+#[test]
+fn mdm_id_and_claim_location() {
+    let f = Fixture::new();
+    let url = "notification_url = \"https://mdm.example.com/n\"\n";
+    let l = f
+        .load(&format!("{TOKEN}{url}mdm_id = \"mdm-7f3c\"\n"))
+        .unwrap();
+    let t = &l.config.tokens[0];
+    assert_eq!(t.mdm_id.as_deref(), Some("mdm-7f3c"));
+    assert!(!t.claim_location);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let l = f
+        .load(&format!("{TOKEN}{url}claim_location = true\n"))
+        .unwrap();
+    assert!(l.config.tokens[0].claim_location);
+    // notification_url without mdm_id or claim_location: Client Config would never change.
+    let l = f.load(&format!("{TOKEN}{url}")).unwrap();
+    assert!(
+        l.warnings.iter().any(|w| w.contains("mdm_id is not")),
+        "{:?}",
+        l.warnings
+    );
+    let l = f.load(&format!("{TOKEN}claim_location = true\n")).unwrap();
+    assert!(l.warnings.iter().any(|w| w.contains("no effect")));
+    let e = f.err(&format!("{TOKEN}mdm_id = \" \"\n"));
+    assert!(
+        e.contains("tokens[0].mdm_id \" \" must be a non-empty"),
+        "{e}"
+    );
+    let e = f.err(&format!("{TOKEN}claim_location = \"yes\"\n"));
+    assert!(e.contains("claim_location"), "{e}");
+}

@@ -398,6 +398,37 @@ impl Validator<'_> {
                 Some(n)
             }
         };
+        let mdm_id = match raw.mdm_id {
+            None => None,
+            Some(id) => {
+                if id.trim().is_empty() || id.chars().any(char::is_control) || id.len() > 255 {
+                    return Err(self.err(
+                        &key("mdm_id"),
+                        format!(
+                            "{} must be a non-empty mdmInfo id of at most 255 characters, \
+                             without control characters",
+                            q(&id)
+                        ),
+                    ));
+                }
+                Some(id)
+            }
+        };
+        let claim_location = raw.claim_location.unwrap_or(false);
+        if notification_url.is_none() && claim_location {
+            self.warn(format!(
+                "tokens[{i}] {}: claim_location has no effect without notification_url \
+                 (the daemon never writes Client Config then)",
+                q(&name)
+            ));
+        } else if notification_url.is_some() && mdm_id.is_none() && !claim_location {
+            self.warn(format!(
+                "tokens[{i}] {}: notification_url is set but mdm_id is not: Client Config is \
+                 changed only on a location whose mdmInfo.id equals mdm_id (or, with \
+                 claim_location = true, one without mdmInfo)",
+                q(&name)
+            ));
+        }
         Ok(TokenConfig {
             name,
             token_file,
@@ -406,6 +437,8 @@ impl Validator<'_> {
             notification_auth_token,
             notification_url,
             max_requests_per_second,
+            mdm_id,
+            claim_location,
         })
     }
 
