@@ -37,7 +37,11 @@ pub(crate) fn summary(c: &Config, now: Timestamp) -> String {
     let _ = writeln!(
         s,
         "  log:            {}, level {:?}",
-        c.daemon.log_format, c.daemon.log_level
+        c.daemon.log_format.map_or_else(
+            || "json (journald when stderr is the journal)".to_string(),
+            |f| f.to_string()
+        ),
+        c.daemon.log_level
     );
     let _ = writeln!(s, "apple:");
     let _ = writeln!(s, "  base_url:       {}", c.apple.base_url);

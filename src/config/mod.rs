@@ -85,7 +85,9 @@ pub struct DaemonConfig {
     pub api_listen: SocketAddr,
     pub api_token_file: Option<PathBuf>,
     pub api_token: Option<Secret>,
-    pub log_format: LogFormat,
+    /// `None`: not configured; journald when stderr is the journal, else JSON
+    /// ([`crate::telemetry::choose_format`]).
+    pub log_format: Option<LogFormat>,
     /// A tracing `EnvFilter` string, validated.
     pub log_level: String,
 }
@@ -95,6 +97,9 @@ pub enum LogFormat {
     #[default]
     Json,
     Text,
+    /// Native journal entries (tracing-journald): fields become journal fields (`TOKEN=`,
+    /// `EVENT_ID=`, `SYNC_ID=`).
+    Journald,
 }
 
 impl FromStr for LogFormat {
@@ -103,6 +108,7 @@ impl FromStr for LogFormat {
         match s {
             "json" => Ok(LogFormat::Json),
             "text" => Ok(LogFormat::Text),
+            "journald" => Ok(LogFormat::Journald),
             _ => Err(()),
         }
     }
@@ -113,6 +119,7 @@ impl fmt::Display for LogFormat {
         f.write_str(match self {
             LogFormat::Json => "json",
             LogFormat::Text => "text",
+            LogFormat::Journald => "journald",
         })
     }
 }

@@ -72,7 +72,7 @@ fn defaults_apply_to_a_minimal_file() {
     let c = &l.config;
     assert_eq!(c.daemon.database, PathBuf::from(DEFAULT_DATABASE));
     assert_eq!(c.daemon.api_listen, "127.0.0.1:8787".parse().unwrap());
-    assert_eq!(c.daemon.log_format, LogFormat::Json);
+    assert_eq!(c.daemon.log_format, None);
     assert_eq!(c.daemon.log_level, "info");
     assert!(c.daemon.api_token.is_none());
     assert_eq!(c.apple.base_url, "https://vpp.itunes.apple.com/mdm/v2/");

@@ -113,13 +113,13 @@ impl Validator<'_> {
             }
         }
         let log_format = match raw.log_format {
-            None => LogFormat::Json,
-            Some(s) => s.parse().map_err(|()| {
+            None => None,
+            Some(s) => Some(s.parse().map_err(|()| {
                 self.err(
                     "daemon.log_format",
-                    format!("{} must be \"json\" or \"text\"", q(&s)),
+                    format!("{} must be \"json\", \"text\" or \"journald\"", q(&s)),
                 )
-            })?,
+            })?),
         };
         let log_level = raw.log_level.unwrap_or_else(|| "info".to_string());
         validate_log_filter(&log_level).map_err(|why| {
