@@ -110,7 +110,7 @@ impl Upkeep {
                 "content token has expired; download a new one from Apple Business/School Manager");
         } else {
             tracing::warn!(token = %t.name, expires_at = %exp, days_left = exp.since(now).as_secs() / 86_400,
-                "content token expires within {threshold} day(s)");
+                "content token expires within {}", crate::time::count(threshold, "day", "days"));
         }
     }
 
