@@ -57,7 +57,10 @@ fn sim_init_writes_a_config_the_daemon_runs_with() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains(&format!("database:       {}", dir.join("state.db").display())),
+        stdout(&out).contains(&format!(
+            "database:       {}",
+            dir.join("state.db").display()
+        )),
         "{}",
         stdout(&out)
     );

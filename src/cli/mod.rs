@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 mod check_config;
 mod demo;
 mod inspect;
+pub use inspect::done_req;
 mod run;
 mod sim;
 mod sync;
