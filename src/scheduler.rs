@@ -3,11 +3,11 @@
 //! (Service Config, Client Config, token expiry warnings). None of it holds business logic of
 //! the event core.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-use crate::apple::model::ClientConfigRequest;
+use crate::apple::model::{ClientConfigRequest, MdmInfo};
 use crate::apple::AppleClient;
 use crate::config::TokenConfig;
 use crate::core::SyncKind;
@@ -71,6 +71,8 @@ pub struct Upkeep {
     pub store: Store,
     pub tokens: Registry,
     warned: HashSet<(String, u32)>,
+    /// The last mdmInfo conflict logged per token, so each change is logged once.
+    conflicts: HashMap<String, Option<String>>,
 }
 
 impl Upkeep {
@@ -80,6 +82,7 @@ impl Upkeep {
             store,
             tokens,
             warned: HashSet::new(),
+            conflicts: HashMap::new(),
         }
     }
 
@@ -107,7 +110,7 @@ impl Upkeep {
                 "content token has expired; download a new one from Apple Business/School Manager");
         } else {
             tracing::warn!(token = %t.name, expires_at = %exp, days_left = exp.since(now).as_secs() / 86_400,
-                "content token expires within {threshold} day(s)");
+                "content token expires within {}", crate::time::count(threshold, "day", "days"));
         }
     }
 
@@ -122,8 +125,19 @@ impl Upkeep {
         if let Some(uid) = &cc.u_id {
             self.tokens.set_uid(&t.name, uid);
         }
-        let mdm = cc.mdm_info.as_ref().map(|m| m.id.clone());
+        let on_location = cc.mdm_info.as_ref().map(|m| m.id.clone());
+        let decision = ownership(
+            on_location.as_deref(),
+            t.mdm_id.as_deref(),
+            t.claim_location,
+            t.notification_url.is_some(),
+        );
+        let conflict = match &decision {
+            Ownership::Conflict(c) => Some(c.clone()),
+            _ => None,
+        };
         let (name, uid, location) = (t.name.clone(), cc.u_id.clone(), cc.location_name.clone());
+        let recorded_conflict = conflict.clone();
         let recorded = self
             .store
             .write(move |c| {
@@ -132,21 +146,41 @@ impl Upkeep {
                     &name,
                     uid.as_deref(),
                     location.as_deref(),
-                    mdm.as_deref(),
+                    on_location.as_deref(),
+                    recorded_conflict.as_deref(),
                 )
             })
             .await;
-        let conflict = match recorded {
-            Ok(conflict) => conflict,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record Client Config");
-                return;
-            }
-        };
-        if let Some(c) = &conflict {
-            tracing::error!(token = %t.name, conflict = %c, "another MDM's mdmInfo is on this location; not touching its Client Config");
+        if let Err(e) = recorded {
+            tracing::error!(token = %t.name, error = %e, "cannot record Client Config");
             return;
         }
+        // Logged once per change, not on every refresh.
+        let before = self
+            .conflicts
+            .insert(t.name.clone(), conflict.clone())
+            .flatten();
+        if before != conflict {
+            match &conflict {
+                Some(c) => tracing::error!(token = %t.name, conflict = %c,
+                    "not changing this location's Client Config"),
+                None => tracing::info!(token = %t.name, "mdmInfo conflict resolved"),
+            }
+        }
+        let mdm_info = match decision {
+            Ownership::Passive | Ownership::Conflict(_) => return,
+            Ownership::Ours => cc.mdm_info.clone(),
+            Ownership::Claim => t.mdm_id.as_ref().map(|id| MdmInfo {
+                id: id.clone(),
+                name: MDM_NAME.to_string(),
+                metadata: t
+                    .notification_url
+                    .as_deref()
+                    .and_then(|u| reqwest::Url::parse(u).ok())
+                    .and_then(|u| u.host_str().map(str::to_string))
+                    .unwrap_or_else(|| MDM_NAME.to_string()),
+            }),
+        };
         let Some(url) = &t.notification_url else {
             return;
         };
@@ -161,16 +195,17 @@ impl Upkeep {
                 .notification_auth_token
                 .as_ref()
                 .is_some_and(|a| a.expose() == t.notification_auth_token.expose())
-            && missing.is_empty();
+            && missing.is_empty()
+            && cc.mdm_info == mdm_info;
         if ours {
             return;
         }
         // notificationTypes replaces the whole set: keep what the MDM subscribed to and add
-        // ours. mdmInfo is the MDM's: sent back exactly as read, never replaced.
+        // ours. An mdmInfo already on the location is sent back exactly as read.
         let mut types = subscribed;
         types.extend(missing.iter().map(|s| s.to_string()));
         let req = ClientConfigRequest {
-            mdm_info: cc.mdm_info.clone(),
+            mdm_info,
             notification_auth_token: Some(t.notification_auth_token.clone()),
             notification_types: Some(types),
             notification_url: Some(url.clone()),
@@ -181,6 +216,58 @@ impl Upkeep {
             }
             Err(e) => tracing::warn!(token = %t.name, error = %e, "cannot set Client Config"),
         }
+    }
+}
+
+/// The `mdmInfo.name` the daemon writes when it claims a location without mdmInfo.
+pub const MDM_NAME: &str = "vpp-reconciler";
+
+/// What the Client Config upkeep may do with a token's location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// No `notification_url`: Client Config is only read, never written.
+    Passive,
+    /// The location's mdmInfo.id equals the token's `mdm_id`: keep Client Config pointing here.
+    Ours,
+    /// No mdmInfo on the location and `claim_location = true`: set Client Config (and
+    /// mdmInfo from `mdm_id` when given).
+    Claim,
+    /// Leave Client Config alone; the sentence is recorded as the token's mdm_conflict.
+    Conflict(String),
+}
+
+/// The ownership rule (design §4): Client Config is changed only while the location's
+/// mdmInfo.id equals the token's `mdm_id`, or when the location has no mdmInfo and the
+/// operator opted in to claiming it. Without `notification_url` nothing is written; another
+/// MDM's mdmInfo is still reported when `mdm_id` says whose the location should be.
+pub fn ownership(
+    on_location: Option<&str>,
+    mdm_id: Option<&str>,
+    claim_location: bool,
+    has_notification_url: bool,
+) -> Ownership {
+    match (on_location, mdm_id) {
+        (Some(found), Some(ours)) if found == ours => {
+            if has_notification_url {
+                Ownership::Ours
+            } else {
+                Ownership::Passive
+            }
+        }
+        (Some(found), Some(ours)) => Ownership::Conflict(format!(
+            "the location's mdmInfo id {found:?} is another MDM's (mdm_id is {ours:?}); \
+             Client Config left alone"
+        )),
+        (Some(found), None) if has_notification_url => Ownership::Conflict(format!(
+            "the location's mdmInfo id {found:?} is not this token's (no mdm_id is configured); \
+             Client Config left alone: set mdm_id = {found:?} if that MDM is this one"
+        )),
+        (None, _) if has_notification_url && claim_location => Ownership::Claim,
+        (None, _) if has_notification_url => Ownership::Conflict(
+            "the location has no mdmInfo and claim_location is not set; Client Config left alone"
+                .to_string(),
+        ),
+        _ => Ownership::Passive,
     }
 }
 
@@ -197,6 +284,30 @@ pub fn expiry_threshold(now: Timestamp, expires: Timestamp) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ownership_rule() {
+        use Ownership::*;
+        let conflict = |o: Ownership| matches!(o, Conflict(_));
+        // Our mdm_id on the location: keep it pointed here (only with a notification_url).
+        assert_eq!(ownership(Some("m1"), Some("m1"), false, true), Ours);
+        assert_eq!(ownership(Some("m1"), Some("m1"), true, false), Passive);
+        // Another MDM's mdmInfo: never touched, always reported when mdm_id is known.
+        assert!(conflict(ownership(Some("m2"), Some("m1"), true, true)));
+        assert!(conflict(ownership(Some("m2"), Some("m1"), false, false)));
+        // An mdmInfo but no mdm_id: not assumed to be ours.
+        assert!(conflict(ownership(Some("m2"), None, true, true)));
+        assert_eq!(ownership(Some("m2"), None, false, false), Passive);
+        // No mdmInfo: claimed only with the opt-in.
+        assert_eq!(ownership(None, Some("m1"), true, true), Claim);
+        assert_eq!(ownership(None, None, true, true), Claim);
+        assert!(conflict(ownership(None, Some("m1"), false, true)));
+        assert_eq!(ownership(None, Some("m1"), true, false), Passive);
+        let Conflict(why) = ownership(Some("m2"), Some("m1"), false, true) else {
+            unreachable!()
+        };
+        assert!(why.contains("\"m2\"") && why.contains("\"m1\""), "{why}");
+    }
 
     #[test]
     fn expiry_thresholds() {

@@ -102,14 +102,51 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| e.to_string())
 }
 
-/// Formats a duration compactly for humans (`"5m"`, `"1h 30m"`).
+/// Formats a duration for humans, to the second: `"5m"`, `"1h 30m"`, `"1 day"`,
+/// `"2 days 3h"`.
 pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    let s = d.as_secs();
+    let (days, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let mut parts = Vec::new();
+    match days {
+        0 => {}
+        1 => parts.push("1 day".to_string()),
+        n => parts.push(format!("{n} days")),
+    }
+    for (n, unit) in [(h, "h"), (m, "m"), (sec, "s")] {
+        if n > 0 {
+            parts.push(format!("{n}{unit}"));
+        }
+    }
+    if parts.is_empty() {
+        "0s".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// `"1 entity"`, `"3 entities"`: a count with its noun in the right number.
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_and_counts_read_naturally() {
+        let f = |s| format_duration(Duration::from_secs(s));
+        assert_eq!(f(0), "0s");
+        assert_eq!(f(30), "30s");
+        assert_eq!(f(5400), "1h 30m");
+        assert_eq!(f(86_400), "1 day");
+        assert_eq!(f(2 * 86_400 + 3 * 3600), "2 days 3h");
+        assert_eq!(count(1u32, "entity", "entities"), "1 entity");
+        assert_eq!(count(0u32, "entity", "entities"), "0 entities");
+        assert_eq!(count(3u32, "entity", "entities"), "3 entities");
+    }
 
     #[test]
     fn rfc3339_round_trip() {

@@ -309,6 +309,8 @@ fn token_config(name: &str) -> vpp_reconciler::config::TokenConfig {
         notification_auth_token: Secret::new("notify"),
         notification_url: None,
         max_requests_per_second: None,
+        mdm_id: None,
+        claim_location: false,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Client Config upkeep against the simulator: with `notification_url` set the daemon points
-//! Apple's notifications at its own webhook (Apple's TEST_NOTIFICATION must pass its auth),
-//! never replaces the MDM's mdmInfo, and reports another MDM's mdmInfo as a conflict without
-//! touching its configuration.
+//! Apple's notifications at its own webhook (Apple's TEST_NOTIFICATION must pass its auth)
+//! only on a location whose mdmInfo.id is the token's `mdm_id`, never replaces the MDM's
+//! mdmInfo, reports another MDM's mdmInfo as a conflict without touching its configuration,
+//! and claims a location without mdmInfo only with `claim_location = true`.
 
 mod common;
 
@@ -53,6 +54,7 @@ async fn keeps_notifications_pointed_here_and_reports_foreign_mdm_info() {
         stokens: vec![stoken.clone()],
         notification_url: true,
         service_config_refresh: "1s",
+        token_extra: "mdm_id = \"mdm-a\"",
         ..Default::default()
     });
     let daemon = env.start_daemon();
@@ -129,5 +131,139 @@ async fn keeps_notifications_pointed_here_and_reports_foreign_mdm_info() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let cc = client_config(&sim, &stoken).await;
     assert_eq!(cc["mdmInfo"]["id"], "mdm-b", "never overwritten: {cc}");
+    assert!(daemon.terminate().success());
+}
+
+async fn new_location(sim: &Sim) -> String {
+    let loc = sim
+        .post(
+            "/_sim/locations",
+            &json!({"name": "Acme", "assets": [], "users": []}),
+        )
+        .await;
+    loc["sToken"].as_str().unwrap().to_string()
+}
+
+/// Waits until `tokens --json` shows an mdmConflict for the first token; returns it.
+async fn wait_conflict(env: &TestEnv) -> String {
+    let start = Instant::now();
+    loop {
+        let out = env.cli(&["tokens", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(c) = v["tokens"][0]["mdmConflict"].as_str() {
+            return c.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no conflict reported: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn healthz(env: &TestEnv) -> Value {
+    reqwest::get(env.api_url("/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_mdms_location_is_never_redirected() {
+    let sim = Sim::start(6);
+    let stoken = new_location(&sim).await;
+    let r = set_mdm_info(&sim, &stoken, "mdm-other").await;
+    assert!(r.get("errorNumber").is_none(), "{r}");
+    let before = client_config(&sim, &stoken).await;
+    let env = TestEnv::new(EnvOptions {
+        apple_base_url: Some(sim.base.clone()),
+        stokens: vec![stoken.clone()],
+        notification_url: true,
+        service_config_refresh: "1s",
+        token_extra: "mdm_id = \"mdm-ours\"\nclaim_location = true",
+        ..Default::default()
+    });
+    let daemon = env.start_daemon();
+    let conflict = wait_conflict(&env).await;
+    assert!(
+        conflict.contains("mdm-other") && conflict.contains("mdm-ours"),
+        "{conflict}"
+    );
+    let h = healthz(&env).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    // Several refreshes later Apple's side is exactly as the other MDM left it.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let after = client_config(&sim, &stoken).await;
+    assert_eq!(after, before, "Client Config untouched");
+    assert!(after.get("notificationUrl").is_none(), "{after}");
+    // The conflict is logged once, not on every refresh.
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("not changing this location's Client Config")
+            .count(),
+        1,
+        "{log}"
+    );
+    for s in env.secrets() {
+        assert!(!log.contains(&s), "a secret in the log");
+    }
+    assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_without_mdm_info_is_claimed_only_with_the_opt_in() {
+    let sim = Sim::start(7);
+    // Without claim_location: left alone, and shown.
+    let stoken = new_location(&sim).await;
+    let env = TestEnv::new(EnvOptions {
+        apple_base_url: Some(sim.base.clone()),
+        stokens: vec![stoken.clone()],
+        notification_url: true,
+        service_config_refresh: "1s",
+        token_extra: "mdm_id = \"mdm-ours\"",
+        ..Default::default()
+    });
+    let daemon = env.start_daemon();
+    let conflict = wait_conflict(&env).await;
+    assert!(conflict.contains("claim_location"), "{conflict}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cc = client_config(&sim, &stoken).await;
+    assert!(cc.get("notificationUrl").is_none(), "not claimed: {cc}");
+    assert!(cc.get("mdmInfo").is_none(), "not claimed: {cc}");
+    assert!(daemon.terminate().success());
+
+    // With claim_location: claimed, with our mdm_id, and then kept as ours.
+    let stoken = new_location(&sim).await;
+    let env = TestEnv::new(EnvOptions {
+        apple_base_url: Some(sim.base.clone()),
+        stokens: vec![stoken.clone()],
+        notification_url: true,
+        service_config_refresh: "1s",
+        token_extra: "mdm_id = \"mdm-ours\"\nclaim_location = true",
+        ..Default::default()
+    });
+    let daemon = env.start_daemon();
+    let ours = format!("http://{}/apple/notifications/acme", env.webhook);
+    let start = Instant::now();
+    loop {
+        let cc = client_config(&sim, &stoken).await;
+        if cc["notificationUrl"] == ours.as_str() {
+            assert_eq!(cc["mdmInfo"]["id"], "mdm-ours", "{cc}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never claimed: {cc}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = env.cli(&["tokens", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["tokens"][0]["mdmConflict"].is_null(), "{v}");
+    let h = healthz(&env).await;
+    assert_eq!(h["status"], "ok", "{h}");
     assert!(daemon.terminate().success());
 }

@@ -115,6 +115,7 @@ name = "acme"
 token_file = "acme.vpptoken"
 notification_auth_token_file = "acme.notify"
 notification_url = "https://mdm.example.com/hooks/apple/acme"
+mdm_id = "mdm-7f3c"
 
 [[tokens]]
 name = "beta"
@@ -161,6 +162,7 @@ fn good_config_prints_a_summary() {
         "orgName:      Acme Inc",
         "2098-11-08 22:33:22 UTC (expires in ",
         "notification_url: https://mdm.example.com/hooks/apple/acme",
+        "mdm_id:       mdm-7f3c",
         &format!(
             "token_file:   {}",
             s.path("credentials/acme.vpptoken").display()

@@ -111,7 +111,11 @@ pub(crate) fn summary(c: &Config, now: Timestamp) -> String {
     let _ = writeln!(
         s,
         "  log:            {}, level {:?}",
-        c.daemon.log_format, c.daemon.log_level
+        c.daemon.log_format.map_or_else(
+            || "json (journald when stderr is the journal)".to_string(),
+            |f| f.to_string()
+        ),
+        c.daemon.log_level
     );
     let _ = writeln!(s, "apple:");
     let _ = writeln!(s, "  base_url:       {}", c.apple.base_url);
@@ -173,6 +177,17 @@ fn token_summary(s: &mut String, c: &Config, t: &TokenConfig, now: Timestamp) {
     let _ = writeln!(s, "    webhook route: {}", c.webhook.route_for(&t.name));
     if let Some(url) = &t.notification_url {
         let _ = writeln!(s, "    notification_url: {url}");
+    }
+    let _ = writeln!(
+        s,
+        "    mdm_id:       {}",
+        t.mdm_id.as_deref().map_or("(none)".to_string(), printable)
+    );
+    if t.claim_location {
+        let _ = writeln!(
+            s,
+            "    claim_location: yes (a location without mdmInfo is claimed)"
+        );
     }
     let _ = writeln!(
         s,

@@ -8,13 +8,15 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use super::{
-    load_public_config, store_error, CliError, CliResult, EventArgs, EventsArgs, JsonArg, SyncsArgs,
+    load_public_config, store_error, CliError, CliResult, EventArgs, EventsArgs, SyncsArgs,
+    TokensArgs,
 };
 use crate::api::ListQuery;
+use crate::config::PublicConfig;
 use crate::store::{self, queries};
 use crate::time::Timestamp;
 
-fn open(config_path: &Path) -> Result<Connection, CliError> {
+fn open(config_path: &Path) -> Result<(PublicConfig, Connection), CliError> {
     let loaded = load_public_config(config_path)?;
     let db = &loaded.config.daemon.database;
     if !db.exists() {
@@ -23,7 +25,64 @@ fn open(config_path: &Path) -> Result<Connection, CliError> {
             db.display()
         )));
     }
-    store::open_read_only(db).map_err(store_error)
+    let conn = store::open_read_only(db).map_err(store_error)?;
+    Ok((loaded.config, conn))
+}
+
+/// `--token NAME` must name a configured token or one the store knows (a token removed from
+/// the configuration keeps its history); otherwise a usage error naming it.
+fn check_token(config: &PublicConfig, conn: &Connection, name: Option<&str>) -> CliResult {
+    let Some(name) = name else {
+        return Ok(());
+    };
+    let mut known: Vec<String> = config.tokens.iter().map(|t| t.name.clone()).collect();
+    if let Ok(stored) = queries::list_tokens(conn) {
+        known.extend(stored.into_iter().map(|t| t.name));
+    }
+    known.sort();
+    known.dedup();
+    if known.iter().any(|k| k == name) {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "--token {name:?} is not a configured token ({})",
+        if known.is_empty() {
+            "none are configured".to_string()
+        } else {
+            format!("tokens: {}", known.join(", "))
+        }
+    )))
+}
+
+/// Left-aligned columns sized to their widest cell (`right` lists right-aligned columns);
+/// the last column is not padded.
+fn print_table(rows: &[Vec<String>], right: &[usize]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == r.len() && !right.contains(&i) {
+                    c.clone()
+                } else if right.contains(&i) {
+                    format!("{c:>w$}", w = widths[i])
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> CliResult {
@@ -47,41 +106,48 @@ pub fn events(config_path: &Path, args: EventsArgs) -> CliResult {
         cursor: None,
     };
     let filter = q.to_filter().map_err(CliError::usage)?;
-    let conn = open(config_path)?;
+    let (config, conn) = open(config_path)?;
+    check_token(&config, &conn, filter.token.as_deref())?;
     let (events, _) =
         queries::list_events(&conn, &filter).map_err(|e| CliError::failed(e.to_string()))?;
     if args.json {
         return print_json(&serde_json::json!({ "events": events }));
     }
-    println!(
-        "{:<38} {:<10} {:<13} {:<8} {:<10} {:>9} {:>5}  TRACKED",
-        "EVENT", "TOKEN", "TYPE", "STATE", "OUTCOME", "DONE/REQ", "POLLS"
-    );
-    for e in &events {
-        println!(
-            "{:<38} {:<10} {:<13} {:<8} {:<10} {:>9} {:>5}  {}",
-            e.event_id,
-            e.token,
-            e.event_type.as_str(),
-            e.state.as_str(),
-            e.outcome.map(|o| o.as_str()).unwrap_or("-"),
-            format!(
-                "{}/{}",
-                e.num_completed,
-                e.num_requested.map(|n| n.to_string()).unwrap_or("?".into())
-            ),
-            e.polls,
-            e.tracked_at
-        );
-    }
     if events.is_empty() {
         println!("(no events)");
+        return Ok(());
     }
+    let mut rows = vec![[
+        "EVENT", "TOKEN", "TYPE", "STATE", "OUTCOME", "DONE/REQ", "POLLS", "TRACKED",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for e in &events {
+        rows.push(vec![
+            e.event_id.clone(),
+            e.token.clone(),
+            e.event_type.as_str().to_string(),
+            e.state.as_str().to_string(),
+            e.outcome.map(|o| o.as_str()).unwrap_or("-").to_string(),
+            done_req(e.num_completed, e.num_requested),
+            e.polls.to_string(),
+            e.tracked_at.to_string(),
+        ]);
+    }
+    print_table(&rows, &[5, 6]);
     Ok(())
 }
 
+/// Entities completed/requested, as `events` and the demo show them (`?` while unknown).
+pub fn done_req(done: u32, requested: Option<u32>) -> String {
+    format!(
+        "{done}/{}",
+        requested.map_or("?".to_string(), |n| n.to_string())
+    )
+}
+
 pub fn event(config_path: &Path, args: EventArgs) -> CliResult {
-    let conn = open(config_path)?;
+    let (_, conn) = open(config_path)?;
     let detail = queries::event_detail(&conn, &args.id)
         .map_err(|e| CliError::failed(e.to_string()))?
         .ok_or_else(|| CliError::failed(format!("event {:?} is not tracked", args.id)))?;
@@ -128,11 +194,11 @@ pub fn event(config_path: &Path, args: EventArgs) -> CliResult {
         println!("\nnotifications:");
         for n in &detail.notifications {
             println!(
-                "  {}  {} {} {} entities  {}",
+                "  {}  {} {} {}  {}",
                 n.received_at,
                 n.notification_type,
                 n.result.as_deref().unwrap_or("-"),
-                n.entities.unwrap_or(0),
+                crate::time::count(n.entities.unwrap_or(0), "entity", "entities"),
                 n.notification_id
             );
         }
@@ -168,76 +234,103 @@ pub fn event(config_path: &Path, args: EventArgs) -> CliResult {
     Ok(())
 }
 
-pub fn tokens(config_path: &Path, args: JsonArg) -> CliResult {
-    let conn = open(config_path)?;
+pub fn tokens(config_path: &Path, args: TokensArgs) -> CliResult {
+    let (_, conn) = open(config_path)?;
     let tokens = queries::list_tokens(&conn).map_err(|e| CliError::failed(e.to_string()))?;
     if args.json {
         return print_json(&serde_json::json!({ "tokens": tokens }));
     }
-    println!(
-        "{:<14} {:<18} {:<20} {:<12} {:<10} {:>7} {:>7}  LAST SYNCS",
-        "TOKEN", "UID", "LOCATION", "EXPIRES", "HEALTH", "PENDING", "SYNCING"
-    );
+    let mut rows = vec![[
+        "TOKEN",
+        "UID",
+        "LOCATION",
+        "EXPIRES",
+        "HEALTH",
+        "PENDING",
+        "SYNCING",
+        "LAST SYNCS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    // Reasons are long sentences: listed under the table, so the columns stay aligned.
+    let mut notes = Vec::new();
     for t in &tokens {
         let syncs: Vec<String> = t
             .last_syncs
             .iter()
             .map(|s| format!("{} {} ({})", s.kind, s.result, s.started_at))
             .collect();
-        println!(
-            "{:<14} {:<18} {:<20} {:<12} {:<10} {:>7} {:>7}  {}",
-            t.name,
-            t.u_id.as_deref().unwrap_or("-"),
+        let health = if t.mdm_conflict.is_some() && t.health == "healthy" {
+            "conflict".to_string()
+        } else {
+            t.health.clone()
+        };
+        if let Some(r) = &t.health_reason {
+            notes.push(format!("{}: {}: {r}", t.name, t.health));
+        }
+        if let Some(c) = &t.mdm_conflict {
+            notes.push(format!(
+                "{}: mdmConflict: {c} (README.md, \"mdmConflict\")",
+                t.name
+            ));
+        }
+        rows.push(vec![
+            t.name.clone(),
+            t.u_id.as_deref().unwrap_or("-").to_string(),
             t.location
                 .as_deref()
                 .or(t.org_name.as_deref())
-                .unwrap_or("-"),
+                .unwrap_or("-")
+                .to_string(),
             t.expires_at
                 .map(|e| e.to_rfc3339()[..10].to_string())
                 .unwrap_or("-".into()),
-            match &t.health_reason {
-                Some(r) => format!("{} ({r})", t.health),
-                None => t.health.clone(),
-            },
-            t.pending,
-            t.syncing,
+            health,
+            t.pending.to_string(),
+            t.syncing.to_string(),
             if syncs.is_empty() {
                 "-".into()
             } else {
                 syncs.join(", ")
-            }
-        );
-        if let Some(c) = &t.mdm_conflict {
-            println!("  mdmConflict: {c} (README.md, \"mdmConflict\")");
+            },
+        ]);
+    }
+    print_table(&rows, &[5, 6]);
+    if !notes.is_empty() {
+        println!();
+        for n in notes {
+            println!("{n}");
         }
     }
     Ok(())
 }
 
 pub fn syncs(config_path: &Path, args: SyncsArgs) -> CliResult {
-    let conn = open(config_path)?;
+    let (config, conn) = open(config_path)?;
+    check_token(&config, &conn, args.token.as_deref())?;
     let syncs = queries::list_syncs(&conn, args.token.as_deref(), args.limit)
         .map_err(|e| CliError::failed(e.to_string()))?;
     if args.json {
         return print_json(&serde_json::json!({ "syncs": syncs }));
     }
-    println!(
-        "{:>5} {:<14} {:<12} {:<5} {:<9} {:>6} {:>8} {:>9}  STARTED",
-        "ID", "TOKEN", "KIND", "FULL", "RESULT", "PAGES", "RECORDS", "MS"
-    );
+    let mut rows = vec![[
+        "ID", "TOKEN", "KIND", "FULL", "RESULT", "PAGES", "RECORDS", "MS", "STARTED",
+    ]
+    .map(String::from)
+    .to_vec()];
     for s in &syncs {
-        println!(
-            "{:>5} {:<14} {:<12} {:<5} {:<9} {:>6} {:>8} {:>9}  {}",
-            s.id,
-            s.token,
-            s.kind,
-            if s.full { "full" } else { "incr" },
-            s.result,
-            s.pages,
-            s.records,
+        rows.push(vec![
+            s.id.to_string(),
+            s.token.clone(),
+            s.kind.to_string(),
+            if s.full { "full" } else { "incr" }.to_string(),
+            s.result.to_string(),
+            s.pages.to_string(),
+            s.records.to_string(),
             s.duration_ms.map(|d| d.to_string()).unwrap_or("-".into()),
-            s.started_at
-        );
+            s.started_at.to_string(),
+        ]);
     }
+    print_table(&rows, &[0, 5, 6, 7]);
     Ok(())
 }

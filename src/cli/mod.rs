@@ -10,6 +10,7 @@ mod backup;
 mod check_config;
 mod demo;
 mod inspect;
+pub use inspect::done_req;
 mod run;
 mod sim;
 mod sync;
@@ -66,12 +67,12 @@ pub fn store_error(e: crate::store::StoreError) -> CliError {
     about = "Reconciles Apple Apps and Books (VPP) events"
 )]
 pub struct Cli {
-    /// Path of the TOML configuration.
+    /// Path of the TOML configuration (may also be given after the command).
     #[arg(
         long,
-        global = true,
+        value_name = "PATH",
         env = "VPP_RECONCILER_CONFIG",
-        default_value = "/etc/vpp-reconciler/config.toml"
+        default_value = crate::config::DEFAULT_CONFIG_PATH
     )]
     pub config: PathBuf,
 
@@ -79,12 +80,22 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `--config` after the command, for the commands that read the configuration (`demo` and
+/// `sim` do not, so they do not take it).
+#[derive(Args, Debug, Default)]
+pub struct ConfigArg {
+    /// Path of the TOML configuration [default: the --config before the command,
+    /// $VPP_RECONCILER_CONFIG, or /etc/vpp-reconciler/config.toml].
+    #[arg(long = "config", value_name = "PATH")]
+    pub path: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon in the foreground (Type=notify under systemd).
-    Run,
+    Run(ConfigArg),
     /// Validate the configuration and every secret file it references.
-    CheckConfig,
+    CheckConfig(ConfigArg),
     /// Start tracking an event (through the daemon's local API).
     Track(TrackArgs),
     /// List events, newest first.
@@ -92,12 +103,12 @@ pub enum Command {
     /// Show one event with its history, notifications, polls and failures.
     Event(EventArgs),
     /// Per token: uId, location, expiry, health, pending count, last syncs.
-    Tokens(JsonArg),
+    Tokens(TokensArgs),
     /// List sync runs.
     Syncs(SyncsArgs),
     /// Ask the daemon for a sync now.
     Sync(SyncArgs),
-    /// Run the Apple API simulator.
+    /// Run the Apple API simulator (for tests, the demo and trying the daemon by hand).
     Sim(SimArgs),
     /// Run the demo: simulator and daemon on temp files with a faulty workload.
     Demo(DemoArgs),
@@ -112,100 +123,146 @@ pub struct BackupArgs {
     /// Replace PATH if it exists.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Args, Debug)]
-pub struct JsonArg {
+pub struct TokensArgs {
     /// Print exactly one JSON document.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Args, Debug)]
 pub struct TrackArgs {
-    #[arg(long)]
+    /// The configured token ([[tokens]] name) the event was submitted with.
+    #[arg(long, value_name = "NAME")]
     pub token: String,
-    #[arg(long = "event-id")]
+    /// Apple's eventId for the request.
+    #[arg(long = "event-id", value_name = "ID")]
     pub event_id: String,
     /// ASSOCIATE, DISASSOCIATE, REVOKE, CREATE, UPDATE or RETIRE.
-    #[arg(long = "type")]
+    #[arg(long = "type", value_name = "TYPE")]
     pub event_type: String,
     /// The request body sent to Apple (JSON), so entities can be counted and the request
     /// resubmitted.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub request: Option<PathBuf>,
+    /// Print the daemon's answer as one JSON document.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Args, Debug)]
 pub struct EventsArgs {
-    #[arg(long)]
+    /// Only events in this state: pending, syncing or settled.
+    #[arg(long, value_name = "STATE")]
     pub state: Option<String>,
-    #[arg(long)]
+    /// Only events with this outcome: complete, failed, timed_out or not_found.
+    #[arg(long, value_name = "OUTCOME")]
     pub outcome: Option<String>,
-    #[arg(long)]
+    /// Only events of this token ([[tokens]] name).
+    #[arg(long, value_name = "NAME")]
     pub token: Option<String>,
-    #[arg(long = "type")]
+    /// Only events of this type: ASSOCIATE, DISASSOCIATE, REVOKE, CREATE, UPDATE or RETIRE.
+    #[arg(long = "type", value_name = "TYPE")]
     pub event_type: Option<String>,
-    #[arg(long, default_value_t = 50)]
+    /// Show at most this many events (1 to 10000).
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = parse_limit)]
     pub limit: u32,
+    /// Print exactly one JSON document.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Args, Debug)]
 pub struct EventArgs {
+    /// The eventId.
+    #[arg(value_name = "EVENT_ID")]
     pub id: String,
+    /// Print exactly one JSON document.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Args, Debug)]
 pub struct SyncsArgs {
-    #[arg(long)]
+    /// Only sync runs of this token ([[tokens]] name).
+    #[arg(long, value_name = "NAME")]
     pub token: Option<String>,
-    #[arg(long, default_value_t = 20)]
+    /// Show at most this many sync runs (1 to 10000).
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = parse_limit)]
     pub limit: u32,
+    /// Print exactly one JSON document.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Args, Debug)]
 pub struct SyncArgs {
-    #[arg(long)]
+    /// The token ([[tokens]] name) to sync.
+    #[arg(long, value_name = "NAME")]
     pub token: String,
     /// assets, assignments or users.
-    #[arg(long)]
+    #[arg(long, value_name = "KIND")]
     pub kind: String,
+    /// Read everything, not only what changed since the stored versionId.
     #[arg(long)]
     pub full: bool,
+    /// Print the daemon's answer as one JSON document.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Args, Debug)]
 pub struct SimArgs {
-    #[arg(long, default_value = "127.0.0.1:8790")]
+    /// Address to listen on (port 0: any free port; the first line printed tells which).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8790")]
     pub listen: std::net::SocketAddr,
-    #[arg(long, default_value_t = 1)]
+    /// Seeds the simulator's randomness (faults, ids), so a run can be repeated.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
+    /// Create a location and write into DIR (new or empty) its .vpptoken, a notification
+    /// auth token and a config.toml for the daemon against this simulator; then serve.
+    #[arg(long, value_name = "DIR")]
+    pub init: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Seeds the simulator and the workload, so a run can be repeated.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
     /// Events to submit (29 to 400).
-    #[arg(long, default_value_t = crate::demo::DEFAULT_EVENTS)]
+    #[arg(long, value_name = "N", default_value_t = crate::demo::DEFAULT_EVENTS)]
     pub events: usize,
     /// Keep the work directory (config, database, secret files) here; it must be new or empty.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
     /// Seconds to wait for every event to settle before reporting what is stuck (exit 1).
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub timeout: u64,
+}
+
+/// `--limit`: a clear sentence naming the value rather than a type error.
+fn parse_limit(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} must be a whole number from 1 to 10000")),
+    }
 }
 
 /// Parses the command line and runs the command.
@@ -228,17 +285,59 @@ pub fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> CliResult {
+    let top = cli.config;
+    let path = |c: &ConfigArg| c.path.clone().unwrap_or_else(|| top.clone());
     match cli.command {
-        Command::Run => run::run(&cli.config),
-        Command::CheckConfig => check_config::run(&cli.config),
-        Command::Track(args) => track::run(&cli.config, args),
-        Command::Events(args) => inspect::events(&cli.config, args),
-        Command::Event(args) => inspect::event(&cli.config, args),
-        Command::Tokens(args) => inspect::tokens(&cli.config, args),
-        Command::Syncs(args) => inspect::syncs(&cli.config, args),
+        Command::Run(c) => run::run(&path(&c)),
+        Command::CheckConfig(c) => check_config::run(&path(&c)),
+        Command::Track(args) => track::run(&path(&args.config), args),
+        Command::Events(args) => inspect::events(&path(&args.config), args),
+        Command::Event(args) => inspect::event(&path(&args.config), args),
+        Command::Tokens(args) => inspect::tokens(&path(&args.config), args),
+        Command::Syncs(args) => inspect::syncs(&path(&args.config), args),
         Command::Sim(args) => sim::run(args),
-        Command::Sync(args) => sync::run(&cli.config, args),
+        Command::Sync(args) => sync::run(&path(&args.config), args),
         Command::Demo(args) => demo::run(args),
-        Command::Backup(args) => backup::run(&cli.config, args),
+        Command::Backup(args) => backup::run(&path(&args.config), args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_may_follow_the_command() {
+        let cli = Cli::try_parse_from(["vpp-reconciler", "events", "--config", "/x.toml"]).unwrap();
+        let Command::Events(a) = cli.command else {
+            panic!("events")
+        };
+        assert_eq!(a.config.path, Some(PathBuf::from("/x.toml")));
+        assert!(Cli::try_parse_from(["vpp-reconciler", "demo", "--config", "/x.toml"]).is_err());
+        assert!(Cli::try_parse_from(["vpp-reconciler", "sim", "--config", "/x.toml"]).is_err());
+    }
+
+    #[test]
+    fn every_option_has_help() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let mut missing = Vec::new();
+        for sub in std::iter::once(&cmd).chain(cmd.get_subcommands()) {
+            for a in sub.get_arguments() {
+                if a.get_help().is_none() && !matches!(a.get_id().as_str(), "help" | "version") {
+                    missing.push(format!("{} {}", sub.get_name(), a.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "options without help: {missing:?}");
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(parse_limit("1"), Ok(1));
+        assert_eq!(parse_limit("10000"), Ok(10_000));
+        for bad in ["0", "10001", "-1", "x", ""] {
+            assert!(parse_limit(bad).unwrap_err().contains("from 1 to 10000"));
+        }
     }
 }

@@ -6,15 +6,22 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{load_config, CliError, CliResult};
+use crate::config::LogFormat;
 use crate::daemon::{self, Listeners};
 
 pub fn run(config_path: &Path) -> CliResult {
     let loaded = load_config(config_path)?;
-    crate::telemetry::init(
-        loaded.config.daemon.log_format,
-        &loaded.config.daemon.log_level,
-    )
-    .map_err(CliError::usage)?;
+    let configured = loaded.config.daemon.log_format;
+    let level = &loaded.config.daemon.log_level;
+    let format = crate::telemetry::choose_format(configured, crate::telemetry::stderr_is_journal());
+    if let Err(e) = crate::telemetry::init(format, level) {
+        // Only a journal picked automatically may fall back: the configured format is kept.
+        if configured.is_some() || format != LogFormat::Journald {
+            return Err(CliError::usage(e));
+        }
+        crate::telemetry::init(LogFormat::Json, level).map_err(CliError::usage)?;
+        tracing::warn!(error = %e, "logging JSON to stderr instead of the journal");
+    }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }

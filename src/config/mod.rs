@@ -96,6 +96,8 @@ pub struct PublicToken {
     pub notification_auth_token_file: SecretFile,
     pub notification_url: Option<String>,
     pub max_requests_per_second: Option<u32>,
+    pub mdm_id: Option<String>,
+    pub claim_location: bool,
 }
 
 /// A secret file named by the configuration: its key path, the value as written, and where it
@@ -148,7 +150,9 @@ pub struct DaemonConfig {
     pub api_listen: SocketAddr,
     pub api_token_file: Option<PathBuf>,
     pub api_token: Option<Secret>,
-    pub log_format: LogFormat,
+    /// `None`: not configured; journald when stderr is the journal, else JSON
+    /// ([`crate::telemetry::choose_format`]).
+    pub log_format: Option<LogFormat>,
     /// A tracing `EnvFilter` string, validated.
     pub log_level: String,
 }
@@ -158,6 +162,9 @@ pub enum LogFormat {
     #[default]
     Json,
     Text,
+    /// Native journal entries (tracing-journald): fields become journal fields (`TOKEN=`,
+    /// `EVENT_ID=`, `SYNC_ID=`).
+    Journald,
 }
 
 impl FromStr for LogFormat {
@@ -166,6 +173,7 @@ impl FromStr for LogFormat {
         match s {
             "json" => Ok(LogFormat::Json),
             "text" => Ok(LogFormat::Text),
+            "journald" => Ok(LogFormat::Journald),
             _ => Err(()),
         }
     }
@@ -176,6 +184,7 @@ impl fmt::Display for LogFormat {
         f.write_str(match self {
             LogFormat::Json => "json",
             LogFormat::Text => "text",
+            LogFormat::Journald => "journald",
         })
     }
 }
@@ -227,6 +236,13 @@ pub struct TokenConfig {
     pub notification_auth_token: Secret,
     pub notification_url: Option<String>,
     pub max_requests_per_second: Option<u32>,
+    /// The `mdmInfo.id` of the MDM this location belongs to (design §4). With
+    /// `notification_url` set, Client Config is changed only while the location's mdmInfo.id
+    /// equals it.
+    pub mdm_id: Option<String>,
+    /// Opt-in: a location without any mdmInfo may be claimed (Client Config set, with mdmInfo
+    /// from `mdm_id` when given). Off by default: such a location is left alone.
+    pub claim_location: bool,
 }
 // ---------------------------------------------------------------------------------------------
 // Errors

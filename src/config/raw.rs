@@ -61,4 +61,6 @@ pub(super) struct RawToken {
     pub(super) notification_auth_token_file: Option<String>,
     pub(super) notification_url: Option<String>,
     pub(super) max_requests_per_second: Option<i64>,
+    pub(super) mdm_id: Option<String>,
+    pub(super) claim_location: Option<bool>,
 }

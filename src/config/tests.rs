@@ -72,7 +72,7 @@ fn defaults_apply_to_a_minimal_file() {
     let c = &l.config;
     assert_eq!(c.daemon.database, PathBuf::from(DEFAULT_DATABASE));
     assert_eq!(c.daemon.api_listen, "127.0.0.1:8787".parse().unwrap());
-    assert_eq!(c.daemon.log_format, LogFormat::Json);
+    assert_eq!(c.daemon.log_format, None);
     assert_eq!(c.daemon.log_level, "info");
     assert!(c.daemon.api_token.is_none());
     assert_eq!(c.apple.base_url, "https://vpp.itunes.apple.com/mdm/v2/");
@@ -417,4 +417,37 @@ fn debug_never_shows_secrets() {
     }
     let raw = vpptoken("inner-secret", "2030-11-08T22:33:22+0000", "Acme Inc");
     assert!(!dbg.contains(&raw));
+}
+
+#[test]
+fn mdm_id_and_claim_location() {
+    let f = Fixture::new();
+    let url = "notification_url = \"https://mdm.example.com/n\"\n";
+    let l = f
+        .load(&format!("{TOKEN}{url}mdm_id = \"mdm-7f3c\"\n"))
+        .unwrap();
+    let t = &l.config.tokens[0];
+    assert_eq!(t.mdm_id.as_deref(), Some("mdm-7f3c"));
+    assert!(!t.claim_location);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let l = f
+        .load(&format!("{TOKEN}{url}claim_location = true\n"))
+        .unwrap();
+    assert!(l.config.tokens[0].claim_location);
+    // notification_url without mdm_id or claim_location: Client Config would never change.
+    let l = f.load(&format!("{TOKEN}{url}")).unwrap();
+    assert!(
+        l.warnings.iter().any(|w| w.contains("mdm_id is not")),
+        "{:?}",
+        l.warnings
+    );
+    let l = f.load(&format!("{TOKEN}claim_location = true\n")).unwrap();
+    assert!(l.warnings.iter().any(|w| w.contains("no effect")));
+    let e = f.err(&format!("{TOKEN}mdm_id = \" \"\n"));
+    assert!(
+        e.contains("tokens[0].mdm_id \" \" must be a non-empty"),
+        "{e}"
+    );
+    let e = f.err(&format!("{TOKEN}claim_location = \"yes\"\n"));
+    assert!(e.contains("claim_location"), "{e}");
 }

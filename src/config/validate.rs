@@ -162,13 +162,13 @@ impl Validator<'_> {
             }
         }
         let log_format = match raw.log_format {
-            None => LogFormat::Json,
-            Some(s) => s.parse().map_err(|()| {
+            None => None,
+            Some(s) => Some(s.parse().map_err(|()| {
                 self.err(
                     "daemon.log_format",
-                    format!("{} must be \"json\" or \"text\"", q(&s)),
+                    format!("{} must be \"json\", \"text\" or \"journald\"", q(&s)),
                 )
-            })?,
+            })?),
         };
         let log_level = raw.log_level.unwrap_or_else(|| "info".to_string());
         validate_log_filter(&log_level).map_err(|why| {
@@ -428,12 +428,45 @@ impl Validator<'_> {
                 Some(n)
             }
         };
+        let mdm_id = match raw.mdm_id {
+            None => None,
+            Some(id) => {
+                if id.trim().is_empty() || id.chars().any(char::is_control) || id.len() > 255 {
+                    return Err(self.err(
+                        &key("mdm_id"),
+                        format!(
+                            "{} must be a non-empty mdmInfo id of at most 255 characters, \
+                             without control characters",
+                            q(&id)
+                        ),
+                    ));
+                }
+                Some(id)
+            }
+        };
+        let claim_location = raw.claim_location.unwrap_or(false);
+        if notification_url.is_none() && claim_location {
+            self.warn(format!(
+                "tokens[{i}] {}: claim_location has no effect without notification_url \
+                 (the daemon never writes Client Config then)",
+                q(&name)
+            ));
+        } else if notification_url.is_some() && mdm_id.is_none() && !claim_location {
+            self.warn(format!(
+                "tokens[{i}] {}: notification_url is set but mdm_id is not: Client Config is \
+                 changed only on a location whose mdmInfo.id equals mdm_id (or, with \
+                 claim_location = true, one without mdmInfo)",
+                q(&name)
+            ));
+        }
         Ok(PublicToken {
             name,
             token_file,
             notification_auth_token_file,
             notification_url,
             max_requests_per_second,
+            mdm_id,
+            claim_location,
         })
     }
 
@@ -445,6 +478,8 @@ impl Validator<'_> {
             notification_auth_token_file,
             notification_url,
             max_requests_per_second,
+            mdm_id,
+            claim_location,
         } = t;
         let text = self.read_secret_file(&token_file.key, &token_file)?;
         let content_token = parse_content_token(&text).map_err(|why| {
@@ -485,6 +520,8 @@ impl Validator<'_> {
             notification_auth_token,
             notification_url,
             max_requests_per_second,
+            mdm_id,
+            claim_location,
         })
     }
 

@@ -37,8 +37,9 @@ impl Core {
         }
         let result = if n.success { "SUCCESS" } else { "FAILURE" };
         let cause = format!(
-            "notification {} {result} for {} entities",
-            n.notification_id, n.entities
+            "notification {} {result} for {}",
+            n.notification_id,
+            crate::time::count(n.entities, "entity", "entities")
         );
         let rec = &mut t.rec;
         let mut next = Next::Keep;

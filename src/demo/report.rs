@@ -23,6 +23,29 @@ pub(super) fn failures_of(e: &Value) -> BTreeSet<i64> {
         .unwrap_or_default()
 }
 
+/// A table line of at most `max` columns: a longer last cell (starting at column `col`)
+/// continues on lines indented to `col`, broken at spaces.
+pub(super) fn wrap_at(line: &str, col: usize, max: usize) -> Vec<String> {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= max || col == 0 || col + 10 > max {
+        return vec![line.to_string()];
+    }
+    let mut out = Vec::new();
+    let mut head: String = chars[..col].iter().collect();
+    let mut rest: String = chars[col..].iter().collect();
+    let width = max - col;
+    while rest.chars().count() > width {
+        let cut: String = rest.chars().take(width + 1).collect();
+        let at = cut.rfind(' ').filter(|&i| i > 0).unwrap_or(width);
+        let (now, later) = rest.split_at(at);
+        out.push(format!("{head}{now}").trim_end().to_string());
+        rest = later.trim_start().to_string();
+        head = " ".repeat(col);
+    }
+    out.push(format!("{head}{rest}"));
+    out
+}
+
 pub(super) fn table(rows: &[Vec<String>]) -> Vec<String> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
@@ -122,69 +145,61 @@ pub(super) async fn report(
     }
 
     say!("\nevents ({} tracked, in submission order)", events.len());
-    let mut rows = vec![vec![
-        "TOKEN".to_string(),
-        "EVENT ID".into(),
-        "TYPE".into(),
-        "STATE".into(),
-        "OUTCOME".into(),
-        "REQ/DONE".into(),
-        "POLLS".into(),
-        "NOTIFS".into(),
-        "ERRORS".into(),
-        "RESUBMISSION".into(),
-        "REQUEST".into(),
-    ]];
+    let mut rows = vec![[
+        "TOKEN", "EVENT", "TYPE", "RESULT", "DONE/REQ", "POLLS", "NOTIFS", "REQUEST",
+    ]
+    .map(String::from)
+    .to_vec()];
     for (id, what) in &order {
         let Some(e) = by_id.get(id.as_str()) else {
-            rows.push(vec![
-                "?".into(),
-                id.clone(),
-                "?".into(),
-                "untracked".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                what.clone(),
-            ]);
+            let mut row = vec!["?".to_string(), short(id).to_string(), "?".into()];
+            row.extend(["untracked", "-", "-", "-"].map(String::from));
+            row.push(what.clone());
+            rows.push(row);
             continue;
         };
         let errors: Vec<String> = failures_of(e).iter().map(i64::to_string).collect();
-        let resub = match (e["supersedes"].as_str(), e["supersededBy"].as_str()) {
-            (Some(old), _) => format!("replaces {}", short(old)),
-            (None, Some(new)) => format!("by {}", short(new)),
-            (None, None) => "-".into(),
+        let outcome = e["outcome"].as_str().unwrap_or("-");
+        let mut result = if e["state"] == "settled" {
+            outcome.to_string()
+        } else {
+            format!("{} ({outcome})", s(&e["state"]))
         };
-        let req = e["numRequested"]
-            .as_i64()
-            .map_or("?".to_string(), |n| n.to_string());
+        if !errors.is_empty() {
+            result = format!("{result} {}", errors.join(","));
+        }
+        let request = match (e["supersedes"].as_str(), e["supersededBy"].as_str()) {
+            (Some(old), _) => format!("{what} (replaces {})", short(old)),
+            (None, Some(new)) => format!("{what} (resubmitted as {})", short(new)),
+            (None, None) => what.clone(),
+        };
         rows.push(vec![
             s(&e["token"]).to_string(),
-            id.clone(),
+            short(id).to_string(),
             s(&e["type"]).to_string(),
-            s(&e["state"]).to_string(),
-            e["outcome"].as_str().unwrap_or("-").to_string(),
-            format!("{req}/{}", e["numCompleted"].as_i64().unwrap_or(0)),
+            result,
+            crate::cli::done_req(
+                u32::try_from(e["numCompleted"].as_i64().unwrap_or(0)).unwrap_or(0),
+                e["numRequested"]
+                    .as_i64()
+                    .and_then(|n| u32::try_from(n).ok()),
+            ),
             e["polls"].as_i64().unwrap_or(0).to_string(),
             notes.get(id).map_or("?".into(), usize::to_string),
-            if errors.is_empty() {
-                "-".into()
-            } else {
-                errors.join(",")
-            },
-            resub,
-            what.clone(),
+            request,
         ]);
     }
-    for line in table(&rows) {
-        say!("{line}");
+    let lines = table(&rows);
+    let request_col = lines.first().and_then(|h| h.find("REQUEST")).unwrap_or(0);
+    for line in &lines {
+        for part in wrap_at(line, request_col, 100) {
+            say!("{part}");
+        }
     }
-    say!("  REQ/DONE: entities requested/completed as the daemon learned them (a lost SUCCESS chunk of a");
-    say!("  failed event leaves DONE short; its outcome and the mirror still come from Apple). NOTIFS: distinct");
-    say!("  notifications received; POLLS: Event Status calls.");
+    say!("  EVENT: the eventId's first 8 characters. RESULT: outcome and Apple error numbers.");
+    say!("  DONE/REQ: entities completed/requested as the daemon learned them (a lost SUCCESS");
+    say!("  chunk of a failed event leaves DONE short; its outcome and the mirror still come");
+    say!("  from Apple). POLLS: Event Status calls. NOTIFS: distinct notifications received.");
 
     // Totals.
     say!("\ntotals");
@@ -210,14 +225,15 @@ pub(super) async fn report(
     let polls: i64 = events.iter().filter_map(|e| e["polls"].as_i64()).sum();
     let answer_list: Vec<String> = answers.iter().map(|(k, v)| format!("{k} {v}")).collect();
     say!(
-        "  learned      {} from notifications alone, {polled} needed Event Status ({polls} polls{})",
-        events.len() - polled,
-        if answer_list.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", answer_list.join(", "))
-        }
+        "  learned      {} from notifications alone, {polled} needed Event Status",
+        events.len() - polled
     );
+    if !answer_list.is_empty() {
+        say!(
+            "               {polls} polls answered {}",
+            answer_list.join(", ")
+        );
+    }
     match w.http.all(&w.api_url("/v1/syncs"), "syncs").await {
         Ok(syncs) => {
             let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
@@ -233,11 +249,11 @@ pub(super) async fn report(
             let results = count_by(&syncs, "result");
             let results: Vec<String> = results.iter().map(|(k, v)| format!("{k} {v}")).collect();
             say!(
-                "  syncs        {} ({}); results: {}",
+                "  syncs        {}, results: {}",
                 syncs.len(),
-                kinds.join(", "),
                 results.join(", ")
             );
+            say!("               {}", kinds.join(", "));
         }
         Err(e) => say!("  syncs        cannot list them: {e}"),
     }
@@ -274,9 +290,16 @@ pub(super) async fn report(
     if let Ok(text) = w.http.text(&w.api_url("/metrics")).await {
         let statuses = api_answers(&text);
         if !statuses.is_empty() {
-            let list: Vec<String> = statuses.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            // The metric's status is "ok", Apple's error number, or a word such as "timeout".
+            let list: Vec<String> = statuses
+                .iter()
+                .map(|(k, v)| match k.parse::<u32>() {
+                    Ok(_) => format!("error {k} {v}"),
+                    Err(_) => format!("{k} {v}"),
+                })
+                .collect();
             say!(
-                "  Apple HTTP statuses seen by the daemon: {}",
+                "  answers      to the daemon's Apple calls: {}",
                 list.join(", ")
             );
         }
@@ -437,4 +460,23 @@ pub(super) async fn report(
         }
     );
     Ok(all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_last_cells_wrap_under_their_column() {
+        let line = format!(
+            "{:<20}{}",
+            "  acme  x", "app 1 -> u03 and unknown ghost-123 (resubmitted as abcd1234)"
+        );
+        let parts = wrap_at(&line, 20, 50);
+        assert!(parts.iter().all(|p| p.chars().count() <= 50), "{parts:?}");
+        assert!(parts[1].starts_with(&" ".repeat(20)), "{parts:?}");
+        let joined: Vec<&str> = parts.iter().map(|p| p.trim()).collect();
+        assert!(joined.join(" ").ends_with("(resubmitted as abcd1234)"));
+        assert_eq!(wrap_at("short", 2, 50), vec!["short".to_string()]);
+    }
 }

@@ -75,7 +75,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
             let _ = tokio::time::timeout(Duration::from_secs(5), sim_task).await;
             if opts.keep.is_some() {
                 say!(
-                    "\nwork directory kept: {} (inspect with: vpp-reconciler --config {}/config.toml events)",
+                    "\nwork directory kept: {}\ninspect it with:\n  vpp-reconciler --config {}/config.toml events",
                     dir.path.display(),
                     dir.path.display()
                 );
@@ -269,8 +269,19 @@ pub(super) fn header(
     );
     for (t, site) in w.tokens.iter().zip(&SITES) {
         say!(
-            "    token {:<5} location {} \"{}\": {USERS_PER_SITE} users; app {} ({} licences), app {} ({}), book {} ({})",
-            t.name, t.uid, site.org, site.app.0, site.app.1, site.few.0, site.few.1, site.book.0, site.book.1
+            "    token {:<5} location {} \"{}\", {USERS_PER_SITE} users",
+            t.name,
+            t.uid,
+            site.org
+        );
+        say!(
+            "               licences: app {} ({}), app {} ({}), book {} ({})",
+            site.app.0,
+            site.app.1,
+            site.few.0,
+            site.few.1,
+            site.book.0,
+            site.book.1
         );
     }
     say!(
@@ -278,7 +289,7 @@ pub(super) fn header(
         w.api
     );
     say!(
-        "  work dir   {} ({})",
+        "  work dir   {}\n             ({})",
         dir.path.display(),
         if dir.remove {
             "removed at exit; --keep DIR keeps it"
@@ -287,14 +298,16 @@ pub(super) fn header(
         }
     );
     say!(
-        "  timings    notification_grace {NOTIFICATION_GRACE}, polls every {POLL_MIN}..{POLL_MAX}, resubmit_after {RESUBMIT_AFTER}, give_up_after {GIVE_UP_AFTER}"
+        "  timings    notification_grace {NOTIFICATION_GRACE}, polls every {POLL_MIN}..{POLL_MAX}, \
+         resubmit_after {RESUBMIT_AFTER}, give_up_after {GIVE_UP_AFTER}"
     );
-    say!("             (scaled for the demo; real deployments use Apple's floors: 5m before polling, 30s between polls)");
+    say!("             (scaled for the demo; real deployments keep Apple's floors: 5m before polling,");
+    say!("             30s between polls)");
+    say!("  faults     30% of notifications lost, 10% duplicated, delayed 0.5-1s;");
+    say!("             5% of Apple calls answered 5xx with Retry-After 2s;");
     say!(
-        "  faults     30% of notifications lost, 10% duplicated, delayed 0.5-1s; 5% of Apple calls answered 5xx with"
-    );
-    say!(
-        "             Retry-After 2s; processing takes {PROCESSING_DELAY} ({SLOW_PROCESSING} for one event); Apple's rate limit lowered to {SIM_RPS}/s per token"
+        "             processing takes {PROCESSING_DELAY} ({SLOW_PROCESSING} for one event); \
+         Apple's rate limit lowered to {SIM_RPS}/s per token"
     );
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for r in requests {
@@ -302,11 +315,12 @@ pub(super) fn header(
     }
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
     say!(
-        "  workload   {} requests through the daemon's submit route: {}",
-        requests.len(),
-        kinds.join(", ")
+        "  workload   {} requests through the daemon's submit route:",
+        requests.len()
     );
-    say!("             planted failures: licences run out (9709), unknown user (9609), user exists (9716)");
+    say!("             {}", kinds.join(", "));
+    say!("             planted failures: licences run out (9709), unknown user (9609),");
+    say!("             user exists (9716)");
     say!("");
 }
 
@@ -330,8 +344,12 @@ pub(super) async fn drive(
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    say!("progress");
+    say!("progress (OTHER: timed_out or not_found; CALLS: Apple API calls; NOTIFS: notifications)");
+    say!("{PROGRESS_HEADER}");
     let mut timed_out = false;
+    // The last row (without its time) and how many ticks it has not changed.
+    let mut last_row = String::new();
+    let mut still = 0u32;
     loop {
         tick.tick().await;
         let (done, finished) = log
@@ -342,6 +360,20 @@ pub(super) async fn drive(
         let stats = w.http.get(&w.sim_url("/_sim/stats")).await;
         let line = progress_line(started.elapsed(), done, total, &events, &stats, w);
         say!("{line}");
+        // Stalled: nothing moved in the event columns (polls alone do not count as progress).
+        let row = line
+            .get(PROGRESS_TIME_WIDTH..PROGRESS_EVENTS_END)
+            .unwrap_or_default()
+            .to_string();
+        still = if row == last_row { still + 1 } else { 0 };
+        last_row = row;
+        // Stalled for a few seconds: say what the demo is waiting for (again every 10s).
+        if still == STALL_TICKS || (still > STALL_TICKS && (still - STALL_TICKS) % 10 == 0) {
+            if let Ok(events) = &events {
+                let why = waiting_for(done, total, finished, events, chrono::Utc::now());
+                say!("{:w$}waiting for {why}", "", w = PROGRESS_TIME_WIDTH + 2);
+            }
+        }
         if finished {
             if let Ok(events) = &events {
                 if !events.is_empty() && events.iter().all(|e| e["state"] == "settled") {
@@ -478,6 +510,17 @@ pub(super) fn total_calls(stats: &Value, uid: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Width of the `[ 12.0s]` column of a progress row.
+const PROGRESS_TIME_WIDTH: usize = 8;
+/// End of the event columns of a progress row (through OTHER).
+const PROGRESS_EVENTS_END: usize = 71;
+/// Seconds without any change before the demo says what it is waiting for.
+const STALL_TICKS: u32 = 3;
+const PROGRESS_HEADER: &str =
+    "TIME      SUBMITTED  PENDING  SYNCING  SETTLED  COMPLETE  FAILED  OTHER  \
+                               CALLS  NOTIFS  LOST  DUPS";
+
+/// One progress row under [`PROGRESS_HEADER`]; at most 100 columns.
 pub(super) fn progress_line(
     elapsed: Duration,
     done: usize,
@@ -487,8 +530,9 @@ pub(super) fn progress_line(
     w: &World,
 ) -> String {
     let mut line = format!(
-        "[{:>5.1}s] submitted {done:>2}/{total}",
-        elapsed.as_secs_f64()
+        "[{:>5.1}s]  {:>9}",
+        elapsed.as_secs_f64(),
+        format!("{done}/{total}")
     );
     match events {
         Ok(events) => {
@@ -496,39 +540,129 @@ pub(super) fn progress_line(
             let outcomes = count_by(events, "outcome");
             let n = |m: &BTreeMap<&str, usize>, k: &str| m.get(k).copied().unwrap_or(0);
             line.push_str(&format!(
-                " | pending {:>2}, syncing {:>2}, settled {:>2} | complete {:>2}, failed {:>2}",
+                "  {:>7}  {:>7}  {:>7}  {:>8}  {:>6}  {:>5}",
                 n(&states, "pending"),
                 n(&states, "syncing"),
                 n(&states, "settled"),
                 n(&outcomes, "complete"),
                 n(&outcomes, "failed"),
+                n(&outcomes, "timed_out") + n(&outcomes, "not_found"),
             ));
-            for other in ["timed_out", "not_found"] {
-                if n(&outcomes, other) > 0 {
-                    line.push_str(&format!(", {other} {}", n(&outcomes, other)));
-                }
-            }
         }
-        Err(e) => line.push_str(&format!(" | events: {e}")),
+        Err(e) => return format!("{line}  events: {}", clip(e, 70)),
     }
     match stats {
         Ok(stats) => {
-            let per: Vec<String> = w
-                .tokens
-                .iter()
-                .map(|t| format!("{} {}", t.name, total_calls(stats, &t.uid)))
-                .collect();
             let all: i64 = w.tokens.iter().map(|t| total_calls(stats, &t.uid)).sum();
             let n = &stats["notifications"];
             line.push_str(&format!(
-                " | Apple calls {all:>3} ({}) | notifications {} sent, {} lost, {} duplicated",
-                per.join(", "),
+                "  {all:>5}  {:>6}  {:>4}  {:>4}",
                 n["sent"].as_i64().unwrap_or(0),
                 n["dropped"].as_i64().unwrap_or(0),
                 n["duplicated"].as_i64().unwrap_or(0),
             ));
         }
-        Err(e) => line.push_str(&format!(" | simulator: {e}")),
+        Err(e) => line.push_str(&format!("  simulator: {}", clip(e, 20))),
     }
     line
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut c: String = s.chars().take(max.saturating_sub(3)).collect();
+        c.push_str("...");
+        c
+    }
+}
+
+/// What progress is waiting for, in one short sentence (at most ~90 columns).
+pub(super) fn waiting_for(
+    done: usize,
+    total: usize,
+    finished: bool,
+    events: &[Value],
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let pending: Vec<&Value> = events.iter().filter(|e| e["state"] == "pending").collect();
+    let syncing = events.iter().filter(|e| e["state"] == "syncing").count();
+    if !finished && pending.is_empty() && syncing == 0 {
+        return format!(
+            "the daemon to submit request {} of {total} (Apple's rate limit, Retry-After)",
+            done + 1
+        );
+    }
+    if !pending.is_empty() {
+        let next = pending
+            .iter()
+            .filter_map(|e| e["nextCheckAt"].as_str())
+            .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .min()
+            .map(|t| {
+                (t.with_timezone(&chrono::Utc) - now)
+                    .num_milliseconds()
+                    .max(0)
+            });
+        let poll = match next {
+            Some(ms) if ms >= 1000 => format!("next Event Status poll in {}s", (ms + 999) / 1000),
+            Some(_) => "Event Status poll due now".to_string(),
+            None => "no poll scheduled".to_string(),
+        };
+        return match pending.as_slice() {
+            [e] => format!(
+                "Apple on {} {} {} (pending; {poll})",
+                e["token"].as_str().unwrap_or("?"),
+                e["type"].as_str().unwrap_or("?"),
+                e["eventId"].as_str().map_or("?", super::report::short)
+            ),
+            many => format!("Apple on {} pending events ({poll})", many.len()),
+        };
+    }
+    if syncing > 0 {
+        return format!(
+            "a sync to cover {}",
+            crate::time::count(syncing as u64, "syncing event", "syncing events")
+        );
+    }
+    if !finished {
+        return format!("the daemon to submit request {} of {total}", done + 1);
+    }
+    "the daemon's answer".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_says_what_blocks_progress() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let pending = json!({"state": "pending", "token": "beta", "type": "ASSOCIATE",
+            "eventId": "d91ce45c-0000-4000-8000-000000000000", "nextCheckAt": "2026-01-01T00:00:02.500Z"});
+        let settled = json!({"state": "settled"});
+        let syncing = json!({"state": "syncing"});
+        let w = waiting_for(48, 48, true, &[pending.clone(), settled.clone()], now);
+        assert_eq!(
+            w,
+            "Apple on beta ASSOCIATE d91ce45c (pending; next Event Status poll in 3s)"
+        );
+        let w = waiting_for(48, 48, true, &[pending.clone(), pending], now);
+        assert!(w.starts_with("Apple on 2 pending events"), "{w}");
+        let w = waiting_for(48, 48, true, &[syncing, settled.clone()], now);
+        assert_eq!(w, "a sync to cover 1 syncing event");
+        let w = waiting_for(3, 48, false, &[settled], now);
+        assert!(w.starts_with("the daemon to submit request 4 of 48"), "{w}");
+    }
+
+    #[test]
+    fn progress_header_matches_the_rows() {
+        assert!(PROGRESS_HEADER.len() <= 100);
+        assert_eq!(
+            &PROGRESS_HEADER[PROGRESS_EVENTS_END - 5..PROGRESS_EVENTS_END],
+            "OTHER"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::time::{format_duration, parse_duration};
+use crate::time::parse_duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenState {
@@ -189,7 +189,8 @@ impl Faults {
 
 fn fmt_ms(d: Duration) -> String {
     if d.subsec_millis() == 0 {
-        format_duration(d)
+        // humantime's own spelling, which parse_duration reads back.
+        humantime::format_duration(d).to_string()
     } else {
         format!("{}ms", d.as_millis())
     }

@@ -54,6 +54,8 @@ pub struct EnvOptions<'a> {
     pub service_config_refresh: &'a str,
     /// Configure `notification_url` (this daemon's webhook) for every token.
     pub notification_url: bool,
+    /// Extra lines in every `[[tokens]]` table (e.g. `mdm_id = "..."`).
+    pub token_extra: &'a str,
 }
 
 impl Default for EnvOptions<'_> {
@@ -67,6 +69,7 @@ impl Default for EnvOptions<'_> {
             log_level: "info",
             service_config_refresh: "5m",
             notification_url: false,
+            token_extra: "",
         }
     }
 }
@@ -122,6 +125,10 @@ impl TestEnv {
                 toml.push_str(&format!(
                     "notification_url = \"http://{webhook}/apple/notifications/{name}\"\n"
                 ));
+            }
+            if !opts.token_extra.is_empty() {
+                toml.push_str(opts.token_extra);
+                toml.push('\n');
             }
             tokens.push(TestToken {
                 name: name.to_string(),

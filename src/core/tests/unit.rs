@@ -1037,7 +1037,7 @@ fn failure_after_timed_out_records_failed_and_needs_a_new_sync() {
                     from: Some(State::Syncing),
                     to: State::Syncing,
                     outcome: Some(Outcome::Failed),
-                    cause: "notification n1 FAILURE for 1 entities".into(),
+                    cause: "notification n1 FAILURE for 1 entity".into(),
                 }]
             );
         }

@@ -52,32 +52,23 @@ pub fn set_token_health(
     Ok(())
 }
 
-/// Records what Client Config told us about a token's location. The first mdmInfo id seen is
-/// kept; a different one later is a conflict (another MDM manages the location), returned and
-/// recorded, never overwritten.
+/// Records what Client Config told us about a token's location: its uId and name, the mdmInfo
+/// id now on it (`None`: no mdmInfo), and the ownership conflict the upkeep decided
+/// (`None` clears it). `mdm_conflict` is what `tokens` shows and `/healthz` reports as degraded.
 pub fn set_token_location(
     conn: &Connection,
     name: &str,
     uid: Option<&str>,
     location: Option<&str>,
     mdm_id: Option<&str>,
-) -> Result<Option<String>, StoreError> {
-    let known: Option<Option<String>> = conn
-        .query_row("SELECT mdm_info FROM tokens WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    let conflict = match (known.flatten(), mdm_id) {
-        (Some(k), Some(m)) if k != m => Some(format!(
-            "mdmInfo id {m:?} is on the location, but {k:?} was first seen"
-        )),
-        _ => None,
-    };
+    conflict: Option<&str>,
+) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE tokens SET uid = COALESCE(?2, uid), location_name = COALESCE(?3, location_name),          mdm_info = COALESCE(mdm_info, ?4), mdm_conflict = ?5 WHERE name = ?1",
+        "UPDATE tokens SET uid = COALESCE(?2, uid), location_name = COALESCE(?3, location_name), \
+         mdm_info = ?4, mdm_conflict = ?5 WHERE name = ?1",
         params![name, uid, location, mdm_id, conflict],
     )?;
-    Ok(conflict)
+    Ok(())
 }
 
 /// A token that is not healthy: Apple refused it, or another MDM owns its location.
