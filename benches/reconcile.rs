@@ -509,6 +509,30 @@ async fn run_daemon(n: usize, quick: bool) -> DaemonResult {
     let lost = calls.dropped;
     let bound = lost + bound_pages;
     let reads = calls.reads();
+    // From the outcome learned to the event settled, for events that needed a sync (their
+    // outcome came from Event Status or a FAILURE notification).
+    let mut lag: Vec<f64> = db_query(&db, |c| {
+        let mut st = c
+            .prepare(
+                "SELECT settled_at - outcome_at FROM events WHERE settled_at IS NOT NULL \
+                 AND outcome_at IS NOT NULL AND (polls > 0 OR notified_failure > 0)",
+            )
+            .unwrap();
+        st.query_map([], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|v| v.unwrap() as f64 / 1000.0)
+            .collect()
+    });
+    lag.sort_by(|a, b| a.total_cmp(b));
+    let lag_pct = |p: f64| -> f64 {
+        if lag.is_empty() {
+            0.0
+        } else {
+            lag[((lag.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    // What the rate limit allows: the bound's calls spread over the tokens at RPS each.
+    let time_bound = bound as f64 / (TOKENS.len() as f64 * RPS as f64);
 
     println!("== daemon ==");
     println!(
@@ -547,6 +571,21 @@ async fn run_daemon(n: usize, quick: bool) -> DaemonResult {
     );
     println!("lower bound (lost notifications {lost} + sync pages {bound_pages}): {bound}");
     println!("calls / lower bound: {:.3}", reads as f64 / bound as f64);
+    println!(
+        "rate-limit time bound (lower bound calls / ({} tokens x {RPS} rps)): {time_bound:.1} s",
+        TOKENS.len()
+    );
+    println!(
+        "time to settle / rate-limit bound: {:.3}",
+        settle.as_secs_f64() / time_bound
+    );
+    println!(
+        "outcome learned -> settled, events that needed a sync ({}): p50 {:.1} s, p95 {:.1} s, max {:.1} s",
+        lag.len(),
+        lag_pct(0.50),
+        lag_pct(0.95),
+        lag_pct(1.0)
+    );
     println!("rate-limit violations: {}", calls.violations);
     println!("requests during Retry-After: {}", calls.during_retry_after);
 

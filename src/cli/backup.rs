@@ -16,11 +16,11 @@ pub fn run(config_path: &Path, args: BackupArgs) -> CliResult {
             db.display()
         )));
     }
-    let summary = backup::backup(db, &args.path, args.force).map_err(store_error)?;
+    let summary = backup::backup(db, &args.dest, args.force).map_err(store_error)?;
     println!(
         "backup of {} written to {}: {} events, schema version {}, {} bytes, integrity ok",
         db.display(),
-        args.path.display(),
+        args.dest.display(),
         summary.events,
         summary.schema_version,
         summary.bytes

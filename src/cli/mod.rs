@@ -119,7 +119,8 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     /// Where to write the copy.
-    pub path: PathBuf,
+    #[arg(value_name = "PATH")]
+    pub dest: PathBuf,
     /// Replace PATH if it exists.
     #[arg(long)]
     pub force: bool,
@@ -305,6 +306,13 @@ fn dispatch(cli: Cli) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        // Duplicate argument names and the like panic only when that subcommand is used.
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn config_may_follow_the_command() {
