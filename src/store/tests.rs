@@ -508,3 +508,45 @@ fn status_queries_read_through_indexes_never_a_whole_table() {
         }
     }
 }
+
+#[test]
+fn event_counts_kept_by_triggers_equal_a_full_count() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let old = Timestamp(1_000);
+    for i in 0..30 {
+        let mut r = rec(&format!("e{i}"), old);
+        r.token = ["acme", "beta"][i % 2].to_string();
+        insert_tracked(&c, &r, None, "tracked").unwrap();
+        if i % 3 == 0 {
+            r.state = State::Syncing;
+            r.outcome = Some(Outcome::Failed);
+            assert_eq!(queries::apply_changes(&c, &[Change::of(&r)]), vec![None]);
+        }
+        if i % 5 == 0 {
+            r.state = State::Settled;
+            r.outcome = Some(Outcome::Complete);
+            r.settled_at = Some(old);
+            assert_eq!(queries::apply_changes(&c, &[Change::of(&r)]), vec![None]);
+        }
+    }
+    queries::prune(&c, Timestamp(2_000), 2).unwrap();
+    let counted: Vec<(String, String, String, i64)> = c
+        .prepare(
+            "SELECT token, state, COALESCE(outcome, ''), COUNT(*) FROM events GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let kept: Vec<(String, String, String, i64)> = c
+        .prepare("SELECT token, state, outcome, n FROM event_counts WHERE n != 0 ORDER BY 1, 2, 3")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(kept, counted);
+    assert!(kept.iter().any(|k| k.1 == "syncing"));
+}

@@ -126,7 +126,8 @@ pub fn list_tokens(conn: &Connection) -> Result<Vec<TokenView>, StoreError> {
         })?
         .collect::<Result<_, _>>()?;
     let mut counts = conn.prepare(
-        "SELECT token, state, COUNT(*) FROM events WHERE state != 'settled' GROUP BY token, state",
+        // Maintained by triggers (migration 5), not counted from the events table.
+        "SELECT token, state, SUM(n) FROM event_counts WHERE state != 'settled' GROUP BY token, state",
     )?;
     let rows: Vec<(String, String, u64)> = counts
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
