@@ -186,6 +186,46 @@ fn counter(stats: &Value, uid: &str, path: &[&str]) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+/// Peak resident memory of this process so far (`VmHWM` in /proc/self/status), in KiB.
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Measures how long other writers wait while a sync writes: pings the store (an empty
+/// committed write, like a webhook's) every 5 ms and keeps the longest round trip.
+fn probe_writer(
+    store: Store,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<(Duration, u32)>,
+) {
+    let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut worst = Duration::ZERO;
+        let mut n = 0u32;
+        loop {
+            let t = Instant::now();
+            store.ping().await.expect("ping");
+            worst = worst.max(t.elapsed());
+            n += 1;
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+        (worst, n)
+    });
+    (stop_tx, task)
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n = if quick { 10_000 } else { 100_000 };
@@ -221,6 +261,14 @@ async fn run(addr: std::net::SocketAddr, n: usize) {
     client.service_config().await.expect("service config");
     client.set_token(TOKEN, Secret::new(stoken.clone()), None);
 
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.db");
+    let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        .await
+        .expect("open task")
+        .expect("open store");
+    let hwm_before = vm_hwm_kib();
+
     let before = ctl.get("/_sim/stats").await;
     let start = Instant::now();
     let tr = client
@@ -232,19 +280,17 @@ async fn run(addr: std::net::SocketAddr, n: usize) {
     assert_eq!(tr.records.len(), n, "records traversed");
     assert!(tr.consistent, "traversal not consistent");
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("state.db");
-    let store = tokio::task::spawn_blocking(move || Store::open(&db))
-        .await
-        .expect("open task")
-        .expect("open store");
     let records = tr.records.clone();
+    let (stop_probe, probe) = probe_writer(store.clone());
     let store_start = Instant::now();
     store
         .write(move |c| mirror::apply_assignments(c, TOKEN, &records, true, Timestamp::now()))
         .await
         .expect("mirror write");
     let store_time = store_start.elapsed();
+    let _ = stop_probe.send(());
+    let (worst_wait, probes) = probe.await.expect("probe");
+    let hwm_after = vm_hwm_kib();
     let stored: i64 = store
         .read(|c| {
             Ok(c.query_row(
@@ -332,6 +378,16 @@ async fn run(addr: std::net::SocketAddr, n: usize) {
     println!(
         "sync + mirror write: {:.2} s",
         (fetch + store_time).as_secs_f64()
+    );
+    println!(
+        "longest wait of another writer (store ping every 5 ms, {probes} pings): {:.1} ms",
+        worst_wait.as_secs_f64() * 1000.0
+    );
+    println!(
+        "peak memory (VmHWM): {} MiB before the sync, {} MiB after (+{} MiB)",
+        hwm_before / 1024,
+        hwm_after / 1024,
+        hwm_after.saturating_sub(hwm_before) / 1024
     );
     println!("rate-limit violations: {violations}");
     println!("requests during Retry-After: {during_ra}");
