@@ -7,10 +7,15 @@
 //! - `version_id` is page 0's, the one Apple says to store as the next `sinceVersionId`.
 //! - A traversal is `consistent` only if every page carried that same versionId and no page
 //!   vanished underneath us (9650 after a shrink). Inconsistent traversals are re-run, up to
-//!   [`MAX_ATTEMPTS`] in all; the last attempt's records are returned with `consistent: false`
+//!   [`MAX_ATTEMPTS`] in all; the last attempt's records are kept with `consistent: false`
 //!   so the caller upserts only and re-syncs later.
 //! - Records are deduplicated by identity, last occurrence wins (a record that moved between
 //!   pages mid-traversal appears twice).
+//! - Streaming ([`traverse_into`]): pages go to a [`PageSink`] in index order as they arrive,
+//!   so memory is bounded by the pages in flight (at most 5 fetched ahead plus the one being
+//!   written), whatever the size of the data set. The sink deduplicates and, for a pass that
+//!   was not consistent, digests its keys so two passes can be compared without keeping
+//!   them. [`traverse`] is the same traversal collected in memory.
 
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -32,7 +37,7 @@ pub const MAX_PAGE_CONCURRENCY: usize = 5;
 /// Guard against a server whose `nextPageIndex` never ends.
 const MAX_PAGES: usize = 100_000;
 
-/// The result of one traversal.
+/// The result of one traversal collected in memory ([`traverse`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Traversal<T> {
     pub records: Vec<T>,
@@ -44,6 +49,101 @@ pub struct Traversal<T> {
     pub consistent: bool,
     /// Fetched with `sinceVersionId`: `records` are changes, not the whole set.
     pub incremental: bool,
+}
+
+/// The result of one streamed traversal ([`traverse_into`]): the records went to the sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Streamed {
+    /// Page 0's versionId of the last pass (store it as the next `sinceVersionId`).
+    pub version_id: Option<String>,
+    /// Pages fetched in the last pass.
+    pub pages: u32,
+    /// Records handed to the sink in the last pass (before deduplication).
+    pub records: u64,
+    /// Every page had the same versionId and none disappeared mid-traversal (or two passes
+    /// delivered the same set of keys).
+    pub consistent: bool,
+    /// Fetched with `sinceVersionId`: the records are changes, not the whole set.
+    pub incremental: bool,
+}
+
+/// An order-independent digest of a set of record keys: two passes that delivered the same
+/// keys have equal digests (and different sets, with overwhelming probability, different
+/// ones). Lets a sink compare passes without keeping the keys in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeySetDigest {
+    count: u64,
+    a: u64,
+    b: u64,
+}
+
+impl KeySetDigest {
+    /// Adds one key; add each distinct key once.
+    pub fn add<K: Hash + ?Sized>(&mut self, key: &K) {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        type Fixed = BuildHasherDefault<std::hash::DefaultHasher>;
+        let a = Fixed::default().hash_one((0xa5u8, key));
+        let b = Fixed::default().hash_one((0x5au8, key));
+        self.count += 1;
+        self.a = self.a.wrapping_add(a);
+        self.b = self.b.wrapping_add(b.rotate_left(17) ^ a);
+    }
+}
+
+/// Where a streamed traversal hands its pages, in page order, as they arrive: the caller
+/// writes them away (the mirror's stage) so a traversal holds only the pages in flight.
+///
+/// A traversal may make several passes (see the module docs): each starts with
+/// [`PageSink::begin_pass`], after which the sink must forget what earlier passes delivered.
+/// Within a pass a record may come twice (it moved between pages): the sink deduplicates by
+/// [`Record::key`], honouring [`Record::replaces`] in delivery order.
+pub trait PageSink<T> {
+    type Error;
+    /// Pass `pass` (1-based) starts: drop whatever earlier passes delivered.
+    fn begin_pass(&mut self, pass: u32) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The records of the next page.
+    fn page(&mut self, records: Vec<T>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The digest of the distinct keys delivered in this pass (asked only of a pass that
+    /// was not consistent, to compare it with the previous one).
+    fn digest(&mut self) -> impl Future<Output = Result<KeySetDigest, Self::Error>> + Send;
+}
+
+/// A traversal that failed: Apple's answer, or the sink's.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamError<E> {
+    Api(ApiError),
+    Sink(E),
+}
+
+impl<E> From<ApiError> for StreamError<E> {
+    fn from(e: ApiError) -> Self {
+        StreamError::Api(e)
+    }
+}
+
+/// The in-memory sink behind [`traverse`].
+struct Collect<T> {
+    records: Vec<T>,
+}
+
+impl<T: Record + Send> PageSink<T> for Collect<T> {
+    type Error = std::convert::Infallible;
+    fn begin_pass(&mut self, _pass: u32) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.records.clear();
+        std::future::ready(Ok(()))
+    }
+    fn page(&mut self, records: Vec<T>) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.records.extend(records);
+        std::future::ready(Ok(()))
+    }
+    fn digest(&mut self) -> impl Future<Output = Result<KeySetDigest, Self::Error>> + Send {
+        let keys: HashSet<T::Key> = self.records.iter().map(Record::key).collect();
+        let mut d = KeySetDigest::default();
+        for k in &keys {
+            d.add(k);
+        }
+        std::future::ready(Ok(d))
+    }
 }
 
 /// One page as the traversal needs it.
@@ -128,15 +228,26 @@ fn is_out_of_range(e: &ApiError) -> bool {
     e.error_number() == Some(9650)
 }
 
-/// One pass over all pages. Returns the pages in index order and whether the pass saw a
-/// single, stable data set.
-async fn one_pass<T, F, Fut>(
+/// What one pass saw.
+struct Pass {
+    version_id: Option<String>,
+    pages: u32,
+    records: u64,
+    stable: bool,
+}
+
+/// One pass over all pages, each handed to `sink` in index order as it arrives (at most
+/// `concurrency` pages are fetched ahead). Returns whether the pass saw a single, stable
+/// data set.
+async fn one_pass<T, F, Fut, S>(
     fetch: &F,
     concurrency: usize,
-) -> Result<(Vec<Page<T>>, bool), ApiError>
+    sink: &mut S,
+) -> Result<Pass, StreamError<S::Error>>
 where
     F: Fn(u32) -> Fut,
     Fut: Future<Output = Result<Page<T>, ApiError>>,
+    S: PageSink<T>,
 {
     let first = fetch(0).await?;
     let version = first.version_id.clone();
@@ -144,7 +255,9 @@ where
     let mut next = first.next_page_index;
     let total = first.total_pages.unwrap_or(1);
     let mut last_index = 0u32;
-    let mut pages = vec![first];
+    let mut pages = 1usize;
+    let mut records = first.records.len() as u64;
+    sink.page(first.records).await.map_err(StreamError::Sink)?;
 
     if next.is_some() && total > 1 {
         let mut s = stream::iter(1..total)
@@ -161,7 +274,10 @@ where
                     }
                     next = p.next_page_index;
                     last_index = index;
-                    pages.push(p);
+                    pages += 1;
+                    stable &= p.version_id == version;
+                    records += p.records.len() as u64;
+                    sink.page(p.records).await.map_err(StreamError::Sink)?;
                 }
                 Err(e) if is_out_of_range(&e) => {
                     // The set shrank under us: totalPages promised a page that no longer
@@ -174,13 +290,13 @@ where
                     next = None;
                     break;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
     while let Some(n) = next {
-        if n <= last_index || pages.len() >= MAX_PAGES {
+        if n <= last_index || pages >= MAX_PAGES {
             // Not moving forward: a broken cursor. Stop rather than loop.
             tracing::warn!(
                 next = n,
@@ -194,18 +310,25 @@ where
             Ok(p) => {
                 next = p.next_page_index;
                 last_index = n;
-                pages.push(p);
+                pages += 1;
+                stable &= p.version_id == version;
+                records += p.records.len() as u64;
+                sink.page(p.records).await.map_err(StreamError::Sink)?;
             }
             Err(e) if is_out_of_range(&e) => {
                 tracing::info!(page = n, "page out of range while following nextPageIndex");
                 stable = false;
                 break;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
-    stable &= pages.iter().all(|p| p.version_id == version);
-    Ok((pages, stable))
+    Ok(Pass {
+        version_id: version,
+        pages: u32::try_from(pages).unwrap_or(u32::MAX),
+        records,
+        stable,
+    })
 }
 
 /// Deduplicates by [`Record::key`], keeping first-seen order.
@@ -228,29 +351,63 @@ pub fn dedupe<T: Record>(records: impl IntoIterator<Item = T>) -> Vec<T> {
     out
 }
 
-/// Runs a traversal with `fetch(pageIndex)`, re-running it while pages disagree on versionId.
+/// Runs a traversal with `fetch(pageIndex)`, re-running it while pages disagree on
+/// versionId, and collects the records in memory (deduplicated). For small reads and tests;
+/// syncs stream with [`traverse_into`].
 pub async fn traverse<T, F, Fut>(
     fetch: F,
     concurrency: usize,
     incremental: bool,
 ) -> Result<Traversal<T>, ApiError>
 where
-    T: Record,
+    T: Record + Send,
     F: Fn(u32) -> Fut,
     Fut: Future<Output = Result<Page<T>, ApiError>>,
 {
+    let mut sink = Collect {
+        records: Vec::new(),
+    };
+    let t = traverse_into(fetch, concurrency, incremental, &mut sink)
+        .await
+        .map_err(|e| match e {
+            StreamError::Api(e) => e,
+            StreamError::Sink(never) => match never {},
+        })?;
+    Ok(Traversal {
+        records: dedupe(sink.records),
+        version_id: t.version_id,
+        pages: t.pages,
+        consistent: t.consistent,
+        incremental,
+    })
+}
+
+/// Runs a traversal with `fetch(pageIndex)`, handing every page to `sink` as it arrives,
+/// re-running it while pages disagree on versionId (each re-run starts with
+/// [`PageSink::begin_pass`]). Memory: the pages in flight, never the whole set.
+pub async fn traverse_into<T, F, Fut, S>(
+    fetch: F,
+    concurrency: usize,
+    incremental: bool,
+    sink: &mut S,
+) -> Result<Streamed, StreamError<S::Error>>
+where
+    T: Record,
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Result<Page<T>, ApiError>>,
+    S: PageSink<T>,
+{
     let mut attempt = 1;
-    let mut previous: Option<HashSet<T::Key>> = None;
+    let mut previous: Option<KeySetDigest> = None;
     loop {
-        let (pages, mut consistent) = one_pass(&fetch, concurrency).await?;
-        let version_id = pages.first().and_then(|p| p.version_id.clone());
-        let n = u32::try_from(pages.len()).unwrap_or(u32::MAX);
-        let records = dedupe(pages.into_iter().flat_map(|p| p.records));
+        sink.begin_pass(attempt).await.map_err(StreamError::Sink)?;
+        let pass = one_pass(&fetch, concurrency, sink).await?;
+        let mut consistent = pass.stable;
         if !consistent {
             // versionId also moves when unrelated data is written: two passes that saw the
             // same records read a stable set, whatever the versionIds said.
-            let keys: HashSet<T::Key> = records.iter().map(Record::key).collect();
-            if previous.as_ref() == Some(&keys) {
+            let keys = sink.digest().await.map_err(StreamError::Sink)?;
+            if previous == Some(keys) {
                 consistent = true;
             } else {
                 previous = Some(keys);
@@ -260,13 +417,13 @@ where
             if !consistent {
                 tracing::warn!(
                     attempts = attempt,
-                    "traversal still inconsistent; returning the last attempt's union"
+                    "traversal still inconsistent; keeping the last attempt's union"
                 );
             }
-            return Ok(Traversal {
-                records,
-                version_id,
-                pages: n,
+            return Ok(Streamed {
+                version_id: pass.version_id,
+                pages: pass.pages,
+                records: pass.records,
                 consistent,
                 incremental,
             });
@@ -438,6 +595,99 @@ mod tests {
         .unwrap();
         assert!(t.consistent);
         assert_eq!(t.records.len(), 150);
+    }
+
+    /// A sink that keeps only counts: what a streamed traversal holds is the pages in flight.
+    #[derive(Default)]
+    struct Counting {
+        passes: u32,
+        seen: Vec<u32>,
+    }
+
+    impl PageSink<R> for Counting {
+        type Error = ();
+        fn begin_pass(&mut self, pass: u32) -> impl Future<Output = Result<(), ()>> + Send {
+            self.passes = pass;
+            self.seen.clear();
+            std::future::ready(Ok(()))
+        }
+        fn page(&mut self, records: Vec<R>) -> impl Future<Output = Result<(), ()>> + Send {
+            self.seen.extend(records.iter().map(|r| r.0));
+            std::future::ready(Ok(()))
+        }
+        fn digest(&mut self) -> impl Future<Output = Result<KeySetDigest, ()>> + Send {
+            let mut d = KeySetDigest::default();
+            let keys: HashSet<u32> = self.seen.iter().copied().collect();
+            for k in keys {
+                d.add(&k);
+            }
+            std::future::ready(Ok(d))
+        }
+    }
+
+    #[test]
+    fn streamed_pages_arrive_in_order_and_a_rerun_starts_a_new_pass() {
+        let fake = Fake::new(2_500, 100);
+        let mut sink = Counting::default();
+        let t = run(traverse_into(
+            |i| std::future::ready(fake.page(i)),
+            5,
+            false,
+            &mut sink,
+        ))
+        .unwrap();
+        assert!(t.consistent);
+        assert_eq!((t.pages, t.records, sink.passes), (25, 2_500, 1));
+        assert_eq!(sink.seen, (0..2_500).collect::<Vec<_>>());
+
+        let mut fake = Fake::new(250, 100);
+        fake.churn_at = vec![1];
+        fake.grow = 120;
+        let mut sink = Counting::default();
+        let t = run(traverse_into(
+            |i| std::future::ready(fake.page(i)),
+            5,
+            false,
+            &mut sink,
+        ))
+        .unwrap();
+        assert!(t.consistent);
+        assert_eq!(sink.passes, 2, "the inconsistent first pass was dropped");
+        assert_eq!(sink.seen.len(), 370);
+    }
+
+    #[test]
+    fn a_sink_error_stops_the_traversal() {
+        struct Failing;
+        impl PageSink<R> for Failing {
+            type Error = &'static str;
+            fn begin_pass(
+                &mut self,
+                _: u32,
+            ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+                std::future::ready(Ok(()))
+            }
+            fn page(&mut self, _: Vec<R>) -> impl Future<Output = Result<(), Self::Error>> + Send {
+                std::future::ready(Err("disk full"))
+            }
+            fn digest(&mut self) -> impl Future<Output = Result<KeySetDigest, Self::Error>> + Send {
+                std::future::ready(Ok(KeySetDigest::default()))
+            }
+        }
+        let fake = Fake::new(300, 100);
+        let e = run(traverse_into(
+            |i| std::future::ready(fake.page(i)),
+            5,
+            false,
+            &mut Failing,
+        ))
+        .unwrap_err();
+        assert_eq!(e, StreamError::Sink("disk full"));
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            1,
+            "no page fetched after the failure"
+        );
     }
 
     #[test]
