@@ -612,7 +612,12 @@ fn an_unreliable_full_read_adds_but_deletes_nothing_and_a_reliable_one_replaces(
     );
     assert_eq!(staged(&c), 0);
 
-    // The same read, consistent this time, replaces.
+    // The same read, consistent this time, replaces (and stores the versionId).
+    c.execute(
+        "INSERT INTO tokens (name, updated_at) VALUES ('acme', 0)",
+        [],
+    )
+    .unwrap();
     queries::sync_started(&c, 2, "acme", SyncKind::Assignments, true, "test", now).unwrap();
     mirror::stage_assignments(&c, 2, &page).unwrap();
     crate::mirror::run::finish(&c, "acme", 2, SyncKind::Assignments, now, &streamed(true)).unwrap();
