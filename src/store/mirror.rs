@@ -5,8 +5,13 @@
 //! Counts: after a notification changes assignments, an asset's `assignedCount` moves by the
 //! net number of assignments it added or removed ([`Counts::Adjust`], constant time), and
 //! `availableCount` follows from `totalCount`; a replay after a sync that replaced the mirror
-//! recomputes them from the mirrored assignments instead ([`Counts::Recount`], linear in the
-//! asset's assignments). The next assets sync replaces both with Apple's own numbers.
+//! recomputes them from the mirrored assignments instead, once per asset the replayed
+//! notifications name ([`Counts::Defer`] then [`recount_assets`], linear in those assets'
+//! assignments). The next assets sync replaces both with Apple's own numbers.
+//!
+//! Syncs write through a stage (see "the stage of a streamed sync" below): the functions
+//! `apply_assets` / `apply_assignments` / `apply_users` write a whole read at once and remain
+//! for tests and small tools.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
