@@ -12,8 +12,9 @@
 //! - Records are deduplicated by identity, last occurrence wins (a record that moved between
 //!   pages mid-traversal appears twice).
 //! - Streaming ([`traverse_into`]): pages go to a [`PageSink`] in index order as they arrive,
-//!   so memory is bounded by the pages in flight (at most 5 fetched ahead plus the one being
-//!   written), whatever the size of the data set. The sink deduplicates and, for a pass that
+//!   so memory is bounded by a few pages (at most 5 in flight plus 2 fetched and waiting to
+//!   be written), whatever the size of the data set; requests in flight keep being polled
+//!   while a page is written, so writing never bunches requests past the rate gate. The sink deduplicates and, for a pass that
 //!   was not consistent, digests its keys so two passes can be compared without keeping
 //!   them. [`traverse`] is the same traversal collected in memory.
 
@@ -23,6 +24,7 @@ use std::future::Future;
 use std::hash::Hash;
 
 use futures::stream::{self, StreamExt};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::error::ApiError;
 use super::model::{
@@ -236,9 +238,15 @@ struct Pass {
     stable: bool,
 }
 
-/// One pass over all pages, each handed to `sink` in index order as it arrives (at most
-/// `concurrency` pages are fetched ahead). Returns whether the pass saw a single, stable
-/// data set.
+/// Pages fetched and not yet written, beyond those in flight.
+const QUEUED_PAGES: usize = 2;
+
+/// One pass over all pages, each handed to `sink` in index order as it arrives. Fetching
+/// and writing run side by side (one task, joined): a request in flight is always polled,
+/// so a slow write never delays a request that already passed the rate gate. Memory: a page
+/// slot is taken before a page is requested and given back once the sink has written it, so
+/// at most `MAX_PAGE_CONCURRENCY + QUEUED_PAGES` pages exist at once. Returns whether the
+/// pass saw a single, stable data set.
 async fn one_pass<T, F, Fut, S>(
     fetch: &F,
     concurrency: usize,
@@ -249,35 +257,86 @@ where
     Fut: Future<Output = Result<Page<T>, ApiError>>,
     S: PageSink<T>,
 {
-    let first = fetch(0).await?;
+    let slots = Semaphore::new(MAX_PAGE_CONCURRENCY + QUEUED_PAGES);
+    let (tx, mut rx) = futures::channel::mpsc::unbounded::<(Vec<T>, SemaphorePermit<'_>)>();
+    let produce = fetch_pages(fetch, concurrency, &slots, tx);
+    let consume = async {
+        while let Some((records, slot)) = rx.next().await {
+            if let Err(e) = sink.page(records).await {
+                // Stop the fetching side: it may be waiting for a slot.
+                slots.close();
+                return Err(e);
+            }
+            drop(slot);
+        }
+        Ok(())
+    };
+    let (fetched, written) = futures::future::join(produce, consume).await;
+    written.map_err(StreamError::Sink)?;
+    Ok(fetched?)
+}
+
+/// The fetching side of [`one_pass`]: sends each page (with its slot) in index order.
+async fn fetch_pages<'s, T, F, Fut>(
+    fetch: &F,
+    concurrency: usize,
+    slots: &'s Semaphore,
+    tx: futures::channel::mpsc::UnboundedSender<(Vec<T>, SemaphorePermit<'s>)>,
+) -> Result<Pass, ApiError>
+where
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Result<Page<T>, ApiError>>,
+{
+    // A closed semaphore or a dropped receiver: the writing side failed; stop quietly (its
+    // error is the one reported).
+    let fetch_slotted = |i: u32| async move {
+        let Ok(slot) = slots.acquire().await else {
+            return Ok(None);
+        };
+        fetch(i).await.map(|p| Some((p, slot)))
+    };
+    let mut pass = Pass {
+        version_id: None,
+        pages: 0,
+        records: 0,
+        stable: true,
+    };
+    let Some((first, slot)) = fetch_slotted(0).await? else {
+        return Ok(pass);
+    };
     let version = first.version_id.clone();
-    let mut stable = true;
+    pass.version_id = version.clone();
     let mut next = first.next_page_index;
     let total = first.total_pages.unwrap_or(1);
     let mut last_index = 0u32;
     let mut pages = 1usize;
-    let mut records = first.records.len() as u64;
-    sink.page(first.records).await.map_err(StreamError::Sink)?;
+    pass.records = first.records.len() as u64;
+    if tx.unbounded_send((first.records, slot)).is_err() {
+        return Ok(pass);
+    }
 
     if next.is_some() && total > 1 {
         let mut s = stream::iter(1..total)
-            .map(fetch)
+            .map(fetch_slotted)
             .buffered(concurrency.clamp(1, MAX_PAGE_CONCURRENCY));
         let mut index = 0u32;
         while let Some(r) = s.next().await {
             index += 1;
             match r {
-                Ok(p) => {
+                Ok(None) => return Ok(pass),
+                Ok(Some((p, slot))) => {
                     if next.is_none() {
                         // An earlier page said it was the last, yet more came: data moved.
-                        stable = false;
+                        pass.stable = false;
                     }
                     next = p.next_page_index;
                     last_index = index;
                     pages += 1;
-                    stable &= p.version_id == version;
-                    records += p.records.len() as u64;
-                    sink.page(p.records).await.map_err(StreamError::Sink)?;
+                    pass.stable &= p.version_id == version;
+                    pass.records += p.records.len() as u64;
+                    if tx.unbounded_send((p.records, slot)).is_err() {
+                        return Ok(pass);
+                    }
                 }
                 Err(e) if is_out_of_range(&e) => {
                     // The set shrank under us: totalPages promised a page that no longer
@@ -286,11 +345,11 @@ where
                         page = index,
                         "page out of range during traversal; data shrank"
                     );
-                    stable = false;
+                    pass.stable = false;
                     next = None;
                     break;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -303,32 +362,31 @@ where
                 last = last_index,
                 "nextPageIndex does not advance"
             );
-            stable = false;
+            pass.stable = false;
             break;
         }
-        match fetch(n).await {
-            Ok(p) => {
+        match fetch_slotted(n).await {
+            Ok(None) => return Ok(pass),
+            Ok(Some((p, slot))) => {
                 next = p.next_page_index;
                 last_index = n;
                 pages += 1;
-                stable &= p.version_id == version;
-                records += p.records.len() as u64;
-                sink.page(p.records).await.map_err(StreamError::Sink)?;
+                pass.stable &= p.version_id == version;
+                pass.records += p.records.len() as u64;
+                if tx.unbounded_send((p.records, slot)).is_err() {
+                    return Ok(pass);
+                }
             }
             Err(e) if is_out_of_range(&e) => {
                 tracing::info!(page = n, "page out of range while following nextPageIndex");
-                stable = false;
+                pass.stable = false;
                 break;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
-    Ok(Pass {
-        version_id: version,
-        pages: u32::try_from(pages).unwrap_or(u32::MAX),
-        records,
-        stable,
-    })
+    pass.pages = u32::try_from(pages).unwrap_or(u32::MAX);
+    Ok(pass)
 }
 
 /// Deduplicates by [`Record::key`], keeping first-seen order.
@@ -683,10 +741,10 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e, StreamError::Sink("disk full"));
-        assert_eq!(
-            fake.calls.load(Ordering::SeqCst),
-            1,
-            "no page fetched after the failure"
+        let calls = fake.calls.load(Ordering::SeqCst);
+        assert!(
+            calls as usize <= MAX_PAGE_CONCURRENCY + QUEUED_PAGES,
+            "fetching stops within the page slots: {calls} calls"
         );
     }
 
