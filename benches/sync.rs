@@ -4,9 +4,12 @@
 //! against the in-process simulator at Apple's 15 requests/s, page size 1000:
 //! - set-up (not measured): the simulator's rate limit is raised, 1000-serial associate
 //!   requests fill the location (processingDelay 0s), then the limit goes back to 15/s;
-//! - measured: the real client's traversal (`AppleClient::get_assignments(token, None)`)
-//!   and, separately, the SQLite mirror write (`mirror::apply_assignments`, one transaction,
-//!   durable commit through `Store::write`);
+//! - measured: the streamed sync as `mirror::run::run` does it: the real client's traversal
+//!   (`AppleClient::stream_assignments`) handing each page to the stage (one durable write
+//!   job per page), then, separately, the final step (`mirror::run::finish`: the stage
+//!   swapped into the mirror, replay, run row; one transaction); a second sync onto the full
+//!   mirror; the longest wait of another writer meanwhile (a store ping every 5 ms) and the
+//!   process's peak memory (VmHWM, the in-process simulator included);
 //! - after: JSON decoding alone of the same pages (CPU bound, no rate limit), and
 //!   `/_sim/stats` rate-limit violations and requests during Retry-After (both must be 0).
 //!
@@ -18,9 +21,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vpp_reconciler::apple::model::GetAssignmentsResponse;
 use vpp_reconciler::apple::{AppleClient, ClientOptions};
+use vpp_reconciler::core::SyncKind;
+use vpp_reconciler::mirror::run;
 use vpp_reconciler::secret::Secret;
 use vpp_reconciler::sim::{self, SimOptions};
-use vpp_reconciler::store::{mirror, Store};
+use vpp_reconciler::store::{queries, Store};
 use vpp_reconciler::time::Timestamp;
 
 const RPS: u32 = 15;
@@ -186,6 +191,92 @@ fn counter(stats: &Value, uid: &str, path: &[&str]) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+/// Peak resident memory of this process so far (`VmHWM` in /proc/self/status), in KiB.
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Measures how long other writers wait while a sync writes: pings the store (an empty
+/// committed write, like a webhook's) every 5 ms and keeps the longest round trip.
+fn probe_writer(
+    store: Store,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<(Duration, u32)>,
+) {
+    let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut worst = Duration::ZERO;
+        let mut n = 0u32;
+        loop {
+            let t = Instant::now();
+            store.ping().await.expect("ping");
+            worst = worst.max(t.elapsed());
+            n += 1;
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+        (worst, n)
+    });
+    (stop_tx, task)
+}
+
+/// One full assignments sync (sync id `id`) as `mirror::run::run` does it, timed in parts:
+/// the streamed read (fetch + parse + one staged write job per page) and the final step
+/// (`run::finish`: swap, replay, run row; one transaction, durable commit). Returns (read
+/// time, final step time, pages, records); the stage is discarded afterwards, untimed.
+async fn sync_once(client: &AppleClient, store: &Store, id: u64) -> (Duration, Duration, u32, u64) {
+    let started = Timestamp::now();
+    store
+        .write(move |c| {
+            queries::sync_started(c, id, TOKEN, SyncKind::Assignments, true, "bench", started)
+        })
+        .await
+        .expect("sync row");
+    let start = Instant::now();
+    let mut sink = run::StageSink::new(store.clone(), id, SyncKind::Assignments);
+    let read = client
+        .stream_assignments(TOKEN, None, &mut sink)
+        .await
+        .expect("assignments traversal");
+    let read_time = start.elapsed();
+    assert!(read.consistent, "traversal not consistent");
+    let pages = read.pages;
+    let final_start = Instant::now();
+    let records = store
+        .write(move |c| run::finish(c, TOKEN, id, SyncKind::Assignments, started, &read))
+        .await
+        .expect("final step");
+    let final_time = final_start.elapsed();
+    run::discard(store, id, SyncKind::Assignments)
+        .await
+        .expect("discard the stage");
+    (read_time, final_time, pages, records)
+}
+
+async fn mirror_rows(store: &Store) -> i64 {
+    store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM mirror_assignments WHERE token = ?1",
+                [TOKEN],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .expect("count")
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n = if quick { 10_000 } else { 100_000 };
@@ -221,47 +312,38 @@ async fn run(addr: std::net::SocketAddr, n: usize) {
     client.service_config().await.expect("service config");
     client.set_token(TOKEN, Secret::new(stoken.clone()), None);
 
-    let before = ctl.get("/_sim/stats").await;
-    let start = Instant::now();
-    let tr = client
-        .get_assignments(TOKEN, None)
-        .await
-        .expect("assignments traversal");
-    let fetch = start.elapsed();
-    let after = ctl.get("/_sim/stats").await;
-    assert_eq!(tr.records.len(), n, "records traversed");
-    assert!(tr.consistent, "traversal not consistent");
-
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("state.db");
     let store = tokio::task::spawn_blocking(move || Store::open(&db))
         .await
         .expect("open task")
         .expect("open store");
-    let records = tr.records.clone();
-    let store_start = Instant::now();
-    store
-        .write(move |c| mirror::apply_assignments(c, TOKEN, &records, true, Timestamp::now()))
-        .await
-        .expect("mirror write");
-    let store_time = store_start.elapsed();
-    let stored: i64 = store
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*) FROM mirror_assignments WHERE token = ?1",
-                [TOKEN],
-                |r| r.get(0),
-            )?)
-        })
-        .await
-        .expect("count");
+    let hwm_before = vm_hwm_kib();
+
+    let before = ctl.get("/_sim/stats").await;
+    // The streamed sync as the daemon runs it: pages staged as they arrive (one small write
+    // job per page), then one final transaction swaps the stage into the mirror.
+    let (stop_probe, probe) = probe_writer(store.clone());
+    let (fetch, store_time, pages, records) = sync_once(&client, &store, 1).await;
+    let after = ctl.get("/_sim/stats").await;
+    let _ = stop_probe.send(());
+    let (worst_wait, probes) = probe.await.expect("probe");
+    let hwm_after = vm_hwm_kib();
+    assert_eq!(records as usize, n, "records traversed");
+    let stored = mirror_rows(&store).await;
     assert_eq!(stored as usize, n, "rows in the mirror");
+    // Again onto the full mirror (the steady state: nothing changed since).
+    let (stop_probe, probe) = probe_writer(store.clone());
+    let (again, again_final, _, _) = sync_once(&client, &store, 2).await;
+    let _ = stop_probe.send(());
+    let (worst_again, _) = probe.await.expect("probe");
+    assert_eq!(mirror_rows(&store).await as usize, n, "rows in the mirror");
 
     // JSON decoding alone: fetch the raw pages again (limit lifted), decode them repeatedly.
     ctl.put("/_sim/limits", json!({"maxRequestPerSecond": 100_000}))
         .await;
     let mut raw = Vec::new();
-    for p in 0..tr.pages {
+    for p in 0..pages {
         let bytes = ctl
             .http
             .get(format!("{}/mdm/v2/assignments?pageIndex={p}", ctl.base))
@@ -297,9 +379,9 @@ async fn run(addr: std::net::SocketAddr, n: usize) {
 
     println!("parameters: assignments {n}, page size {PAGE_SIZE}, rate limit {RPS} requests/s, 5 concurrent page fetches, full sync (no sinceVersionId)");
     println!("set-up (not measured): {:.1} s", setup.as_secs_f64());
-    println!("sync wall time (fetch + parse): {secs:.2} s");
+    println!("sync read time (fetch + parse + staged page writes): {secs:.2} s");
     println!("pages requested: {pages}");
-    println!("pages in traversal: {}", tr.pages);
+    println!("pages in traversal: {pages}");
     println!("rate-limit bound (pages / {RPS} rps): {bound:.2} s");
     println!("wall time / bound: {:.3}", secs / bound);
     // The simulator admits RPS requests in any sliding second, so P requests need at least
@@ -322,16 +404,24 @@ async fn run(addr: std::net::SocketAddr, n: usize) {
         parsed as f64 / parse_time.as_secs_f64()
     );
     println!(
-        "mirror write (one transaction, durable commit): {:.2} s",
+        "final step (swap the stage into the empty mirror, one transaction, durable commit): {:.3} s",
         store_time.as_secs_f64()
     );
     println!(
-        "records stored per second: {:.0} records/s",
-        n as f64 / store_time.as_secs_f64()
+        "second sync onto the full mirror (nothing changed): read {:.2} s, final step {:.3} s, longest wait of another writer {:.1} ms",
+        again.as_secs_f64(),
+        again_final.as_secs_f64(),
+        worst_again.as_secs_f64() * 1000.0
     );
     println!(
-        "sync + mirror write: {:.2} s",
-        (fetch + store_time).as_secs_f64()
+        "longest wait of another writer (store ping every 5 ms, {probes} pings): {:.1} ms",
+        worst_wait.as_secs_f64() * 1000.0
+    );
+    println!(
+        "peak memory (VmHWM, simulator included): {} MiB before the sync, {} MiB after (+{} MiB)",
+        hwm_before / 1024,
+        hwm_after / 1024,
+        hwm_after.saturating_sub(hwm_before) / 1024
     );
     println!("rate-limit violations: {violations}");
     println!("requests during Retry-After: {during_ra}");

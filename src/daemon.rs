@@ -20,7 +20,7 @@ use crate::effects::AppleEffects;
 use crate::executor::{Effects, Executor, ExecutorHandle, Input, NoApple};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, Upkeep};
-use crate::store::{queries, Store, StoreError};
+use crate::store::{mirror, queries, Store, StoreError};
 use crate::time::Timestamp;
 use crate::tokens::{HealthWriter, Registry};
 use crate::webhook::{self, WebhookState};
@@ -220,6 +220,8 @@ pub async fn serve_with_reload(
         .write(move |conn| {
             queries::upsert_tokens(conn, &token_rows, now)?;
             queries::abandon_running_syncs(conn, now)?;
+            // No sync runs yet: any staged rows are a crashed sync's (the mirror never saw them).
+            mirror::discard_all_stages(conn)?;
             Ok(())
         })
         .await?;

@@ -31,7 +31,9 @@ use super::model::{
     GetAssignmentsResponse, GetUsersResponse, Limits, RequestKind, ResponseAsset, ResponseUser,
     ServiceConfig, StatusResponse,
 };
-use super::pagination::{traverse, Page, Traversal};
+use super::pagination::{
+    traverse, traverse_into, Page, PageSink, StreamError, Streamed, Traversal,
+};
 
 /// The Service Config `urls` keys this client calls.
 const USED_URL_KEYS: [&str; 11] = [
@@ -483,6 +485,53 @@ impl AppleClient {
             .await
     }
 
+    /// Streams Get Assets into `sink` (see [`traverse_into`]).
+    pub async fn stream_assets<S: PageSink<ResponseAsset>>(
+        &self,
+        token: &str,
+        sink: &mut S,
+    ) -> Result<Streamed, StreamError<S::Error>> {
+        let base = self.url("getAssets", "assets");
+        self.traverse_into::<GetAssetsResponse, ResponseAsset, S>(token, "assets", base, None, sink)
+            .await
+    }
+
+    /// Streams Get Assignments into `sink` (see [`traverse_into`]).
+    pub async fn stream_assignments<S: PageSink<Assignment>>(
+        &self,
+        token: &str,
+        since_version: Option<&str>,
+        sink: &mut S,
+    ) -> Result<Streamed, StreamError<S::Error>> {
+        let base = self.url("getAssignments", "assignments");
+        self.traverse_into::<GetAssignmentsResponse, Assignment, S>(
+            token,
+            "assignments",
+            base,
+            since_version,
+            sink,
+        )
+        .await
+    }
+
+    /// Streams Get Users into `sink` (see [`traverse_into`]).
+    pub async fn stream_users<S: PageSink<ResponseUser>>(
+        &self,
+        token: &str,
+        since_version: Option<&str>,
+        sink: &mut S,
+    ) -> Result<Streamed, StreamError<S::Error>> {
+        let base = self.url("getUsers", "users");
+        self.traverse_into::<GetUsersResponse, ResponseUser, S>(
+            token,
+            "users",
+            base,
+            since_version,
+            sink,
+        )
+        .await
+    }
+
     async fn traverse<R, T>(
         &self,
         token: &str,
@@ -492,7 +541,7 @@ impl AppleClient {
     ) -> Result<Traversal<T>, ApiError>
     where
         R: DeserializeOwned + Into<Page<T>>,
-        T: super::pagination::Record,
+        T: super::pagination::Record + Send,
     {
         let fetch = |page: u32| {
             let mut url = base.clone();
@@ -512,6 +561,42 @@ impl AppleClient {
             fetch,
             self.inner.opts.max_concurrent_requests,
             since_version.is_some(),
+        )
+        .await
+    }
+
+    async fn traverse_into<R, T, S>(
+        &self,
+        token: &str,
+        endpoint: &'static str,
+        base: Url,
+        since_version: Option<&str>,
+        sink: &mut S,
+    ) -> Result<Streamed, StreamError<S::Error>>
+    where
+        R: DeserializeOwned + Into<Page<T>>,
+        T: super::pagination::Record,
+        S: PageSink<T>,
+    {
+        let fetch = |page: u32| {
+            let mut url = base.clone();
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("pageIndex", &page.to_string());
+                if let Some(v) = since_version {
+                    q.append_pair("sinceVersionId", v);
+                }
+            }
+            async move {
+                let r: R = self.json(token, endpoint, Method::GET, url, None).await?;
+                Ok(r.into())
+            }
+        };
+        traverse_into(
+            fetch,
+            self.inner.opts.max_concurrent_requests,
+            since_version.is_some(),
+            sink,
         )
         .await
     }

@@ -26,4 +26,4 @@ pub use model::{
     NotificationType, RequestKind, ResponseAsset, ResponseUser, RevokeAssetsRequest, ServiceConfig,
     SplitError, StatusResponse,
 };
-pub use pagination::Traversal;
+pub use pagination::{KeySetDigest, PageSink, StreamError, Streamed, Traversal};

@@ -7,10 +7,16 @@
 //! - `version_id` is page 0's, the one Apple says to store as the next `sinceVersionId`.
 //! - A traversal is `consistent` only if every page carried that same versionId and no page
 //!   vanished underneath us (9650 after a shrink). Inconsistent traversals are re-run, up to
-//!   [`MAX_ATTEMPTS`] in all; the last attempt's records are returned with `consistent: false`
+//!   [`MAX_ATTEMPTS`] in all; the last attempt's records are kept with `consistent: false`
 //!   so the caller upserts only and re-syncs later.
 //! - Records are deduplicated by identity, last occurrence wins (a record that moved between
 //!   pages mid-traversal appears twice).
+//! - Streaming ([`traverse_into`]): pages go to a [`PageSink`] in index order as they arrive,
+//!   so memory is bounded by a few pages (at most 5 in flight plus 2 fetched and waiting to
+//!   be written), whatever the size of the data set; requests in flight keep being polled
+//!   while a page is written, so writing never bunches requests past the rate gate. The sink deduplicates and, for a pass that
+//!   was not consistent, digests its keys so two passes can be compared without keeping
+//!   them. [`traverse`] is the same traversal collected in memory.
 
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -18,6 +24,7 @@ use std::future::Future;
 use std::hash::Hash;
 
 use futures::stream::{self, StreamExt};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::error::ApiError;
 use super::model::{
@@ -32,7 +39,7 @@ pub const MAX_PAGE_CONCURRENCY: usize = 5;
 /// Guard against a server whose `nextPageIndex` never ends.
 const MAX_PAGES: usize = 100_000;
 
-/// The result of one traversal.
+/// The result of one traversal collected in memory ([`traverse`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Traversal<T> {
     pub records: Vec<T>,
@@ -44,6 +51,101 @@ pub struct Traversal<T> {
     pub consistent: bool,
     /// Fetched with `sinceVersionId`: `records` are changes, not the whole set.
     pub incremental: bool,
+}
+
+/// The result of one streamed traversal ([`traverse_into`]): the records went to the sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Streamed {
+    /// Page 0's versionId of the last pass (store it as the next `sinceVersionId`).
+    pub version_id: Option<String>,
+    /// Pages fetched in the last pass.
+    pub pages: u32,
+    /// Records handed to the sink in the last pass (before deduplication).
+    pub records: u64,
+    /// Every page had the same versionId and none disappeared mid-traversal (or two passes
+    /// delivered the same set of keys).
+    pub consistent: bool,
+    /// Fetched with `sinceVersionId`: the records are changes, not the whole set.
+    pub incremental: bool,
+}
+
+/// An order-independent digest of a set of record keys: two passes that delivered the same
+/// keys have equal digests (and different sets, with overwhelming probability, different
+/// ones). Lets a sink compare passes without keeping the keys in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeySetDigest {
+    count: u64,
+    a: u64,
+    b: u64,
+}
+
+impl KeySetDigest {
+    /// Adds one key; add each distinct key once.
+    pub fn add<K: Hash + ?Sized>(&mut self, key: &K) {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        type Fixed = BuildHasherDefault<std::hash::DefaultHasher>;
+        let a = Fixed::default().hash_one((0xa5u8, key));
+        let b = Fixed::default().hash_one((0x5au8, key));
+        self.count += 1;
+        self.a = self.a.wrapping_add(a);
+        self.b = self.b.wrapping_add(b.rotate_left(17) ^ a);
+    }
+}
+
+/// Where a streamed traversal hands its pages, in page order, as they arrive: the caller
+/// writes them away (the mirror's stage) so a traversal holds only the pages in flight.
+///
+/// A traversal may make several passes (see the module docs): each starts with
+/// [`PageSink::begin_pass`], after which the sink must forget what earlier passes delivered.
+/// Within a pass a record may come twice (it moved between pages): the sink deduplicates by
+/// [`Record::key`], honouring [`Record::replaces`] in delivery order.
+pub trait PageSink<T> {
+    type Error;
+    /// Pass `pass` (1-based) starts: drop whatever earlier passes delivered.
+    fn begin_pass(&mut self, pass: u32) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The records of the next page.
+    fn page(&mut self, records: Vec<T>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The digest of the distinct keys delivered in this pass (asked only of a pass that
+    /// was not consistent, to compare it with the previous one).
+    fn digest(&mut self) -> impl Future<Output = Result<KeySetDigest, Self::Error>> + Send;
+}
+
+/// A traversal that failed: Apple's answer, or the sink's.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamError<E> {
+    Api(ApiError),
+    Sink(E),
+}
+
+impl<E> From<ApiError> for StreamError<E> {
+    fn from(e: ApiError) -> Self {
+        StreamError::Api(e)
+    }
+}
+
+/// The in-memory sink behind [`traverse`].
+struct Collect<T> {
+    records: Vec<T>,
+}
+
+impl<T: Record + Send> PageSink<T> for Collect<T> {
+    type Error = std::convert::Infallible;
+    fn begin_pass(&mut self, _pass: u32) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.records.clear();
+        std::future::ready(Ok(()))
+    }
+    fn page(&mut self, records: Vec<T>) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.records.extend(records);
+        std::future::ready(Ok(()))
+    }
+    fn digest(&mut self) -> impl Future<Output = Result<KeySetDigest, Self::Error>> + Send {
+        let keys: HashSet<T::Key> = self.records.iter().map(Record::key).collect();
+        let mut d = KeySetDigest::default();
+        for k in &keys {
+            d.add(k);
+        }
+        std::future::ready(Ok(d))
+    }
 }
 
 /// One page as the traversal needs it.
@@ -128,40 +230,113 @@ fn is_out_of_range(e: &ApiError) -> bool {
     e.error_number() == Some(9650)
 }
 
-/// One pass over all pages. Returns the pages in index order and whether the pass saw a
-/// single, stable data set.
-async fn one_pass<T, F, Fut>(
+/// What one pass saw.
+struct Pass {
+    version_id: Option<String>,
+    pages: u32,
+    records: u64,
+    stable: bool,
+}
+
+/// Pages fetched and not yet written, beyond those in flight.
+const QUEUED_PAGES: usize = 2;
+
+/// One pass over all pages, each handed to `sink` in index order as it arrives. Fetching
+/// and writing run side by side (one task, joined): a request in flight is always polled,
+/// so a slow write never delays a request that already passed the rate gate. Memory: a page
+/// slot is taken before a page is requested and given back once the sink has written it, so
+/// at most `MAX_PAGE_CONCURRENCY + QUEUED_PAGES` pages exist at once. Returns whether the
+/// pass saw a single, stable data set.
+async fn one_pass<T, F, Fut, S>(
     fetch: &F,
     concurrency: usize,
-) -> Result<(Vec<Page<T>>, bool), ApiError>
+    sink: &mut S,
+) -> Result<Pass, StreamError<S::Error>>
+where
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Result<Page<T>, ApiError>>,
+    S: PageSink<T>,
+{
+    let slots = Semaphore::new(MAX_PAGE_CONCURRENCY + QUEUED_PAGES);
+    let (tx, mut rx) = futures::channel::mpsc::unbounded::<(Vec<T>, SemaphorePermit<'_>)>();
+    let produce = fetch_pages(fetch, concurrency, &slots, tx);
+    let consume = async {
+        while let Some((records, slot)) = rx.next().await {
+            if let Err(e) = sink.page(records).await {
+                // Stop the fetching side: it may be waiting for a slot.
+                slots.close();
+                return Err(e);
+            }
+            drop(slot);
+        }
+        Ok(())
+    };
+    let (fetched, written) = futures::future::join(produce, consume).await;
+    written.map_err(StreamError::Sink)?;
+    Ok(fetched?)
+}
+
+/// The fetching side of [`one_pass`]: sends each page (with its slot) in index order.
+async fn fetch_pages<'s, T, F, Fut>(
+    fetch: &F,
+    concurrency: usize,
+    slots: &'s Semaphore,
+    tx: futures::channel::mpsc::UnboundedSender<(Vec<T>, SemaphorePermit<'s>)>,
+) -> Result<Pass, ApiError>
 where
     F: Fn(u32) -> Fut,
     Fut: Future<Output = Result<Page<T>, ApiError>>,
 {
-    let first = fetch(0).await?;
+    // A closed semaphore or a dropped receiver: the writing side failed; stop quietly (its
+    // error is the one reported).
+    let fetch_slotted = |i: u32| async move {
+        let Ok(slot) = slots.acquire().await else {
+            return Ok(None);
+        };
+        fetch(i).await.map(|p| Some((p, slot)))
+    };
+    let mut pass = Pass {
+        version_id: None,
+        pages: 0,
+        records: 0,
+        stable: true,
+    };
+    let Some((first, slot)) = fetch_slotted(0).await? else {
+        return Ok(pass);
+    };
     let version = first.version_id.clone();
-    let mut stable = true;
+    pass.version_id = version.clone();
     let mut next = first.next_page_index;
     let total = first.total_pages.unwrap_or(1);
     let mut last_index = 0u32;
-    let mut pages = vec![first];
+    let mut pages = 1usize;
+    pass.records = first.records.len() as u64;
+    if tx.unbounded_send((first.records, slot)).is_err() {
+        return Ok(pass);
+    }
 
     if next.is_some() && total > 1 {
         let mut s = stream::iter(1..total)
-            .map(fetch)
+            .map(fetch_slotted)
             .buffered(concurrency.clamp(1, MAX_PAGE_CONCURRENCY));
         let mut index = 0u32;
         while let Some(r) = s.next().await {
             index += 1;
             match r {
-                Ok(p) => {
+                Ok(None) => return Ok(pass),
+                Ok(Some((p, slot))) => {
                     if next.is_none() {
                         // An earlier page said it was the last, yet more came: data moved.
-                        stable = false;
+                        pass.stable = false;
                     }
                     next = p.next_page_index;
                     last_index = index;
-                    pages.push(p);
+                    pages += 1;
+                    pass.stable &= p.version_id == version;
+                    pass.records += p.records.len() as u64;
+                    if tx.unbounded_send((p.records, slot)).is_err() {
+                        return Ok(pass);
+                    }
                 }
                 Err(e) if is_out_of_range(&e) => {
                     // The set shrank under us: totalPages promised a page that no longer
@@ -170,7 +345,7 @@ where
                         page = index,
                         "page out of range during traversal; data shrank"
                     );
-                    stable = false;
+                    pass.stable = false;
                     next = None;
                     break;
                 }
@@ -180,32 +355,38 @@ where
     }
 
     while let Some(n) = next {
-        if n <= last_index || pages.len() >= MAX_PAGES {
+        if n <= last_index || pages >= MAX_PAGES {
             // Not moving forward: a broken cursor. Stop rather than loop.
             tracing::warn!(
                 next = n,
                 last = last_index,
                 "nextPageIndex does not advance"
             );
-            stable = false;
+            pass.stable = false;
             break;
         }
-        match fetch(n).await {
-            Ok(p) => {
+        match fetch_slotted(n).await {
+            Ok(None) => return Ok(pass),
+            Ok(Some((p, slot))) => {
                 next = p.next_page_index;
                 last_index = n;
-                pages.push(p);
+                pages += 1;
+                pass.stable &= p.version_id == version;
+                pass.records += p.records.len() as u64;
+                if tx.unbounded_send((p.records, slot)).is_err() {
+                    return Ok(pass);
+                }
             }
             Err(e) if is_out_of_range(&e) => {
                 tracing::info!(page = n, "page out of range while following nextPageIndex");
-                stable = false;
+                pass.stable = false;
                 break;
             }
             Err(e) => return Err(e),
         }
     }
-    stable &= pages.iter().all(|p| p.version_id == version);
-    Ok((pages, stable))
+    pass.pages = u32::try_from(pages).unwrap_or(u32::MAX);
+    Ok(pass)
 }
 
 /// Deduplicates by [`Record::key`], keeping first-seen order.
@@ -228,29 +409,63 @@ pub fn dedupe<T: Record>(records: impl IntoIterator<Item = T>) -> Vec<T> {
     out
 }
 
-/// Runs a traversal with `fetch(pageIndex)`, re-running it while pages disagree on versionId.
+/// Runs a traversal with `fetch(pageIndex)`, re-running it while pages disagree on
+/// versionId, and collects the records in memory (deduplicated). For small reads and tests;
+/// syncs stream with [`traverse_into`].
 pub async fn traverse<T, F, Fut>(
     fetch: F,
     concurrency: usize,
     incremental: bool,
 ) -> Result<Traversal<T>, ApiError>
 where
-    T: Record,
+    T: Record + Send,
     F: Fn(u32) -> Fut,
     Fut: Future<Output = Result<Page<T>, ApiError>>,
 {
+    let mut sink = Collect {
+        records: Vec::new(),
+    };
+    let t = traverse_into(fetch, concurrency, incremental, &mut sink)
+        .await
+        .map_err(|e| match e {
+            StreamError::Api(e) => e,
+            StreamError::Sink(never) => match never {},
+        })?;
+    Ok(Traversal {
+        records: dedupe(sink.records),
+        version_id: t.version_id,
+        pages: t.pages,
+        consistent: t.consistent,
+        incremental,
+    })
+}
+
+/// Runs a traversal with `fetch(pageIndex)`, handing every page to `sink` as it arrives,
+/// re-running it while pages disagree on versionId (each re-run starts with
+/// [`PageSink::begin_pass`]). Memory: the pages in flight, never the whole set.
+pub async fn traverse_into<T, F, Fut, S>(
+    fetch: F,
+    concurrency: usize,
+    incremental: bool,
+    sink: &mut S,
+) -> Result<Streamed, StreamError<S::Error>>
+where
+    T: Record,
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Result<Page<T>, ApiError>>,
+    S: PageSink<T>,
+{
     let mut attempt = 1;
-    let mut previous: Option<HashSet<T::Key>> = None;
+    let mut previous: Option<KeySetDigest> = None;
     loop {
-        let (pages, mut consistent) = one_pass(&fetch, concurrency).await?;
-        let version_id = pages.first().and_then(|p| p.version_id.clone());
-        let n = u32::try_from(pages.len()).unwrap_or(u32::MAX);
-        let records = dedupe(pages.into_iter().flat_map(|p| p.records));
+        sink.begin_pass(attempt).await.map_err(StreamError::Sink)?;
+        let pass = one_pass(&fetch, concurrency, sink).await?;
+        let mut consistent = pass.stable;
         if !consistent {
             // versionId also moves when unrelated data is written: two passes that saw the
             // same records read a stable set, whatever the versionIds said.
-            let keys: HashSet<T::Key> = records.iter().map(Record::key).collect();
-            if previous.as_ref() == Some(&keys) {
+            let keys = sink.digest().await.map_err(StreamError::Sink)?;
+            if previous == Some(keys) {
                 consistent = true;
             } else {
                 previous = Some(keys);
@@ -260,13 +475,13 @@ where
             if !consistent {
                 tracing::warn!(
                     attempts = attempt,
-                    "traversal still inconsistent; returning the last attempt's union"
+                    "traversal still inconsistent; keeping the last attempt's union"
                 );
             }
-            return Ok(Traversal {
-                records,
-                version_id,
-                pages: n,
+            return Ok(Streamed {
+                version_id: pass.version_id,
+                pages: pass.pages,
+                records: pass.records,
                 consistent,
                 incremental,
             });
@@ -438,6 +653,99 @@ mod tests {
         .unwrap();
         assert!(t.consistent);
         assert_eq!(t.records.len(), 150);
+    }
+
+    /// A sink that keeps only counts: what a streamed traversal holds is the pages in flight.
+    #[derive(Default)]
+    struct Counting {
+        passes: u32,
+        seen: Vec<u32>,
+    }
+
+    impl PageSink<R> for Counting {
+        type Error = ();
+        fn begin_pass(&mut self, pass: u32) -> impl Future<Output = Result<(), ()>> + Send {
+            self.passes = pass;
+            self.seen.clear();
+            std::future::ready(Ok(()))
+        }
+        fn page(&mut self, records: Vec<R>) -> impl Future<Output = Result<(), ()>> + Send {
+            self.seen.extend(records.iter().map(|r| r.0));
+            std::future::ready(Ok(()))
+        }
+        fn digest(&mut self) -> impl Future<Output = Result<KeySetDigest, ()>> + Send {
+            let mut d = KeySetDigest::default();
+            let keys: HashSet<u32> = self.seen.iter().copied().collect();
+            for k in keys {
+                d.add(&k);
+            }
+            std::future::ready(Ok(d))
+        }
+    }
+
+    #[test]
+    fn streamed_pages_arrive_in_order_and_a_rerun_starts_a_new_pass() {
+        let fake = Fake::new(2_500, 100);
+        let mut sink = Counting::default();
+        let t = run(traverse_into(
+            |i| std::future::ready(fake.page(i)),
+            5,
+            false,
+            &mut sink,
+        ))
+        .unwrap();
+        assert!(t.consistent);
+        assert_eq!((t.pages, t.records, sink.passes), (25, 2_500, 1));
+        assert_eq!(sink.seen, (0..2_500).collect::<Vec<_>>());
+
+        let mut fake = Fake::new(250, 100);
+        fake.churn_at = vec![1];
+        fake.grow = 120;
+        let mut sink = Counting::default();
+        let t = run(traverse_into(
+            |i| std::future::ready(fake.page(i)),
+            5,
+            false,
+            &mut sink,
+        ))
+        .unwrap();
+        assert!(t.consistent);
+        assert_eq!(sink.passes, 2, "the inconsistent first pass was dropped");
+        assert_eq!(sink.seen.len(), 370);
+    }
+
+    #[test]
+    fn a_sink_error_stops_the_traversal() {
+        struct Failing;
+        impl PageSink<R> for Failing {
+            type Error = &'static str;
+            fn begin_pass(
+                &mut self,
+                _: u32,
+            ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+                std::future::ready(Ok(()))
+            }
+            fn page(&mut self, _: Vec<R>) -> impl Future<Output = Result<(), Self::Error>> + Send {
+                std::future::ready(Err("disk full"))
+            }
+            fn digest(&mut self) -> impl Future<Output = Result<KeySetDigest, Self::Error>> + Send {
+                std::future::ready(Ok(KeySetDigest::default()))
+            }
+        }
+        let fake = Fake::new(300, 100);
+        let e = run(traverse_into(
+            |i| std::future::ready(fake.page(i)),
+            5,
+            false,
+            &mut Failing,
+        ))
+        .unwrap_err();
+        assert_eq!(e, StreamError::Sink("disk full"));
+        let calls = fake.calls.load(Ordering::SeqCst);
+        assert!(
+            calls as usize <= MAX_PAGE_CONCURRENCY + QUEUED_PAGES,
+            "fetching stops within the page slots: {calls} calls"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! replayed after a sync that replaced the mirror with pages read before they arrived
 //! (docs/architecture.md, "The mirror").
 
+use std::collections::BTreeSet;
+
 use rusqlite::Connection;
 
 use crate::apple::model::{
@@ -65,6 +67,11 @@ fn apply_with(
 
 /// Re-applies to the mirror the notifications of `token` received at or after `since`, so a
 /// sync that replaced the mirror with pages read before them does not undo them.
+///
+/// Cost: linear in those notifications (read through the `(token, received_at)` index) and
+/// in the assignments of the assets they name, which are recounted once each at the end (the
+/// sync may have replaced their counts with numbers read before the change). Never a pass
+/// over the whole mirror.
 pub fn replay_since(
     conn: &Connection,
     token: &str,
@@ -72,13 +79,24 @@ pub fn replay_since(
     now: Timestamp,
 ) -> Result<usize, StoreError> {
     let bodies = queries::mirror_notification_bodies_since(conn, token, since)?;
+    let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
     let mut n = 0;
     for body in bodies {
         if let Ok(note) = parse_notification(body.as_bytes()) {
-            // The sync may have replaced the counts or the assignments: count again.
-            apply_with(conn, token, &note, now, mirror::Counts::Recount)?;
+            if let NotificationPayload::AssetManagement(p) = &note.notification {
+                if p.result == NotificationResult::Success && p.kind != AssetManagementType::Unknown
+                {
+                    touched.extend(
+                        p.assignments
+                            .iter()
+                            .map(|a| (a.adam_id.clone(), a.pricing_param.as_str().to_string())),
+                    );
+                }
+            }
+            apply_with(conn, token, &note, now, mirror::Counts::Defer)?;
             n += 1;
         }
     }
+    mirror::recount_assets(conn, token, touched, now)?;
     Ok(n)
 }

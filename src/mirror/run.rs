@@ -1,48 +1,187 @@
-//! One sync run: read per the [`plan`](super::plan), write per the
-//! [`judgement`](super::judge), replay the notifications that arrived meanwhile, store the
-//! versionId and finish the run row, all in one transaction.
+//! One sync run, streamed (docs/architecture.md, "The mirror"): read per the
+//! [`plan`](super::plan), handing each page to the store as it arrives, into the stage of
+//! this sync (`mirror_stage_*`, keyed by the sync id), in write jobs of at most
+//! [`STAGE_CHUNK`] rows, so the writer interleaves webhook commits and executor turns between
+//! them and memory holds only the pages in flight. Then one final transaction, per the
+//! [`judgement`](super::judge): move the stage into the mirror (replace or upsert, SQL set
+//! operations), replay the notifications that arrived meanwhile, store the versionId and
+//! finish the run row, stamped at the end of that transaction. The stage is discarded in
+//! small steps afterwards. A failed read, a failed stage write or a crash leaves the mirror as
+//! it was (a crash's stage is discarded at the next start).
+
+use std::future::Future;
+
+use rusqlite::Connection;
 
 use crate::apple::model::{Assignment, ResponseAsset, ResponseUser};
-use crate::apple::{ApiError, AppleClient, Traversal};
+use crate::apple::pagination::Record;
+use crate::apple::{AppleClient, KeySetDigest, PageSink, StreamError, Streamed};
 use crate::core::{SyncKind, SyncOutcome};
 use crate::store::queries::{self, SyncEnd};
-use crate::store::{mirror, Store};
+use crate::store::{mirror, Store, StoreError};
 use crate::time::Timestamp;
 
 use super::{judge, notify, plan, Plan, Write};
 
-enum Read {
-    Assets(Traversal<ResponseAsset>),
-    Assignments(Traversal<Assignment>),
-    Users(Traversal<ResponseUser>),
+/// Rows per write job while staging: a page of up to 1000 records is one job.
+pub const STAGE_CHUNK: usize = 1000;
+/// Staged rows deleted per write job when a stage is discarded.
+pub const DISCARD_CHUNK: usize = 5000;
+
+/// A record type the stage takes.
+pub trait Stage: Record + Sized + Send + 'static {
+    fn stage(conn: &Connection, sync_id: u64, rows: &[Self]) -> Result<(), StoreError>;
 }
 
-impl Read {
-    fn summary(&self) -> (u32, usize, Option<String>, bool, bool) {
-        fn of<T>(t: &Traversal<T>) -> (u32, usize, Option<String>, bool, bool) {
-            (
-                t.pages,
-                t.records.len(),
-                t.version_id.clone(),
-                t.incremental,
-                t.consistent,
-            )
-        }
-        match self {
-            Read::Assets(t) => of(t),
-            Read::Assignments(t) => of(t),
-            Read::Users(t) => of(t),
+impl Stage for ResponseAsset {
+    fn stage(conn: &Connection, sync_id: u64, rows: &[Self]) -> Result<(), StoreError> {
+        mirror::stage_assets(conn, sync_id, rows)
+    }
+}
+
+impl Stage for Assignment {
+    fn stage(conn: &Connection, sync_id: u64, rows: &[Self]) -> Result<(), StoreError> {
+        mirror::stage_assignments(conn, sync_id, rows)
+    }
+}
+
+impl Stage for ResponseUser {
+    fn stage(conn: &Connection, sync_id: u64, rows: &[Self]) -> Result<(), StoreError> {
+        mirror::stage_users(conn, sync_id, rows)
+    }
+}
+
+/// Where a streamed read goes: the stage of sync `sync_id`, one small committed write job per
+/// chunk of a page.
+pub struct StageSink {
+    store: Store,
+    sync_id: u64,
+    kind: SyncKind,
+    /// Something may be staged (a new pass must discard it first).
+    dirty: bool,
+}
+
+impl StageSink {
+    pub fn new(store: Store, sync_id: u64, kind: SyncKind) -> StageSink {
+        StageSink {
+            store,
+            sync_id,
+            kind,
+            dirty: false,
         }
     }
 }
 
-async fn read(client: &AppleClient, token: &str, plan: &Plan) -> Result<Read, ApiError> {
+impl<T: Stage> PageSink<T> for StageSink {
+    type Error = StoreError;
+
+    fn begin_pass(&mut self, _pass: u32) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let (store, id, kind, dirty) = (self.store.clone(), self.sync_id, self.kind, self.dirty);
+        self.dirty = false;
+        async move {
+            if dirty {
+                discard(&store, id, kind).await?;
+            }
+            Ok(())
+        }
+    }
+
+    fn page(&mut self, records: Vec<T>) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.dirty = true;
+        let (store, id) = (self.store.clone(), self.sync_id);
+        async move {
+            let mut records = records;
+            while !records.is_empty() {
+                let rest = records.split_off(records.len().min(STAGE_CHUNK));
+                let chunk = std::mem::replace(&mut records, rest);
+                store.write(move |c| T::stage(c, id, &chunk)).await?;
+            }
+            Ok(())
+        }
+    }
+
+    fn digest(&mut self) -> impl Future<Output = Result<KeySetDigest, StoreError>> + Send {
+        let (store, id, kind) = (self.store.clone(), self.sync_id, self.kind);
+        async move { store.read(move |c| mirror::stage_digest(c, id, kind)).await }
+    }
+}
+
+/// Deletes the stage of sync `sync_id`, [`DISCARD_CHUNK`] rows per write job.
+pub async fn discard(store: &Store, sync_id: u64, kind: SyncKind) -> Result<(), StoreError> {
+    loop {
+        let n = store
+            .write(move |c| mirror::discard_stage(c, sync_id, kind, DISCARD_CHUNK))
+            .await?;
+        if n < DISCARD_CHUNK {
+            return Ok(());
+        }
+    }
+}
+
+/// Discards the stage in the background: the run's answer does not wait for it (a crash
+/// meanwhile leaves it to the next start).
+fn discard_later(store: &Store, sync_id: u64, kind: SyncKind) {
+    let store = store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = discard(&store, sync_id, kind).await {
+            tracing::warn!(sync_id, error = %e, "cannot discard a sync's stage; the next start will");
+        }
+    });
+}
+
+async fn read(
+    client: &AppleClient,
+    token: &str,
+    plan: &Plan,
+    sink: &mut StageSink,
+) -> Result<Streamed, StreamError<StoreError>> {
     let since = plan.since.as_deref();
-    Ok(match plan.kind {
-        SyncKind::Assets => Read::Assets(client.get_assets(token).await?),
-        SyncKind::Assignments => Read::Assignments(client.get_assignments(token, since).await?),
-        SyncKind::Users => Read::Users(client.get_users(token, since).await?),
-    })
+    match plan.kind {
+        SyncKind::Assets => client.stream_assets(token, sink).await,
+        SyncKind::Assignments => client.stream_assignments(token, since, sink).await,
+        SyncKind::Users => client.stream_users(token, since, sink).await,
+    }
+}
+
+/// The final step of a streamed sync, inside one transaction: moves the stage of `sync_id`
+/// into the mirror (replacing it when `replace`), replays the notifications of `token`
+/// received since `started` (after a replace), stores the versionId and finishes the run row
+/// with `finishedAt` taken at the end of this step, right before its commit. Returns the
+/// number of records the read held.
+pub fn finish(
+    conn: &Connection,
+    token: &str,
+    sync_id: u64,
+    kind: SyncKind,
+    started: Timestamp,
+    read: &Streamed,
+) -> Result<u64, StoreError> {
+    let judgement = judge(read.incremental, read.consistent);
+    let replace = judgement.write == Write::Replace;
+    let records = mirror::stage_count(conn, sync_id, kind)?;
+    let now = Timestamp::now();
+    mirror::commit_stage(conn, token, sync_id, kind, replace, now)?;
+    if replace {
+        // Pages read before a notification must not undo it.
+        notify::replay_since(conn, token, started, now)?;
+    }
+    if kind.supports_incremental() {
+        mirror::set_version(conn, token, kind, read.version_id.as_deref())?;
+    }
+    queries::sync_finished(
+        conn,
+        sync_id,
+        Timestamp::now(),
+        &SyncEnd {
+            pages: read.pages,
+            records,
+            ok: judgement.reliable,
+            error: (!judgement.reliable)
+                .then(|| "Apple's data kept changing during the read; retrying".to_string()),
+            version_id: read.version_id.clone(),
+        },
+    )?;
+    Ok(records)
 }
 
 /// Runs sync `sync_id` (its run row exists) and returns how it ended.
@@ -66,74 +205,50 @@ pub async fn run(
             .flatten()
     };
     let mut plan = plan(kind, full, stored);
-    let mut result = read(client, token, &plan).await;
-    if let Err(e) = &result {
+    let mut sink = StageSink::new(store.clone(), sync_id, kind);
+    let mut result = read(client, token, &plan, &mut sink).await;
+    if let Err(StreamError::Api(e)) = &result {
         if let Some(full) = super::fallback(&plan, e) {
             tracing::info!(token = %token, sync_id, kind = %kind, "stored versionId refused (9721); falling back to a full sync");
             plan = full;
-            result = read(client, token, &plan).await;
+            // The new read's first pass discards whatever the refused one staged.
+            result = read(client, token, &plan, &mut sink).await;
         }
     }
     let data = match result {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(token = %token, sync_id, kind = %kind, error = %e, "sync failed");
+            let (error, outcome) = match &e {
+                StreamError::Api(e) => (e.to_string(), super::outcome_of(e)),
+                StreamError::Sink(e) => (
+                    format!("cannot store the sync: {e}"),
+                    SyncOutcome::Transient(format!("cannot store the sync: {e}")),
+                ),
+            };
+            tracing::warn!(token = %token, sync_id, kind = %kind, error = %error, "sync failed");
+            discard_later(store, sync_id, kind);
             let end = SyncEnd {
                 ok: false,
-                error: Some(e.to_string()),
+                error: Some(error),
                 ..SyncEnd::default()
             };
             let _ = store
                 .write(move |c| queries::sync_finished(c, sync_id, Timestamp::now(), &end))
                 .await;
-            return super::outcome_of(&e);
+            return outcome;
         }
     };
-    let (pages, records, version, incremental, consistent) = data.summary();
-    let judgement = judge(incremental, consistent);
+    let judgement = judge(data.incremental, data.consistent);
     let t = token.to_string();
+    let read = data.clone();
     let written = store
-        .write(move |c| {
-            let now = Timestamp::now();
-            let replace = judgement.write == Write::Replace;
-            match &data {
-                Read::Assets(tr) => mirror::apply_assets(c, &t, &tr.records, replace, now)?,
-                Read::Assignments(tr) => {
-                    mirror::apply_assignments(c, &t, &tr.records, replace, now)?
-                }
-                Read::Users(tr) => mirror::apply_users(c, &t, &tr.records, replace, now)?,
-            }
-            if replace {
-                // Pages read before a notification must not undo it.
-                let replayed = notify::replay_since(c, &t, started, now)?;
-                if replayed > 0 && kind == SyncKind::Assets {
-                    mirror::recount_all(c, &t, now)?;
-                }
-            }
-            if kind.supports_incremental() {
-                mirror::set_version(c, &t, kind, version.as_deref())?;
-            }
-            queries::sync_finished(
-                c,
-                sync_id,
-                now,
-                &SyncEnd {
-                    pages,
-                    records: records as u64,
-                    ok: judgement.reliable,
-                    error: (!judgement.reliable).then(|| {
-                        "Apple's data kept changing during the read; retrying".to_string()
-                    }),
-                    version_id: version,
-                },
-            )?;
-            Ok(())
-        })
+        .write(move |c| finish(c, &t, sync_id, kind, started, &read))
         .await;
+    discard_later(store, sync_id, kind);
     match written {
-        Ok(()) => {
-            tracing::info!(token = %token, sync_id, kind = %kind, pages, records, incremental,
-                reliable = judgement.reliable, "sync finished");
+        Ok(records) => {
+            tracing::info!(token = %token, sync_id, kind = %kind, pages = data.pages, records,
+                incremental = data.incremental, reliable = judgement.reliable, "sync finished");
             if judgement.reliable {
                 SyncOutcome::Ok
             } else {

@@ -176,7 +176,44 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS polls_at ON polls(at);
     CREATE INDEX IF NOT EXISTS syncs_started ON syncs(started_at);
     "#,
-    // 5: event counts per (token, state, outcome), kept by triggers in the same transaction
+    // 5 (streamed syncs): the stage a sync writes its pages into, keyed by the sync id, moved
+    // into the mirror in the sync's final transaction and discarded after it (or at the next
+    // start, after a crash). Keys as the mirror's, so a record seen twice is staged once.
+    // Plus the index the replay after a sync reads the token's recent notifications with.
+    // Self-contained: new tables and indexes only, safe to renumber against another branch's
+    // migration when merging.
+    r#"
+    CREATE TABLE IF NOT EXISTS mirror_stage_assets (
+        sync_id INTEGER NOT NULL,
+        adam_id TEXT NOT NULL,
+        pricing_param TEXT NOT NULL,
+        assigned_count INTEGER NOT NULL,
+        available_count INTEGER NOT NULL,
+        retired_count INTEGER NOT NULL,
+        total_count INTEGER NOT NULL,
+        json TEXT NOT NULL,
+        PRIMARY KEY (sync_id, adam_id, pricing_param)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS mirror_stage_assignments (
+        sync_id INTEGER NOT NULL,
+        adam_id TEXT NOT NULL,
+        pricing_param TEXT NOT NULL,
+        client_user_id TEXT NOT NULL DEFAULT '',
+        serial_number TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (sync_id, adam_id, pricing_param, client_user_id, serial_number)
+    ) WITHOUT ROWID;
+    -- One entry per clientUserId, as a read deduplicates users (the live entry wins).
+    CREATE TABLE IF NOT EXISTS mirror_stage_users (
+        sync_id INTEGER NOT NULL,
+        client_user_id TEXT NOT NULL,
+        invite_code TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        json TEXT NOT NULL,
+        PRIMARY KEY (sync_id, client_user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS notifications_token_received ON notifications(token, received_at);
+    "#,
+    // 6: event counts per (token, state, outcome), kept by triggers in the same transaction
     // as every insert, update and delete of an event, so `tokens`, `/metrics` and the status
     // page read a few rows instead of counting a million.
     r#"

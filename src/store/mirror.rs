@@ -5,14 +5,21 @@
 //! Counts: after a notification changes assignments, an asset's `assignedCount` moves by the
 //! net number of assignments it added or removed ([`Counts::Adjust`], constant time), and
 //! `availableCount` follows from `totalCount`; a replay after a sync that replaced the mirror
-//! recomputes them from the mirrored assignments instead ([`Counts::Recount`], linear in the
-//! asset's assignments). The next assets sync replaces both with Apple's own numbers.
+//! recomputes them from the mirrored assignments instead, once per asset the replayed
+//! notifications name ([`Counts::Defer`] then [`recount_assets`], linear in those assets'
+//! assignments). The next assets sync replaces both with Apple's own numbers.
+//!
+//! Syncs write through a stage (see "the stage of a streamed sync" below): the functions
+//! `apply_assets` / `apply_assignments` / `apply_users` write a whole read at once and remain
+//! for tests and small tools.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::StoreError;
 use crate::apple::model::{Assignment, ResponseAsset, ResponseUser, UserStatus};
+use crate::apple::KeySetDigest;
+use crate::core::SyncKind;
 use crate::time::Timestamp;
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -289,6 +296,23 @@ pub enum Counts {
     /// Count the asset's mirrored assignments again: linear in them. For replays after a sync
     /// replaced the mirror, where the stored counts may already include the change.
     Recount,
+    /// Leave the counts alone: the caller recounts every asset the notifications name once,
+    /// after replaying them all ([`recount_assets`]).
+    Defer,
+}
+
+/// Recomputes the counts of the given assets from the mirrored assignments (each once): the
+/// end of a replay, linear in the replayed notifications' assets, not in the mirror.
+pub fn recount_assets(
+    conn: &Connection,
+    token: &str,
+    assets: impl IntoIterator<Item = (String, String)>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for (adam, pricing) in assets {
+        recount(conn, token, &adam, &pricing, now)?;
+    }
+    Ok(())
 }
 
 /// A SUCCESS ASSET_MANAGEMENT notification: associate inserts the listed assignments,
@@ -329,6 +353,7 @@ pub fn apply_asset_notification(
         match counts {
             Counts::Adjust => adjust(conn, token, &adam, &pricing, delta, now)?,
             Counts::Recount => recount(conn, token, &adam, &pricing, now)?,
+            Counts::Defer => {}
         }
     }
     Ok(())
@@ -406,6 +431,264 @@ pub fn apply_asset_count(
         }
     }
     recount(conn, token, adam_id, pricing, now)
+}
+
+// ---- the stage of a streamed sync ------------------------------------------------------
+//
+// A sync writes each page into a stage keyed by its sync id (one small job per page, so the
+// writer interleaves other work), and moves the stage into the mirror in its final
+// transaction ([`commit_stage`]) with set operations: readers see the old mirror or the new
+// one, never a half-applied one. A sync that fails, or a crash, leaves the mirror untouched;
+// its stage is discarded in small steps ([`discard_stage`]) or at the next start
+// ([`discard_all_stages`]).
+
+/// The stage table of a kind.
+fn stage_table(kind: SyncKind) -> &'static str {
+    match kind {
+        SyncKind::Assets => "mirror_stage_assets",
+        SyncKind::Assignments => "mirror_stage_assignments",
+        SyncKind::Users => "mirror_stage_users",
+    }
+}
+
+/// The key columns of a kind's stage (after `sync_id`).
+fn stage_key(kind: SyncKind) -> &'static str {
+    match kind {
+        SyncKind::Assets => "adam_id, pricing_param",
+        SyncKind::Assignments => "adam_id, pricing_param, client_user_id, serial_number",
+        SyncKind::Users => "client_user_id",
+    }
+}
+
+/// Stages one page of an assets read for sync `sync_id`; a record staged again replaces the
+/// earlier one (last occurrence wins, as in a read).
+pub fn stage_assets(
+    conn: &Connection,
+    sync_id: u64,
+    assets: &[ResponseAsset],
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO mirror_stage_assets (sync_id, adam_id, pricing_param, assigned_count, \
+         available_count, retired_count, total_count, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT(sync_id, adam_id, pricing_param) DO UPDATE SET \
+         assigned_count = excluded.assigned_count, available_count = excluded.available_count, \
+         retired_count = excluded.retired_count, total_count = excluded.total_count, json = excluded.json",
+    )?;
+    for a in assets {
+        stmt.execute(params![
+            sync_id as i64,
+            a.adam_id,
+            a.pricing_param.as_str(),
+            a.assigned_count,
+            a.available_count,
+            a.retired_count,
+            a.total_count,
+            json(a),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Stages one page of an assignments read for sync `sync_id`.
+pub fn stage_assignments(
+    conn: &Connection,
+    sync_id: u64,
+    assignments: &[Assignment],
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR IGNORE INTO mirror_stage_assignments (sync_id, adam_id, pricing_param, \
+         client_user_id, serial_number) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for a in assignments {
+        let (user, serial) = assignment_key(a);
+        stmt.execute(params![
+            sync_id as i64,
+            a.adam_id,
+            a.pricing_param.as_str(),
+            user,
+            serial
+        ])?;
+    }
+    Ok(())
+}
+
+/// Stages one page of a users read for sync `sync_id`: one entry per clientUserId, and a
+/// retired entry never replaces a live (Registered/Associated) one, as a read deduplicates.
+pub fn stage_users(
+    conn: &Connection,
+    sync_id: u64,
+    users: &[ResponseUser],
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO mirror_stage_users (sync_id, client_user_id, invite_code, status, json) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(sync_id, client_user_id) DO UPDATE SET \
+         invite_code = excluded.invite_code, status = excluded.status, json = excluded.json \
+         WHERE excluded.status IN ('Registered', 'Associated') \
+         OR mirror_stage_users.status NOT IN ('Registered', 'Associated')",
+    )?;
+    for u in users {
+        stmt.execute(params![
+            sync_id as i64,
+            u.client_user_id,
+            u.invite_code.clone().unwrap_or_default(),
+            u.status.as_str(),
+            json(u)
+        ])?;
+    }
+    Ok(())
+}
+
+/// Rows staged by sync `sync_id` (each distinct record once).
+pub fn stage_count(conn: &Connection, sync_id: u64, kind: SyncKind) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row(
+        &format!(
+            "SELECT COUNT(*) FROM {} WHERE sync_id = ?1",
+            stage_table(kind)
+        ),
+        [sync_id as i64],
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}
+
+/// The digest of the keys staged by sync `sync_id`, streamed from the stage (constant
+/// memory), to compare two passes of a read. A read, for a read-only connection.
+pub fn stage_digest(
+    conn: &Connection,
+    sync_id: u64,
+    kind: SyncKind,
+) -> Result<KeySetDigest, StoreError> {
+    let cols = match kind {
+        SyncKind::Assets => "adam_id, pricing_param, '', ''",
+        SyncKind::Assignments => "adam_id, pricing_param, client_user_id, serial_number",
+        SyncKind::Users => "client_user_id, '', '', ''",
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {cols} FROM {} WHERE sync_id = ?1",
+        stage_table(kind)
+    ))?;
+    let mut rows = stmt.query([sync_id as i64])?;
+    let mut d = KeySetDigest::default();
+    while let Some(r) = rows.next()? {
+        let key: (String, String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        d.add(&key);
+    }
+    Ok(d)
+}
+
+/// Deletes at most `limit` rows of the stage of sync `sync_id`; returns how many it deleted
+/// (0: the stage is gone). Small steps, so discarding a large stage never holds the writer.
+pub fn discard_stage(
+    conn: &Connection,
+    sync_id: u64,
+    kind: SyncKind,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let (table, key) = (stage_table(kind), stage_key(kind));
+    Ok(conn.execute(
+        &format!(
+            "DELETE FROM {table} WHERE sync_id = ?1 AND ({key}) IN \
+             (SELECT {key} FROM {table} WHERE sync_id = ?1 LIMIT ?2)"
+        ),
+        params![sync_id as i64, limit as i64],
+    )?)
+}
+
+/// Deletes every staged row: at start no sync runs, so any stage is a crashed sync's.
+pub fn discard_all_stages(conn: &Connection) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for kind in [SyncKind::Assets, SyncKind::Assignments, SyncKind::Users] {
+        n += conn.execute(&format!("DELETE FROM {}", stage_table(kind)), [])?;
+    }
+    Ok(n)
+}
+
+/// Moves the stage of sync `sync_id` into `token`'s mirror, inside the caller's (final)
+/// transaction. `replace` (a consistent full read): rows the stage does not hold leave the
+/// mirror; otherwise (an incremental or an unreliable read) the stage is only added and
+/// updated. Set operations in SQL, no per-row round trips; the stage itself is left for
+/// [`discard_stage`]. A users read also drops the assignments of the users it shows retired.
+pub fn commit_stage(
+    conn: &Connection,
+    token: &str,
+    sync_id: u64,
+    kind: SyncKind,
+    replace: bool,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let id = sync_id as i64;
+    match kind {
+        SyncKind::Assets => {
+            if replace {
+                conn.execute(
+                    "DELETE FROM mirror_assets WHERE token = ?1 AND NOT EXISTS (\
+                     SELECT 1 FROM mirror_stage_assets s WHERE s.sync_id = ?2 \
+                     AND s.adam_id = mirror_assets.adam_id AND s.pricing_param = mirror_assets.pricing_param)",
+                    params![token, id],
+                )?;
+            }
+            conn.execute(
+                "INSERT INTO mirror_assets (token, adam_id, pricing_param, assigned_count, \
+                 available_count, retired_count, total_count, json, updated_at) \
+                 SELECT ?1, adam_id, pricing_param, assigned_count, available_count, retired_count, \
+                 total_count, json, ?3 FROM mirror_stage_assets WHERE sync_id = ?2 \
+                 ON CONFLICT(token, adam_id, pricing_param) DO UPDATE SET \
+                 assigned_count = excluded.assigned_count, available_count = excluded.available_count, \
+                 retired_count = excluded.retired_count, total_count = excluded.total_count, \
+                 json = excluded.json, updated_at = excluded.updated_at",
+                params![token, id, now.0],
+            )?;
+        }
+        SyncKind::Assignments => {
+            if replace {
+                conn.execute(
+                    "DELETE FROM mirror_assignments WHERE token = ?1 AND NOT EXISTS (\
+                     SELECT 1 FROM mirror_stage_assignments s WHERE s.sync_id = ?2 \
+                     AND s.adam_id = mirror_assignments.adam_id \
+                     AND s.pricing_param = mirror_assignments.pricing_param \
+                     AND s.client_user_id = mirror_assignments.client_user_id \
+                     AND s.serial_number = mirror_assignments.serial_number)",
+                    params![token, id],
+                )?;
+            }
+            conn.execute(
+                "INSERT OR IGNORE INTO mirror_assignments (token, adam_id, pricing_param, \
+                 client_user_id, serial_number, updated_at) \
+                 SELECT ?1, adam_id, pricing_param, client_user_id, serial_number, ?3 \
+                 FROM mirror_stage_assignments WHERE sync_id = ?2",
+                params![token, id, now.0],
+            )?;
+        }
+        SyncKind::Users => {
+            if replace {
+                conn.execute(
+                    "DELETE FROM mirror_users WHERE token = ?1 AND NOT EXISTS (\
+                     SELECT 1 FROM mirror_stage_users s WHERE s.sync_id = ?2 \
+                     AND s.client_user_id = mirror_users.client_user_id \
+                     AND s.invite_code = mirror_users.invite_code)",
+                    params![token, id],
+                )?;
+            }
+            conn.execute(
+                "INSERT INTO mirror_users (token, client_user_id, invite_code, status, json, updated_at) \
+                 SELECT ?1, client_user_id, invite_code, status, json, ?3 \
+                 FROM mirror_stage_users WHERE sync_id = ?2 \
+                 ON CONFLICT(token, client_user_id, invite_code) DO UPDATE SET \
+                 status = excluded.status, json = excluded.json, updated_at = excluded.updated_at",
+                params![token, id, now.0],
+            )?;
+            let retired: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT client_user_id FROM mirror_stage_users WHERE sync_id = ?1 AND status = 'Retired'",
+                )?
+                .query_map([id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for user in retired {
+                drop_assignments_of_retired(conn, token, &user, now)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Mirror reads for the local API, in key order, `limit` after `cursor` (an offset).

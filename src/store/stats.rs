@@ -42,7 +42,7 @@ pub fn store_stats(
 ) -> Result<StoreStats, StoreError> {
     let events = conn
         .prepare_cached(
-            // Maintained by triggers (migration 5): a few rows, not a scan of the events.
+            // Maintained by triggers (migration 6): a few rows, not a scan of the events.
             "SELECT token, state, outcome, n FROM event_counts WHERE n > 0 ORDER BY 1, 2, 3",
         )?
         .query_map([], |r| {

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::queries::{self, NewNotification};
 use super::{migrations, mirror, Store, StoreError};
 use crate::apple::model::{Assignment, PricingParam, ResponseAsset, ResponseUser, UserStatus};
+use crate::core::SyncKind;
 use crate::core::{
     Change, EventRecord, EventType, HistoryEntry, Outcome, State, Timings, TrackRequest,
 };
@@ -549,4 +550,197 @@ fn event_counts_kept_by_triggers_equal_a_full_count() {
         .unwrap();
     assert_eq!(kept, counted);
     assert!(kept.iter().any(|k| k.1 == "syncing"));
+}
+
+// ---- streamed syncs: the stage ------------------------------------------------------------
+
+fn serials(c: &rusqlite::Connection) -> Vec<String> {
+    c.prepare("SELECT serial_number FROM mirror_assignments WHERE token = 'acme' ORDER BY 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn staged(c: &rusqlite::Connection) -> i64 {
+    c.query_row(
+        "SELECT (SELECT COUNT(*) FROM mirror_stage_assets) + (SELECT COUNT(*) FROM mirror_stage_assignments) \
+         + (SELECT COUNT(*) FROM mirror_stage_users)",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn streamed(consistent: bool) -> crate::apple::Streamed {
+    crate::apple::Streamed {
+        version_id: Some("v2".into()),
+        pages: 2,
+        records: 2,
+        consistent,
+        incremental: false,
+    }
+}
+
+#[test]
+fn a_staged_full_sync_interrupted_before_the_swap_leaves_the_mirror_as_it_was() {
+    let (_d, path) = temp();
+    {
+        let c = super::open_write_connection(&path).unwrap();
+        let now = Timestamp(1);
+        mirror::apply_assets(&c, "acme", &[asset(10, 2)], true, now).unwrap();
+        let old = [assignment(Some("S1"), None), assignment(Some("S2"), None)];
+        mirror::apply_assignments(&c, "acme", &old, true, now).unwrap();
+        queries::sync_started(&c, 7, "acme", SyncKind::Assignments, true, "test", now).unwrap();
+        // Two pages staged, each committed on its own, then the process dies: no swap.
+        mirror::stage_assignments(&c, 7, &[assignment(Some("S3"), None)]).unwrap();
+        mirror::stage_assignments(&c, 7, &[assignment(Some("S4"), None)]).unwrap();
+        assert_eq!(staged(&c), 2);
+        assert_eq!(serials(&c), ["S1", "S2"], "the mirror never sees the stage");
+    }
+    // The next start discards the stale stage; the mirror is untouched.
+    let c = super::open_write_connection(&path).unwrap();
+    assert_eq!(mirror::discard_all_stages(&c).unwrap(), 2);
+    assert_eq!(staged(&c), 0);
+    assert_eq!(serials(&c), ["S1", "S2"]);
+    let assigned: i64 = c
+        .query_row("SELECT assigned_count FROM mirror_assets", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(assigned, 2);
+}
+
+#[test]
+fn an_unreliable_full_read_adds_but_deletes_nothing_and_a_reliable_one_replaces() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let now = Timestamp(1);
+    let old = [assignment(Some("S1"), None), assignment(Some("S2"), None)];
+    mirror::apply_assignments(&c, "acme", &old, true, now).unwrap();
+    queries::sync_started(&c, 1, "acme", SyncKind::Assignments, true, "test", now).unwrap();
+    // Pages that kept changing: S2 is missing from this read, S3 is new.
+    let page = [assignment(Some("S1"), None), assignment(Some("S3"), None)];
+    mirror::stage_assignments(&c, 1, &page).unwrap();
+    // A record seen twice (it moved between pages) is staged once.
+    mirror::stage_assignments(&c, 1, &page[1..]).unwrap();
+    let n = crate::mirror::run::finish(&c, "acme", 1, SyncKind::Assignments, now, &streamed(false))
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(
+        serials(&c),
+        ["S1", "S2", "S3"],
+        "an unreliable read deletes nothing"
+    );
+    let (result, finished): (String, Option<i64>) = c
+        .query_row(
+            "SELECT result, finished_at FROM syncs WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(result, "failed");
+    assert!(
+        finished.is_some_and(|f| f > 1),
+        "finishedAt stamped at the final step"
+    );
+    // Discarded in small steps.
+    assert_eq!(
+        mirror::discard_stage(&c, 1, SyncKind::Assignments, 1).unwrap(),
+        1
+    );
+    assert_eq!(
+        mirror::discard_stage(&c, 1, SyncKind::Assignments, 10).unwrap(),
+        1
+    );
+    assert_eq!(staged(&c), 0);
+
+    // The same read, consistent this time, replaces (and stores the versionId).
+    c.execute(
+        "INSERT INTO tokens (name, updated_at) VALUES ('acme', 0)",
+        [],
+    )
+    .unwrap();
+    queries::sync_started(&c, 2, "acme", SyncKind::Assignments, true, "test", now).unwrap();
+    mirror::stage_assignments(&c, 2, &page).unwrap();
+    crate::mirror::run::finish(&c, "acme", 2, SyncKind::Assignments, now, &streamed(true)).unwrap();
+    assert_eq!(serials(&c), ["S1", "S3"]);
+    let version = mirror::get_version(&c, "acme", SyncKind::Assignments).unwrap();
+    assert_eq!(version.as_deref(), Some("v2"));
+}
+
+#[test]
+fn the_replay_after_the_swap_keeps_a_notification_that_arrived_mid_sync() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let t0 = Timestamp(1_000);
+    mirror::apply_assets(&c, "acme", &[asset(10, 1)], true, t0).unwrap();
+    mirror::apply_assignments(&c, "acme", &[assignment(Some("S1"), None)], true, t0).unwrap();
+    queries::sync_started(&c, 3, "acme", SyncKind::Assignments, true, "test", t0).unwrap();
+    // The sync's page is read before the notification: S1 only.
+    mirror::stage_assignments(&c, 3, &[assignment(Some("S1"), None)]).unwrap();
+    // Mid-sync: S1 unassigned and S2 assigned; stored and applied with their own commits.
+    let t1 = Timestamp(2_000);
+    let note = |id: &str, kind: &str, serial: &str| {
+        json!({"notificationId": id, "notificationType": "ASSET_MANAGEMENT", "uId": "1",
+            "notification": {"eventId": format!("e-{id}"), "result": "SUCCESS", "type": kind,
+                "assignments": [{"adamId": "1", "pricingParam": "STDQ", "serialNumber": serial}]}})
+    };
+    for (id, kind, serial) in [("n1", "DISASSOCIATE", "S1"), ("n2", "ASSOCIATE", "S2")] {
+        let body = note(id, kind, serial).to_string();
+        queries::insert_notification(
+            &c,
+            &NewNotification {
+                notification_id: id.into(),
+                token: "acme".into(),
+                notification_type: "ASSET_MANAGEMENT".into(),
+                event_id: Some(format!("e-{id}")),
+                result: Some("SUCCESS".into()),
+                entities: Some(1),
+                error: None,
+                received_at: t1,
+                body: body.clone(),
+            },
+        )
+        .unwrap();
+        let parsed = crate::apple::parse_notification(body.as_bytes()).unwrap();
+        crate::mirror::notify::apply_notification(&c, "acme", &parsed, t1).unwrap();
+    }
+    assert_eq!(serials(&c), ["S2"]);
+    // The swap puts back what the page said (S1, no S2); the replay in the same transaction
+    // re-applies both notifications and recounts the asset they name.
+    crate::mirror::run::finish(&c, "acme", 3, SyncKind::Assignments, t0, &streamed(true)).unwrap();
+    assert_eq!(serials(&c), ["S2"]);
+    let (assigned, available): (i64, i64) = c
+        .query_row(
+            "SELECT assigned_count, available_count FROM mirror_assets",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((assigned, available), (1, 9));
+}
+
+#[test]
+fn a_users_stage_keeps_the_live_entry_of_a_user_listed_twice() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let now = Timestamp(1);
+    let user = |status: &str, invite: &str| -> ResponseUser {
+        serde_json::from_value(
+            json!({"clientUserId": "u1", "status": status, "inviteCode": invite}),
+        )
+        .unwrap()
+    };
+    queries::sync_started(&c, 4, "acme", SyncKind::Users, true, "test", now).unwrap();
+    mirror::stage_users(&c, 4, &[user("Associated", "A")]).unwrap();
+    mirror::stage_users(&c, 4, &[user("Retired", "B")]).unwrap();
+    crate::mirror::run::finish(&c, "acme", 4, SyncKind::Users, now, &streamed(true)).unwrap();
+    let rows: Vec<(String, String)> = c
+        .prepare("SELECT status, invite_code FROM mirror_users WHERE token = 'acme'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [("Associated".to_string(), "A".to_string())]);
 }

@@ -126,7 +126,7 @@ pub fn list_tokens(conn: &Connection) -> Result<Vec<TokenView>, StoreError> {
         })?
         .collect::<Result<_, _>>()?;
     let mut counts = conn.prepare(
-        // Maintained by triggers (migration 5), not counted from the events table.
+        // Maintained by triggers (migration 6), not counted from the events table.
         "SELECT token, state, SUM(n) FROM event_counts WHERE state != 'settled' GROUP BY token, state",
     )?;
     let rows: Vec<(String, String, u64)> = counts
