@@ -12,6 +12,7 @@ mod auth;
 mod events;
 mod feed;
 mod health;
+mod push;
 mod submit;
 mod syncs;
 mod tokens;
@@ -124,6 +125,9 @@ pub fn router(state: ApiState) -> Router {
             tokens::mirror_route(MirrorKind::Users),
         )
         .route("/v1/syncs", get(syncs::list_syncs))
+        .route("/v1/tokens/{token}/licences", get(push::licences))
+        .route("/v1/push", get(push::status))
+        .route("/v1/push/replay", post(push::replay))
         // The bearer check guards the routes above only: a route layer wraps the routes
         // added before it, so the two below stay unauthenticated.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -10,7 +10,7 @@ use crate::api::ListQuery;
 use crate::store::{self, queries};
 use crate::time::Timestamp;
 
-fn open(config_path: &Path) -> Result<Connection, CliError> {
+pub(super) fn open(config_path: &Path) -> Result<Connection, CliError> {
     let loaded = load_config(config_path)?;
     let db = &loaded.config.daemon.database;
     if !db.exists() {
@@ -22,7 +22,7 @@ fn open(config_path: &Path) -> Result<Connection, CliError> {
     store::open_read_only(db).map_err(|e| CliError::failed(e.to_string()))
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> CliResult {
+pub(super) fn print_json<T: serde::Serialize>(value: &T) -> CliResult {
     let s = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::failed(format!("cannot encode JSON: {e}")))?;
     println!("{s}");

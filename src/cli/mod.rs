@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 mod check_config;
 mod demo;
 mod inspect;
+mod push;
 mod run;
 mod sim;
 mod sync;
@@ -84,8 +85,58 @@ pub enum Command {
     Sync(SyncArgs),
     /// Run the Apple API simulator.
     Sim(SimArgs),
+    /// Reports from the store (read-only).
+    Report(ReportArgs),
+    /// The push outbox: endpoint, last delivered seq, backlog, last error, parked changes;
+    /// `push replay --after SEQ` re-queues delivered changes.
+    Push(PushArgs),
     /// Run the demo: simulator and daemon on temp files with a faulty workload.
     Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    #[command(subcommand)]
+    pub what: ReportWhat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportWhat {
+    /// Per asset: total, assigned, available, and assignments made through tracked events
+    /// vs. found only in Apple's data ("unknown origin").
+    Licences(LicencesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LicencesArgs {
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Print exactly one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Print CSV, one line per asset.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    #[command(subcommand)]
+    pub action: Option<PushAction>,
+    /// Print exactly one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PushAction {
+    /// Deliver every change after SEQ again (through the daemon's local API).
+    Replay {
+        #[arg(long)]
+        after: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -213,5 +264,7 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Sim(args) => sim::run(args),
         Command::Sync(args) => sync::run(&cli.config, args),
         Command::Demo(args) => demo::run(args),
+        Command::Report(args) => push::report(&cli.config, args),
+        Command::Push(args) => push::push(&cli.config, args),
     }
 }

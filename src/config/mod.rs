@@ -61,6 +61,21 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub reconcile: ReconcileConfig,
     pub tokens: Vec<TokenConfig>,
+    /// `[push]` (design §10), when set.
+    pub push: Option<PushConfig>,
+}
+
+/// `[push]`: every change of the feed POSTed to the MDM, signed (Standard Webhooks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushConfig {
+    pub url: String,
+    /// Resolved path of the secret file.
+    pub secret_file: PathBuf,
+    /// `whsec_` + base64, checked at load.
+    pub secret: Secret,
+    pub max_batch: u32,
+    pub timeout: Duration,
+    pub dead_after: Duration,
 }
 
 impl Config {

@@ -6,14 +6,18 @@
 
 pub mod events;
 pub mod feed;
+pub mod licences;
 pub mod notifications;
+pub mod push;
 pub mod syncs;
 pub mod tokens;
 pub mod views;
 
 pub use events::*;
 pub use feed::*;
+pub use licences::*;
 pub use notifications::*;
+pub use push::*;
 pub use syncs::*;
 pub use tokens::*;
 pub use views::*;
