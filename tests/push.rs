@@ -66,15 +66,14 @@ struct Receiver {
     key: Arc<Vec<u8>>,
     state: Arc<Mutex<RxState>>,
     addr: SocketAddr,
-    stop: Arc<
-        Mutex<
-            Option<(
-                tokio::sync::oneshot::Sender<()>,
-                tokio::task::JoinHandle<()>,
-            )>,
-        >,
-    >,
+    stop: Arc<Mutex<Option<Running>>>,
 }
+
+/// The running server: its stop signal and task.
+type Running = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
 
 /// Standard Webhooks verification, written from the spec: the signed content is
 /// `{webhook-id}.{webhook-timestamp}.{body}`, HMAC-SHA256 with the secret's base64-decoded

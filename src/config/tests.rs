@@ -418,3 +418,43 @@ fn debug_never_shows_secrets() {
     let raw = vpptoken("inner-secret", "2030-11-08T22:33:22+0000", "Acme Inc");
     assert!(!dbg.contains(&raw));
 }
+
+#[test]
+fn push_section_defaults_and_checks() {
+    let f = Fixture::new();
+    assert!(f.load(TOKEN).unwrap().config.push.is_none());
+    f.write("push.secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n");
+    let l = f
+        .load(&format!(
+            "[push]\nurl = \"https://mdm.example.com/hooks/vpp\"\nsecret_file = \"push.secret\"\n{TOKEN}"
+        ))
+        .unwrap();
+    let p = l.config.push.unwrap();
+    assert_eq!(p.url, "https://mdm.example.com/hooks/vpp");
+    assert_eq!(p.max_batch, 100);
+    assert_eq!(p.timeout, Duration::from_secs(10));
+    assert_eq!(p.dead_after, Duration::from_secs(3 * 86_400));
+    assert_eq!(p.secret.expose(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    assert!(!format!("{p:?}").contains("MfKQ9r8"));
+    // A secret that is not "whsec_" + base64 is refused, without echoing it.
+    f.write("push.secret", "not-a-webhook-secret");
+    let e = f.err(&format!(
+        "[push]\nurl = \"https://mdm.example.com/\"\nsecret_file = \"push.secret\"\n{TOKEN}"
+    ));
+    assert!(
+        e.contains("push.secret_file") && e.contains("whsec_"),
+        "{e}"
+    );
+    assert!(!e.contains("not-a-webhook-secret"), "{e}");
+    let e = f.err(&format!("[push]\nsecret_file = \"push.secret\"\n{TOKEN}"));
+    assert!(e.contains("push.url"), "{e}");
+    f.write("push.secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let e = f.err(&format!(
+        "[push]\nurl = \"https://m/\"\nsecret_file = \"push.secret\"\nmax_batch = 0\n{TOKEN}"
+    ));
+    assert!(e.contains("push.max_batch"), "{e}");
+    let e = f.err(&format!(
+        "[push]\nurl = \"https://m/\"\nsecret_file = \"push.secret\"\nretries = 3\n{TOKEN}"
+    ));
+    assert!(e.contains("retries"), "{e}");
+}
