@@ -329,6 +329,19 @@ pub async fn serve_with_reload(
             Duration::from_secs(5),
         ));
     }
+    if let Some(push) = &config.push {
+        match crate::push::deliver::Deliverer::new(
+            push,
+            store.clone(),
+            metrics.clone(),
+            rand::random(),
+        ) {
+            Ok(d) => {
+                background.spawn(d.run(shutdown.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "push is off"),
+        }
+    }
     let health = apple
         .as_ref()
         .map(|client| HealthWriter::new(client.clone(), store.clone(), registry.clone()));

@@ -17,6 +17,7 @@ pub mod effects;
 pub mod executor;
 pub mod metrics;
 pub mod mirror;
+pub mod push;
 pub mod scheduler;
 pub mod secret;
 pub mod serve;

@@ -19,6 +19,11 @@
 //! - `vppr_api_request_duration_seconds{endpoint}` histogram ([`Metrics::observe_api_latency`]).
 //! - `vppr_webhook_ack_duration_seconds` histogram ([`Metrics::observe_webhook_ack`]).
 //!
+//! - `vppr_push_delivered_total`, `vppr_push_failed_total`, `vppr_push_parked_total` counters:
+//!   changes delivered to the MDM, failed delivery attempts, changes parked after `dead_after`.
+//! - `vppr_push_lag_seconds`, `vppr_push_lag_changes` gauges: how long the oldest undelivered
+//!   change has waited (as seen by the deliverer) and how many changes wait.
+//!
 //! Counters are registered without `_total`: the encoder appends it.
 
 use std::collections::HashMap;
@@ -140,6 +145,11 @@ struct Inner {
     token_expiry: Family<TokenLabels, Gauge<f64, AtomicU64>>,
     api_latency: Family<EndpointLabels, Histogram>,
     webhook_ack: Histogram,
+    push_delivered: Counter,
+    push_failed: Counter,
+    push_parked: Counter,
+    push_lag_seconds: Gauge<f64, AtomicU64>,
+    push_lag_changes: Gauge,
     /// Expiry as Apple last reported it, per token; wins over the store's at scrape time.
     learned_expiry: Mutex<HashMap<String, Timestamp>>,
     /// Serializes scrapes: each clears and refills the store-backed gauges before encoding.
@@ -200,8 +210,43 @@ impl Metrics {
             "Time from receiving a notification to acknowledging it",
             webhook_ack.clone(),
         );
+        let push_delivered = Counter::default();
+        let push_failed = Counter::default();
+        let push_parked = Counter::default();
+        let push_lag_seconds = Gauge::<f64, AtomicU64>::default();
+        let push_lag_changes = Gauge::default();
+        registry.register(
+            "vppr_push_delivered",
+            "Changes of the feed delivered to the MDM (acknowledged with 2xx)",
+            push_delivered.clone(),
+        );
+        registry.register(
+            "vppr_push_failed",
+            "Failed attempts to deliver a batch of changes to the MDM",
+            push_failed.clone(),
+        );
+        registry.register(
+            "vppr_push_parked",
+            "Changes parked after being undeliverable for push.dead_after",
+            push_parked.clone(),
+        );
+        registry.register(
+            "vppr_push_lag_seconds",
+            "How long the oldest undelivered change has waited",
+            push_lag_seconds.clone(),
+        );
+        registry.register(
+            "vppr_push_lag_changes",
+            "Changes of the feed not yet delivered to the MDM",
+            push_lag_changes.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                push_delivered,
+                push_failed,
+                push_parked,
+                push_lag_seconds,
+                push_lag_changes,
                 registry,
                 events,
                 api_requests,
@@ -267,6 +312,29 @@ impl Metrics {
                 endpoint: endpoint.into(),
             })
             .observe(duration(seconds));
+    }
+
+    /// `n` changes delivered to the MDM.
+    pub fn push_delivered(&self, n: u64) {
+        self.inner.push_delivered.inc_by(n);
+    }
+
+    /// One failed delivery attempt.
+    pub fn push_failed(&self) {
+        self.inner.push_failed.inc();
+    }
+
+    /// `n` changes parked.
+    pub fn push_parked(&self, n: u64) {
+        self.inner.push_parked.inc_by(n);
+    }
+
+    /// The delivery lag: seconds the oldest undelivered change has waited, and how many wait.
+    pub fn set_push_lag(&self, seconds: f64, changes: u64) {
+        self.inner.push_lag_seconds.set(seconds);
+        self.inner
+            .push_lag_changes
+            .set(i64::try_from(changes).unwrap_or(i64::MAX));
     }
 
     /// Time from receiving a notification to acknowledging it (after its commit).

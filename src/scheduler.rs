@@ -92,25 +92,45 @@ impl Upkeep {
             tracing::warn!(error = %e, "cannot read Service Config; keeping the last URLs and limits");
         }
         for t in self.tokens.configs() {
-            self.expiry_warning(&t, now);
+            if let Some(status) = self.expiry_warning(&t, now) {
+                let name = t.name.clone();
+                let r = self
+                    .store
+                    .write(move |c| queries::record_token_status(c, &name, &status, now))
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(token = %t.name, error = %e, "cannot record the token's expiry in the feed");
+                }
+            }
             self.client_config(&t).await;
         }
     }
 
-    fn expiry_warning(&mut self, t: &TokenConfig, now: Timestamp) {
+    /// Logs the expiry warning due now (once per threshold) and returns the token's status
+    /// for the feed: `expiring_soon` with the days left, or `expired`.
+    fn expiry_warning(&mut self, t: &TokenConfig, now: Timestamp) -> Option<queries::TokenStatus> {
         let exp = t.content_token.exp_date;
-        let Some(threshold) = expiry_threshold(now, exp) else {
-            return;
-        };
+        let threshold = expiry_threshold(now, exp)?;
         if !self.warned.insert((t.name.clone(), threshold)) {
-            return;
+            return None;
         }
+        let days_left = (exp.since(now).as_secs() / 86_400) as i64;
         if threshold == 0 {
             tracing::error!(token = %t.name, expired_at = %exp,
                 "content token has expired; download a new one from Apple Business/School Manager");
+            Some(queries::TokenStatus::new(
+                "expired",
+                Some(format!("the content token expired at {exp}")),
+            ))
         } else {
-            tracing::warn!(token = %t.name, expires_at = %exp, days_left = exp.since(now).as_secs() / 86_400,
+            tracing::warn!(token = %t.name, expires_at = %exp, days_left,
                 "content token expires within {}", crate::time::count(threshold, "day", "days"));
+            Some(queries::TokenStatus {
+                health: "expiring_soon".into(),
+                reason: Some(format!("the content token expires at {exp}")),
+                days_left: Some(days_left),
+                threshold: Some(threshold),
+            })
         }
     }
 

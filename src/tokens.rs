@@ -157,6 +157,7 @@ impl HealthWriter {
                     (false, Some(reason.to_string()), *since)
                 }
             };
+            let status = queries::TokenStatus::new(feed_health(&health), reason.clone());
             let now: Recorded = (healthy, reason.clone());
             if last.get(&name) == Some(&now) {
                 continue;
@@ -171,7 +172,9 @@ impl HealthWriter {
             let label = if healthy { "healthy" } else { "unhealthy" };
             let r = self
                 .store
-                .write(move |c| queries::set_token_health(c, &t, label, reason.as_deref(), since))
+                .write(move |c| {
+                    queries::set_token_health(c, &t, label, reason.as_deref(), since, &status)
+                })
                 .await;
             match r {
                 Ok(()) => {
@@ -192,5 +195,19 @@ impl HealthWriter {
                 r = changes.changed() => if r.is_err() { return },
             }
         }
+    }
+}
+
+/// The feed's word for a token's health (design §10).
+pub fn feed_health(health: &TokenHealth) -> &'static str {
+    use crate::apple::ApiError;
+    match health {
+        TokenHealth::Healthy => "healthy",
+        TokenHealth::Unhealthy { reason, .. } => match reason {
+            ApiError::TokenExpired => "expired",
+            ApiError::TokenRevoked => "revoked",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            _ => "unhealthy",
+        },
     }
 }

@@ -12,6 +12,7 @@ mod auth;
 mod events;
 mod feed;
 mod health;
+mod push;
 mod status;
 mod submit;
 mod syncs;
@@ -128,6 +129,9 @@ pub fn router(state: ApiState) -> Router {
         // The status page shows token names, eventIds and Apple's messages: behind the
         // bearer like `/v1` when a token is configured (no `?token=`: see `status`).
         .route("/", get(status::status_page))
+        .route("/v1/tokens/{token}/licences", get(push::licences))
+        .route("/v1/push", get(push::status))
+        .route("/v1/push/replay", post(push::replay))
         // The bearer check guards the routes above only: a route layer wraps the routes
         // added before it, so the two below stay unauthenticated.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -16,7 +16,7 @@ use crate::config::PublicConfig;
 use crate::store::{self, queries};
 use crate::time::Timestamp;
 
-fn open(config_path: &Path) -> Result<(PublicConfig, Connection), CliError> {
+pub(super) fn open(config_path: &Path) -> Result<(PublicConfig, Connection), CliError> {
     let loaded = load_public_config(config_path)?;
     let db = &loaded.config.daemon.database;
     if !db.exists() {
@@ -85,7 +85,7 @@ fn print_table(rows: &[Vec<String>], right: &[usize]) {
     }
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> CliResult {
+pub(super) fn print_json<T: serde::Serialize>(value: &T) -> CliResult {
     let s = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::failed(format!("cannot encode JSON: {e}")))?;
     println!("{s}");

@@ -11,6 +11,7 @@ mod check_config;
 mod demo;
 mod inspect;
 pub use inspect::done_req;
+mod push;
 mod run;
 mod sim;
 mod sync;
@@ -110,6 +111,11 @@ pub enum Command {
     Sync(SyncArgs),
     /// Run the Apple API simulator (for tests, the demo and trying the daemon by hand).
     Sim(SimArgs),
+    /// Reports from the store (read-only).
+    Report(ReportArgs),
+    /// The push outbox: endpoint, last delivered seq, backlog, last error, parked changes;
+    /// `push replay --after SEQ` re-queues delivered changes.
+    Push(PushArgs),
     /// Run the demo: simulator and daemon on temp files with a faulty workload.
     Demo(DemoArgs),
     /// Write a consistent copy of the database (works while the daemon runs).
@@ -126,6 +132,58 @@ pub struct BackupArgs {
     pub force: bool,
     #[command(flatten)]
     pub config: ConfigArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    #[command(subcommand)]
+    pub what: ReportWhat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportWhat {
+    /// Per asset: total, assigned, available, and assignments made through tracked events
+    /// vs. found only in Apple's data ("unknown origin").
+    Licences(LicencesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LicencesArgs {
+    /// Only this token.
+    #[arg(long, value_name = "NAME")]
+    pub token: Option<String>,
+    /// Print exactly one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Print CSV, one line per asset.
+    #[arg(long)]
+    pub csv: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    #[command(subcommand)]
+    pub action: Option<PushAction>,
+    /// Print exactly one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PushAction {
+    /// Deliver every change after SEQ again (through the daemon's local API).
+    Replay {
+        /// Re-deliver every change with a seq above this.
+        #[arg(long, value_name = "SEQ")]
+        after: i64,
+        /// Print exactly one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -300,6 +358,13 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Sync(args) => sync::run(&path(&args.config), args),
         Command::Demo(args) => demo::run(args),
         Command::Backup(args) => backup::run(&path(&args.config), args),
+        Command::Report(args) => {
+            let config = match &args.what {
+                ReportWhat::Licences(l) => path(&l.config),
+            };
+            push::report(&config, args)
+        }
+        Command::Push(args) => push::push(&path(&args.config), args),
     }
 }
 

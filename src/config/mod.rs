@@ -74,6 +74,8 @@ pub struct PublicConfig {
     pub webhook: WebhookConfig,
     pub reconcile: ReconcileConfig,
     pub tokens: Vec<PublicToken>,
+    /// `[push]` as written; it names a secret file, so it is checked with the secrets.
+    pub push: Option<raw::RawPush>,
 }
 
 impl PublicConfig {
@@ -126,6 +128,21 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub reconcile: ReconcileConfig,
     pub tokens: Vec<TokenConfig>,
+    /// `[push]` (design §10), when set.
+    pub push: Option<PushConfig>,
+}
+
+/// `[push]`: every change of the feed POSTed to the MDM, signed (Standard Webhooks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushConfig {
+    pub url: String,
+    /// Resolved path of the secret file.
+    pub secret_file: PathBuf,
+    /// `whsec_` + base64, checked at load.
+    pub secret: Secret,
+    pub max_batch: u32,
+    pub timeout: Duration,
+    pub dead_after: Duration,
 }
 
 impl Config {

@@ -11,6 +11,17 @@ pub(super) struct RawConfig {
     pub(super) webhook: RawWebhook,
     pub(super) reconcile: RawReconcile,
     pub(super) tokens: Vec<RawToken>,
+    pub(super) push: Option<RawPush>,
+}
+
+#[derive(Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPush {
+    pub(super) url: Option<String>,
+    pub(super) secret_file: Option<String>,
+    pub(super) max_batch: Option<i64>,
+    pub(super) timeout: Option<String>,
+    pub(super) dead_after: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -451,3 +451,43 @@ fn mdm_id_and_claim_location() {
     let e = f.err(&format!("{TOKEN}claim_location = \"yes\"\n"));
     assert!(e.contains("claim_location"), "{e}");
 }
+
+#[test]
+fn push_section_defaults_and_checks() {
+    let f = Fixture::new();
+    assert!(f.load(TOKEN).unwrap().config.push.is_none());
+    f.write("push.secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n");
+    let l = f
+        .load(&format!(
+            "[push]\nurl = \"https://mdm.example.com/hooks/vpp\"\nsecret_file = \"push.secret\"\n{TOKEN}"
+        ))
+        .unwrap();
+    let p = l.config.push.unwrap();
+    assert_eq!(p.url, "https://mdm.example.com/hooks/vpp");
+    assert_eq!(p.max_batch, 100);
+    assert_eq!(p.timeout, Duration::from_secs(10));
+    assert_eq!(p.dead_after, Duration::from_secs(3 * 86_400));
+    assert_eq!(p.secret.expose(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    assert!(!format!("{p:?}").contains("MfKQ9r8"));
+    // A secret that is not "whsec_" + base64 is refused, without echoing it.
+    f.write("push.secret", "not-a-webhook-secret");
+    let e = f.err(&format!(
+        "[push]\nurl = \"https://mdm.example.com/\"\nsecret_file = \"push.secret\"\n{TOKEN}"
+    ));
+    assert!(
+        e.contains("push.secret_file") && e.contains("whsec_"),
+        "{e}"
+    );
+    assert!(!e.contains("not-a-webhook-secret"), "{e}");
+    let e = f.err(&format!("[push]\nsecret_file = \"push.secret\"\n{TOKEN}"));
+    assert!(e.contains("push.url"), "{e}");
+    f.write("push.secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let e = f.err(&format!(
+        "[push]\nurl = \"https://m/\"\nsecret_file = \"push.secret\"\nmax_batch = 0\n{TOKEN}"
+    ));
+    assert!(e.contains("push.max_batch"), "{e}");
+    let e = f.err(&format!(
+        "[push]\nurl = \"https://m/\"\nsecret_file = \"push.secret\"\nretries = 3\n{TOKEN}"
+    ));
+    assert!(e.contains("retries"), "{e}");
+}

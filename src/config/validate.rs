@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::secret::Secret;
 use crate::time::parse_duration;
 
-use super::raw::{RawApple, RawConfig, RawDaemon, RawReconcile, RawToken, RawWebhook};
+use super::raw::{RawApple, RawConfig, RawDaemon, RawPush, RawReconcile, RawToken, RawWebhook};
 use super::*;
 
 pub(super) struct Validator<'a> {
@@ -49,6 +49,8 @@ impl Validator<'_> {
         let apple = self.apple(raw.apple)?;
         let webhook = self.webhook(raw.webhook)?;
         let reconcile = self.reconcile(raw.reconcile)?;
+        // `[push]` names a secret file: validated with the secrets (`with_secrets`).
+        let push = raw.push;
         let mut tokens = Vec::with_capacity(raw.tokens.len());
         let mut names = HashSet::new();
         for (i, t) in raw.tokens.into_iter().enumerate() {
@@ -75,6 +77,7 @@ impl Validator<'_> {
             webhook,
             reconcile,
             tokens,
+            push,
         })
     }
 
@@ -88,7 +91,12 @@ impl Validator<'_> {
             webhook,
             reconcile,
             tokens: public_tokens,
+            push: raw_push,
         } = public;
+        let push = match raw_push {
+            Some(p) => Some(self.push(p)?),
+            None => None,
+        };
         if let Some(f) = &api_token_file {
             let text = self.read_secret_file(&f.key, f)?;
             daemon.api_token = Some(self.auth_token(&f.key, f, &text)?);
@@ -115,6 +123,62 @@ impl Validator<'_> {
             webhook,
             reconcile,
             tokens,
+            push,
+        })
+    }
+
+    fn push(&mut self, raw: RawPush) -> Result<PushConfig, ConfigError> {
+        let url = raw
+            .url
+            .ok_or_else(|| self.err("push.url", "is missing; [push] needs the MDM's URL"))?;
+        let parsed = reqwest::Url::parse(url.trim())
+            .map_err(|_| self.err("push.url", format!("{} is not a URL", q(&url))))?;
+        self.no_userinfo("push.url", &parsed)?;
+        match parsed.scheme() {
+            "https" => {}
+            "http" if is_loopback_host(&parsed) => {}
+            "http" => self.warn(format!(
+                "push.url {} is plain http: changes and their signatures travel unencrypted",
+                q(&url)
+            )),
+            other => {
+                return Err(self.err(
+                    "push.url",
+                    format!("{} has the scheme {}; use https", q(&url), q(other)),
+                ))
+            }
+        }
+        let file = raw.secret_file.ok_or_else(|| {
+            self.err(
+                "push.secret_file",
+                "is missing; [push] needs a Standard Webhooks secret (\"whsec_\" + base64)",
+            )
+        })?;
+        let file = self.secret_file("push.secret_file", file)?;
+        let text = self.read_secret_file("push.secret_file", &file)?;
+        let shown = file.shown();
+        let secret_file = file.resolved;
+        if let Err(e) = crate::push::SigningKey::parse(&text) {
+            return Err(self.err("push.secret_file", format!("{shown}: {e}")));
+        }
+        let max_batch = self.positive_u32("push.max_batch", raw.max_batch.unwrap_or(100))?;
+        if max_batch > 10_000 {
+            return Err(self.err(
+                "push.max_batch",
+                format!("{max_batch} is more than 10000 changes per request"),
+            ));
+        }
+        let timeout = self.duration("push.timeout", raw.timeout, "10s")?;
+        self.nonzero("push.timeout", timeout)?;
+        let dead_after = self.duration("push.dead_after", raw.dead_after, "3d")?;
+        self.nonzero("push.dead_after", dead_after)?;
+        Ok(PushConfig {
+            url: parsed.to_string(),
+            secret_file,
+            secret: Secret::new(text.trim()),
+            max_batch,
+            timeout,
+            dead_after,
         })
     }
 

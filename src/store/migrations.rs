@@ -246,6 +246,49 @@ const MIGRATIONS: &[&str] = &[
             ON CONFLICT (token, state, outcome) DO UPDATE SET n = n + 1;
     END;
     "#,
+    // 7: token and licence changes in the feed (docs/architecture.md), numbered from the same
+    // `change_seq` counter as events so the feed stays one total order; and the push
+    // outbox: the durable cursor of what the MDM acknowledged, the batch in flight, and
+    // the changes parked after `dead_after` without delivery.
+    r#"
+    CREATE TABLE feed_items (
+        seq INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,             -- 'token' or 'licence'
+        token TEXT NOT NULL,
+        -- What the item is about, for finding the previous item of the same thing: the
+        -- token name, or 'adamId/pricingParam' for a licence.
+        subject TEXT NOT NULL,
+        -- The state reached ('healthy', 'expiring_soon:7', 'available', 'exhausted', ...),
+        -- so an unchanged state is not written twice.
+        state TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        body TEXT NOT NULL              -- the item's JSON fields besides seq and kind
+    );
+    CREATE INDEX feed_items_subject ON feed_items(kind, token, subject, seq);
+    CREATE INDEX feed_items_at ON feed_items(at);
+    CREATE TABLE push_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        delivered_seq INTEGER NOT NULL DEFAULT 0,   -- the last seq the MDM acknowledged (2xx)
+        batch_first INTEGER,                        -- the batch in flight, pinned before its
+        batch_last INTEGER,                         --   first attempt so redeliveries keep
+        batch_since INTEGER,                        --   their webhook-id; first attempt time
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        replays INTEGER NOT NULL DEFAULT 0,         -- `push replay` count, part of the id
+        last_error TEXT,
+        last_error_at INTEGER,
+        last_success_at INTEGER
+    );
+    INSERT INTO push_state (id) VALUES (1);
+    CREATE TABLE push_parked (
+        seq INTEGER PRIMARY KEY,
+        parked_at INTEGER NOT NULL,
+        failing_since INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        item TEXT NOT NULL                          -- the change as it would have been sent
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

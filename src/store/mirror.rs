@@ -16,7 +16,9 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::StoreError;
+use super::{queries, StoreError};
+use std::collections::HashMap;
+
 use crate::apple::model::{Assignment, ResponseAsset, ResponseUser, UserStatus};
 use crate::apple::KeySetDigest;
 use crate::core::SyncKind;
@@ -53,7 +55,25 @@ fn upsert_asset(
     Ok(())
 }
 
-/// Applies an assets sync: a full, consistent one replaces the token's assets.
+/// The mirrored available count of one asset, if mirrored.
+fn available_of(
+    conn: &Connection,
+    token: &str,
+    adam_id: &str,
+    pricing: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT available_count FROM mirror_assets \
+             WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
+        )?
+        .query_row(params![token, adam_id, pricing], |r| r.get(0))
+        .optional()?)
+}
+
+/// Applies an assets sync: a full, consistent one replaces the token's assets. An asset whose
+/// available count goes from 0 to more, or reaches 0, gets a `licence` feed item in the same
+/// transaction.
 pub fn apply_assets(
     conn: &Connection,
     token: &str,
@@ -61,11 +81,46 @@ pub fn apply_assets(
     replace: bool,
     now: Timestamp,
 ) -> Result<(), StoreError> {
+    let mut before: HashMap<(String, String), i64> = HashMap::new();
     if replace {
+        let rows: Vec<(String, String, i64)> = conn
+            .prepare_cached(
+                "SELECT adam_id, pricing_param, available_count FROM mirror_assets WHERE token = ?1",
+            )?
+            .query_map([token], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        before.extend(rows.into_iter().map(|(a, p, n)| ((a, p), n)));
         conn.execute("DELETE FROM mirror_assets WHERE token = ?1", [token])?;
     }
     for a in assets {
+        let pricing = a.pricing_param.as_str();
+        let was = if replace {
+            before
+                .get(&(a.adam_id.clone(), pricing.to_string()))
+                .copied()
+        } else {
+            available_of(conn, token, &a.adam_id, pricing)?
+        };
         upsert_asset(conn, token, a, now)?;
+        let product = a
+            .product_type
+            .as_ref()
+            .and_then(|p| serde_json::to_value(p).ok())
+            .and_then(|v| v.as_str().map(str::to_string));
+        queries::record_licence_counts(
+            conn,
+            token,
+            &queries::LicenceCounts {
+                adam_id: &a.adam_id,
+                pricing_param: pricing,
+                product_type: product.as_deref(),
+                before: was,
+                available: a.available_count,
+                assigned: a.assigned_count,
+                total: a.total_count,
+            },
+            now,
+        )?;
     }
     Ok(())
 }
@@ -202,18 +257,24 @@ fn recount(
         params![token, adam_id, pricing],
         |r| r.get(0),
     )?;
-    let row: Option<(i64, String)> = conn
+    let row: Option<(i64, i64, String)> = conn
         .query_row(
-            "SELECT total_count, json FROM mirror_assets WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
+            "SELECT total_count, available_count, json FROM mirror_assets \
+             WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
             params![token, adam_id, pricing],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
-        .ok();
-    let Some((total, text)) = row else {
+        .optional()?;
+    let Some((total, was, text)) = row else {
         // Not mirrored yet: the next assets sync brings it.
         return Ok(());
     };
-    write_counts(conn, token, adam_id, pricing, assigned, total, &text, now)
+    let counts = Counted {
+        assigned,
+        total,
+        was,
+    };
+    write_counts(conn, token, adam_id, pricing, counts, &text, now)
 }
 
 /// Moves `assignedCount` of one asset by `delta` (never below 0), without counting rows: a
@@ -230,36 +291,66 @@ fn adjust(
     if delta == 0 {
         return Ok(());
     }
-    let row: Option<(i64, i64, String)> = conn
+    let row: Option<(i64, i64, i64, String)> = conn
         .prepare_cached(
-            "SELECT assigned_count, total_count, json FROM mirror_assets \
+            "SELECT assigned_count, total_count, available_count, json FROM mirror_assets \
              WHERE token = ?1 AND adam_id = ?2 AND pricing_param = ?3",
         )?
         .query_row(params![token, adam_id, pricing], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .optional()?;
-    let Some((assigned, total, text)) = row else {
+    let Some((assigned, total, was, text)) = row else {
         // Not mirrored yet: the next assets sync brings it.
         return Ok(());
     };
-    let assigned = assigned.saturating_add(delta).max(0);
-    write_counts(conn, token, adam_id, pricing, assigned, total, &text, now)
+    let counts = Counted {
+        assigned: assigned.saturating_add(delta).max(0),
+        total,
+        was,
+    };
+    write_counts(conn, token, adam_id, pricing, counts, &text, now)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// New counts of one asset, and the available count stored before them.
+struct Counted {
+    assigned: i64,
+    total: i64,
+    was: i64,
+}
+
+/// Stores new counts of one asset; a 0 ↔ more-than-0 change of the available count writes a
+/// `licence` feed item in the same transaction.
 fn write_counts(
     conn: &Connection,
     token: &str,
     adam_id: &str,
     pricing: &str,
-    assigned: i64,
-    total: i64,
+    counts: Counted,
     text: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
+    let Counted {
+        assigned,
+        total,
+        was,
+    } = counts;
     let available = (total - assigned).max(0);
     let mut v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    queries::record_licence_counts(
+        conn,
+        token,
+        &queries::LicenceCounts {
+            adam_id,
+            pricing_param: pricing,
+            product_type: v.get("productType").and_then(Value::as_str),
+            before: Some(was),
+            available,
+            assigned,
+            total,
+        },
+        now,
+    )?;
     if let Some(o) = v.as_object_mut() {
         o.insert("assignedCount".into(), assigned.into());
         o.insert("availableCount".into(), available.into());

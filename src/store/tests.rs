@@ -202,7 +202,10 @@ fn changes_feed_orders_by_commit_and_history_appends() {
     };
     assert_eq!(queries::apply_changes(&c, &[change]), vec![None]);
     let feed = queries::changes_after(&c, 0, 10).unwrap();
-    let order: Vec<&str> = feed.iter().map(|f| f.event.event_id.as_str()).collect();
+    let order: Vec<&str> = feed
+        .iter()
+        .map(|f| f.event().unwrap().event_id.as_str())
+        .collect();
     assert_eq!(order, vec!["b", "c", "a"]);
     assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
     let after = queries::changes_after(&c, feed[1].seq, 10).unwrap();
@@ -346,7 +349,8 @@ fn feed_seq_only_grows_across_pruning_and_reopening() {
         let feed = queries::changes_after(&c, 0, 10).unwrap();
         let top = feed.last().unwrap();
         assert_eq!(
-            top.event.event_id, "b",
+            top.event().unwrap().event_id,
+            "b",
             "the settled event holds the highest seq"
         );
         // Retention prunes it: its seq must never be handed out again.
@@ -362,7 +366,7 @@ fn feed_seq_only_grows_across_pruning_and_reopening() {
         1,
         "a consumer resuming after {top} sees the new change"
     );
-    assert_eq!(after[0].event.event_id, "c");
+    assert_eq!(after[0].event().unwrap().event_id, "c");
     assert!(after[0].seq > top);
 }
 
@@ -743,4 +747,102 @@ fn a_users_stage_keeps_the_live_entry_of_a_user_listed_twice() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(rows, [("Associated".to_string(), "A".to_string())]);
+}
+
+fn feed_kinds(c: &rusqlite::Connection) -> Vec<(i64, String, serde_json::Value)> {
+    queries::changes_after(c, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|ch| {
+            let v = serde_json::to_value(&ch).unwrap();
+            (ch.seq, v["kind"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn licence_items_follow_available_transitions_atomically() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let now = Timestamp(1);
+    // First sight of an asset is not a transition.
+    mirror::apply_assets(&c, "acme", &[asset(2, 0)], true, now).unwrap();
+    assert!(feed_kinds(&c).is_empty());
+    let a = [assignment(Some("S1"), None)];
+    let b = [assignment(Some("S2"), None)];
+    mirror::apply_asset_notification(&c, "acme", true, &a, now, mirror::Counts::Adjust).unwrap();
+    assert!(feed_kinds(&c).is_empty(), "2 -> 1 is no transition");
+    mirror::apply_asset_notification(&c, "acme", true, &b, now, mirror::Counts::Adjust).unwrap();
+    let f = feed_kinds(&c);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].1, "licence");
+    assert_eq!(f[0].2["change"], "exhausted");
+    assert_eq!(f[0].2["availableCount"], 0);
+    assert_eq!(f[0].2["previousAvailableCount"], 1);
+    assert_eq!(f[0].2["adamId"], "1");
+    // Disassociation frees one: 0 -> 1.
+    mirror::apply_asset_notification(&c, "acme", false, &a, now, mirror::Counts::Recount).unwrap();
+    let f = feed_kinds(&c);
+    assert_eq!(f.len(), 2);
+    assert_eq!(f[1].2["change"], "available");
+    // A sync that says 0 again: exhausted; an ASSET_COUNT that adds licences: available.
+    mirror::apply_assets(&c, "acme", &[asset(2, 2)], true, now).unwrap();
+    mirror::apply_asset_count(&c, "acme", "1", "STDQ", 3, now).unwrap();
+    let f = feed_kinds(&c);
+    let changes: Vec<&str> = f.iter().map(|x| x.2["change"].as_str().unwrap()).collect();
+    assert_eq!(
+        changes,
+        ["exhausted", "available", "exhausted", "available"]
+    );
+    assert!(f.windows(2).all(|w| w[0].0 < w[1].0));
+    // A rolled-back transaction takes its licence item with it.
+    c.execute_batch("BEGIN").unwrap();
+    mirror::apply_assets(&c, "acme", &[asset(5, 5)], true, now).unwrap();
+    c.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(feed_kinds(&c).len(), 4);
+}
+
+#[test]
+fn token_items_share_the_seq_counter_and_skip_unchanged_states() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let now = Timestamp(1_000);
+    queries::upsert_tokens(
+        &c,
+        &[queries::TokenRow {
+            name: "acme".into(),
+            ..Default::default()
+        }],
+        now,
+    )
+    .unwrap();
+    let healthy = queries::TokenStatus::new("healthy", None);
+    let revoked = queries::TokenStatus::new("revoked", Some("9625".into()));
+    // A first healthy is no change.
+    queries::set_token_health(&c, "acme", "healthy", None, now, &healthy).unwrap();
+    insert_tracked(&c, &rec("e1", now), None, "tracked").unwrap();
+    queries::set_token_health(&c, "acme", "unhealthy", Some("9625"), now, &revoked).unwrap();
+    queries::set_token_health(&c, "acme", "unhealthy", Some("9625"), now, &revoked).unwrap();
+    let soon = queries::TokenStatus {
+        health: "expiring_soon".into(),
+        reason: None,
+        days_left: Some(6),
+        threshold: Some(7),
+    };
+    assert!(queries::record_token_status(&c, "acme", &soon, now)
+        .unwrap()
+        .is_some());
+    assert!(queries::record_token_status(&c, "acme", &soon, now)
+        .unwrap()
+        .is_none());
+    let f = feed_kinds(&c);
+    let kinds: Vec<&str> = f.iter().map(|x| x.1.as_str()).collect();
+    assert_eq!(kinds, ["event", "token", "token"]);
+    assert!(f.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(f[1].2["health"], "revoked");
+    assert_eq!(f[2].2["daysLeft"], 6);
+    // Event items keep their shape, plus the kind.
+    assert_eq!(f[0].2["eventId"], "e1");
+    let (n, top) = queries::backlog(&c, 0).unwrap();
+    assert_eq!((n, top), (3, f[2].0));
 }

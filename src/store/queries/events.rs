@@ -433,5 +433,6 @@ pub fn prune(conn: &Connection, before: Timestamp, batch: u32) -> Result<usize, 
          AND (applied_at IS NULL OR event_id IS NULL) LIMIT ?2)",
         params![before.0, batch],
     )?;
+    super::feed::prune_items(conn, before, batch)?;
     Ok(ids.len())
 }

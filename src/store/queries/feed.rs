@@ -1,15 +1,22 @@
-//! The changes feed: the `change_seq` counter and the events after a given sequence number.
+//! The changes feed: the `change_seq` counter, the token and licence items that share it with
+//! events (`feed_items`, migration 7), and reading the feed in `seq` order.
+//!
+//! Every kind takes its `seq` from the one counter inside the transaction of the change that
+//! caused it, so the feed is one total order in commit order, and a `seq` is never handed out
+//! twice (retention prunes rows, never the counter).
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{json, Map, Value};
 
 use super::events::{event_at, view_from_record, EVENT_COLS};
-use super::views::ChangeView;
+use super::views::{ChangeView, FeedItem};
 use crate::core::EventRecord;
 use crate::store::StoreError;
+use crate::time::Timestamp;
 
 /// Takes the next feed sequence number. A counter of its own (not `MAX(change_seq)`), so a
 /// number is never handed out twice, also after retention pruned the rows holding it.
-pub(super) fn next_change_seq(conn: &Connection) -> Result<i64, StoreError> {
+pub(crate) fn next_change_seq(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn
         .prepare_cached(
             "UPDATE counters SET value = value + 1 WHERE name = 'change_seq' RETURNING value",
@@ -17,25 +24,259 @@ pub(super) fn next_change_seq(conn: &Connection) -> Result<i64, StoreError> {
         .query_row([], |r| r.get(0))?)
 }
 
+/// The kinds of `feed_items` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemKind {
+    Token,
+    Licence,
+}
+
+impl ItemKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Token => "token",
+            ItemKind::Licence => "licence",
+        }
+    }
+}
+
+/// The state of the newest item about `subject`, if any.
+fn last_state(
+    conn: &Connection,
+    kind: ItemKind,
+    token: &str,
+    subject: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT state FROM feed_items WHERE kind = ?1 AND token = ?2 AND subject = ?3 \
+             ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![kind.as_str(), token, subject], |r| r.get(0))
+        .optional()?)
+}
+
+fn insert_item(
+    conn: &Connection,
+    kind: ItemKind,
+    token: &str,
+    subject: &str,
+    state: &str,
+    at: Timestamp,
+    body: &Map<String, Value>,
+) -> Result<i64, StoreError> {
+    let seq = next_change_seq(conn)?;
+    conn.prepare_cached(
+        "INSERT INTO feed_items (seq, kind, token, subject, state, at, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        seq,
+        kind.as_str(),
+        token,
+        subject,
+        state,
+        at.0,
+        Value::Object(body.clone()).to_string()
+    ])?;
+    Ok(seq)
+}
+
+/// A token's health as the feed reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenStatus {
+    /// healthy, expired, revoked, unauthorized, mdm_conflict, expiring_soon or unhealthy.
+    pub health: String,
+    pub reason: Option<String>,
+    /// With `expiring_soon`: whole days left.
+    pub days_left: Option<i64>,
+    /// With `expiring_soon`: the warning threshold crossed (30, 7 or 1 days); a new item is
+    /// written once per threshold, not every day.
+    pub threshold: Option<u32>,
+}
+
+impl TokenStatus {
+    pub fn new(health: &str, reason: Option<String>) -> TokenStatus {
+        TokenStatus {
+            health: health.to_string(),
+            reason,
+            days_left: None,
+            threshold: None,
+        }
+    }
+
+    fn state(&self) -> String {
+        match self.threshold {
+            Some(t) => format!("{}:{t}", self.health),
+            None => self.health.clone(),
+        }
+    }
+}
+
+/// Writes a `token` feed item when the token's status differs from its last item. A first
+/// `healthy` is not a change (nothing was reported before). Returns the item's seq.
+pub fn record_token_status(
+    conn: &Connection,
+    token: &str,
+    status: &TokenStatus,
+    at: Timestamp,
+) -> Result<Option<i64>, StoreError> {
+    let state = status.state();
+    let last = last_state(conn, ItemKind::Token, token, token)?;
+    if last.as_deref() == Some(state.as_str()) || (last.is_none() && status.health == "healthy") {
+        return Ok(None);
+    }
+    let mut body = Map::new();
+    body.insert("token".into(), json!(token));
+    body.insert("health".into(), json!(status.health));
+    if let Some(r) = &status.reason {
+        body.insert("reason".into(), json!(r));
+    }
+    if let Some(d) = status.days_left {
+        body.insert("daysLeft".into(), json!(d));
+    }
+    body.insert("at".into(), json!(at));
+    insert_item(conn, ItemKind::Token, token, token, &state, at, &body).map(Some)
+}
+
+/// An asset's counts before and after a change of the mirror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LicenceCounts<'a> {
+    pub adam_id: &'a str,
+    pub pricing_param: &'a str,
+    pub product_type: Option<&'a str>,
+    /// `None`: the asset was not mirrored before.
+    pub before: Option<i64>,
+    pub available: i64,
+    pub assigned: i64,
+    pub total: i64,
+}
+
+/// The licence transition of a change of counts, if any: `available` when the available
+/// count went from 0 to more, `exhausted` when it reached 0. An asset seen for the first
+/// time is not a transition (nothing was known before).
+pub fn licence_transition(before: Option<i64>, after: i64) -> Option<&'static str> {
+    match before? {
+        0 if after > 0 => Some("available"),
+        b if b > 0 && after <= 0 => Some("exhausted"),
+        _ => None,
+    }
+}
+
+/// Writes a `licence` feed item when `c` is a transition (see [`licence_transition`]).
+pub fn record_licence_counts(
+    conn: &Connection,
+    token: &str,
+    c: &LicenceCounts<'_>,
+    at: Timestamp,
+) -> Result<Option<i64>, StoreError> {
+    let Some(change) = licence_transition(c.before, c.available) else {
+        return Ok(None);
+    };
+    let subject = format!("{}/{}", c.adam_id, c.pricing_param);
+    let mut body = Map::new();
+    body.insert("token".into(), json!(token));
+    body.insert("adamId".into(), json!(c.adam_id));
+    body.insert("pricingParam".into(), json!(c.pricing_param));
+    if let Some(p) = c.product_type {
+        body.insert("productType".into(), json!(p));
+    }
+    body.insert("change".into(), json!(change));
+    body.insert("availableCount".into(), json!(c.available));
+    body.insert("previousAvailableCount".into(), json!(c.before));
+    body.insert("assignedCount".into(), json!(c.assigned));
+    body.insert("totalCount".into(), json!(c.total));
+    body.insert("at".into(), json!(at));
+    insert_item(conn, ItemKind::Licence, token, &subject, change, at, &body).map(Some)
+}
+
+/// The feed after `after`, ascending, at most `limit` items.
 pub fn changes_after(
     conn: &Connection,
     after: i64,
     limit: u32,
 ) -> Result<Vec<ChangeView>, StoreError> {
+    changes_between(conn, after, i64::MAX, limit)
+}
+
+/// The feed items with `after < seq <= upto`, ascending, at most `limit`.
+pub fn changes_between(
+    conn: &Connection,
+    after: i64,
+    upto: i64,
+    limit: u32,
+) -> Result<Vec<ChangeView>, StoreError> {
+    let limit = limit.clamp(1, 10_000);
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT change_seq, {EVENT_COLS} FROM events WHERE change_seq > ?1 ORDER BY change_seq LIMIT ?2"
+        "SELECT change_seq, {EVENT_COLS} FROM events WHERE change_seq > ?1 AND change_seq <= ?2 \
+         ORDER BY change_seq LIMIT ?3"
     ))?;
-    let rows: Vec<(i64, EventRecord)> = stmt
-        .query_map(params![after, limit.clamp(1, 10_000)], |r| {
+    let events: Vec<(i64, EventRecord)> = stmt
+        .query_map(params![after, upto, limit], |r| {
             Ok((r.get(0)?, event_at(r, 1)?))
         })?
         .collect::<Result<_, _>>()?;
-    rows.into_iter()
-        .map(|(seq, rec)| {
-            Ok(ChangeView {
-                seq,
-                event: view_from_record(conn, rec)?,
-            })
-        })
-        .collect()
+    let items: Vec<(i64, String, String)> = conn
+        .prepare_cached(
+            "SELECT seq, kind, body FROM feed_items WHERE seq > ?1 AND seq <= ?2 \
+             ORDER BY seq LIMIT ?3",
+        )?
+        .query_map(params![after, upto, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut out: Vec<ChangeView> = Vec::with_capacity(events.len() + items.len());
+    for (seq, rec) in events {
+        out.push(ChangeView {
+            seq,
+            item: FeedItem::Event(view_from_record(conn, rec)?),
+        });
+    }
+    for (seq, kind, body) in items {
+        let fields = match serde_json::from_str::<Value>(&body) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "feed item {seq} has a body that is not a JSON object"
+                )))
+            }
+        };
+        let item = match kind.as_str() {
+            "token" => FeedItem::Token(fields),
+            "licence" => FeedItem::Licence(fields),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "feed item {seq} has the unknown kind {other:?}"
+                )))
+            }
+        };
+        out.push(ChangeView { seq, item });
+    }
+    out.sort_by_key(|c| c.seq);
+    out.truncate(limit as usize);
+    Ok(out)
+}
+
+/// How many changes the feed holds after `after`, and the highest seq handed out so far.
+pub fn backlog(conn: &Connection, after: i64) -> Result<(u64, i64), StoreError> {
+    let events: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM events WHERE change_seq > ?1")?
+        .query_row([after], |r| r.get(0))?;
+    let items: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM feed_items WHERE seq > ?1")?
+        .query_row([after], |r| r.get(0))?;
+    let top: i64 = conn
+        .prepare_cached("SELECT value FROM counters WHERE name = 'change_seq'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    Ok(((events + items).max(0) as u64, top))
+}
+
+/// Deletes up to `batch` token and licence items older than `before`.
+pub fn prune_items(conn: &Connection, before: Timestamp, batch: u32) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM feed_items WHERE seq IN (SELECT seq FROM feed_items WHERE at < ?1 LIMIT ?2)",
+        params![before.0, batch],
+    )?)
 }

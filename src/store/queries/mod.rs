@@ -7,7 +7,9 @@
 
 pub mod events;
 pub mod feed;
+pub mod licences;
 pub mod notifications;
+pub mod push;
 pub mod status;
 pub mod syncs;
 pub mod tokens;
@@ -15,7 +17,9 @@ pub mod views;
 
 pub use events::*;
 pub use feed::*;
+pub use licences::*;
 pub use notifications::*;
+pub use push::*;
 pub use syncs::*;
 pub use tokens::*;
 pub use views::*;

@@ -3,6 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::feed::{record_token_status, TokenStatus};
 use super::syncs::{sync_from_row, SYNC_COLS};
 use super::ts;
 use super::views::TokenView;
@@ -35,14 +36,17 @@ pub fn upsert_tokens(
     Ok(())
 }
 
-/// Token health as learned from Apple's answers.
+/// Token health as learned from Apple's answers, and a `token` feed item when `status`
+/// differs from the token's last one (in the same transaction).
 pub fn set_token_health(
     conn: &Connection,
     name: &str,
     health: &str,
     reason: Option<&str>,
     since: Timestamp,
+    status: &TokenStatus,
 ) -> Result<(), StoreError> {
+    record_token_status(conn, name, status, since)?;
     conn.execute(
         "UPDATE tokens SET health = ?2, health_reason = ?3, \
          health_since = CASE WHEN health = ?2 THEN COALESCE(health_since, ?4) ELSE ?4 END, \
@@ -63,6 +67,38 @@ pub fn set_token_location(
     mdm_id: Option<&str>,
     conflict: Option<&str>,
 ) -> Result<(), StoreError> {
+    let conflict = conflict.map(str::to_string);
+    let now = Timestamp::now();
+    match &conflict {
+        Some(c) => {
+            record_token_status(
+                conn,
+                name,
+                &TokenStatus::new("mdm_conflict", Some(c.clone())),
+                now,
+            )?;
+        }
+        None => {
+            let last_conflict = conn
+                .query_row(
+                    "SELECT state FROM feed_items WHERE kind = 'token' AND token = ?1 \
+                     ORDER BY seq DESC LIMIT 1",
+                    [name],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?
+                .is_some_and(|s| s == "mdm_conflict");
+            let healthy = conn
+                .query_row("SELECT health FROM tokens WHERE name = ?1", [name], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?
+                .is_some_and(|h| h != "unhealthy");
+            if last_conflict && healthy {
+                record_token_status(conn, name, &TokenStatus::new("healthy", None), now)?;
+            }
+        }
+    }
     conn.execute(
         "UPDATE tokens SET uid = COALESCE(?2, uid), location_name = COALESCE(?3, location_name), \
          mdm_info = ?4, mdm_conflict = ?5 WHERE name = ?1",

@@ -94,13 +94,64 @@ impl EventView {
     }
 }
 
-/// The outcome feed: events whose state or outcome changed after `after`, in commit order.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+/// One item of the outcome feed (design §5, §10): `seq` from the one `change_seq` counter,
+/// and a `kind`. `event` items are the event's JSON as listed (an event whose state or
+/// outcome changed); `token` and `licence` items carry the fields stored with them. Old
+/// consumers that ignore `kind` see event items exactly as before, plus that key.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ChangeView {
     pub seq: i64,
-    #[serde(flatten)]
-    pub event: EventView,
+    pub item: FeedItem,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FeedItem {
+    Event(EventView),
+    /// A token's health changed: `health` is healthy, expired, revoked, unauthorized,
+    /// mdm_conflict, expiring_soon (with `daysLeft`) or unhealthy.
+    Token(serde_json::Map<String, serde_json::Value>),
+    /// An asset's available count went from 0 to more, or reached 0.
+    Licence(serde_json::Map<String, serde_json::Value>),
+}
+
+impl FeedItem {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FeedItem::Event(_) => "event",
+            FeedItem::Token(_) => "token",
+            FeedItem::Licence(_) => "licence",
+        }
+    }
+}
+
+impl ChangeView {
+    /// The event of an `event` item.
+    pub fn event(&self) -> Option<&EventView> {
+        match &self.item {
+            FeedItem::Event(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for ChangeView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let fields = match &self.item {
+            FeedItem::Event(e) => match serde_json::to_value(e).map_err(S::Error::custom)? {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            },
+            FeedItem::Token(m) | FeedItem::Licence(m) => m.clone(),
+        };
+        let mut map = s.serialize_map(Some(fields.len() + 2))?;
+        map.serialize_entry("seq", &self.seq)?;
+        map.serialize_entry("kind", self.item.kind())?;
+        for (k, v) in fields.iter().filter(|(k, _)| *k != "seq" && *k != "kind") {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 /// Token health and counts for `tokens` / `GET /v1/tokens`.
