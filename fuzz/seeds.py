@@ -23,7 +23,7 @@ seeds["client_config"] = pick(lambda b: '"countryISO2ACode"' in b) + ['{"uId":98
 seeds["assets_page"] = pick(lambda b: b.startswith('{"assets"'))
 seeds["assignments_page"] = pick(lambda b: b.startswith('{"assignments"'))
 seeds["users_page"] = pick(lambda b: b.startswith('{"users"'))
-seeds["event_status"] = pick(lambda b: '"eventStatus"' in b)
+seeds["event_status"] = pick(lambda b: b.replace(' ', '').startswith('{"eventStatus"'))
 seeds["write_answer"] = pick(lambda b: b.startswith('{"eventId"')) + ['{"uId":"1"}']
 
 # The simulator's Service Config (src/sim/api.rs) and client config (same shapes).
