@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 
 use crate::apple::model::{
-    GetAssetsResponse, GetAssignmentsResponse, GetUsersResponse, ServiceConfig,
+    Assignee, GetAssetsResponse, GetAssignmentsResponse, GetUsersResponse, ServiceConfig,
 };
 use crate::apple::pagination::{dedupe, Page, Record};
 use crate::apple::{
@@ -133,7 +133,10 @@ pub fn assets_page(data: &[u8]) {
 /// One Get Assignments page.
 pub fn assignments_page(data: &[u8]) {
     if let Some(assignments) = page::<GetAssignmentsResponse, _>("assignments", data) {
-        std::hint::black_box(assignments.iter().map(|a| a.assignee()).count());
+        let unassigned = assignments
+            .iter()
+            .filter(|a| a.assignee() == Assignee::None);
+        std::hint::black_box(unassigned.count());
     }
 }
 
