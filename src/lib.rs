@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod effects;
 pub mod executor;
+pub mod fuzzing;
 pub mod metrics;
 pub mod mirror;
 pub mod push;

@@ -814,6 +814,21 @@ fn retry_delay(attempt: u32) -> Duration {
     Duration::from_millis(crate::core::backoff::exponential_ms(200, attempt, 5_000))
 }
 
+/// What the client makes of one HTTP answer from Apple: [`ApiError::classify`] on the status,
+/// body and Retry-After, then the typed decode of a success body, exactly as every endpoint
+/// does. Pure, so the fuzz targets (fuzz/) and `tests/fuzz_lite.rs` can feed it hostile bodies.
+pub fn decode_response<T: DeserializeOwned>(
+    endpoint: &str,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> Result<T, ApiError> {
+    match ApiError::classify(status, body, retry_after) {
+        Some(e) => Err(e),
+        None => decode(endpoint, body),
+    }
+}
+
 fn decode<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {

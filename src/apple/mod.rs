@@ -16,7 +16,7 @@ pub mod gate;
 pub mod model;
 pub mod pagination;
 
-pub use client::{AppleClient, ClientOptions, TokenHealth};
+pub use client::{decode_response, AppleClient, ClientOptions, TokenHealth};
 pub use error::{parse_retry_after, ApiError};
 pub use gate::{Gate, GateConfig, Outcome as GateOutcome, Refused};
 pub use model::{

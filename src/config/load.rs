@@ -77,11 +77,33 @@ pub fn load_public_with(path: &Path, env: &LoadEnv) -> Result<PublicLoaded, Conf
     })
 }
 
+/// [`load_public_with`] on the file's bytes instead of the file: the pure parse-and-validate
+/// step (no file is opened; `path` only names the file in errors and anchors relative secret
+/// paths). The fuzz targets and `tests/fuzz_lite.rs` drive the loader through this.
+pub fn parse_public(path: &Path, bytes: &[u8], env: &LoadEnv) -> Result<PublicLoaded, ConfigError> {
+    let raw = parse_raw(path, bytes.to_vec())?;
+    let mut v = Validator {
+        path,
+        dir: config_dir(path),
+        env,
+        warnings: Vec::new(),
+    };
+    let config = v.public(raw)?;
+    Ok(PublicLoaded {
+        config,
+        warnings: v.warnings,
+    })
+}
+
 fn read_raw(path: &Path) -> Result<RawConfig, ConfigError> {
     let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_raw(path, bytes)
+}
+
+fn parse_raw(path: &Path, bytes: Vec<u8>) -> Result<RawConfig, ConfigError> {
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         ConfigError::Parse {

@@ -24,7 +24,9 @@ mod tests;
 mod validate;
 mod vpptoken;
 
-pub use load::{credential_name, load, load_public, load_public_with, load_with, LoadEnv};
+pub use load::{
+    credential_name, load, load_public, load_public_with, load_with, parse_public, LoadEnv,
+};
 pub use vpptoken::{parse_apple_date, parse_content_token, ContentToken, ContentTokenError};
 
 /// Default location of the configuration file (README.md).

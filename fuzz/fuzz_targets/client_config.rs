@@ -1,0 +1,4 @@
+#![no_main]
+
+// See vpp_reconciler::fuzzing::client_config.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| vpp_reconciler::fuzzing::client_config(data));
