@@ -307,7 +307,9 @@ where
     let version = first.version_id.clone();
     pass.version_id = version.clone();
     let mut next = first.next_page_index;
-    let total = first.total_pages.unwrap_or(1);
+    // Bounded like the follow-up loop: a page claiming billions of pages must not make us
+    // queue that many fetches.
+    let total = first.total_pages.unwrap_or(1).min(MAX_PAGES as u32);
     let mut last_index = 0u32;
     let mut pages = 1usize;
     pass.records = first.records.len() as u64;

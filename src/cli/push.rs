@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::inspect::{open, print_json};
 use super::track::post_json;
 use super::{load_config, CliError, CliResult, PushAction, PushArgs, ReportArgs, ReportWhat};
-use crate::store::{self, queries};
+use crate::store::queries;
 
 pub fn report(config_path: &Path, args: ReportArgs) -> CliResult {
     let ReportWhat::Licences(a) = args.what;
@@ -129,18 +129,11 @@ pub fn push(config_path: &Path, args: PushArgs) -> CliResult {
     }
 }
 
+/// Read-only, like `events`: the configuration and the database, no secret file.
 fn status(config_path: &Path, as_json: bool) -> CliResult {
-    let config = load_config(config_path)?.config;
-    let db = &config.daemon.database;
-    if !db.exists() {
-        return Err(CliError::failed(format!(
-            "database {} does not exist yet (has the daemon run?)",
-            db.display()
-        )));
-    }
-    let conn = store::open_read_only(db).map_err(|e| CliError::failed(e.to_string()))?;
+    let (config, conn) = open(config_path)?;
     let s = queries::push_status(&conn).map_err(|e| CliError::failed(e.to_string()))?;
-    let endpoint = config.push.as_ref().map(|p| p.url.clone());
+    let endpoint = config.push.as_ref().and_then(|p| p.url.clone());
     if as_json {
         let mut v = serde_json::to_value(&s)
             .map_err(|e| CliError::failed(format!("cannot encode JSON: {e}")))?;

@@ -17,7 +17,7 @@ pub(super) struct RawConfig {
 #[derive(Deserialize, Default, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawPush {
-    pub(super) url: Option<String>,
+    pub url: Option<String>,
     pub(super) secret_file: Option<String>,
     pub(super) max_batch: Option<i64>,
     pub(super) timeout: Option<String>,
