@@ -306,6 +306,7 @@ pub async fn serve_with_reload(
         writes: Arc::new(Semaphore::new(512)),
         apple: apple.clone(),
         metrics: metrics.clone(),
+        push_configured: config.push.is_some(),
     };
     let mut background = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.webhook {

@@ -344,6 +344,7 @@ impl InProcess {
             writes: Arc::new(tokio::sync::Semaphore::new(8)),
             apple,
             metrics: Default::default(),
+            push_configured: false,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -55,6 +55,8 @@ pub struct ApiState {
     pub apple: Option<crate::apple::AppleClient>,
     /// Recorded into by the handlers and rendered on `/metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// `[push]` is configured: the status page shows the outbox.
+    pub push_configured: bool,
 }
 
 /// An API error: status, machine code and one sentence.

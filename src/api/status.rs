@@ -38,6 +38,9 @@ pub(super) async fn status_page(State(state): State<ApiState>) -> Result<Respons
         .await?;
     // A token removed by a reload stays in the table; the page shows the configured ones.
     snapshot.tokens.retain(|t| configured.contains(&t.name));
+    if !state.push_configured {
+        snapshot.push = None;
+    }
     Ok((
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -168,8 +171,52 @@ pub fn render(s: &StatusSnapshot, now: Timestamp) -> String {
     chart_section(&mut h, &s.hours);
     failures_section(&mut h, s, now);
     syncs_section(&mut h, s, now);
+    push_section(&mut h, s, now);
     h.push_str("</main>\n</body>\n</html>\n");
     h
+}
+
+/// The push outbox: where delivery stands, and what was parked.
+fn push_section(h: &mut String, s: &StatusSnapshot, now: Timestamp) {
+    let Some(p) = &s.push else {
+        return;
+    };
+    let cls = if p.parked > 0 || p.last_error.is_some() && p.backlog > 0 {
+        "bad"
+    } else {
+        "ok"
+    };
+    let _ = write!(
+        h,
+        "<section class=\"card\">\n<h2>Push to the MDM</h2>\n<table>\n\
+         <tr><th>last delivered seq</th><td class=\"num\">{}</td></tr>\n\
+         <tr><th>backlog</th><td class=\"num {cls}\">{} change{}</td></tr>\n\
+         <tr><th>parked</th><td class=\"num\">{}</td></tr>\n\
+         <tr><th>last success</th><td>{}</td></tr>\n\
+         <tr><th>last error</th><td>{}</td></tr>\n</table>\n",
+        p.last_delivered_seq,
+        p.backlog,
+        plural(p.backlog),
+        p.parked,
+        p.last_success_at
+            .map(|t| when(t, now))
+            .unwrap_or_else(|| "never".into()),
+        escape_html(p.last_error.as_deref().unwrap_or("none")),
+    );
+    if !p.recent_parked.is_empty() {
+        h.push_str("<p class=\"note\">Parked (undeliverable past dead_after); <code>vpp-reconciler push replay --after SEQ</code> sends them again:</p>\n<table>\n<tr><th>seq</th><th>parked</th><th>error</th></tr>\n");
+        for x in &p.recent_parked {
+            let _ = writeln!(
+                h,
+                "<tr><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+                x.seq,
+                when(x.parked_at, now),
+                escape_html(x.last_error.as_deref().unwrap_or("-"))
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    h.push_str("</section>\n");
 }
 
 fn plural(n: u64) -> &'static str {
@@ -632,6 +679,18 @@ mod tests {
                 error: Some("9721 <version>".into()),
             }],
             hours: hours(|i| (i as u64, 2 * i as u64, 1)),
+            push: Some(crate::store::queries::PushStatusView {
+                last_delivered_seq: 40,
+                last_seq: 42,
+                backlog: 2,
+                in_flight: None,
+                last_error: Some("HTTP 503 <from the MDM>".into()),
+                last_error_at: Some(Timestamp(NOW.0 - 60_000)),
+                last_success_at: Some(Timestamp(NOW.0 - 120_000)),
+                replays: 0,
+                parked: 0,
+                recent_parked: vec![],
+            }),
         }
     }
 
@@ -738,6 +797,17 @@ mod tests {
         assert!(page.contains("<svg id=\"chart\""));
         assert_eq!(page.matches("none in the last 24 hours").count(), 2);
         assert!(!page.contains("NaN") && !page.contains("=\"inf"));
+    }
+
+    #[test]
+    fn push_outbox_shows_backlog_and_escapes_the_last_error() {
+        let page = render(&snapshot(), NOW);
+        assert!(page.contains("Push to the MDM"), "{page}");
+        assert!(page.contains("2 changes"));
+        assert!(page.contains("HTTP 503 &lt;from the MDM&gt;"));
+        let mut s = snapshot();
+        s.push = None;
+        assert!(!render(&s, NOW).contains("Push to the MDM"));
     }
 
     #[test]

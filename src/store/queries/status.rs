@@ -78,6 +78,8 @@ pub struct StatusSnapshot {
     pub syncs: Vec<SyncView>,
     /// [`CHART_HOURS`] buckets, oldest first, the last one holding `now`.
     pub hours: Vec<HourBucket>,
+    /// The push outbox (shown only when push is configured).
+    pub push: Option<super::push::PushStatusView>,
 }
 
 /// The first hour of the chart for `now`: the whole hour 23 hours before the current one.
@@ -110,6 +112,7 @@ pub fn status_snapshot(conn: &Connection, now: Timestamp) -> Result<StatusSnapsh
         failures: recent_failures(conn, RECENT_FAILURES)?,
         syncs: recent_syncs(conn, RECENT_SYNCS)?,
         hours: hourly(conn, since, until)?,
+        push: Some(super::push::push_status(conn)?),
     })
 }
 
