@@ -143,7 +143,10 @@ pub async fn serve(
         .build()
         .map_err(std::io::Error::other)?;
     let shared = Arc::new(Shared {
-        state: Mutex::new(state::SimState::new(SmallRng::seed_from_u64(opts.seed))),
+        state: Mutex::new(state::SimState::with_seed(
+            SmallRng::seed_from_u64(opts.seed),
+            opts.seed,
+        )),
         http,
         slots: Arc::new(Semaphore::new(DELIVERY_SLOTS)),
         queued: AtomicUsize::new(0),

@@ -117,6 +117,31 @@ pub fn simple(st: &mut SimState, uid: &str, ntype: &str, payload: Value) -> Opti
     envelope(st, uid, &url, &auth, ntype, payload)
 }
 
+/// A stable key for a notification: the seed, the location, the type and the payload without
+/// the fields that differ between runs of one workload (the random eventId; the result, which
+/// depends on which of two racing requests got the last licence).
+fn content_key(seed: u64, uid: &str, ntype: &str, payload: &Value) -> u64 {
+    let mut p = payload.clone();
+    if let Some(o) = p.as_object_mut() {
+        o.remove("eventId");
+        o.remove("result");
+        o.remove("error");
+    }
+    // serde_json's map is ordered by key, so the text is canonical.
+    let text = format!("{uid}\u{0}{ntype}\u{0}{p}");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    crate::core::backoff::splitmix64(h ^ seed)
+}
+
+/// A key as a number in [0, 1).
+fn unit(key: u64) -> f64 {
+    (key >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Wraps a payload, rolling the faults. `None` when the drop fault hits.
 pub fn envelope(
     st: &mut SimState,
@@ -133,11 +158,15 @@ pub fn envelope(
         f.notification_delay,
     );
     let id = new_uuid(&mut st.rng);
-    if drop_rate > 0.0 && st.rng.gen::<f64>() < drop_rate {
+    // Lost and duplicated are decided by what the notification is about (location, type,
+    // entities), not by arrival order, so one seed loses the same notifications in every run
+    // of one workload however the requests interleave.
+    let key = content_key(st.seed, uid, ntype, &payload);
+    if drop_rate > 0.0 && unit(key) < drop_rate {
         st.notif.dropped += 1;
         return None;
     }
-    let duplicate = dup_rate > 0.0 && st.rng.gen::<f64>() < dup_rate;
+    let duplicate = dup_rate > 0.0 && unit(key ^ 0xD1B5_4A32_D192_ED03) < dup_rate;
     let jitter = if delay.is_zero() {
         Duration::ZERO
     } else {
@@ -210,4 +239,32 @@ pub async fn deliver(
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn loss_is_decided_by_content_not_by_ids_or_order() {
+        let a = json!({"eventId": "e-1", "result": "SUCCESS", "type": "ASSOCIATE",
+            "assignments": [{"adamId": "1", "serialNumber": "S1"}]});
+        let same = json!({"eventId": "e-2", "result": "FAILURE", "type": "ASSOCIATE",
+            "assignments": [{"adamId": "1", "serialNumber": "S1"}]});
+        let other = json!({"eventId": "e-1", "result": "SUCCESS", "type": "ASSOCIATE",
+            "assignments": [{"adamId": "1", "serialNumber": "S2"}]});
+        let k = |seed, p: &Value| content_key(seed, "u1", "ASSET_MANAGEMENT", p);
+        assert_eq!(k(3, &a), k(3, &same), "ids and results do not count");
+        assert_ne!(k(3, &a), k(3, &other));
+        assert_ne!(k(3, &a), k(4, &a), "the seed does");
+        // About the requested share is lost.
+        let lost = (0..10_000)
+            .filter(|i| {
+                let p = json!({"assignments": [{"serialNumber": format!("S{i}")}]});
+                unit(k(7, &p)) < 0.3
+            })
+            .count();
+        assert!((2_700..3_300).contains(&lost), "{lost}");
+    }
 }

@@ -66,6 +66,8 @@ pub struct NotifStats {
 /// Everything the simulator knows. One instance behind one mutex; keep critical sections short.
 pub struct SimState {
     pub rng: SmallRng,
+    /// The seed, for decisions keyed by content rather than drawn in arrival order.
+    pub seed: u64,
     pub locations: HashMap<String, Location>,
     /// Whole sToken (the Bearer value) -> uId.
     pub by_token: HashMap<String, String>,
@@ -77,8 +79,13 @@ pub struct SimState {
 
 impl SimState {
     pub fn new(rng: SmallRng) -> SimState {
+        SimState::with_seed(rng, 0)
+    }
+
+    pub fn with_seed(rng: SmallRng, seed: u64) -> SimState {
         SimState {
             rng,
+            seed,
             locations: HashMap::new(),
             by_token: HashMap::new(),
             faults: Faults::default(),
