@@ -229,10 +229,15 @@ impl Syncs {
         let keys: Vec<SyncKey> = self
             .slots
             .iter()
-            .filter(|(_, s)| {
+            .filter(|(k, s)| {
                 s.running.is_none()
                     && (s.retry_at.is_some_and(|r| r <= now)
-                        || s.deferred_until.is_some_and(|r| r <= now))
+                        || s.deferred_until.is_some_and(|r| r <= now)
+                        // Held back only while its token was busy: once the polls are done
+                        // it goes on the next turn, not at the staleness bound.
+                        || (s.deferred_until.is_some()
+                            && !s.retry_at.is_some_and(|r| r > now)
+                            && !busy(&k.0)))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -331,5 +336,11 @@ mod tests {
         assert_eq!(out.len(), 3, "deferred");
         s.request(at(14), &key, false, "outcome", false, &mut out);
         assert_eq!(out.len(), 4, "quiet again: starts");
+        // Deferred while busy, then the next turn once the token is quiet starts it.
+        s.finished(at(14), 4, &SyncOutcome::Ok, false, &mut out);
+        s.request(at(15), &key, false, "outcome", true, &mut out);
+        assert_eq!(out.len(), 4, "deferred again");
+        s.timeout(at(16), |_| false, &mut out);
+        assert_eq!(out.len(), 5, "quiet: started on the next turn");
     }
 }
