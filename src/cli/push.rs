@@ -15,20 +15,26 @@ pub fn report(config_path: &Path, args: ReportArgs) -> CliResult {
     if a.json && a.csv {
         return Err(CliError::usage("give one of --json and --csv"));
     }
-    let (_, conn) = open(config_path)?;
-    let rows = queries::licence_report(&conn, a.token.as_deref())
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let (config, conn) = open(config_path)?;
     if let Some(t) = &a.token {
-        let known: bool = conn
-            .query_row("SELECT COUNT(*) FROM tokens WHERE name = ?1", [t], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n > 0)
-            .unwrap_or(false);
-        if !known && rows.is_empty() {
-            return Err(CliError::failed(format!("token {t:?} is not known")));
+        // Configured, or known to the store (a token removed from the configuration keeps
+        // its data): otherwise a usage error naming it, as `events --token` does.
+        let stored = queries::list_tokens(&conn).map_err(|e| CliError::failed(e.to_string()))?;
+        let known =
+            config.tokens.iter().any(|c| &c.name == t) || stored.iter().any(|s| &s.name == t);
+        if !known {
+            let mut names: Vec<String> = config.tokens.iter().map(|c| c.name.clone()).collect();
+            names.extend(stored.into_iter().map(|s| s.name));
+            names.sort();
+            names.dedup();
+            return Err(CliError::usage(format!(
+                "--token {t:?} is not a configured token (tokens: {})",
+                names.join(", ")
+            )));
         }
     }
+    let rows = queries::licence_report(&conn, a.token.as_deref())
+        .map_err(|e| CliError::failed(e.to_string()))?;
     if a.json {
         return print_json(&json!({ "assets": rows }));
     }
