@@ -94,6 +94,25 @@ pub fn core_input(token: &str, n: &Notification) -> Option<Input> {
     }
 }
 
+/// A SUCCESS ASSET_MANAGEMENT notification moved the mirror's licence counts by its own
+/// entities, but an assets sync read between Apple's processing and this notification already
+/// counted them: a later assets sync (coalesced, and held back while the token is busy) puts
+/// the counts back on Apple's numbers (docs/architecture.md, "The mirror").
+pub fn counts_sync(token: &str, n: &Notification) -> Option<Input> {
+    match &n.notification {
+        NotificationPayload::AssetManagement(p) if p.result == NotificationResult::Success => {
+            Some(Input::Sync {
+                token: token.to_string(),
+                kind: SyncKind::Assets,
+                full: true,
+                cause: "licence counts after ASSET_MANAGEMENT notifications".into(),
+                reply: None,
+            })
+        }
+        _ => None,
+    }
+}
+
 fn stored(token: &str, n: &Notification, body: &[u8], now: Timestamp) -> NewNotification {
     let (event_id, result, entities, error) = match &n.notification {
         NotificationPayload::AssetManagement(p) => (
@@ -188,6 +207,7 @@ async fn receive(
     }
     let row = stored(&token, &note, &body, now);
     let input = core_input(&token, &note);
+    let recount = counts_sync(&token, &note);
     let (t, ntype, result) = (
         token.clone(),
         note.notification_type_raw.clone(),
@@ -207,6 +227,9 @@ async fn receive(
         // Committed: if the loop is gone (shutdown) the store still has it, unapplied, and
         // recovery applies it after the restart.
         let _ = state.executor.send(input).await;
+    }
+    if let (Ok(true), Some(sync)) = (&written, recount) {
+        let _ = state.executor.send(sync).await;
     }
     let metrics_result = match &written {
         Ok(true) => result.as_str(),
