@@ -544,14 +544,7 @@ impl AppleClient {
         T: super::pagination::Record + Send,
     {
         let fetch = |page: u32| {
-            let mut url = base.clone();
-            {
-                let mut q = url.query_pairs_mut();
-                q.append_pair("pageIndex", &page.to_string());
-                if let Some(v) = since_version {
-                    q.append_pair("sinceVersionId", v);
-                }
-            }
+            let url = page_url(&base, page, since_version);
             async move {
                 let r: R = self.json(token, endpoint, Method::GET, url, None).await?;
                 Ok(r.into())
@@ -579,14 +572,7 @@ impl AppleClient {
         S: PageSink<T>,
     {
         let fetch = |page: u32| {
-            let mut url = base.clone();
-            {
-                let mut q = url.query_pairs_mut();
-                q.append_pair("pageIndex", &page.to_string());
-                if let Some(v) = since_version {
-                    q.append_pair("sinceVersionId", v);
-                }
-            }
+            let url = page_url(&base, page, since_version);
             async move {
                 let r: R = self.json(token, endpoint, Method::GET, url, None).await?;
                 Ok(r.into())
@@ -839,6 +825,19 @@ fn decode<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, ApiErro
             detail: truncate(&format!("at {}: {}", e.path(), e.inner()), 300),
         }
     })
+}
+
+/// One page of a paginated read: `pageIndex`, and `sinceVersionId` for an incremental one.
+fn page_url(base: &Url, page: u32, since_version: Option<&str>) -> Url {
+    let mut url = base.clone();
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("pageIndex", &page.to_string());
+        if let Some(v) = since_version {
+            q.append_pair("sinceVersionId", v);
+        }
+    }
+    url
 }
 
 #[cfg(test)]

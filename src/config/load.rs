@@ -41,12 +41,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 /// [`load`] with an explicit clock and credentials directory.
 pub fn load_with(path: &Path, env: &LoadEnv) -> Result<Loaded, ConfigError> {
     let raw = read_raw(path)?;
-    let mut v = Validator {
-        path,
-        dir: config_dir(path),
-        env,
-        warnings: Vec::new(),
-    };
+    let mut v = Validator::new(path, env);
     let config = v.config(raw)?;
     Ok(Loaded {
         config,
@@ -64,12 +59,7 @@ pub fn load_public(path: &Path) -> Result<PublicLoaded, ConfigError> {
 /// [`load_public`] with an explicit clock and credentials directory.
 pub fn load_public_with(path: &Path, env: &LoadEnv) -> Result<PublicLoaded, ConfigError> {
     let raw = read_raw(path)?;
-    let mut v = Validator {
-        path,
-        dir: config_dir(path),
-        env,
-        warnings: Vec::new(),
-    };
+    let mut v = Validator::new(path, env);
     let config = v.public(raw)?;
     Ok(PublicLoaded {
         config,
@@ -82,12 +72,7 @@ pub fn load_public_with(path: &Path, env: &LoadEnv) -> Result<PublicLoaded, Conf
 /// paths). The fuzz targets and `tests/fuzz_lite.rs` drive the loader through this.
 pub fn parse_public(path: &Path, bytes: &[u8], env: &LoadEnv) -> Result<PublicLoaded, ConfigError> {
     let raw = parse_raw(path, bytes.to_vec())?;
-    let mut v = Validator {
-        path,
-        dir: config_dir(path),
-        env,
-        warnings: Vec::new(),
-    };
+    let mut v = Validator::new(path, env);
     let config = v.public(raw)?;
     Ok(PublicLoaded {
         config,
@@ -116,6 +101,18 @@ fn parse_raw(path: &Path, bytes: Vec<u8>) -> Result<RawConfig, ConfigError> {
 }
 
 /// The directory relative paths in the config resolve against.
+impl<'a> Validator<'a> {
+    /// A validator for the file at `path`: relative paths resolve against its directory.
+    fn new(path: &'a Path, env: &'a LoadEnv) -> Validator<'a> {
+        Validator {
+            path,
+            dir: config_dir(path),
+            env,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 fn config_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
