@@ -202,6 +202,16 @@ impl Reloadable {
     }
 }
 
+/// Hands the heap freed after recovery (row buffers, decoded strings) back to the system, so
+/// that resident memory reflects what the daemon keeps, not what loading it took.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// [`serve`], taking reloaded configurations from `reload`.
 pub async fn serve_with_reload(
     config: Config,
@@ -225,26 +235,27 @@ pub async fn serve_with_reload(
             Ok(())
         })
         .await?;
-    let (records, notes, next_sync_id) = store
-        .read(|conn| {
-            Ok((
-                queries::load_unsettled(conn)?,
-                queries::unapplied_for_unsettled(conn)?,
-                queries::next_sync_id(conn)?,
-            ))
+    let timings = timings(&config);
+    let core_timings = timings.clone();
+    // Recovery runs on the read thread, row by row into the core's compact table, so a
+    // million unsettled events never exist as whole records at once (docs/architecture.md,
+    // "Memory").
+    let (core, recovered) = store
+        .read(move |conn| {
+            let mut core = Core::new(core_timings, queries::next_sync_id(conn)?);
+            let mut by_event: std::collections::HashMap<String, Vec<_>> = Default::default();
+            for n in queries::unapplied_for_unsettled(conn)? {
+                by_event.entry(n.event_id.clone()).or_default().push(n);
+            }
+            core.reserve(queries::count_unsettled(conn)?);
+            let recovered = queries::for_each_unsettled(conn, |rec| {
+                let notes = by_event.remove(&rec.event_id).unwrap_or_default();
+                core.recover(now, rec, notes);
+            })?;
+            release_free_heap();
+            Ok((core, recovered))
         })
         .await?;
-    let timings = timings(&config);
-    let mut core = Core::new(timings.clone(), next_sync_id);
-    let mut by_event: std::collections::HashMap<String, Vec<_>> = Default::default();
-    for n in notes {
-        by_event.entry(n.event_id.clone()).or_default().push(n);
-    }
-    let recovered = records.len();
-    for rec in records {
-        let notes = by_event.remove(&rec.event_id).unwrap_or_default();
-        core.recover(now, rec, notes);
-    }
     tracing::info!(recovered, "store open; unsettled events recovered");
 
     // The one registry of this daemon: recorded into by the client, the effects, the webhook
@@ -253,16 +264,8 @@ pub async fn serve_with_reload(
     let apple = build_client(&config, &metrics)?;
     if let Some(client) = &apple {
         // Apple's limits before the first authenticated request, so recovered work starts at
-        // Apple's rate and not only the configured one (bounded: Apple may be down).
-        match tokio::time::timeout(Duration::from_secs(5), client.service_config()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read Service Config at start; using the configured limits")
-            }
-            Err(_) => tracing::warn!(
-                "Service Config did not answer within 5s; using the configured limits"
-            ),
-        }
+        // Apple's rate and not only the configured one; the webhook and API do not wait.
+        client.warm_up(Duration::from_secs(5));
     }
     let known_uids: BTreeMap<String, String> = store
         .read(|c| {

@@ -111,6 +111,9 @@ struct Inner {
     tokens: Mutex<HashMap<String, Arc<TokenSlot>>>,
     /// Bumped whenever a token's health may have changed; see [`AppleClient::health_changes`].
     health: tokio::sync::watch::Sender<u64>,
+    /// False while the start-up Service Config read runs: authenticated requests wait for
+    /// it (bounded), so they start at Apple's limits, while the daemon already serves.
+    warm: tokio::sync::watch::Sender<bool>,
 }
 
 struct ServiceState {
@@ -218,8 +221,30 @@ impl AppleClient {
                 service: RwLock::new(None),
                 tokens: Mutex::new(HashMap::new()),
                 health: tokio::sync::watch::channel(0).0,
+                warm: tokio::sync::watch::channel(true).0,
             }),
         })
+    }
+
+    /// Reads Service Config in the background; authenticated requests wait for its answer,
+    /// for at most `bound` (Apple may be down: the configured limits then apply).
+    pub fn warm_up(&self, bound: Duration) {
+        self.inner.warm.send_replace(false);
+        let client = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(bound, client.service_config()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "cannot read Service Config at start; using the configured limits"
+                ),
+                Err(_) => tracing::warn!(
+                    "Service Config did not answer within {}; using the configured limits",
+                    crate::time::format_duration(bound)
+                ),
+            }
+            client.inner.warm.send_replace(true);
+        });
     }
 
     // ---- tokens ---------------------------------------------------------------------------
@@ -661,6 +686,8 @@ impl AppleClient {
             }),
             connect_failed: false,
         };
+        // Returns at once unless the start-up Service Config read is still running.
+        let _ = self.inner.warm.subscribe().wait_for(|warm| *warm).await;
         let Ok(_permit) = slot.permits.acquire().await else {
             return unhealthy();
         };

@@ -12,7 +12,7 @@ impl Core {
     /// Applies an ASSET_MANAGEMENT / USER_MANAGEMENT notification. Returns `false` when the
     /// event is not tracked here (the store keeps it for when it is).
     pub fn notification(&mut self, now: Timestamp, n: NotificationInput) -> bool {
-        let Some(t) = self.events.get_mut(&n.event_id) else {
+        let Some(mut t) = self.events.get(&n.event_id) else {
             return false;
         };
         if t.rec.token != n.token {
@@ -72,17 +72,19 @@ impl Core {
                 None => next = Next::Confirm,
             }
         }
+        self.events.put(&t);
         self.after_change(now, before, change, next, cause);
         true
     }
 
     /// The answer to an [`Action::Poll`].
     pub fn status_result(&mut self, now: Timestamp, event_id: &str, result: StatusResult) {
-        let Some(t) = self.events.get_mut(event_id) else {
+        let Some(mut t) = self.events.get(event_id) else {
             return;
         };
         if t.in_flight {
             t.in_flight = false;
+            self.events.put(&t);
             if let Some(q) = self.queues.get_mut(&t.rec.token) {
                 q.in_flight = q.in_flight.saturating_sub(1);
             }
@@ -173,6 +175,7 @@ impl Core {
         } else {
             format!("Event Status answered {label}")
         };
+        self.events.put(&t);
         self.after_change(now, before, change, next, cause);
     }
 
@@ -187,13 +190,13 @@ impl Core {
             // The old event settled meanwhile (it is final, so it is not linked), but Apple
             // holds the new event: track it.
             if let Ok(new_id) = result {
-                if !self.events.contains_key(&new_id) && new_id != old_id {
+                if !self.events.contains(&new_id) && new_id != old_id {
                     self.track_resubmission(now, &old, new_id);
                 }
             }
             return;
         }
-        let Some(t) = self.events.get_mut(old_id) else {
+        let Some(mut t) = self.events.get(old_id) else {
             return;
         };
         t.resubmitting = false;
@@ -203,16 +206,14 @@ impl Core {
                 q.in_flight = q.in_flight.saturating_sub(1);
             }
         }
+        self.events.put(&t);
         let before = t.rec.clone();
         let change = Change::of(&t.rec);
         match result {
-            Ok(new_id) if !self.events.contains_key(&new_id) && new_id != old_id => {
-                let Some(t) = self.events.get_mut(old_id) else {
-                    return;
-                };
-                let rec = &mut t.rec;
-                rec.superseded_by = Some(new_id.clone());
-                let old = rec.clone();
+            Ok(new_id) if !self.events.contains(&new_id) && new_id != old_id => {
+                t.rec.superseded_by = Some(new_id.clone());
+                self.events.put(&t);
+                let old = t.rec;
                 self.after_change(
                     now,
                     before,

@@ -29,8 +29,11 @@ pub mod periodic;
 mod persist;
 mod record;
 pub mod sync;
+mod table;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use table::{SlotId, Table, Tracked};
 
 use crate::time::Timestamp;
 pub use model::{EventType, Failure, Outcome, State, SyncKind};
@@ -42,33 +45,18 @@ pub use sync::{SyncState, MAX_UNWAITED_SYNC_ATTEMPTS};
 
 pub use persist::MAX_PERSIST_ATTEMPTS;
 
-#[derive(Debug)]
-struct Tracked {
-    rec: EventRecord,
-    /// Its row exists in the store (recovered, or an insert confirmed by `persisted`).
-    durable: bool,
-    in_flight: bool,
-    /// Notification ids applied in this process's lifetime; the store dedupes across restarts.
-    seen: Vec<String>,
-    /// `next_sync_id` when the current outcome was recorded (0 if recorded before a
-    /// restart): only runs with an id at or above it started after the outcome. Sync ids,
-    /// unlike the wall clock, never run backwards.
-    outcome_seq: u64,
-    /// A [`Action::Resubmit`] for this event awaits its answer.
-    resubmitting: bool,
-}
-
 #[derive(Default, Debug)]
 struct TokenQueue {
-    due: BTreeSet<(Timestamp, String)>,
+    /// Events by when they are next due, by slot (see `table.rs`).
+    due: BTreeSet<(Timestamp, SlotId)>,
     in_flight: usize,
 }
 
 /// The event core. See the module docs for the driving rule.
 pub struct Core {
     timings: Timings,
-    /// Looked up by id only, never iterated: a hash map is fine here.
-    events: HashMap<String, Tracked>,
+    /// Looked up by id only, never iterated: a hash index is fine here.
+    events: Table,
     queues: BTreeMap<String, TokenQueue>,
     syncs: sync::Syncs,
     actions: VecDeque<Action>,
@@ -95,7 +83,7 @@ impl Core {
                 timings.jitter_seed,
             ),
             timings,
-            events: HashMap::new(),
+            events: Table::default(),
             queues: BTreeMap::new(),
             actions: VecDeque::new(),
             orphaned_resubmits: BTreeMap::new(),
@@ -116,25 +104,30 @@ impl Core {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.events.len() == 0
     }
 
-    pub fn event(&self, event_id: &str) -> Option<&EventRecord> {
-        self.events.get(event_id).map(|t| &t.rec)
+    /// A copy of an unsettled event's record.
+    pub fn event(&self, event_id: &str) -> Option<EventRecord> {
+        self.events.get(event_id).map(|t| t.rec)
+    }
+
+    /// Room for `more` recovered events without growing the table while loading.
+    pub fn reserve(&mut self, more: usize) {
+        self.events.reserve(more);
     }
 
     /// Reloads an unsettled event after a restart, with its unapplied notifications. Nothing
     /// was in flight across the restart; an event in `syncing` asks for its sync again.
     pub fn recover(&mut self, now: Timestamp, rec: EventRecord, notes: Vec<NotificationInput>) {
-        if rec.state == State::Settled || self.events.contains_key(&rec.event_id) {
+        if rec.state == State::Settled || self.events.contains(&rec.event_id) {
             return;
         }
         let id = rec.event_id.clone();
         self.insert(rec, true);
         if let Some(t) = self.events.get(&id) {
             if t.rec.state == State::Syncing {
-                let rec = t.rec.clone();
-                self.enter_waiting(now, &rec, "recovered after restart");
+                self.enter_waiting(now, &t.rec, "recovered after restart");
             }
         }
         for n in notes {
@@ -187,24 +180,13 @@ impl Core {
         if rec.state != State::Pending {
             rec.next_check_at = None;
         }
-        if let Some(at) = rec.next_check_at {
-            self.queues
-                .entry(rec.token.clone())
-                .or_default()
-                .due
-                .insert((at, rec.event_id.clone()));
+        let at = rec.next_check_at;
+        let token = rec.token.clone();
+        let id = rec.event_id.clone();
+        self.events.put(&Tracked::new(rec, durable));
+        if let (Some(at), Some(slot)) = (at, self.events.slot_of(&id)) {
+            self.queues.entry(token).or_default().due.insert((at, slot));
         }
-        self.events.insert(
-            rec.event_id.clone(),
-            Tracked {
-                rec,
-                durable,
-                in_flight: false,
-                seen: Vec::new(),
-                outcome_seq: 0,
-                resubmitting: false,
-            },
-        );
     }
 
     /// Asks for a sync of `kind` for `token`. Coalesced: at most one runs per (token, kind);
@@ -235,31 +217,27 @@ impl Core {
         let done = self.syncs.finished(now, sync_id, &outcome, busy, &mut out);
         if let Some((key, run, waiting)) = done {
             let events = &self.events;
-            let covered: Vec<String> = waiting
+            let covered: Vec<Tracked> = waiting
                 .into_iter()
-                .filter(|id| {
-                    events.get(id).is_some_and(|t| {
-                        t.rec.outcome_at.is_some()
-                            && t.outcome_seq <= run.id
-                            && (run.full || !t.rec.needs_full_sync)
-                    })
+                .filter_map(|id| events.get(&id))
+                .filter(|t| {
+                    t.rec.outcome_at.is_some()
+                        && t.outcome_seq <= run.id
+                        && (run.full || !t.rec.needs_full_sync)
                 })
                 .collect();
-            for id in &covered {
-                self.syncs.unwait(&key, id);
+            for t in &covered {
+                self.syncs.unwait(&key, &t.rec.event_id);
             }
-            for id in covered {
-                if let Some(t) = self.events.get(&id) {
-                    let before = t.rec.clone();
-                    let change = Change::of(&t.rec);
-                    self.after_change(
-                        now,
-                        before,
-                        change,
-                        Next::Settle,
-                        format!("{} sync {sync_id} finished", key.1),
-                    );
-                }
+            for t in covered {
+                let change = Change::of(&t.rec);
+                self.after_change(
+                    now,
+                    t.rec,
+                    change,
+                    Next::Settle,
+                    format!("{} sync {sync_id} finished", key.1),
+                );
             }
         }
         self.actions.extend(out);
@@ -273,14 +251,16 @@ impl Core {
                 if q.in_flight >= self.timings.max_in_flight_per_token {
                     break;
                 }
-                let Some((at, id)) = q.due.first().cloned() else {
+                let Some((at, slot)) = q.due.first().copied() else {
                     break;
                 };
                 if at > now {
                     break;
                 }
                 q.due.pop_first();
-                self.fire(now, &id);
+                if let Some(id) = self.events.id_of(slot) {
+                    self.fire(now, &id);
+                }
             }
         }
         let mut out = Vec::new();
@@ -303,7 +283,7 @@ impl Core {
     }
 
     fn fire(&mut self, now: Timestamp, id: &str) {
-        let Some(t) = self.events.get_mut(id) else {
+        let Some(mut t) = self.events.get(id) else {
             return;
         };
         if t.rec.state != State::Pending || t.in_flight {
@@ -318,6 +298,7 @@ impl Core {
             let change = Change::of(&t.rec);
             t.rec.outcome = Some(Outcome::TimedOut);
             t.rec.outcome_at = Some(now);
+            self.events.put(&t);
             let cause = format!(
                 "still pending after {}",
                 crate::time::format_duration(self.timings.give_up_after)
@@ -335,11 +316,14 @@ impl Core {
                     earliest
                 };
                 t.rec.next_check_at = Some(at);
-                self.queues
-                    .entry(t.rec.token.clone())
-                    .or_default()
-                    .due
-                    .insert((at, id.to_string()));
+                self.events.put(&t);
+                if let Some(slot) = self.events.slot_of(id) {
+                    self.queues
+                        .entry(t.rec.token)
+                        .or_default()
+                        .due
+                        .insert((at, slot));
+                }
                 return;
             }
         }
@@ -348,8 +332,9 @@ impl Core {
         t.rec.polls = t.rec.polls.saturating_add(1);
         t.rec.last_poll_at = Some(now);
         t.rec.next_check_at = None;
+        self.events.put(&t);
         let token = t.rec.token.clone();
-        change.event = t.rec.clone();
+        change.event = t.rec;
         self.queues.entry(token.clone()).or_default().in_flight += 1;
         self.emit_persist(change);
         self.actions.push_back(Action::Poll {
@@ -371,16 +356,19 @@ impl Core {
         let id = before.event_id.clone();
         let timings = self.timings.clone();
         let next_sync_id = self.syncs.next_id();
-        let Some(t) = self.events.get_mut(&id) else {
+        let (Some(mut t), Some(slot)) = (self.events.get(&id), self.events.slot_of(&id)) else {
             return;
         };
         if t.rec.outcome_at != before.outcome_at {
             t.outcome_seq = next_sync_id;
         }
         // Take the event out of the timer index; it is put back below if it still polls.
-        if let Some(at) = t.rec.next_check_at.or(before.next_check_at) {
-            if let Some(q) = self.queues.get_mut(&t.rec.token) {
-                q.due.remove(&(at, id.clone()));
+        if let Some(q) = self.queues.get_mut(&t.rec.token) {
+            for at in [t.rec.next_check_at, before.next_check_at]
+                .into_iter()
+                .flatten()
+            {
+                q.due.remove(&(at, slot));
             }
         }
         let mut resubmit = false;
@@ -447,6 +435,9 @@ impl Core {
         change.feed = changed;
         change.event = t.rec.clone();
         let rec = t.rec.clone();
+        if rec.state != State::Settled {
+            self.events.put(&t);
+        }
         if resubmit {
             self.queues.entry(rec.token.clone()).or_default().in_flight += 1;
         }
@@ -456,7 +447,7 @@ impl Core {
                 .entry(rec.token.clone())
                 .or_default()
                 .due
-                .insert((at, id.clone()));
+                .insert((at, slot));
         }
         self.emit_persist(change);
         if resubmit {
@@ -469,9 +460,9 @@ impl Core {
         match rec.state {
             State::Settled => {
                 self.remove_waiting(&rec);
-                if let Some(t) = self.events.remove(&id) {
+                if self.events.remove(&id).is_some() {
                     if t.resubmitting {
-                        self.orphaned_resubmits.insert(id.clone(), t.rec.clone());
+                        self.orphaned_resubmits.insert(id.clone(), t.rec);
                     }
                     if t.in_flight {
                         if let Some(q) = self.queues.get_mut(&rec.token) {
@@ -526,7 +517,7 @@ impl Core {
     pub fn due_count(&self, now: Timestamp) -> usize {
         self.queues
             .values()
-            .map(|q| q.due.range(..=(now, String::from("\u{10FFFF}"))).count())
+            .map(|q| q.due.range(..=(now, SlotId::MAX)).count())
             .sum()
     }
 

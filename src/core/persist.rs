@@ -33,8 +33,11 @@ impl Core {
         let id = p.change.event.event_id.clone();
         match p.error {
             None => {
-                if let Some(t) = self.events.get_mut(&id) {
-                    t.durable = true;
+                if let Some(mut t) = self.events.get(&id) {
+                    if !t.durable {
+                        t.durable = true;
+                        self.events.put(&t);
+                    }
                 }
                 if let Some(u) = self.unpersisted.get_mut(&id) {
                     if !p.change.rows_only {
@@ -124,10 +127,11 @@ impl Core {
 
     /// Drops an event from memory (never durable, given up on).
     fn forget(&mut self, id: &str) {
-        if let Some(t) = self.events.remove(id) {
+        let slot = self.events.slot_of(id);
+        if let (Some(t), Some(slot)) = (self.events.remove(id), slot) {
             if let Some(q) = self.queues.get_mut(&t.rec.token) {
                 if let Some(at) = t.rec.next_check_at {
-                    q.due.remove(&(at, id.to_string()));
+                    q.due.remove(&(at, slot));
                 }
                 if t.in_flight {
                     q.in_flight = q.in_flight.saturating_sub(1);

@@ -961,7 +961,7 @@ fn early_or_spurious_timeout_is_a_no_op() {
     for at in [ts(0), ts(MIN), ts(5 * MIN - 1), ts(-DAY)] {
         core.timeout(at);
         assert_eq!(drain(&mut core), vec![]);
-        assert_eq!(core.event("e1"), Some(&rec));
+        assert_eq!(core.event("e1"), Some(rec.clone()));
         assert_eq!(core.poll_timeout(), Some(ts(5 * MIN)));
     }
     core.timeout(ts(5 * MIN));

@@ -205,11 +205,36 @@ fn apply_change(conn: &Connection, c: &Change) -> Result<(), StoreError> {
 
 /// Every unsettled event, for recovery after a restart.
 pub fn load_unsettled(conn: &Connection) -> Result<Vec<EventRecord>, StoreError> {
+    let mut out = Vec::new();
+    for_each_unsettled(conn, |rec| out.push(rec))?;
+    Ok(out)
+}
+
+/// Hands every unsettled event to `f` as it is read, so that recovering a million events
+/// never holds them all as records at once (docs/architecture.md, "Memory").
+pub fn for_each_unsettled(
+    conn: &Connection,
+    mut f: impl FnMut(EventRecord),
+) -> Result<usize, StoreError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {EVENT_COLS} FROM events WHERE state != 'settled'"
     ))?;
-    let rows = stmt.query_map([], event_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut n = 0;
+    for rec in stmt.query_map([], event_from_row)? {
+        f(rec?);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// How many events are not settled, from the counts the triggers keep.
+pub fn count_unsettled(conn: &Connection) -> Result<usize, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(n), 0) FROM event_counts WHERE state != 'settled'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Events whose next check is due at or before `now`, earliest first (uses `events_due`).
