@@ -9,6 +9,7 @@
 pub mod api;
 pub mod apple;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod daemon;

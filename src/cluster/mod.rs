@@ -1,0 +1,5 @@
+//! Several instances on one PostgreSQL database (docs/architecture.md, "Several
+//! instances"): every instance serves the webhook and the local API; each token is worked by
+//! the one instance that holds its lease.
+
+pub mod lease;
