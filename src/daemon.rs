@@ -248,10 +248,12 @@ pub async fn serve_with_reload(
                 by_event.entry(n.event_id.clone()).or_default().push(n);
             }
             core.reserve(queries::count_unsettled(conn)?);
+            let mut recovery = core.recovery(now);
             let recovered = queries::for_each_unsettled(conn, |rec| {
                 let notes = by_event.remove(&rec.event_id).unwrap_or_default();
-                core.recover(now, rec, notes);
+                recovery.add(rec, notes);
             })?;
+            drop(recovery);
             release_free_heap();
             Ok((core, recovered))
         })

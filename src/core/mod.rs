@@ -120,9 +120,21 @@ impl Core {
     /// Reloads an unsettled event after a restart, with its unapplied notifications. Nothing
     /// was in flight across the restart; an event in `syncing` asks for its sync again.
     pub fn recover(&mut self, now: Timestamp, rec: EventRecord, notes: Vec<NotificationInput>) {
-        if rec.state == State::Settled || self.events.contains(&rec.event_id) {
-            return;
+        self.recovery(now).add(rec, notes);
+    }
+
+    /// Reloads many events: like [`Core::recover`] for each, but the timer index is built
+    /// once at the end (when the [`Recovery`] is dropped), with full B-tree nodes and no
+    /// allocation interleaved with the loading (docs/architecture.md, "Memory").
+    pub fn recovery(&mut self, now: Timestamp) -> Recovery<'_> {
+        Recovery {
+            core: self,
+            now,
+            due: BTreeMap::new(),
         }
+    }
+
+    fn recover_now(&mut self, now: Timestamp, rec: EventRecord, notes: Vec<NotificationInput>) {
         let id = rec.event_id.clone();
         self.insert(rec, true);
         if let Some(t) = self.events.get(&id) {
@@ -524,6 +536,52 @@ impl Core {
     /// Sync state of one (token, kind): running run, queued run and when it may start.
     pub fn sync_state(&self, token: &str, kind: SyncKind) -> Option<SyncState> {
         self.syncs.state(&(token.to_string(), kind))
+    }
+}
+
+/// Events being reloaded after a restart; see [`Core::recovery`].
+pub struct Recovery<'a> {
+    core: &'a mut Core,
+    now: Timestamp,
+    /// Timer entries of recovered pending events, added to the index on drop.
+    due: BTreeMap<String, Vec<(Timestamp, SlotId)>>,
+}
+
+impl Recovery<'_> {
+    /// One unsettled event and its unapplied notifications.
+    pub fn add(&mut self, rec: EventRecord, notes: Vec<NotificationInput>) {
+        let core = &mut *self.core;
+        if rec.state == State::Settled || core.events.contains(&rec.event_id) {
+            return;
+        }
+        if rec.state != State::Pending || !notes.is_empty() {
+            core.recover_now(self.now, rec, notes);
+            return;
+        }
+        let at = rec.next_check_at.unwrap_or(rec.submitted_at);
+        let token = rec.token.clone();
+        let id = rec.event_id.clone();
+        let mut t = Tracked::new(rec, true);
+        t.rec.next_check_at = Some(at);
+        core.events.put(&t);
+        if let Some(slot) = core.events.slot_of(&id) {
+            self.due.entry(token).or_default().push((at, slot));
+        }
+    }
+}
+
+impl Drop for Recovery<'_> {
+    fn drop(&mut self) {
+        for (token, entries) in std::mem::take(&mut self.due) {
+            // Collecting sorts once and packs the B-tree's nodes full.
+            let mut bulk: BTreeSet<(Timestamp, SlotId)> = entries.into_iter().collect();
+            self.core
+                .queues
+                .entry(token)
+                .or_default()
+                .due
+                .append(&mut bulk);
+        }
     }
 }
 
