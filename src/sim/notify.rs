@@ -10,9 +10,13 @@
 //! - POST with `Authorization: Bearer <authToken>` and `Content-Type: application/json`, up to
 //!   3 attempts (Apple: 3 over 1–5 min [C NOTIF]; here 250 ms / 500 ms backoff so tests stay
 //!   fast), 5 s timeout each. Any 2xx = delivered.
-//! - Faults, decided with the seeded RNG when the notification is created: `dropNotificationRate`
-//!   (never sent), `duplicateNotificationRate` (same notificationId sent twice),
-//!   `notificationDelay` (wait `delay + U(0, delay)` before sending, so chunks can reorder).
+//! - Faults, decided when the notification is created from the seed and what the notification
+//!   is about (location, type, entities; see [`content_key`]), never from a shared RNG stream,
+//!   so one seed gives the same losses, duplicates and chunk order whatever else ran in
+//!   between: `dropNotificationRate` (never sent), `duplicateNotificationRate` (same
+//!   notificationId sent twice), `notificationDelay` (wait `delay + [0, delay)` before sending).
+//!   The chunks of one event are spread `delay / chunks` apart in an order their keys pick, so
+//!   they arrive out of order (as Apple's may) but in the same order in every run.
 //! - At most 32 deliveries run at once; when more than [`MAX_QUEUED`] wait, new ones are dropped
 //!   (counted in `dropped`) so a dead receiver cannot grow memory without bound.
 //! - Counters: `sent` = notifications handed to delivery (once per notificationId, whatever
@@ -22,11 +26,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::{json, Value};
 
 use super::errors::error_body;
-use super::state::{error_info, new_uuid, Applied, EventType, SimState};
+use super::state::{error_info, keyed_uuid, unit, Applied, EventType, SimState};
 use super::Shared;
 
 pub const CHUNK: usize = 100;
@@ -99,11 +102,31 @@ pub fn build(
             ));
         }
     }
+    // Each chunk's place in the delivery order: a rank picked by its key, plus one offset for
+    // the whole event, so chunks stay `delay / n` apart and never race each other.
+    let keys: Vec<u64> = payloads
+        .iter()
+        .map(|p| content_key(st.seed, uid, ntype, p) ^ ORDER_SALT)
+        .collect();
+    let n = payloads.len();
+    let offset = keys
+        .iter()
+        .fold(0u64, |a, k| a ^ k.rotate_left(17))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     payloads
         .into_iter()
-        .filter_map(|p| envelope(st, uid, &url, &auth, ntype, p))
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let rank = keys.iter().filter(|k| **k < keys[i]).count();
+            let spread = (rank as f64 + unit(offset)) / n as f64;
+            envelope(st, uid, &url, &auth, ntype, p, spread)
+        })
         .collect()
 }
+
+/// Salts that make the order and delay keys independent of the drop and duplicate keys.
+const ORDER_SALT: u64 = 0x6a09_e667_f3bc_c909;
+const DUPLICATE_SALT: u64 = 0xD1B5_4A32_D192_ED03;
 
 /// A notification outside event processing (ASSET_COUNT, USER_ASSOCIATED), if the location
 /// has a target and subscribes to `ntype`.
@@ -114,7 +137,8 @@ pub fn simple(st: &mut SimState, uid: &str, ntype: &str, payload: Value) -> Opti
     }
     let url = loc.config.notification_url.clone()?;
     let auth = loc.config.auth_token.clone()?;
-    envelope(st, uid, &url, &auth, ntype, payload)
+    let spread = unit(content_key(st.seed, uid, ntype, &payload) ^ ORDER_SALT);
+    envelope(st, uid, &url, &auth, ntype, payload, spread)
 }
 
 /// A stable key for a notification: the seed, the location, the type and the payload without
@@ -137,12 +161,25 @@ fn content_key(seed: u64, uid: &str, ntype: &str, payload: &Value) -> u64 {
     crate::core::backoff::splitmix64(h ^ seed)
 }
 
-/// A key as a number in [0, 1).
-fn unit(key: u64) -> f64 {
-    (key >> 11) as f64 / (1u64 << 53) as f64
+/// The notificationId: named by the location and the whole payload (eventId included, so
+/// each event's chunks are distinct); payloads that name no event also take a counter.
+fn notification_id(st: &mut SimState, uid: &str, ntype: &str, payload: &Value) -> String {
+    let Some(loc) = st.locations.get_mut(uid) else {
+        return keyed_uuid(content_key(st.seed, uid, ntype, payload));
+    };
+    let text = payload.to_string();
+    let key = if payload.get("eventId").is_some() {
+        loc.derive(&["notification", ntype, &text])
+    } else {
+        loc.plain_notifications += 1;
+        let n = loc.plain_notifications.to_string();
+        loc.derive(&["notification", ntype, &text, &n])
+    };
+    keyed_uuid(key)
 }
 
-/// Wraps a payload, rolling the faults. `None` when the drop fault hits.
+/// Wraps a payload, rolling the faults. `None` when the drop fault hits. `spread` in [0, 1)
+/// places the notification within the delay window.
 pub fn envelope(
     st: &mut SimState,
     uid: &str,
@@ -150,6 +187,7 @@ pub fn envelope(
     auth: &str,
     ntype: &str,
     payload: Value,
+    spread: f64,
 ) -> Option<Outgoing> {
     let f = &st.faults;
     let (drop_rate, dup_rate, delay) = (
@@ -157,7 +195,6 @@ pub fn envelope(
         f.duplicate_notification_rate,
         f.notification_delay,
     );
-    let id = new_uuid(&mut st.rng);
     // Lost and duplicated are decided by what the notification is about (location, type,
     // entities), not by arrival order, so one seed loses the same notifications in every run
     // of one workload however the requests interleave.
@@ -166,12 +203,9 @@ pub fn envelope(
         st.notif.dropped += 1;
         return None;
     }
-    let duplicate = dup_rate > 0.0 && unit(key ^ 0xD1B5_4A32_D192_ED03) < dup_rate;
-    let jitter = if delay.is_zero() {
-        Duration::ZERO
-    } else {
-        delay.mul_f64(st.rng.gen::<f64>())
-    };
+    let duplicate = dup_rate > 0.0 && unit(key ^ DUPLICATE_SALT) < dup_rate;
+    let id = notification_id(st, uid, ntype, &payload);
+    let jitter = delay.mul_f64(spread.clamp(0.0, 1.0));
     st.notif.sent += 1;
     if duplicate {
         st.notif.duplicated += 1;
