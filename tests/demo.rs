@@ -117,8 +117,7 @@ fn seed_one() -> &'static SeedOneRun {
             stdout,
             stderr,
             secrets,
-            kept_db_and_config: keep.join("state.db").exists()
-                && keep.join("config.toml").exists(),
+            kept_db_and_config: keep.join("state.db").exists() && keep.join("config.toml").exists(),
         }
     })
 }
@@ -141,7 +140,11 @@ fn reproducible(stdout: &str) -> Vec<String> {
     out.push("--".into());
     out.extend(section(stdout, "totals (").into_iter().map(String::from));
     out.push("--".into());
-    out.extend(section(stdout, "verification").into_iter().map(String::from));
+    out.extend(
+        section(stdout, "verification")
+            .into_iter()
+            .map(String::from),
+    );
     out
 }
 
@@ -225,7 +228,11 @@ fn demo_seed_1_verifies_and_keeps_secrets_out_of_the_output() {
     );
 
     // No secret in the output, and the kept directory has what the report points to.
-    assert_eq!(run.secrets.len(), 6, "two tokens, each sToken + inner + notify");
+    assert_eq!(
+        run.secrets.len(),
+        6,
+        "two tokens, each sToken + inner + notify"
+    );
     for s in &run.secrets {
         assert!(s.len() > 16);
         assert!(!all.contains(s.as_str()), "a secret was printed:\n{all}");

@@ -278,7 +278,53 @@ pub async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::state::Location;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
     use serde_json::json;
+
+    #[test]
+    fn chunks_keep_one_order_apart_from_each_other_whatever_ran_before() {
+        let mut st = SimState::with_seed(SmallRng::seed_from_u64(2), 5);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut loc = Location::new(
+            "u1".into(),
+            "L".into(),
+            "t".into(),
+            chrono::Utc::now(),
+            10,
+            &mut rng,
+        );
+        loc.config.notification_url = Some("http://127.0.0.1:9/".into());
+        loc.config.auth_token = Some("a".into());
+        st.locations.insert("u1".into(), loc);
+        st.faults.notification_delay = Duration::from_millis(400);
+        let ent = |i: usize| json!({"adamId": "1", "pricingParam": "STDQ", "serialNumber": format!("S{i}")});
+        let applied = Applied {
+            ok: (0..250).map(ent).collect(),
+            failed: vec![(9709, (250..253).map(ent).collect())],
+        };
+        let first = build(&mut st, "u1", "e1", EventType::Associate, &applied);
+        assert_eq!(first.len(), 4, "three SUCCESS chunks and one FAILURE");
+        let mut delays: Vec<u128> = first.iter().map(|o| o.delay.as_millis()).collect();
+        delays.sort_unstable();
+        assert!(delays[0] >= 400 && delays[3] < 800, "{delays:?}");
+        for pair in delays.windows(2) {
+            // delay / chunks apart (give or take the rounding to whole milliseconds).
+            assert!((99..=101).contains(&(pair[1] - pair[0])), "{delays:?}");
+        }
+        // Draws from the shared RNG (as other requests would make) change nothing.
+        for _ in 0..17 {
+            let _: u64 = st.rng.gen();
+        }
+        let again = build(&mut st, "u1", "e2", EventType::Associate, &applied);
+        let d = |v: &[Outgoing]| v.iter().map(|o| o.delay).collect::<Vec<_>>();
+        assert_eq!(d(&first), d(&again));
+        assert_ne!(
+            first[0].body, again[0].body,
+            "another event, another notification"
+        );
+    }
 
     #[test]
     fn loss_is_decided_by_content_not_by_ids_or_order() {
