@@ -156,7 +156,7 @@ fn demo_seed_1_verifies_and_keeps_secrets_out_of_the_output() {
     assert_eq!(code, Some(0), "demo failed:\n{all}");
 
     // Progress lines, one a second.
-    let progress = section(&stdout, "progress");
+    let progress = section(stdout, "progress");
     assert!(progress[0].starts_with("TIME "), "{stdout}");
     let ticks = progress.iter().filter(|l| l.starts_with('[')).count();
     assert!(ticks >= 3, "progress:\n{stdout}");
@@ -183,7 +183,7 @@ fn demo_seed_1_verifies_and_keeps_secrets_out_of_the_output() {
         .and_then(|x| x.parse().ok())
         .expect("event count");
     assert!(n >= 48, "{header}");
-    let rows: Vec<&str> = section(&stdout, "events (")
+    let rows: Vec<&str> = section(stdout, "events (")
         .into_iter()
         .skip(1)
         .take_while(|l| !l.starts_with("  EVENT:"))
@@ -208,12 +208,12 @@ fn demo_seed_1_verifies_and_keeps_secrets_out_of_the_output() {
             "{planted} missing:\n{stdout}"
         );
     }
-    let table = section(&stdout, "events (").join("\n");
+    let table = section(stdout, "events (").join("\n");
     assert!(table.contains("(replaces "), "{stdout}");
     assert!(stdout.contains("DONE/REQ"), "{stdout}");
 
     // Every verification line says OK, and the result too.
-    let checks = section(&stdout, "verification");
+    let checks = section(stdout, "verification");
     assert!(checks.len() >= 8, "{stdout}");
     for c in &checks {
         assert!(
