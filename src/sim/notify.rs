@@ -15,8 +15,10 @@
 //!   so one seed gives the same losses, duplicates and chunk order whatever else ran in
 //!   between: `dropNotificationRate` (never sent), `duplicateNotificationRate` (same
 //!   notificationId sent twice), `notificationDelay` (wait `delay + [0, delay)` before sending).
-//!   The chunks of one event are spread `delay / chunks` apart in an order their keys pick, so
-//!   they arrive out of order (as Apple's may) but in the same order in every run.
+//! - The chunks of one event go one after the other, each once the previous one was answered,
+//!   in an order their keys pick: a FAILURE may come before the SUCCESS of the same event (as
+//!   Apple's may [I]), but the order is the same in every run and the chunks arrive close
+//!   together, so a receiver that acts on the first does not race the rest by chance.
 //! - At most 32 deliveries run at once; when more than [`MAX_QUEUED`] wait, new ones are dropped
 //!   (counted in `dropped`) so a dead receiver cannot grow memory without bound.
 //! - Counters: `sent` = notifications handed to delivery (once per notificationId, whatever
@@ -45,6 +47,9 @@ pub struct Outgoing {
     pub body: Vec<u8>,
     pub delay: Duration,
     pub duplicate: bool,
+    /// Sent right after the previous item of the same batch was delivered (the next chunk of
+    /// one event), instead of after `delay` on its own.
+    pub after_previous: bool,
 }
 
 /// Builds the envelopes for a processed event and applies the drop/duplicate/delay faults.
@@ -102,26 +107,30 @@ pub fn build(
             ));
         }
     }
-    // Each chunk's place in the delivery order: a rank picked by its key, plus one offset for
-    // the whole event, so chunks stay `delay / n` apart and never race each other.
-    let keys: Vec<u64> = payloads
-        .iter()
-        .map(|p| content_key(st.seed, uid, ntype, p) ^ ORDER_SALT)
-        .collect();
-    let n = payloads.len();
-    let offset = keys
-        .iter()
-        .fold(0u64, |a, k| a ^ k.rotate_left(17))
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    payloads
+    // The chunks' order is picked by their keys; the first that is not lost waits the delay
+    // (placed by all the keys together) and the others follow it (see the module doc).
+    let mut keyed: Vec<(u64, Value)> = payloads
         .into_iter()
-        .enumerate()
-        .filter_map(|(i, p)| {
-            let rank = keys.iter().filter(|k| **k < keys[i]).count();
-            let spread = (rank as f64 + unit(offset)) / n as f64;
-            envelope(st, uid, &url, &auth, ntype, p, spread)
-        })
-        .collect()
+        .map(|p| (content_key(st.seed, uid, ntype, &p) ^ ORDER_SALT, p))
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    let spread = unit(
+        keyed
+            .iter()
+            .fold(0u64, |a, (k, _)| a ^ k.rotate_left(17))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    let mut out: Vec<Outgoing> = Vec::new();
+    for (_, p) in keyed {
+        if let Some(mut o) = envelope(st, uid, &url, &auth, ntype, p, spread) {
+            if !out.is_empty() {
+                o.delay = Duration::ZERO;
+                o.after_previous = true;
+            }
+            out.push(o);
+        }
+    }
+    out
 }
 
 /// Salts that make the order and delay keys independent of the drop and duplicate keys.
@@ -217,11 +226,14 @@ pub fn envelope(
         body: body.to_string().into_bytes(),
         delay: delay + jitter,
         duplicate,
+        after_previous: false,
     })
 }
 
-/// Spawns the deliveries (bounded, see module doc).
+/// Spawns the deliveries (bounded, see module doc): one task per batch of items that follow
+/// each other (`after_previous`), delivering them in order.
 pub fn dispatch(shared: &Arc<Shared>, items: Vec<Outgoing>) {
+    let mut batches: Vec<Vec<Outgoing>> = Vec::new();
     for item in items {
         if shared.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED {
             shared.queued.fetch_sub(1, Ordering::SeqCst);
@@ -231,18 +243,27 @@ pub fn dispatch(shared: &Arc<Shared>, items: Vec<Outgoing>) {
             }
             continue;
         }
+        match batches.last_mut() {
+            Some(batch) if item.after_previous => batch.push(item),
+            _ => batches.push(vec![item]),
+        }
+    }
+    for batch in batches {
         let sh = shared.clone();
         tokio::spawn(async move {
-            if !item.delay.is_zero() {
-                tokio::time::sleep(item.delay).await;
+            if let Some(first) = batch.first().filter(|i| !i.delay.is_zero()) {
+                tokio::time::sleep(first.delay).await;
             }
+            let n = batch.len();
             if let Ok(_permit) = sh.slots.clone().acquire_owned().await {
-                deliver(&sh.http, &item.url, &item.auth, &item.body, ATTEMPTS).await;
-                if item.duplicate {
+                for item in &batch {
                     deliver(&sh.http, &item.url, &item.auth, &item.body, ATTEMPTS).await;
+                    if item.duplicate {
+                        deliver(&sh.http, &item.url, &item.auth, &item.body, ATTEMPTS).await;
+                    }
                 }
             }
-            sh.queued.fetch_sub(1, Ordering::SeqCst);
+            sh.queued.fetch_sub(n, Ordering::SeqCst);
         });
     }
 }
@@ -284,7 +305,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn chunks_keep_one_order_apart_from_each_other_whatever_ran_before() {
+    fn chunks_follow_each_other_in_one_order_whatever_ran_before() {
         let mut st = SimState::with_seed(SmallRng::seed_from_u64(2), 5);
         let mut rng = SmallRng::seed_from_u64(1);
         let mut loc = Location::new(
@@ -306,24 +327,27 @@ mod tests {
         };
         let first = build(&mut st, "u1", "e1", EventType::Associate, &applied);
         assert_eq!(first.len(), 4, "three SUCCESS chunks and one FAILURE");
-        let mut delays: Vec<u128> = first.iter().map(|o| o.delay.as_millis()).collect();
-        delays.sort_unstable();
-        assert!(delays[0] >= 400 && delays[3] < 800, "{delays:?}");
-        for pair in delays.windows(2) {
-            // delay / chunks apart (give or take the rounding to whole milliseconds).
-            assert!((99..=101).contains(&(pair[1] - pair[0])), "{delays:?}");
-        }
+        let lead = first[0].delay.as_millis();
+        assert!(!first[0].after_previous && (400..800).contains(&lead), "{lead}");
+        assert!(first[1..]
+            .iter()
+            .all(|o| o.after_previous && o.delay.is_zero()));
         // Draws from the shared RNG (as other requests would make) change nothing.
         for _ in 0..17 {
             let _: u64 = st.rng.gen();
         }
         let again = build(&mut st, "u1", "e2", EventType::Associate, &applied);
-        let d = |v: &[Outgoing]| v.iter().map(|o| o.delay).collect::<Vec<_>>();
-        assert_eq!(d(&first), d(&again));
-        assert_ne!(
-            first[0].body, again[0].body,
-            "another event, another notification"
-        );
+        let entities = |v: &[Outgoing]| -> Vec<Value> {
+            v.iter()
+                .map(|o| {
+                    let b: Value = serde_json::from_slice(&o.body).unwrap();
+                    b["notification"]["assignments"].clone()
+                })
+                .collect()
+        };
+        assert_eq!(entities(&first), entities(&again), "the same order");
+        assert_eq!(first[0].delay, again[0].delay);
+        assert_ne!(first[0].body, again[0].body, "another event, another notification");
     }
 
     #[test]
