@@ -328,7 +328,10 @@ mod tests {
         let first = build(&mut st, "u1", "e1", EventType::Associate, &applied);
         assert_eq!(first.len(), 4, "three SUCCESS chunks and one FAILURE");
         let lead = first[0].delay.as_millis();
-        assert!(!first[0].after_previous && (400..800).contains(&lead), "{lead}");
+        assert!(
+            !first[0].after_previous && (400..800).contains(&lead),
+            "{lead}"
+        );
         assert!(first[1..]
             .iter()
             .all(|o| o.after_previous && o.delay.is_zero()));
@@ -347,7 +350,10 @@ mod tests {
         };
         assert_eq!(entities(&first), entities(&again), "the same order");
         assert_eq!(first[0].delay, again[0].delay);
-        assert_ne!(first[0].body, again[0].body, "another event, another notification");
+        assert_ne!(
+            first[0].body, again[0].body,
+            "another event, another notification"
+        );
     }
 
     #[test]
