@@ -1,10 +1,12 @@
 //! `vpp-reconciler demo` end to end: the real binary, bounded in time. Checks that it
 //! verifies (exit 0), that the report lists every event with a final outcome, that every
-//! verification line says OK, and that no secret from its work directory reaches the output.
+//! verification line says OK, that no secret from its work directory reaches the output, and
+//! that a second run with the same seed reports the same counts.
 
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -84,20 +86,77 @@ fn section<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
         .collect()
 }
 
+const DEMO_LIMIT: Duration = Duration::from_secs(180);
+
+/// One run of `demo --seed 1 --keep DIR`, shared by the tests below so that at most two demos
+/// run at once.
+struct SeedOneRun {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    /// The secrets found in the kept directory (removed once read).
+    secrets: Vec<String>,
+    kept_db_and_config: bool,
+}
+
+fn seed_one() -> &'static SeedOneRun {
+    static RUN: OnceLock<SeedOneRun> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let keep = tmp.path().join("work");
+        let keep_s = keep.to_str().unwrap();
+        let (code, stdout, stderr) =
+            run_bounded(&["demo", "--seed", "1", "--keep", keep_s], DEMO_LIMIT);
+        let secrets = if keep.exists() {
+            secrets(&keep)
+        } else {
+            Vec::new()
+        };
+        SeedOneRun {
+            code,
+            stdout,
+            stderr,
+            secrets,
+            kept_db_and_config: keep.join("state.db").exists() && keep.join("config.toml").exists(),
+        }
+    })
+}
+
+/// What one seed must reproduce: the events table without its POLLS column (ids, outcomes,
+/// error numbers, DONE/REQ, notifications received), the reproducible totals and the
+/// verification (mirror figures included). Everything else in the report is timing-dependent.
+fn reproducible(stdout: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let table = section(stdout, "events (");
+    let header = table.first().copied().unwrap_or_default();
+    let (from, to) = (header.find("POLLS"), header.find("NOTIFS"));
+    for line in table.iter().take_while(|l| !l.starts_with("  EVENT:")) {
+        let line = match (from, to) {
+            (Some(a), Some(b)) if line.len() >= b => format!("{}{}", &line[..a], &line[b..]),
+            _ => line.to_string(),
+        };
+        out.push(line);
+    }
+    out.push("--".into());
+    out.extend(section(stdout, "totals (").into_iter().map(String::from));
+    out.push("--".into());
+    out.extend(
+        section(stdout, "verification")
+            .into_iter()
+            .map(String::from),
+    );
+    out
+}
+
 #[test]
 fn demo_seed_1_verifies_and_keeps_secrets_out_of_the_output() {
-    let tmp = tempfile::tempdir().unwrap();
-    let keep = tmp.path().join("work");
-    let keep_s = keep.to_str().unwrap();
-    let (code, stdout, stderr) = run_bounded(
-        &["demo", "--seed", "1", "--keep", keep_s],
-        Duration::from_secs(180),
-    );
+    let run = seed_one();
+    let (code, stdout, stderr) = (run.code, &run.stdout, &run.stderr);
     let all = format!("{stdout}\n{stderr}");
     assert_eq!(code, Some(0), "demo failed:\n{all}");
 
     // Progress lines, one a second.
-    let progress = section(&stdout, "progress");
+    let progress = section(stdout, "progress");
     assert!(progress[0].starts_with("TIME "), "{stdout}");
     let ticks = progress.iter().filter(|l| l.starts_with('[')).count();
     assert!(ticks >= 3, "progress:\n{stdout}");
@@ -124,7 +183,7 @@ fn demo_seed_1_verifies_and_keeps_secrets_out_of_the_output() {
         .and_then(|x| x.parse().ok())
         .expect("event count");
     assert!(n >= 48, "{header}");
-    let rows: Vec<&str> = section(&stdout, "events (")
+    let rows: Vec<&str> = section(stdout, "events (")
         .into_iter()
         .skip(1)
         .take_while(|l| !l.starts_with("  EVENT:"))
@@ -149,12 +208,12 @@ fn demo_seed_1_verifies_and_keeps_secrets_out_of_the_output() {
             "{planted} missing:\n{stdout}"
         );
     }
-    let table = section(&stdout, "events (").join("\n");
+    let table = section(stdout, "events (").join("\n");
     assert!(table.contains("(replaces "), "{stdout}");
     assert!(stdout.contains("DONE/REQ"), "{stdout}");
 
     // Every verification line says OK, and the result too.
-    let checks = section(&stdout, "verification");
+    let checks = section(stdout, "verification");
     assert!(checks.len() >= 8, "{stdout}");
     for c in &checks {
         assert!(
@@ -169,14 +228,53 @@ fn demo_seed_1_verifies_and_keeps_secrets_out_of_the_output() {
     );
 
     // No secret in the output, and the kept directory has what the report points to.
-    let secrets = secrets(&keep);
-    assert_eq!(secrets.len(), 6, "two tokens, each sToken + inner + notify");
-    for s in &secrets {
+    assert_eq!(
+        run.secrets.len(),
+        6,
+        "two tokens, each sToken + inner + notify"
+    );
+    for s in &run.secrets {
         assert!(s.len() > 16);
         assert!(!all.contains(s.as_str()), "a secret was printed:\n{all}");
     }
-    assert!(keep.join("state.db").exists());
-    assert!(keep.join("config.toml").exists());
+    assert!(run.kept_db_and_config);
+}
+
+#[test]
+fn demo_with_the_same_seed_reports_the_same_counts() {
+    // The second run goes alongside the shared one, so the two see different timing.
+    let second = std::thread::spawn(|| run_bounded(&["demo", "--seed", "1"], DEMO_LIMIT));
+    let first = seed_one();
+    let (code, stdout, stderr) = second.join().expect("second demo run");
+    assert_eq!(first.code, Some(0), "first run failed:\n{}", first.stdout);
+    assert_eq!(code, Some(0), "second run failed:\n{stdout}\n{stderr}");
+
+    let (a, b) = (reproducible(&first.stdout), reproducible(&stdout));
+    assert!(a.len() > 60, "events, totals and verification: {a:#?}");
+    assert!(a.iter().any(|l| l.contains("notifications sent")), "{a:#?}");
+    assert!(a.iter().any(|l| l.contains("licences")), "{a:#?}");
+    let differ: Vec<String> = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x != y)
+        .map(|(x, y)| format!("first:  {x}\nsecond: {y}"))
+        .collect();
+    assert!(
+        differ.is_empty() && a.len() == b.len(),
+        "same seed, different counts:\n{}\n\nfirst run:\n{}\n\nsecond run:\n{stdout}",
+        differ.join("\n"),
+        first.stdout
+    );
+
+    // The comparison sees a change in what must be reproduced, and ignores the polls.
+    let text = &first.stdout;
+    let lost = text.find(", lost ").expect("lost count") + ", lost ".len();
+    let more_lost = format!("{}9{}", &text[..lost], &text[lost..]);
+    assert_ne!(reproducible(text), reproducible(&more_lost));
+    let failed = text.replacen(" failed 9709", " complete 9709", 1);
+    assert_ne!(reproducible(text), reproducible(&failed));
+    let syncs = text.replacen("  syncs        ", "  syncs        9", 1);
+    assert_eq!(reproducible(text), reproducible(&syncs), "timing-dependent");
 }
 
 #[test]

@@ -199,10 +199,11 @@ pub(super) async fn report(
     say!("  EVENT: the eventId's first 8 characters. RESULT: outcome and Apple error numbers.");
     say!("  DONE/REQ: entities completed/requested as the daemon learned them (a lost SUCCESS");
     say!("  chunk of a failed event leaves DONE short; its outcome and the mirror still come");
-    say!("  from Apple). POLLS: Event Status calls. NOTIFS: distinct notifications received.");
+    say!("  from Apple). POLLS: Event Status calls (timing-dependent). NOTIFS: distinct");
+    say!("  notifications received.");
 
-    // Totals.
-    say!("\ntotals");
+    // Totals: first what one seed reproduces, then what depends on timing.
+    say!("\ntotals (the same in every run with this seed)");
     let outcomes = count_by(&events, "outcome");
     let outcome_list: Vec<String> = ["complete", "failed", "timed_out", "not_found", "-"]
         .iter()
@@ -218,6 +219,77 @@ pub(super) async fn report(
         events.len(),
         outcome_list.join(", ")
     );
+    let mut by_error: BTreeMap<i64, usize> = BTreeMap::new();
+    for e in &events {
+        for n in failures_of(e) {
+            *by_error.entry(n).or_default() += 1;
+        }
+    }
+    if !by_error.is_empty() {
+        let list: Vec<String> = by_error
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k} on {}",
+                    crate::time::count(*v as u64, "event", "events")
+                )
+            })
+            .collect();
+        say!("  failures     {}", list.join(", "));
+    }
+    let resubmitted = events
+        .iter()
+        .filter(|e| e["supersedes"].is_string())
+        .count();
+    say!("  resubmitted  {resubmitted} (pending longer than {RESUBMIT_AFTER})");
+    let n = &stats["notifications"];
+    say!(
+        "  notifications sent {}, lost {}, duplicated {}",
+        n["sent"].as_i64().unwrap_or(0),
+        n["dropped"].as_i64().unwrap_or(0),
+        n["duplicated"].as_i64().unwrap_or(0)
+    );
+    let retry_list: Vec<String> = log
+        .retry_errors
+        .iter()
+        .map(|(k, v)| format!("{v}x {k}"))
+        .collect();
+    // The daemon's client already resends a write that Apple answered 5xx with an error body
+    // (so provably not processed); the demo resends only what still came back refused.
+    say!(
+        "  submissions  {} requests; {} resent by the demo after the daemon reported a 5xx{}",
+        requests.len(),
+        log.retries,
+        if retry_list.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", retry_list.join(", "))
+        }
+    );
+    for (i, t) in w.tokens.iter().enumerate() {
+        let list: Vec<String> = truths
+            .get(t.name)
+            .and_then(|v| v["assets"].as_array())
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                format!(
+                    "{} {}/{}",
+                    s(&a["adamId"]),
+                    a["assignedCount"].as_i64().unwrap_or(0),
+                    a["totalCount"].as_i64().unwrap_or(0)
+                )
+            })
+            .collect();
+        say!(
+            "  {:<12} {:<5} {}",
+            if i == 0 { "licences" } else { "" },
+            t.name,
+            list.join(", ")
+        );
+    }
+
+    say!("\ntiming-dependent (vary from run to run: when polls, syncs and retries happen)");
     let polled = events
         .iter()
         .filter(|e| e["polls"].as_i64().unwrap_or(0) > 0)
@@ -257,35 +329,6 @@ pub(super) async fn report(
         }
         Err(e) => say!("  syncs        cannot list them: {e}"),
     }
-    let resubmitted = events
-        .iter()
-        .filter(|e| e["supersedes"].is_string())
-        .count();
-    say!("  resubmitted  {resubmitted} (pending longer than {RESUBMIT_AFTER})");
-    let n = &stats["notifications"];
-    say!(
-        "  notifications sent {}, lost {}, duplicated {}",
-        n["sent"].as_i64().unwrap_or(0),
-        n["dropped"].as_i64().unwrap_or(0),
-        n["duplicated"].as_i64().unwrap_or(0)
-    );
-    let retry_list: Vec<String> = log
-        .retry_errors
-        .iter()
-        .map(|(k, v)| format!("{v}x {k}"))
-        .collect();
-    // The daemon's client already resends a write that Apple answered 5xx with an error body
-    // (so provably not processed); the demo resends only what still came back refused.
-    say!(
-        "  submissions  {} requests; {} resent by the demo after the daemon reported a 5xx{}",
-        requests.len(),
-        log.retries,
-        if retry_list.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", retry_list.join(", "))
-        }
-    );
     // Shown only when the daemon's counters are filled in.
     if let Ok(text) = w.http.text(&w.api_url("/metrics")).await {
         let statuses = api_answers(&text);
@@ -307,7 +350,7 @@ pub(super) async fn report(
     say!("  elapsed      {:.1}s", elapsed.as_secs_f64());
 
     // Apple calls by endpoint and token.
-    say!("\nApple API calls (counted by the simulator)");
+    say!("\nApple API calls (counted by the simulator; timing-dependent)");
     let mut endpoints: BTreeSet<String> = BTreeSet::new();
     for t in &w.tokens {
         if let Some(m) = stats["tokens"][&t.uid]["requests"].as_object() {

@@ -9,7 +9,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -19,7 +18,8 @@ use super::notify;
 use super::process;
 use super::rate::Admission;
 use super::state::{
-    apple_date, new_uuid, DataSet, EventType, Location, Params, SimState, NOTIFICATION_TYPES,
+    apple_date, keyed, keyed_uuid, unit, DataSet, EventType, Location, Params, SimState,
+    NOTIFICATION_TYPES,
 };
 use super::Shared;
 
@@ -134,8 +134,15 @@ fn lock(sh: &Shared) -> Result<std::sync::MutexGuard<'_, SimState>, ApiError> {
     sh.state.lock().map_err(|_| ApiError::new(9603))
 }
 
+/// What a request is, for the 5xx fault: method, path with query, body.
+struct Call<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    body: &'a [u8],
+}
+
 /// Auth, token state, Retry-After window, rate limit and the 5xx fault, in that order.
-fn admit(sh: &Shared, ep: &Ep, headers: &HeaderMap) -> Result<String, ApiError> {
+fn admit(sh: &Shared, ep: &Ep, headers: &HeaderMap, call: &Call<'_>) -> Result<String, ApiError> {
     let token = bearer(headers)?;
     let now = Instant::now();
     let mut guard = lock(sh)?;
@@ -166,9 +173,20 @@ fn admit(sh: &Shared, ep: &Ep, headers: &HeaderMap) -> Result<String, ApiError> 
         Admission::RateLimited => return Err(ApiError::new(9646)),
     }
     let rate = st.faults.error_5xx_rate;
-    if rate > 0.0 && st.rng.gen::<f64>() < rate {
+    // Rolled for this request and how often the same request came before, not drawn from a
+    // stream that concurrent polls and syncs also consume: so a given write (and each resend
+    // of it) meets the same 5xx in every run of one seed, and a resend rolls afresh.
+    let roll = (rate > 0.0).then(|| {
+        let path = call.uri.path_and_query().map_or("", |p| p.as_str());
+        let body = String::from_utf8_lossy(call.body);
+        let key = keyed(st.seed, &[&uid, call.method.as_str(), path, &body]);
+        let seen = st.seen_requests.entry(key).or_insert(0);
+        *seen += 1;
+        keyed(key, &["attempt", &seen.to_string()])
+    });
+    if let Some(roll) = roll.filter(|r| unit(*r) < rate) {
         let secs = st.faults.retry_after_secs();
-        let code = if st.rng.gen::<bool>() { 9729 } else { 9603 };
+        let code = if roll & 1 == 0 { 9729 } else { 9603 };
         traffic.opened_retry_after(now, secs);
         return Err(ApiError::new(code).with_retry_after(secs));
     }
@@ -202,7 +220,7 @@ async fn authed(
     uri: &Uri,
     body: &[u8],
 ) -> Result<Value, ApiError> {
-    let uid = admit(sh, ep, headers)?;
+    let uid = admit(sh, ep, headers, &Call { method, uri, body })?;
     if method == Method::POST {
         let ct = headers
             .get("content-type")
@@ -234,7 +252,7 @@ async fn authed(
                 _ => (loc.get_users(&q)?, DataSet::Users),
             };
             if churn {
-                loc.churn(ds, &mut st.rng);
+                loc.churn(ds);
             }
             Ok(with_token_fields(loc, m))
         }
@@ -378,7 +396,13 @@ async fn set_client_config(sh: &Arc<Shared>, uid: &str, body: &[u8]) -> Result<V
         // Apple sends TEST_NOTIFICATION and rejects the configuration if it fails [C NOTIF].
         let body = {
             let mut st = lock(sh)?;
-            let id = new_uuid(&mut st.rng);
+            let loc = st
+                .locations
+                .get_mut(uid)
+                .ok_or_else(|| ApiError::new(9622))?;
+            loc.plain_notifications += 1;
+            let n = loc.plain_notifications.to_string();
+            let id = keyed_uuid(loc.derive(&["notification", "TEST_NOTIFICATION", &n]));
             st.notif.sent += 1;
             json!({"notification": {}, "notificationId": id, "notificationType": "TEST_NOTIFICATION", "uId": uid})
         };

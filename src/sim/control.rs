@@ -326,7 +326,7 @@ pub async fn asset_count(State(sh): State<Arc<Shared>>, body: Bytes) -> Response
         let Some(loc) = st.locations.get_mut(&b.u_id) else {
             return bad(StatusCode::NOT_FOUND, format!("unknown uId {}", b.u_id));
         };
-        let asset = match loc.change_count(&b.adam_id, &pp, b.count_delta, &mut st.rng) {
+        let asset = match loc.change_count(&b.adam_id, &pp, b.count_delta) {
             Ok(a) => a,
             Err(e) => return bad(StatusCode::BAD_REQUEST, e),
         };
@@ -360,7 +360,7 @@ pub async fn associate_user(State(sh): State<Arc<Shared>>, body: Bytes) -> Respo
         let Some(loc) = st.locations.get_mut(&b.u_id) else {
             return bad(StatusCode::NOT_FOUND, format!("unknown uId {}", b.u_id));
         };
-        let user = match loc.associate_user(&b.client_user_id, &mut st.rng) {
+        let user = match loc.associate_user(&b.client_user_id) {
             Ok(u) => u,
             Err(e) => return bad(StatusCode::BAD_REQUEST, e),
         };

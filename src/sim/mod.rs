@@ -84,8 +84,14 @@
 //!   else is 9722 [I].
 //! - Events are kept for the simulator's lifetime: 9708 means the eventId was never issued to
 //!   this location [open Q3].
-//! - Control routes (`/_sim/…`) are not rate limited nor faulted. All randomness comes from one
-//!   RNG seeded with `--seed`; with concurrent clients the interleaving still varies.
+//! - Control routes (`/_sim/…`) are not rate limited nor faulted. All randomness comes from
+//!   `--seed`: one seeded RNG creates locations (uId, sToken, their key); everything issued
+//!   later (eventIds, versionIds, inviteCodes, notificationIds) and every fault decision (5xx,
+//!   lost, duplicated, notification order) is derived from the seed or that key and what it is
+//!   about ([`state::keyed`]), never drawn in arrival order. So a client that sends the same
+//!   writes in the same order per location sees the same ids, outcomes and faults in every
+//!   run, however its reads (polls, syncs) interleave; only those reads' own 5xx vary with how
+//!   many of them there are.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -10,9 +10,15 @@
 //! - POST with `Authorization: Bearer <authToken>` and `Content-Type: application/json`, up to
 //!   3 attempts (Apple: 3 over 1–5 min [C NOTIF]; here 250 ms / 500 ms backoff so tests stay
 //!   fast), 5 s timeout each. Any 2xx = delivered.
-//! - Faults, decided with the seeded RNG when the notification is created: `dropNotificationRate`
-//!   (never sent), `duplicateNotificationRate` (same notificationId sent twice),
-//!   `notificationDelay` (wait `delay + U(0, delay)` before sending, so chunks can reorder).
+//! - Faults, decided when the notification is created from the seed and what the notification
+//!   is about (location, type, entities; see [`content_key`]), never from a shared RNG stream,
+//!   so one seed gives the same losses, duplicates and chunk order whatever else ran in
+//!   between: `dropNotificationRate` (never sent), `duplicateNotificationRate` (same
+//!   notificationId sent twice), `notificationDelay` (wait `delay + [0, delay)` before sending).
+//! - The chunks of one event go one after the other, each once the previous one was answered,
+//!   in an order their keys pick: a FAILURE may come before the SUCCESS of the same event (as
+//!   Apple's may [I]), but the order is the same in every run and the chunks arrive close
+//!   together, so a receiver that acts on the first does not race the rest by chance.
 //! - At most 32 deliveries run at once; when more than [`MAX_QUEUED`] wait, new ones are dropped
 //!   (counted in `dropped`) so a dead receiver cannot grow memory without bound.
 //! - Counters: `sent` = notifications handed to delivery (once per notificationId, whatever
@@ -22,11 +28,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::{json, Value};
 
 use super::errors::error_body;
-use super::state::{error_info, new_uuid, Applied, EventType, SimState};
+use super::state::{error_info, keyed_uuid, unit, Applied, EventType, SimState};
 use super::Shared;
 
 pub const CHUNK: usize = 100;
@@ -42,6 +47,9 @@ pub struct Outgoing {
     pub body: Vec<u8>,
     pub delay: Duration,
     pub duplicate: bool,
+    /// Sent right after the previous item of the same batch was delivered (the next chunk of
+    /// one event), instead of after `delay` on its own.
+    pub after_previous: bool,
 }
 
 /// Builds the envelopes for a processed event and applies the drop/duplicate/delay faults.
@@ -99,11 +107,35 @@ pub fn build(
             ));
         }
     }
-    payloads
+    // The chunks' order is picked by their keys; the first that is not lost waits the delay
+    // (placed by all the keys together) and the others follow it (see the module doc).
+    let mut keyed: Vec<(u64, Value)> = payloads
         .into_iter()
-        .filter_map(|p| envelope(st, uid, &url, &auth, ntype, p))
-        .collect()
+        .map(|p| (content_key(st.seed, uid, ntype, &p) ^ ORDER_SALT, p))
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    let spread = unit(
+        keyed
+            .iter()
+            .fold(0u64, |a, (k, _)| a ^ k.rotate_left(17))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    let mut out: Vec<Outgoing> = Vec::new();
+    for (_, p) in keyed {
+        if let Some(mut o) = envelope(st, uid, &url, &auth, ntype, p, spread) {
+            if !out.is_empty() {
+                o.delay = Duration::ZERO;
+                o.after_previous = true;
+            }
+            out.push(o);
+        }
+    }
+    out
 }
+
+/// Salts that make the order and delay keys independent of the drop and duplicate keys.
+const ORDER_SALT: u64 = 0x6a09_e667_f3bc_c909;
+const DUPLICATE_SALT: u64 = 0xD1B5_4A32_D192_ED03;
 
 /// A notification outside event processing (ASSET_COUNT, USER_ASSOCIATED), if the location
 /// has a target and subscribes to `ntype`.
@@ -114,7 +146,8 @@ pub fn simple(st: &mut SimState, uid: &str, ntype: &str, payload: Value) -> Opti
     }
     let url = loc.config.notification_url.clone()?;
     let auth = loc.config.auth_token.clone()?;
-    envelope(st, uid, &url, &auth, ntype, payload)
+    let spread = unit(content_key(st.seed, uid, ntype, &payload) ^ ORDER_SALT);
+    envelope(st, uid, &url, &auth, ntype, payload, spread)
 }
 
 /// A stable key for a notification: the seed, the location, the type and the payload without
@@ -137,12 +170,25 @@ fn content_key(seed: u64, uid: &str, ntype: &str, payload: &Value) -> u64 {
     crate::core::backoff::splitmix64(h ^ seed)
 }
 
-/// A key as a number in [0, 1).
-fn unit(key: u64) -> f64 {
-    (key >> 11) as f64 / (1u64 << 53) as f64
+/// The notificationId: named by the location and the whole payload (eventId included, so
+/// each event's chunks are distinct); payloads that name no event also take a counter.
+fn notification_id(st: &mut SimState, uid: &str, ntype: &str, payload: &Value) -> String {
+    let Some(loc) = st.locations.get_mut(uid) else {
+        return keyed_uuid(content_key(st.seed, uid, ntype, payload));
+    };
+    let text = payload.to_string();
+    let key = if payload.get("eventId").is_some() {
+        loc.derive(&["notification", ntype, &text])
+    } else {
+        loc.plain_notifications += 1;
+        let n = loc.plain_notifications.to_string();
+        loc.derive(&["notification", ntype, &text, &n])
+    };
+    keyed_uuid(key)
 }
 
-/// Wraps a payload, rolling the faults. `None` when the drop fault hits.
+/// Wraps a payload, rolling the faults. `None` when the drop fault hits. `spread` in [0, 1)
+/// places the notification within the delay window.
 pub fn envelope(
     st: &mut SimState,
     uid: &str,
@@ -150,6 +196,7 @@ pub fn envelope(
     auth: &str,
     ntype: &str,
     payload: Value,
+    spread: f64,
 ) -> Option<Outgoing> {
     let f = &st.faults;
     let (drop_rate, dup_rate, delay) = (
@@ -157,7 +204,6 @@ pub fn envelope(
         f.duplicate_notification_rate,
         f.notification_delay,
     );
-    let id = new_uuid(&mut st.rng);
     // Lost and duplicated are decided by what the notification is about (location, type,
     // entities), not by arrival order, so one seed loses the same notifications in every run
     // of one workload however the requests interleave.
@@ -166,12 +212,9 @@ pub fn envelope(
         st.notif.dropped += 1;
         return None;
     }
-    let duplicate = dup_rate > 0.0 && unit(key ^ 0xD1B5_4A32_D192_ED03) < dup_rate;
-    let jitter = if delay.is_zero() {
-        Duration::ZERO
-    } else {
-        delay.mul_f64(st.rng.gen::<f64>())
-    };
+    let duplicate = dup_rate > 0.0 && unit(key ^ DUPLICATE_SALT) < dup_rate;
+    let id = notification_id(st, uid, ntype, &payload);
+    let jitter = delay.mul_f64(spread.clamp(0.0, 1.0));
     st.notif.sent += 1;
     if duplicate {
         st.notif.duplicated += 1;
@@ -183,11 +226,14 @@ pub fn envelope(
         body: body.to_string().into_bytes(),
         delay: delay + jitter,
         duplicate,
+        after_previous: false,
     })
 }
 
-/// Spawns the deliveries (bounded, see module doc).
+/// Spawns the deliveries (bounded, see module doc): one task per batch of items that follow
+/// each other (`after_previous`), delivering them in order.
 pub fn dispatch(shared: &Arc<Shared>, items: Vec<Outgoing>) {
+    let mut batches: Vec<Vec<Outgoing>> = Vec::new();
     for item in items {
         if shared.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED {
             shared.queued.fetch_sub(1, Ordering::SeqCst);
@@ -197,18 +243,27 @@ pub fn dispatch(shared: &Arc<Shared>, items: Vec<Outgoing>) {
             }
             continue;
         }
+        match batches.last_mut() {
+            Some(batch) if item.after_previous => batch.push(item),
+            _ => batches.push(vec![item]),
+        }
+    }
+    for batch in batches {
         let sh = shared.clone();
         tokio::spawn(async move {
-            if !item.delay.is_zero() {
-                tokio::time::sleep(item.delay).await;
+            if let Some(first) = batch.first().filter(|i| !i.delay.is_zero()) {
+                tokio::time::sleep(first.delay).await;
             }
+            let n = batch.len();
             if let Ok(_permit) = sh.slots.clone().acquire_owned().await {
-                deliver(&sh.http, &item.url, &item.auth, &item.body, ATTEMPTS).await;
-                if item.duplicate {
+                for item in &batch {
                     deliver(&sh.http, &item.url, &item.auth, &item.body, ATTEMPTS).await;
+                    if item.duplicate {
+                        deliver(&sh.http, &item.url, &item.auth, &item.body, ATTEMPTS).await;
+                    }
                 }
             }
-            sh.queued.fetch_sub(1, Ordering::SeqCst);
+            sh.queued.fetch_sub(n, Ordering::SeqCst);
         });
     }
 }
@@ -244,7 +299,62 @@ pub async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::state::Location;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
     use serde_json::json;
+
+    #[test]
+    fn chunks_follow_each_other_in_one_order_whatever_ran_before() {
+        let mut st = SimState::with_seed(SmallRng::seed_from_u64(2), 5);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut loc = Location::new(
+            "u1".into(),
+            "L".into(),
+            "t".into(),
+            chrono::Utc::now(),
+            10,
+            &mut rng,
+        );
+        loc.config.notification_url = Some("http://127.0.0.1:9/".into());
+        loc.config.auth_token = Some("a".into());
+        st.locations.insert("u1".into(), loc);
+        st.faults.notification_delay = Duration::from_millis(400);
+        let ent = |i: usize| json!({"adamId": "1", "pricingParam": "STDQ", "serialNumber": format!("S{i}")});
+        let applied = Applied {
+            ok: (0..250).map(ent).collect(),
+            failed: vec![(9709, (250..253).map(ent).collect())],
+        };
+        let first = build(&mut st, "u1", "e1", EventType::Associate, &applied);
+        assert_eq!(first.len(), 4, "three SUCCESS chunks and one FAILURE");
+        let lead = first[0].delay.as_millis();
+        assert!(
+            !first[0].after_previous && (400..800).contains(&lead),
+            "{lead}"
+        );
+        assert!(first[1..]
+            .iter()
+            .all(|o| o.after_previous && o.delay.is_zero()));
+        // Draws from the shared RNG (as other requests would make) change nothing.
+        for _ in 0..17 {
+            let _: u64 = st.rng.gen();
+        }
+        let again = build(&mut st, "u1", "e2", EventType::Associate, &applied);
+        let entities = |v: &[Outgoing]| -> Vec<Value> {
+            v.iter()
+                .map(|o| {
+                    let b: Value = serde_json::from_slice(&o.body).unwrap();
+                    b["notification"]["assignments"].clone()
+                })
+                .collect()
+        };
+        assert_eq!(entities(&first), entities(&again), "the same order");
+        assert_eq!(first[0].delay, again[0].delay);
+        assert_ne!(
+            first[0].body, again[0].body,
+            "another event, another notification"
+        );
+    }
 
     #[test]
     fn loss_is_decided_by_content_not_by_ids_or_order() {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::errors::ApiError;
 use super::notify;
 use super::state::{
-    new_uuid, Event, EventStatus, EventType, Location, ReqUser, SimState, Target, WriteRequest,
+    keyed_uuid, Event, EventStatus, EventType, Location, ReqUser, SimState, Target, WriteRequest,
 };
 use super::Shared;
 
@@ -222,7 +222,9 @@ pub fn submit(
 ) -> Result<String, ApiError> {
     let loc = st.locations.get(uid).ok_or_else(|| ApiError::new(9622))?;
     let (req, n) = validate(st, loc, kind, body)?;
-    let id = new_uuid(&mut st.rng);
+    // Named by its place in this location's submissions, which the submitter controls, and
+    // not by draws other requests made before it.
+    let id = keyed_uuid(loc.derive(&["event", &loc.events.len().to_string()]));
     let due = tokio::time::Instant::now() + st.faults.processing_delay;
     let loc = st
         .locations
@@ -267,7 +269,7 @@ pub async fn worker(shared: Arc<Shared>, uid: String, mut rx: UnboundedReceiver<
             let Some(loc) = st.locations.get_mut(&uid) else {
                 continue;
             };
-            match loc.process(&eid, &mut st.rng) {
+            match loc.process(&eid) {
                 Some((kind, applied)) => notify::build(st, &uid, &eid, kind, &applied),
                 None => Vec::new(),
             }

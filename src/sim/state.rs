@@ -22,15 +22,53 @@ pub fn apple_date(dt: DateTime<Utc>) -> String {
     dt.format("%Y-%m-%dT%H:%M:%S%z").to_string()
 }
 
-pub fn new_uuid(rng: &mut SmallRng) -> String {
-    uuid::Builder::from_random_bytes(rng.gen())
-        .into_uuid()
-        .to_string()
-}
-
 pub fn random_hex(rng: &mut SmallRng, bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rng.gen::<u8>()))
+        .collect()
+}
+
+/// A well-mixed 64-bit key for `parts` under `base` (a seed or a location's key). Decisions
+/// and ids derived from such keys depend on what they are about, not on how many draws other
+/// (concurrent, timing-dependent) requests took from a shared RNG first, so one seed gives one
+/// result however requests interleave.
+pub fn keyed(base: u64, parts: &[&str]) -> u64 {
+    // FNV-1a over the parts, NUL-separated, then splitmix for avalanche.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    crate::core::backoff::splitmix64(h ^ base)
+}
+
+/// A key as a number in [0, 1).
+pub fn unit(key: u64) -> f64 {
+    (key >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A random-looking (version 4) UUID determined by `key`.
+pub fn keyed_uuid(key: u64) -> String {
+    let hi = crate::core::backoff::splitmix64(key);
+    let lo = crate::core::backoff::splitmix64(hi ^ 0x9e37_79b9_7f4a_7c15);
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&hi.to_le_bytes());
+    b[8..].copy_from_slice(&lo.to_le_bytes());
+    uuid::Builder::from_random_bytes(b).into_uuid().to_string()
+}
+
+/// `bytes` random-looking bytes as hex, determined by `key`.
+pub fn keyed_hex(key: u64, bytes: usize) -> String {
+    let mut k = key;
+    (0..bytes)
+        .map(|i| {
+            if i % 8 == 0 {
+                k = crate::core::backoff::splitmix64(k);
+            }
+            format!("{:02x}", (k >> (8 * (i % 8))) as u8)
+        })
         .collect()
 }
 
@@ -75,6 +113,9 @@ pub struct SimState {
     pub limits: BTreeMap<String, i64>,
     pub traffic: BTreeMap<String, Traffic>,
     pub notif: NotifStats,
+    /// How often each distinct request (by key) reached the 5xx fault, so each resend of a
+    /// request rolls afresh yet the same in every run. Only filled while that fault is on.
+    pub seen_requests: HashMap<u64, u32>,
 }
 
 impl SimState {
@@ -92,6 +133,7 @@ impl SimState {
             limits: default_limits(),
             traffic: BTreeMap::new(),
             notif: NotifStats::default(),
+            seen_requests: HashMap::new(),
         }
     }
 
@@ -491,6 +533,11 @@ pub struct Location {
     versions: [DataVersion; 3],
     /// FIFO of eventIds for this location's worker.
     pub queue: Option<mpsc::UnboundedSender<String>>,
+    /// Drawn once at creation; the ids this location issues later (eventIds, versionIds,
+    /// inviteCodes, notificationIds) are derived from it and what they name (see [`keyed`]).
+    pub key: u64,
+    /// Notifications issued that name no event (their ids need a counter to be unique).
+    pub plain_notifications: u64,
 }
 
 impl Location {
@@ -522,9 +569,11 @@ impl Location {
             seq: 0,
             versions: Default::default(),
             queue: None,
+            key: rng.gen(),
+            plain_notifications: 0,
         };
         for ds in [DataSet::Assets, DataSet::Assignments, DataSet::Users] {
-            loc.bump(ds, 0, rng);
+            loc.bump(ds, 0);
         }
         loc
     }
@@ -575,19 +624,25 @@ impl Location {
         &self.versions[ds as usize].current
     }
 
-    /// A new versionId for `ds`, mapped to modification counter `seq`.
-    fn bump(&mut self, ds: DataSet, seq: u64, rng: &mut SmallRng) {
-        let id = new_uuid(rng);
+    /// A key for something this location issues (see [`keyed`]).
+    pub fn derive(&self, parts: &[&str]) -> u64 {
+        keyed(self.key, parts)
+    }
+
+    /// A new versionId for `ds`, mapped to modification counter `seq` (one bump per data set
+    /// and counter, so the pair names it).
+    fn bump(&mut self, ds: DataSet, seq: u64) {
+        let id = keyed_uuid(self.derive(&["version", &(ds as u8).to_string(), &seq.to_string()]));
         let v = &mut self.versions[ds as usize];
         v.history.insert(id.clone(), seq);
         v.current = id;
     }
 
     /// The `versionChurn` fault: another writer touched unrelated data.
-    pub fn churn(&mut self, ds: DataSet, rng: &mut SmallRng) {
+    pub fn churn(&mut self, ds: DataSet) {
         self.seq += 1;
         let seq = self.seq;
-        self.bump(ds, seq, rng);
+        self.bump(ds, seq);
     }
 
     fn since(&self, ds: DataSet, q: &Params) -> Result<Option<u64>, ApiError> {
@@ -732,7 +787,7 @@ impl Location {
     }
 
     /// Processes event `event_id` (the worker calls this once, after processingDelay).
-    pub fn process(&mut self, event_id: &str, rng: &mut SmallRng) -> Option<(EventType, Applied)> {
+    pub fn process(&mut self, event_id: &str) -> Option<(EventType, Applied)> {
         let idx = *self.event_index.get(event_id)?;
         let kind = self.events[idx].kind;
         let req = self.events[idx].request.take()?;
@@ -836,12 +891,15 @@ impl Location {
                         out.fail(9716, req_user_json(&u));
                         continue;
                     }
+                    // The entry's index names it: a clientUserId can be created again after
+                    // retirement.
+                    let code = self.derive(&["invite", &self.users.len().to_string()]);
                     let user = User {
                         client_user_id: u.client_user_id,
                         email: u.email,
                         managed_apple_id: u.managed_apple_id,
                         status: UserStatus::Registered,
-                        invite_code: random_hex(rng, 16),
+                        invite_code: keyed_hex(code, 16),
                         id_hash: None,
                         modified: seq,
                     };
@@ -907,7 +965,7 @@ impl Location {
             EventType::Retire => &[DataSet::Users, DataSet::Assignments, DataSet::Assets],
         };
         for &ds in touched {
-            self.bump(ds, seq, rng);
+            self.bump(ds, seq);
         }
         let ev = &mut self.events[idx];
         ev.num_completed = completed;
@@ -930,7 +988,6 @@ impl Location {
         adam_id: &str,
         pricing_param: &str,
         delta: i64,
-        rng: &mut SmallRng,
     ) -> Result<Value, String> {
         let a = self
             .asset_mut(adam_id, pricing_param)
@@ -949,16 +1006,12 @@ impl Location {
         let json = a.to_json(false);
         self.seq += 1;
         let seq = self.seq;
-        self.bump(DataSet::Assets, seq, rng);
+        self.bump(DataSet::Assets, seq);
         Ok(json)
     }
 
     /// `POST /_sim/associate-user`: the user accepted the invitation (Registered -> Associated).
-    pub fn associate_user(
-        &mut self,
-        client_user_id: &str,
-        rng: &mut SmallRng,
-    ) -> Result<Value, String> {
+    pub fn associate_user(&mut self, client_user_id: &str) -> Result<Value, String> {
         let &i = self
             .active_user
             .get(client_user_id)
@@ -968,12 +1021,13 @@ impl Location {
         }
         self.seq += 1;
         let seq = self.seq;
+        let hash = keyed_hex(self.derive(&["idHash", &i.to_string()]), 20);
         let u = &mut self.users[i];
         u.status = UserStatus::Associated;
-        u.id_hash = Some(random_hex(rng, 20));
+        u.id_hash = Some(hash);
         u.modified = seq;
         let json = u.to_json();
-        self.bump(DataSet::Users, seq, rng);
+        self.bump(DataSet::Users, seq);
         Ok(json)
     }
 
@@ -1002,7 +1056,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn loc() -> (Location, SmallRng) {
+    fn loc() -> Location {
         let mut rng = SmallRng::seed_from_u64(1);
         let mut l = Location::new("1".into(), "L".into(), "t".into(), Utc::now(), 2, &mut rng);
         l.add_asset(Asset {
@@ -1016,7 +1070,7 @@ mod tests {
             assigned: 0,
         })
         .unwrap();
-        (l, rng)
+        l
     }
 
     fn params(pairs: &[(&str, &str)]) -> Params {
@@ -1045,7 +1099,7 @@ mod tests {
 
     #[test]
     fn associate_runs_out_and_since_version_hides_removals() {
-        let (mut l, mut rng) = loc();
+        let mut l = loc();
         let v0 = l.version_id(DataSet::Assignments).to_string();
         let targets = vec![
             Target::Serial("a".into()),
@@ -1065,14 +1119,14 @@ mod tests {
             }),
             due: tokio::time::Instant::now(),
         });
-        let (_, applied) = l.process("e1", &mut rng).unwrap();
+        let (_, applied) = l.process("e1").unwrap();
         assert_eq!(applied.ok.len(), 2);
         assert_eq!(applied.failed[0].0, 9709);
         let ev = l.event("e1").unwrap();
         assert_eq!((ev.status, ev.num_completed), (EventStatus::Failed, 2));
         assert_eq!(l.asset("A", "STDQ").unwrap().available_count(), 0);
         // A second processing is a no-op.
-        assert!(l.process("e1", &mut rng).is_none());
+        assert!(l.process("e1").is_none());
 
         let m = l
             .get_assignments(&params(&[("sinceVersionId", &v0)]))
@@ -1092,7 +1146,7 @@ mod tests {
             }),
             due: tokio::time::Instant::now(),
         });
-        l.process("e2", &mut rng).unwrap();
+        l.process("e2").unwrap();
         let m = l
             .get_assignments(&params(&[("sinceVersionId", &v1)]))
             .unwrap();
@@ -1104,5 +1158,20 @@ mod tests {
                 .number,
             9721
         );
+    }
+
+    #[test]
+    fn keyed_ids_follow_what_they_name() {
+        let a = keyed(7, &["event", "0"]);
+        assert_eq!(a, keyed(7, &["event", "0"]));
+        assert_ne!(a, keyed(7, &["event", "1"]));
+        assert_ne!(a, keyed(8, &["event", "0"]));
+        // Part boundaries count: ("ab", "c") is not ("a", "bc").
+        assert_ne!(keyed(7, &["ab", "c"]), keyed(7, &["a", "bc"]));
+        let id = keyed_uuid(a);
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+        assert_ne!(id, keyed_uuid(a ^ 1));
+        assert_eq!(keyed_hex(a, 20).len(), 40);
+        assert!((0.0..1.0).contains(&unit(u64::MAX)));
     }
 }
