@@ -20,7 +20,7 @@ use crate::effects::AppleEffects;
 use crate::executor::{Effects, Executor, ExecutorHandle, Input, NoApple};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, Upkeep};
-use crate::store::{mirror, queries, Store, StoreError};
+use crate::store::{Store, StoreError, TokenRow};
 use crate::time::Timestamp;
 use crate::tokens::{HealthWriter, Registry};
 use crate::webhook::{self, WebhookState};
@@ -137,11 +137,11 @@ pub async fn serve(
 }
 
 /// The configured tokens as the store records them.
-fn token_rows(config: &Config) -> Vec<queries::TokenRow> {
+fn token_rows(config: &Config) -> Vec<TokenRow> {
     config
         .tokens
         .iter()
-        .map(|t| queries::TokenRow {
+        .map(|t| TokenRow {
             name: t.name.clone(),
             org_name: Some(t.content_token.org_name.clone()),
             expires_at: Some(t.content_token.exp_date),
@@ -187,10 +187,7 @@ impl Reloadable {
         self.registry.replace(&new.tokens);
         let now = Timestamp::now();
         let rows = token_rows(&new);
-        let r = self
-            .store
-            .write(move |c| queries::upsert_tokens(c, &rows, now))
-            .await;
+        let r = self.store.upsert_tokens(rows, now).await;
         if let Err(e) = r {
             tracing::error!(error = %e, "cannot record reloaded tokens");
         }
@@ -216,24 +213,14 @@ pub async fn serve_with_reload(
         .map_err(|e| DaemonError::Task(e.to_string()))??;
     let now = Timestamp::now();
     let token_rows = token_rows(&config);
-    store
-        .write(move |conn| {
-            queries::upsert_tokens(conn, &token_rows, now)?;
-            queries::abandon_running_syncs(conn, now)?;
-            // No sync runs yet: any staged rows are a crashed sync's (the mirror never saw them).
-            mirror::discard_all_stages(conn)?;
-            Ok(())
-        })
-        .await?;
-    let (records, notes, next_sync_id) = store
-        .read(|conn| {
-            Ok((
-                queries::load_unsettled(conn)?,
-                queries::unapplied_for_unsettled(conn)?,
-                queries::next_sync_id(conn)?,
-            ))
-        })
-        .await?;
+    // Records the tokens, abandons the runs left running, discards crashed syncs' stages.
+    store.prepare_start(token_rows, now).await?;
+    let recovery = store.recovery().await?;
+    let (records, notes, next_sync_id) = (
+        recovery.unsettled,
+        recovery.notifications,
+        recovery.next_sync_id,
+    );
     let timings = timings(&config);
     let mut core = Core::new(timings.clone(), next_sync_id);
     let mut by_event: std::collections::HashMap<String, Vec<_>> = Default::default();
@@ -265,13 +252,11 @@ pub async fn serve_with_reload(
         }
     }
     let known_uids: BTreeMap<String, String> = store
-        .read(|c| {
-            Ok(queries::list_tokens(c)?
-                .into_iter()
-                .filter_map(|t| t.u_id.map(|u| (t.name, u)))
-                .collect())
-        })
-        .await?;
+        .list_tokens()
+        .await?
+        .into_iter()
+        .filter_map(|t| t.u_id.map(|u| (t.name, u)))
+        .collect();
     let registry = Registry::with_uids(&config.tokens, &known_uids);
     let mut periodic = Periodic::default();
     periodic.every(Chore::Retention, Duration::from_secs(3600), now);

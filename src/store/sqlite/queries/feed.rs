@@ -9,9 +9,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
 use super::events::{event_at, view_from_record, EVENT_COLS};
-use super::views::{ChangeView, FeedItem};
 use crate::core::EventRecord;
-use crate::store::StoreError;
+use crate::store::views::{ChangeView, FeedItem};
+use crate::store::{licence_transition, LicenceCounts, StoreError, TokenStatus};
 use crate::time::Timestamp;
 
 /// Takes the next feed sequence number. A counter of its own (not `MAX(change_seq)`), so a
@@ -82,37 +82,6 @@ fn insert_item(
     Ok(seq)
 }
 
-/// A token's health as the feed reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenStatus {
-    /// healthy, expired, revoked, unauthorized, mdm_conflict, expiring_soon or unhealthy.
-    pub health: String,
-    pub reason: Option<String>,
-    /// With `expiring_soon`: whole days left.
-    pub days_left: Option<i64>,
-    /// With `expiring_soon`: the warning threshold crossed (30, 7 or 1 days); a new item is
-    /// written once per threshold, not every day.
-    pub threshold: Option<u32>,
-}
-
-impl TokenStatus {
-    pub fn new(health: &str, reason: Option<String>) -> TokenStatus {
-        TokenStatus {
-            health: health.to_string(),
-            reason,
-            days_left: None,
-            threshold: None,
-        }
-    }
-
-    fn state(&self) -> String {
-        match self.threshold {
-            Some(t) => format!("{}:{t}", self.health),
-            None => self.health.clone(),
-        }
-    }
-}
-
 /// Writes a `token` feed item when the token's status differs from its last item. A first
 /// `healthy` is not a change (nothing was reported before). Returns the item's seq.
 pub fn record_token_status(
@@ -137,30 +106,6 @@ pub fn record_token_status(
     }
     body.insert("at".into(), json!(at));
     insert_item(conn, ItemKind::Token, token, token, &state, at, &body).map(Some)
-}
-
-/// An asset's counts before and after a change of the mirror.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LicenceCounts<'a> {
-    pub adam_id: &'a str,
-    pub pricing_param: &'a str,
-    pub product_type: Option<&'a str>,
-    /// `None`: the asset was not mirrored before.
-    pub before: Option<i64>,
-    pub available: i64,
-    pub assigned: i64,
-    pub total: i64,
-}
-
-/// The licence transition of a change of counts, if any: `available` when the available
-/// count went from 0 to more, `exhausted` when it reached 0. An asset seen for the first
-/// time is not a transition (nothing was known before).
-pub fn licence_transition(before: Option<i64>, after: i64) -> Option<&'static str> {
-    match before? {
-        0 if after > 0 => Some("available"),
-        b if b > 0 && after <= 0 => Some("exhausted"),
-        _ => None,
-    }
 }
 
 /// Writes a `licence` feed item when `c` is a transition (see [`licence_transition`]).

@@ -3,13 +3,14 @@
 
 use serde_json::json;
 
-use super::queries::{self, NewNotification};
-use super::{migrations, mirror, Store, StoreError};
+use super::queries;
+use super::{migrations, mirror, SqliteStore as Store, StoreError};
 use crate::apple::model::{Assignment, PricingParam, ResponseAsset, ResponseUser, UserStatus};
 use crate::core::SyncKind;
 use crate::core::{
     Change, EventRecord, EventType, HistoryEntry, Outcome, State, Timings, TrackRequest,
 };
+use crate::store::{EventFilter, NewNotification};
 use crate::time::Timestamp;
 
 fn rec(id: &str, now: Timestamp) -> EventRecord {

@@ -1,16 +1,16 @@
 //! What notifications do to the mirror: applied with the notification's own commit, and
 //! replayed after a sync that replaced the mirror with pages read before they arrived
-//! (docs/architecture.md, "The mirror").
+//! (docs/architecture.md, "The mirror"). Runs inside the caller's transaction.
 
 use std::collections::BTreeSet;
 
 use rusqlite::Connection;
 
+use super::{mirror, queries};
 use crate::apple::model::{
     parse_notification, AssetManagementType, Notification, NotificationPayload, NotificationResult,
 };
-use crate::store::queries;
-use crate::store::{mirror, StoreError};
+use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// Applies a notification's data to the mirror (inside the caller's transaction).
