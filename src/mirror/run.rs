@@ -138,10 +138,11 @@ async fn read(
     }
 }
 
-/// The final step of a streamed sync, inside one transaction ([`Store::commit_sync`]): moves
-/// the stage of `sync_id` into the mirror (replacing it when the [`judge`]ment says so),
-/// replays the notifications of `token` received since `started` (after a replace), stores
-/// the versionId and finishes the run row. Returns the number of records the read held.
+/// The final step of a streamed sync, per the [`judge`]ment of the read: moves the stage of
+/// `sync_id` into the mirror (replacing it when the read proves removals), replays the
+/// notifications of `token` received since `started` (after a replace), stores the versionId
+/// and finishes the run row, in one transaction ([`Store::commit_sync`]). Returns the number
+/// of records the read held.
 pub async fn finish(
     store: &Store,
     token: &str,
@@ -150,25 +151,36 @@ pub async fn finish(
     started: Timestamp,
     read: &Streamed,
 ) -> Result<u64, StoreError> {
-    let judgement = judge(read.incremental, read.consistent);
     store
-        .commit_sync(SyncCommit {
-            token: token.to_string(),
-            sync_id,
-            kind,
-            started,
-            replace: judgement.write == Write::Replace,
-            version_id: read.version_id.clone(),
-            end: SyncEnd {
-                pages: read.pages,
-                records: 0,
-                ok: judgement.reliable,
-                error: (!judgement.reliable)
-                    .then(|| "Apple's data kept changing during the read; retrying".to_string()),
-                version_id: read.version_id.clone(),
-            },
-        })
+        .commit_sync(sync_commit(token, sync_id, kind, started, read))
         .await
+}
+
+/// What [`finish`] has the store commit for a read.
+pub fn sync_commit(
+    token: &str,
+    sync_id: u64,
+    kind: SyncKind,
+    started: Timestamp,
+    read: &Streamed,
+) -> SyncCommit {
+    let judgement = judge(read.incremental, read.consistent);
+    SyncCommit {
+        token: token.to_string(),
+        sync_id,
+        kind,
+        started,
+        replace: judgement.write == Write::Replace,
+        version_id: read.version_id.clone(),
+        end: SyncEnd {
+            pages: read.pages,
+            records: 0,
+            ok: judgement.reliable,
+            error: (!judgement.reliable)
+                .then(|| "Apple's data kept changing during the read; retrying".to_string()),
+            version_id: read.version_id.clone(),
+        },
+    }
 }
 
 /// Runs sync `sync_id` (its run row exists) and returns how it ended.

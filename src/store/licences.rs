@@ -131,3 +131,78 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asset(adam: &str, total: i64, assigned: i64) -> AssetLicences {
+        AssetLicences {
+            token: "acme".into(),
+            adam_id: adam.into(),
+            pricing_param: "STDQ".into(),
+            product_type: Some("App".into()),
+            total: Some(total),
+            assigned: Some(assigned),
+            available: Some(total - assigned),
+            tracked: 0,
+            unknown_origin: 0,
+            unknown_origin_assignments: vec![],
+        }
+    }
+
+    fn row(adam: &str, user: &str, serial: &str) -> MirrorAssignment {
+        (adam.into(), "STDQ".into(), user.into(), serial.into())
+    }
+
+    #[test]
+    fn assignments_split_by_whether_a_tracked_associate_requested_them() {
+        let bodies = vec![
+            r#"{"assets":[{"adamId":"1"},{"adamId":"2"}],"serialNumbers":["S1"]}"#.to_string(),
+            r#"{"assets":[{"adamId":1,"pricingParam":"STDQ"}],"clientUserIds":["u1"]}"#.to_string(),
+            "not json".to_string(),
+        ];
+        let requested = requested_by_events(&bodies);
+        let report = build_report(
+            "acme",
+            vec![asset("1", 5, 4), asset("3", 2, 0)],
+            &[
+                row("1", "", "S1"),
+                row("1", "u1", ""),
+                row("1", "u9", ""),
+                row("1", "", "S7"),
+                // An assignment of an asset the mirror does not hold (yet).
+                row("2", "", "S1"),
+                row("2", "u1", ""),
+            ],
+            &requested,
+        );
+        assert_eq!(report.len(), 3);
+        let one = &report[0];
+        assert_eq!(
+            (one.adam_id.as_str(), one.tracked, one.unknown_origin),
+            ("1", 2, 2)
+        );
+        assert_eq!(
+            (one.total, one.assigned, one.available),
+            (Some(5), Some(4), Some(1))
+        );
+        assert_eq!(
+            one.unknown_origin_assignments,
+            vec![
+                AssignmentRef {
+                    serial_number: None,
+                    client_user_id: Some("u9".into())
+                },
+                AssignmentRef {
+                    serial_number: Some("S7".into()),
+                    client_user_id: None
+                },
+            ]
+        );
+        let two = &report[1];
+        assert_eq!((two.tracked, two.unknown_origin, two.total), (1, 1, None));
+        let three = &report[2];
+        assert_eq!((three.tracked, three.unknown_origin), (0, 0));
+    }
+}

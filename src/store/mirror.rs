@@ -6,12 +6,11 @@
 
 use serde_json::Value;
 
-use super::sqlite::{mirror as m, notify, queries as q};
+use super::sqlite::mirror as m;
 use super::{Store, StoreError, SyncCommit};
 use crate::apple::model::{Assignment, ResponseAsset, ResponseUser};
 use crate::apple::KeySetDigest;
 use crate::core::SyncKind;
-use crate::time::Timestamp;
 
 /// Records of one kind for the stage of a sync.
 #[derive(Clone, Debug)]
@@ -77,32 +76,7 @@ impl Store {
     /// Returns the number of records the stage held.
     pub async fn commit_sync(&self, sync: SyncCommit) -> Result<u64, StoreError> {
         match self {
-            Store::Sqlite(s) => {
-                s.write(move |c| {
-                    let SyncCommit {
-                        token,
-                        sync_id,
-                        kind,
-                        started,
-                        replace,
-                        version_id,
-                        mut end,
-                    } = sync;
-                    let records = m::stage_count(c, sync_id, kind)?;
-                    let now = Timestamp::now();
-                    m::commit_stage(c, &token, sync_id, kind, replace, now)?;
-                    if replace {
-                        notify::replay_since(c, &token, started, now)?;
-                    }
-                    if kind.supports_incremental() {
-                        m::set_version(c, &token, kind, version_id.as_deref())?;
-                    }
-                    end.records = records;
-                    q::sync_finished(c, sync_id, Timestamp::now(), &end)?;
-                    Ok(records)
-                })
-                .await
-            }
+            Store::Sqlite(s) => s.write(move |c| m::commit_sync(c, sync)).await,
         }
     }
 

@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::queries;
-use crate::store::{MirrorKind, StoreError};
+use crate::store::{MirrorKind, StoreError, SyncCommit};
 use std::collections::HashMap;
 
 use crate::apple::model::{Assignment, ResponseAsset, ResponseUser, UserStatus};
@@ -923,4 +923,31 @@ mod tests {
         assert_eq!(assignments_of(&conn, "u1"), 0);
         assert_eq!(assignments_of(&conn, "u2"), 1);
     }
+}
+
+/// The final step of a streamed sync, in the caller's transaction (see
+/// [`crate::store::Store::commit_sync`]). Returns the number of records the stage held.
+pub fn commit_sync(conn: &Connection, sync: SyncCommit) -> Result<u64, StoreError> {
+    let SyncCommit {
+        token,
+        sync_id,
+        kind,
+        started,
+        replace,
+        version_id,
+        mut end,
+    } = sync;
+    let records = stage_count(conn, sync_id, kind)?;
+    let now = Timestamp::now();
+    commit_stage(conn, &token, sync_id, kind, replace, now)?;
+    if replace {
+        // Pages read before a notification must not undo it.
+        super::notify::replay_since(conn, &token, started, now)?;
+    }
+    if kind.supports_incremental() {
+        set_version(conn, &token, kind, version_id.as_deref())?;
+    }
+    end.records = records;
+    queries::sync_finished(conn, sync_id, Timestamp::now(), &end)?;
+    Ok(records)
 }
