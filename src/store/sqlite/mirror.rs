@@ -869,6 +869,33 @@ pub fn get_version(
         .flatten())
 }
 
+/// The final step of a streamed sync, in the caller's transaction (see
+/// [`crate::store::Store::commit_sync`]). Returns the number of records the stage held.
+pub fn commit_sync(conn: &Connection, sync: SyncCommit) -> Result<u64, StoreError> {
+    let SyncCommit {
+        token,
+        sync_id,
+        kind,
+        started,
+        replace,
+        version_id,
+        mut end,
+    } = sync;
+    let records = stage_count(conn, sync_id, kind)?;
+    let now = Timestamp::now();
+    commit_stage(conn, &token, sync_id, kind, replace, now)?;
+    if replace {
+        // Pages read before a notification must not undo it.
+        super::notify::replay_since(conn, &token, started, now)?;
+    }
+    if kind.supports_incremental() {
+        set_version(conn, &token, kind, version_id.as_deref())?;
+    }
+    end.records = records;
+    queries::sync_finished(conn, sync_id, Timestamp::now(), &end)?;
+    Ok(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -923,31 +950,4 @@ mod tests {
         assert_eq!(assignments_of(&conn, "u1"), 0);
         assert_eq!(assignments_of(&conn, "u2"), 1);
     }
-}
-
-/// The final step of a streamed sync, in the caller's transaction (see
-/// [`crate::store::Store::commit_sync`]). Returns the number of records the stage held.
-pub fn commit_sync(conn: &Connection, sync: SyncCommit) -> Result<u64, StoreError> {
-    let SyncCommit {
-        token,
-        sync_id,
-        kind,
-        started,
-        replace,
-        version_id,
-        mut end,
-    } = sync;
-    let records = stage_count(conn, sync_id, kind)?;
-    let now = Timestamp::now();
-    commit_stage(conn, &token, sync_id, kind, replace, now)?;
-    if replace {
-        // Pages read before a notification must not undo it.
-        super::notify::replay_since(conn, &token, started, now)?;
-    }
-    if kind.supports_incremental() {
-        set_version(conn, &token, kind, version_id.as_deref())?;
-    }
-    end.records = records;
-    queries::sync_finished(conn, sync_id, Timestamp::now(), &end)?;
-    Ok(records)
 }
