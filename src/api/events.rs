@@ -58,10 +58,9 @@ pub async fn commit_track(
         TrackReply::Existing(rec)
             if rec.token == valid.record.token && rec.event_type == valid.record.event_type =>
         {
-            let id = rec.event_id.clone();
             let view = state
                 .store
-                .event_view(&id)
+                .event_view(&rec.event_id)
                 .await?
                 .unwrap_or_else(|| EventView::from_record(rec, vec![]));
             Ok((StatusCode::OK, view))
@@ -134,8 +133,7 @@ pub(super) async fn get_event(
     State(state): State<ApiState>,
     Path(event_id): Path<String>,
 ) -> Result<Response, HttpError> {
-    let id = event_id.clone();
-    let detail = state.store.event_detail(&id).await?.ok_or_else(|| {
+    let detail = state.store.event_detail(&event_id).await?.ok_or_else(|| {
         HttpError::not_found(format!(
             "event {:?} is not tracked",
             truncate(&event_id, 140)

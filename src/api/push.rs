@@ -62,7 +62,6 @@ pub(super) async fn licences(
     Path(token): Path<String>,
 ) -> Result<Response, HttpError> {
     known_token(&state, &token)?;
-    let t = token.clone();
-    let assets = state.store.licence_report(Some(t)).await?;
+    let assets = state.store.licence_report(Some(token.clone())).await?;
     Ok(Json(json!({"token": token, "assets": assets})).into_response())
 }

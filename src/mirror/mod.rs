@@ -5,10 +5,10 @@
 //! - [`judge`]: whether what was read replaces the mirror or is upserted, and whether the
 //!   run counts (a full read whose pages kept changing proves no removals);
 //! - [`outcome_of`]: the typed outcome the core gets for a failed read;
-//! - `run` streams a read into the store's stage and has the store apply it (the store
-//!   replays the notifications received meanwhile, `store::sqlite::notify`, which also
-//!   applies each notification with its own commit).
+//! - `run` applies a read and replays the notifications received meanwhile, `notify`
+//!   decides what one notification does to the mirror (the store writes it).
 
+pub mod notify;
 pub mod run;
 
 use crate::apple::ApiError;

@@ -137,3 +137,48 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod boundary {
+    use std::path::Path;
+
+    /// No code outside `src/store/` sees the database: no driver, no SQL. (A second backend
+    /// is then only a matter of this module.)
+    #[test]
+    fn only_the_store_sees_the_database() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let forbidden = [
+            "rusqlite::",
+            "use rusqlite",
+            "execute_batch",
+            "query_row",
+            "SELECT ",
+            "INSERT INTO",
+            "DELETE FROM",
+        ];
+        let mut dirs = vec![root.clone()];
+        let mut seen = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path == root.join("store") {
+                    continue;
+                }
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    seen += 1;
+                    let src = std::fs::read_to_string(&path).unwrap();
+                    for word in forbidden {
+                        assert!(
+                            !src.contains(word),
+                            "{} mentions {word:?}: the database belongs to src/store/",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+        assert!(seen > 20, "walked only {seen} files");
+    }
+}

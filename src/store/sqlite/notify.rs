@@ -1,15 +1,15 @@
-//! What notifications do to the mirror: applied with the notification's own commit, and
-//! replayed after a sync that replaced the mirror with pages read before they arrived
-//! (docs/architecture.md, "The mirror"). Runs inside the caller's transaction.
+//! The SQLite side of what notifications do to the mirror (decided in
+//! [`crate::mirror::notify`]): applied with the notification's own commit, and replayed after
+//! a sync that replaced the mirror with pages read before they arrived (docs/architecture.md,
+//! "The mirror"). Runs inside the caller's transaction.
 
 use std::collections::BTreeSet;
 
 use rusqlite::Connection;
 
 use super::{mirror, queries};
-use crate::apple::model::{
-    parse_notification, AssetManagementType, Notification, NotificationPayload, NotificationResult,
-};
+use crate::apple::model::{parse_notification, Notification};
+use crate::mirror::notify::{effect, touched_assets, Effect};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 
@@ -20,51 +20,32 @@ pub fn apply_notification(
     n: &Notification,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    apply_with(conn, token, n, now, mirror::Counts::Adjust)
+    match effect(n) {
+        Some(e) => apply(conn, token, &e, now, mirror::Counts::Adjust),
+        None => Ok(()),
+    }
 }
 
-fn apply_with(
+fn apply(
     conn: &Connection,
     token: &str,
-    n: &Notification,
+    effect: &Effect<'_>,
     now: Timestamp,
     counts: mirror::Counts,
 ) -> Result<(), StoreError> {
-    match &n.notification {
-        NotificationPayload::AssetManagement(p) if p.result == NotificationResult::Success => {
-            let associate = p.kind == AssetManagementType::Associate;
-            if p.kind != AssetManagementType::Unknown {
-                mirror::apply_asset_notification(
-                    conn,
-                    token,
-                    associate,
-                    &p.assignments,
-                    now,
-                    counts,
-                )?;
-            }
-        }
-        NotificationPayload::UserManagement(p) if p.result == NotificationResult::Success => {
-            mirror::apply_user_notification(conn, token, &p.users, now)?;
-        }
-        NotificationPayload::UserAssociated(p) => {
-            mirror::apply_user_notification(conn, token, &p.associated_users, now)?;
-        }
-        NotificationPayload::AssetCount(p) => {
-            mirror::apply_asset_count(
-                conn,
-                token,
-                &p.adam_id,
-                p.pricing_param.as_str(),
-                p.count_delta,
-                now,
-            )?;
-        }
-        _ => {}
+    match *effect {
+        Effect::Assignments {
+            associate,
+            assignments,
+        } => mirror::apply_asset_notification(conn, token, associate, assignments, now, counts),
+        Effect::Users(users) => mirror::apply_user_notification(conn, token, users, now),
+        Effect::AssetCount {
+            adam_id,
+            pricing_param,
+            delta,
+        } => mirror::apply_asset_count(conn, token, adam_id, pricing_param, delta, now),
     }
-    Ok(())
 }
-
 /// Re-applies to the mirror the notifications of `token` received at or after `since`, so a
 /// sync that replaced the mirror with pages read before them does not undo them.
 ///
@@ -83,17 +64,10 @@ pub fn replay_since(
     let mut n = 0;
     for body in bodies {
         if let Ok(note) = parse_notification(body.as_bytes()) {
-            if let NotificationPayload::AssetManagement(p) = &note.notification {
-                if p.result == NotificationResult::Success && p.kind != AssetManagementType::Unknown
-                {
-                    touched.extend(
-                        p.assignments
-                            .iter()
-                            .map(|a| (a.adam_id.clone(), a.pricing_param.as_str().to_string())),
-                    );
-                }
+            if let Some(e) = effect(&note) {
+                touched.extend(touched_assets(&e));
+                apply(conn, token, &e, now, mirror::Counts::Defer)?;
             }
-            apply_with(conn, token, &note, now, mirror::Counts::Defer)?;
             n += 1;
         }
     }
