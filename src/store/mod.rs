@@ -113,13 +113,6 @@ impl Store {
         Ok(Store::Sqlite(sqlite::SqliteStore::open_read_only(path)?))
     }
 
-    /// Where the database is, for messages.
-    pub fn location(&self) -> String {
-        match self {
-            Store::Sqlite(s) => s.path().display().to_string(),
-        }
-    }
-
     /// Stops writing on clean shutdown: every write queued before this is committed, and the
     /// database is left complete on its own (SQLite: the WAL is checkpointed into the main
     /// file, so a copy of that file alone holds everything). Writes queued after it fail with
