@@ -31,6 +31,7 @@ pub mod feed;
 pub mod licences;
 pub mod mirror;
 pub mod notifications;
+pub mod postgres;
 pub mod push;
 pub mod sqlite;
 pub mod stats;
