@@ -12,9 +12,11 @@
 //! turns one after another keeps that order, as the SQLite writer does.
 
 pub mod migrations;
+pub mod queries;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use futures::future::BoxFuture;
+use tokio_postgres::{NoTls, Transaction};
 
 use super::StoreError;
 
@@ -94,6 +96,49 @@ impl PgStore {
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
         migrations::version(&client).await
+    }
+
+    /// Runs `f` in a transaction of its own on a pooled connection and returns its result
+    /// once committed; an error from `f` rolls the whole transaction back. (The PostgreSQL
+    /// counterpart of the SQLite writer's job: one operation, one transaction.)
+    #[cfg_attr(not(test), allow(dead_code))] // until PgStore is a variant of Store
+    pub(in crate::store) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send,
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>> + Send,
+    {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        match f(&tx).await {
+            Ok(r) => {
+                tx.commit().await?;
+                Ok(r)
+            }
+            Err(e) => {
+                // Dropping the transaction rolls it back too; saying so frees the server now.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` in a read-only transaction (one snapshot for all its queries).
+    #[cfg_attr(not(test), allow(dead_code))] // until PgStore is a variant of Store
+    pub(in crate::store) async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send,
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>> + Send,
+    {
+        let mut client = self.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
+        let r = f(&tx).await;
+        let _ = tx.rollback().await;
+        r
     }
 
     /// A cheap liveness probe: one round trip on a pooled connection.

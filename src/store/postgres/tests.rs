@@ -294,3 +294,110 @@ async fn event_counts_follow_every_insert_update_and_delete() {
     );
     db.drop_now().await;
 }
+
+/// The same sync runs written through both backends' queries read back the same.
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
+async fn syncs_queries_answer_as_sqlites() {
+    use crate::core::SyncKind;
+    use crate::store::postgres::queries as pq;
+    use crate::store::sqlite::queries as sq;
+    use crate::store::SyncEnd;
+    use crate::time::Timestamp;
+
+    let db = TempDb::new().await;
+    let pg = PgStore::connect(&db.url, None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lite = sqlite::open_write_connection(&dir.path().join("s.db")).unwrap();
+    let end = SyncEnd {
+        pages: 3,
+        records: 250,
+        ok: true,
+        error: None,
+        version_id: Some("v1".into()),
+    };
+    let failed = SyncEnd {
+        ok: false,
+        error: Some("boom".into()),
+        ..SyncEnd::default()
+    };
+    let runs = [
+        (1u64, "acme", SyncKind::Assets, true, "start"),
+        (2, "beta", SyncKind::Assignments, false, "notification"),
+        (3, "acme", SyncKind::Users, false, "cron"),
+        (4, "acme", SyncKind::Assignments, true, "counts"),
+    ];
+    for (id, token, kind, full, cause) in runs {
+        let at = Timestamp(1_000 * id as i64);
+        sq::sync_started(&lite, id, token, kind, full, cause, at).unwrap();
+        pg.write(move |tx| {
+            Box::pin(async move { pq::sync_started(tx, id, token, kind, full, cause, at).await })
+        })
+        .await
+        .unwrap();
+    }
+    // Restarting run 4 starts its row over, as INSERT OR REPLACE does.
+    let at = Timestamp(4_500);
+    sq::sync_started(&lite, 4, "acme", SyncKind::Assignments, true, "again", at).unwrap();
+    pg.write(move |tx| {
+        Box::pin(async move {
+            pq::sync_started(tx, 4, "acme", SyncKind::Assignments, true, "again", at).await
+        })
+    })
+    .await
+    .unwrap();
+    sq::sync_finished(&lite, 1, Timestamp(1_700), &end).unwrap();
+    sq::sync_finished(&lite, 2, Timestamp(2_100), &failed).unwrap();
+    sq::abandon_running_syncs(&lite, Timestamp(9_000)).unwrap();
+    let (e, f) = (end.clone(), failed.clone());
+    let abandoned = pg
+        .write(move |tx| {
+            Box::pin(async move {
+                pq::sync_finished(tx, 1, Timestamp(1_700), &e).await?;
+                pq::sync_finished(tx, 2, Timestamp(2_100), &f).await?;
+                pq::abandon_running_syncs(tx, Timestamp(9_000)).await
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(abandoned, 2);
+    let lite_views = (
+        sq::list_syncs(&lite, None, 10).unwrap(),
+        sq::list_syncs(&lite, Some("acme"), 2).unwrap(),
+        sq::list_syncs_page(&lite, Some("acme"), Some(4), 10).unwrap(),
+        sq::next_sync_id(&lite).unwrap(),
+    );
+    let pg_views = pg
+        .read(|tx| {
+            Box::pin(async move {
+                Ok((
+                    pq::list_syncs(tx, None, 10).await?,
+                    pq::list_syncs(tx, Some("acme"), 2).await?,
+                    pq::list_syncs_page(tx, Some("acme"), Some(4), 10).await?,
+                    pq::next_sync_id(tx).await?,
+                ))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(pg_views, lite_views);
+    assert_eq!(pg_views.0.len(), 4);
+    assert_eq!(pg_views.3, 5);
+    // A failing operation leaves nothing behind.
+    let refused = pg
+        .write(|tx| {
+            Box::pin(async move {
+                pq::sync_started(tx, 9, "acme", SyncKind::Assets, true, "x", Timestamp(1)).await?;
+                Err::<(), _>(StoreError::Corrupt("refused".into()))
+            })
+        })
+        .await;
+    assert!(refused.is_err());
+    let next = pg
+        .read(|tx| Box::pin(async move { pq::next_sync_id(tx).await }))
+        .await
+        .unwrap();
+    assert_eq!(next, 5, "the refused run was rolled back");
+    pg.close().await.unwrap();
+    db.drop_now().await;
+}
