@@ -401,3 +401,101 @@ async fn syncs_queries_answer_as_sqlites() {
     pg.close().await.unwrap();
     db.drop_now().await;
 }
+
+/// The same outbox steps through both backends' queries answer, and leave, the same.
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
+async fn push_queries_answer_as_sqlites() {
+    use crate::store::postgres::queries as pq;
+    use crate::store::sqlite::queries as sq;
+    use crate::time::Timestamp;
+
+    let db = TempDb::new().await;
+    let pg = PgStore::connect(&db.url, None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lite = sqlite::open_write_connection(&dir.path().join("s.db")).unwrap();
+    // Five changes in the feed (token items), seq 1..=5.
+    let feed = "INSERT INTO feed_items (seq, kind, token, subject, state, at, body) \
+                SELECT s, 'token', 'acme', 'acme', 'healthy', s, '{}' FROM generate_series(1, 5) s; \
+                UPDATE counters SET value = 5 WHERE name = 'change_seq';";
+    lite.execute_batch(
+        &feed.replace(
+            "FROM generate_series(1, 5) s",
+            "FROM (WITH RECURSIVE n(s) AS (SELECT 1 UNION ALL SELECT s + 1 FROM n WHERE s < 5) SELECT s FROM n)",
+        ),
+    )
+    .unwrap();
+    db.client().await.batch_execute(feed).await.unwrap();
+
+    let t = Timestamp;
+    let items = vec![
+        (3i64, r#"{"seq":3}"#.to_string()),
+        (4, r#"{"seq":4}"#.to_string()),
+    ];
+    let lite_steps = vec![
+        sq::push_pin(&lite, 0, 1, 2, t(10)).unwrap(),
+        sq::push_pin(&lite, 0, 1, 2, t(10)).unwrap(), // already pinned
+        sq::push_failed(&lite, 1, 2, 1, t(20), "503", t(11)).unwrap(),
+        sq::push_ack(&lite, 9, 9, t(12)).unwrap(), // not the pinned batch
+        sq::push_ack(&lite, 1, 2, t(13)).unwrap(),
+        sq::push_pin(&lite, 2, 3, 4, t(14)).unwrap(),
+        sq::push_park(&lite, 3, 4, t(14), 7, "gone", &items, t(15)).unwrap(),
+    ];
+    let lite_replay = (
+        sq::push_replay(&lite, 9).unwrap(),
+        sq::push_replay(&lite, 3).unwrap(),
+    );
+    let lite_end = (
+        sq::push_state(&lite).unwrap(),
+        sq::push_status(&lite).unwrap(),
+        sq::backlog(&lite, 1).unwrap(),
+    );
+
+    let it = items.clone();
+    let pg_steps = pg
+        .write(move |tx| {
+            Box::pin(async move {
+                Ok(vec![
+                    pq::push_pin(tx, 0, 1, 2, t(10)).await?,
+                    pq::push_pin(tx, 0, 1, 2, t(10)).await?,
+                    pq::push_failed(tx, 1, 2, 1, t(20), "503", t(11)).await?,
+                    pq::push_ack(tx, 9, 9, t(12)).await?,
+                    pq::push_ack(tx, 1, 2, t(13)).await?,
+                    pq::push_pin(tx, 2, 3, 4, t(14)).await?,
+                    pq::push_park(tx, 3, 4, t(14), 7, "gone", &it, t(15)).await?,
+                ])
+            })
+        })
+        .await
+        .unwrap();
+    let pg_replay = pg
+        .write(|tx| {
+            Box::pin(
+                async move { Ok((pq::push_replay(tx, 9).await?, pq::push_replay(tx, 3).await?)) },
+            )
+        })
+        .await
+        .unwrap();
+    let pg_end = pg
+        .read(|tx| {
+            Box::pin(async move {
+                Ok((
+                    pq::push_state(tx).await?,
+                    pq::push_status(tx).await?,
+                    pq::backlog(tx, 1).await?,
+                ))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(pg_steps, lite_steps);
+    assert_eq!(lite_steps, vec![true, false, true, false, true, true, true]);
+    assert_eq!(pg_replay, lite_replay);
+    assert_eq!(pg_end, lite_end);
+    assert_eq!(
+        pg_end.1.parked, 1,
+        "seq 4, after the replay point, is re-queued; seq 3 stays parked"
+    );
+    pg.close().await.unwrap();
+    db.drop_now().await;
+}

@@ -1,9 +1,12 @@
 //! The PostgreSQL queries, one module per table as in `store::sqlite::queries`, each
 //! function the counterpart of the SQLite one of the same name, over a transaction
-//! ([`super::PgStore::write`] / [`super::PgStore::read`]). Ported so far: [`syncs`].
+//! ([`super::PgStore::write`] / [`super::PgStore::read`]). Ported so far: [`syncs`], [`push`] (with the
+//! feed's `backlog`).
 
+pub mod push;
 pub mod syncs;
 
+pub use push::*;
 pub use syncs::*;
 
 use crate::time::Timestamp;
