@@ -499,3 +499,170 @@ async fn push_queries_answer_as_sqlites() {
     pg.close().await.unwrap();
     db.drop_now().await;
 }
+
+/// The same turns of changes through both backends' queries leave the same events.
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
+async fn events_queries_answer_as_sqlites() {
+    use crate::core::{
+        Change, EventRecord, EventType, Failure, FailureSource, HistoryEntry, Outcome, PollRecord,
+        State, Timings, TrackRequest,
+    };
+    use crate::store::postgres::queries as pq;
+    use crate::store::sqlite::queries as sq;
+    use crate::time::Timestamp;
+
+    let db = TempDb::new().await;
+    let pg = PgStore::connect(&db.url, None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lite = sqlite::open_write_connection(&dir.path().join("s.db")).unwrap();
+    let note = "INSERT INTO notifications (notification_id, token, type, event_id, received_at, \
+                body) VALUES ('n1', 'acme', 'ASSET_MANAGEMENT', 'e1', 5, '{}')";
+    lite.execute_batch(note).unwrap();
+    db.client().await.batch_execute(note).await.unwrap();
+
+    let track = |id: &str, at: i64| {
+        let rec = EventRecord::new_tracked(
+            Timestamp(at),
+            TrackRequest {
+                event_id: id.into(),
+                token: "acme".into(),
+                event_type: EventType::Associate,
+                submitted_at: None,
+                num_requested: Some(3),
+                has_request: true,
+                supersedes: None,
+            },
+            &Timings::default(),
+        );
+        let mut c = Change::of(&rec);
+        c.insert = true;
+        c.feed = true;
+        c.request_body = Some(format!(r#"{{"for":"{id}"}}"#));
+        c.history.push(HistoryEntry {
+            at: Timestamp(at),
+            from: None,
+            to: rec.state,
+            outcome: None,
+            cause: "tracked".into(),
+        });
+        (rec, c)
+    };
+    let (e1, t1) = track("e1", 10);
+    let (_, t2) = track("e2", 11);
+    // e1 settles failed, with a failure, a poll and the notification applied.
+    let mut done = e1.clone();
+    done.state = State::Settled;
+    done.outcome = Some(Outcome::Failed);
+    done.settled_at = Some(Timestamp(20));
+    done.polls = 1;
+    let mut s1 = Change::of(&done);
+    s1.feed = true;
+    s1.history.push(HistoryEntry {
+        at: Timestamp(20),
+        from: Some(e1.state),
+        to: State::Settled,
+        outcome: Some(Outcome::Failed),
+        cause: "notification".into(),
+    });
+    s1.failures.push((
+        FailureSource::Notification,
+        Failure {
+            error_number: 9610,
+            error_message: "nope".into(),
+            error_info: Some(serde_json::json!({"serialNumbers": ["S1"]})),
+        },
+    ));
+    s1.polls.push(PollRecord {
+        at: Timestamp(19),
+        result: "PENDING".into(),
+        detail: None,
+    });
+    s1.applied_notifications.push("n1".into());
+    // e3 resubmits e2: a new event copying e2's body.
+    let (mut e3, mut t3) = track("e3", 30);
+    e3.supersedes = Some("e2".into());
+    t3.event = e3.clone();
+    t3.request_body = None;
+    t3.copy_request_from = Some("e2".into());
+    // An update of an event that was never inserted fails alone.
+    let (ghost, _) = track("ghost", 31);
+    let g = Change::of(&ghost);
+
+    let turns = vec![vec![t1, t2], vec![s1, g, t3]];
+    let mut lite_errors = Vec::new();
+    for turn in &turns {
+        lite_errors.push(sq::apply_changes(&lite, turn));
+    }
+    let mut pg_errors = Vec::new();
+    for turn in turns.clone() {
+        pg_errors.push(
+            pg.write(move |tx| Box::pin(async move { Ok(pq::apply_changes(tx, &turn).await) }))
+                .await
+                .unwrap(),
+        );
+    }
+    let shape = |errs: &Vec<Vec<Option<String>>>| -> Vec<Vec<bool>> {
+        errs.iter()
+            .map(|t| t.iter().map(Option::is_some).collect())
+            .collect()
+    };
+    assert_eq!(
+        shape(&pg_errors),
+        shape(&lite_errors),
+        "{pg_errors:?} {lite_errors:?}"
+    );
+    assert_eq!(
+        shape(&pg_errors),
+        vec![vec![false, false], vec![false, true, false]]
+    );
+
+    let ids = ["e1", "e2", "e3", "ghost"];
+    let mut lite_view = Vec::new();
+    for id in ids {
+        lite_view.push((
+            sq::get_event(&lite, id).unwrap(),
+            sq::event_detail(&lite, id).unwrap(),
+            sq::request_body(&lite, id).unwrap(),
+        ));
+    }
+    let mut unsettled = sq::load_unsettled(&lite).unwrap();
+    unsettled.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    let pg_view = pg
+        .read(move |tx| {
+            Box::pin(async move {
+                let mut out = Vec::new();
+                for id in ids {
+                    out.push((
+                        pq::get_event(tx, id).await?,
+                        pq::event_detail(tx, id).await?,
+                        pq::request_body(tx, id).await?,
+                    ));
+                }
+                let mut unsettled = pq::load_unsettled(tx).await?;
+                unsettled.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+                Ok((out, unsettled))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(pg_view.0, lite_view);
+    assert_eq!(pg_view.1, unsettled);
+    assert_eq!(
+        pg_view.0[2].2.as_deref(),
+        Some(r#"{"for":"e2"}"#),
+        "body copied"
+    );
+    assert_eq!(pg_view.1.len(), 2);
+    // The feed counter: three inserts and one fed update.
+    let seq: i64 = db
+        .client()
+        .await
+        .query_one("SELECT value FROM counters WHERE name = 'change_seq'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seq, 4);
+    pg.close().await.unwrap();
+    db.drop_now().await;
+}

@@ -1,11 +1,13 @@
 //! The PostgreSQL queries, one module per table as in `store::sqlite::queries`, each
 //! function the counterpart of the SQLite one of the same name, over a transaction
-//! ([`super::PgStore::write`] / [`super::PgStore::read`]). Ported so far: [`syncs`], [`push`] (with the
-//! feed's `backlog`).
+//! ([`super::PgStore::write`] / [`super::PgStore::read`]). Ported so far: [`events`] (the write path of
+//! the core's turns, recovery, one event), [`syncs`], [`push`] (with the feed's `backlog`).
 
+pub mod events;
 pub mod push;
 pub mod syncs;
 
+pub use events::*;
 pub use push::*;
 pub use syncs::*;
 
@@ -18,4 +20,18 @@ fn ts(v: Option<i64>) -> Option<Timestamp> {
 /// A count or size as PostgreSQL's `BIGINT`.
 fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A count stored as `BIGINT`, as the `u32` the core keeps.
+fn u32_of(v: i64) -> u32 {
+    v.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// A column holding one of the core's words (a state, a type, ...).
+fn parse<T: std::str::FromStr<Err = String>>(
+    s: String,
+    col: &str,
+) -> Result<T, crate::store::StoreError> {
+    s.parse::<T>()
+        .map_err(|e| crate::store::StoreError::Corrupt(format!("column {col}: {e}")))
 }
