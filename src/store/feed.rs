@@ -1,7 +1,9 @@
 //! The changes feed (design §5, §10): events, token and licence items in one `seq` order.
 
+use serde_json::{json, Map, Value};
+
 use super::sqlite::queries as q;
-use super::views::ChangeView;
+use super::views::{ChangeView, FeedItem};
 use super::{Store, StoreError};
 use crate::time::Timestamp;
 
@@ -59,6 +61,74 @@ pub fn licence_transition(before: Option<i64>, after: i64) -> Option<&'static st
         b if b > 0 && after <= 0 => Some("exhausted"),
         _ => None,
     }
+}
+
+/// The fields of a `token` item (besides `seq` and `kind`), as every backend stores them.
+pub fn token_item_body(token: &str, status: &TokenStatus, at: Timestamp) -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("token".into(), json!(token));
+    body.insert("health".into(), json!(status.health));
+    if let Some(r) = &status.reason {
+        body.insert("reason".into(), json!(r));
+    }
+    if let Some(d) = status.days_left {
+        body.insert("daysLeft".into(), json!(d));
+    }
+    body.insert("at".into(), json!(at));
+    body
+}
+
+/// The fields of a `licence` item for the transition `change` of `c`.
+pub fn licence_item_body(
+    token: &str,
+    c: &LicenceCounts<'_>,
+    change: &str,
+    at: Timestamp,
+) -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("token".into(), json!(token));
+    body.insert("adamId".into(), json!(c.adam_id));
+    body.insert("pricingParam".into(), json!(c.pricing_param));
+    if let Some(p) = c.product_type {
+        body.insert("productType".into(), json!(p));
+    }
+    body.insert("change".into(), json!(change));
+    body.insert("availableCount".into(), json!(c.available));
+    body.insert("previousAvailableCount".into(), json!(c.before));
+    body.insert("assignedCount".into(), json!(c.assigned));
+    body.insert("totalCount".into(), json!(c.total));
+    body.insert("at".into(), json!(at));
+    body
+}
+
+/// A stored `feed_items` row (seq, kind, body) as an item of the feed.
+pub fn stored_item(seq: i64, kind: &str, body: &str) -> Result<ChangeView, StoreError> {
+    let fields = match serde_json::from_str::<Value>(body) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            return Err(StoreError::Corrupt(format!(
+                "feed item {seq} has a body that is not a JSON object"
+            )))
+        }
+    };
+    let item = match kind {
+        "token" => FeedItem::Token(fields),
+        "licence" => FeedItem::Licence(fields),
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "feed item {seq} has the unknown kind {other:?}"
+            )))
+        }
+    };
+    Ok(ChangeView { seq, item })
+}
+
+/// The feed's first `limit` changes in `seq` order, from at most `limit` events and
+/// `limit` items read in `seq` order each.
+pub fn merge(mut changes: Vec<ChangeView>, limit: u32) -> Vec<ChangeView> {
+    changes.sort_by_key(|c| c.seq);
+    changes.truncate(limit as usize);
+    changes
 }
 
 impl Store {

@@ -666,3 +666,252 @@ async fn events_queries_answer_as_sqlites() {
     pg.close().await.unwrap();
     db.drop_now().await;
 }
+
+/// Tokens, their feed items, notifications and the quarantine through both backends'
+/// queries answer the same.
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
+async fn tokens_feed_and_notifications_queries_answer_as_sqlites() {
+    use crate::core::{Change, EventRecord, EventType, Failure, Timings, TrackRequest};
+    use crate::store::postgres::queries as pq;
+    use crate::store::sqlite::queries as sq;
+    use crate::store::{
+        ChangeView, FeedItem, LicenceCounts, NewNotification, TokenRow, TokenStatus,
+    };
+    use crate::time::Timestamp;
+
+    let db = TempDb::new().await;
+    let pg = PgStore::connect(&db.url, None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lite = sqlite::open_write_connection(&dir.path().join("s.db")).unwrap();
+    let t = Timestamp;
+    let rows = vec![
+        TokenRow {
+            name: "acme".into(),
+            org_name: Some("Acme".into()),
+            expires_at: Some(t(99_000)),
+        },
+        TokenRow {
+            name: "beta".into(),
+            org_name: None,
+            expires_at: None,
+        },
+    ];
+    let revoked = TokenStatus::new("revoked", Some("9625".into()));
+    let healthy = TokenStatus::new("healthy", None);
+    let soon = TokenStatus {
+        health: "expiring_soon".into(),
+        reason: Some("soon".into()),
+        days_left: Some(5),
+        threshold: Some(7),
+    };
+    let counts = LicenceCounts {
+        adam_id: "42",
+        pricing_param: "STDQ",
+        product_type: Some("App"),
+        before: Some(0),
+        available: 5,
+        assigned: 1,
+        total: 6,
+    };
+    let note = |id: &str| NewNotification {
+        notification_id: id.into(),
+        token: "acme".into(),
+        notification_type: "ASSET_MANAGEMENT".into(),
+        event_id: Some("e1".into()),
+        result: Some("FAILURE".into()),
+        entities: Some(2),
+        error: Some(Failure {
+            error_number: 9610,
+            error_message: "x".into(),
+            error_info: None,
+        }),
+        received_at: t(50),
+        body: format!(r#"{{"id":"{id}"}}"#),
+    };
+    let rec = EventRecord::new_tracked(
+        t(40),
+        TrackRequest {
+            event_id: "e1".into(),
+            token: "acme".into(),
+            event_type: EventType::Associate,
+            submitted_at: None,
+            num_requested: Some(2),
+            has_request: false,
+            supersedes: None,
+        },
+        &Timings::default(),
+    );
+    let mut tracked = Change::of(&rec);
+    tracked.insert = true;
+    tracked.feed = true;
+
+    // SQLite.
+    sq::upsert_tokens(&lite, &rows, t(1)).unwrap();
+    sq::set_token_health(&lite, "acme", "unhealthy", Some("9625"), t(10), &revoked).unwrap();
+    sq::set_token_health(&lite, "acme", "healthy", None, t(20), &healthy).unwrap();
+    let lite_items = vec![
+        sq::record_token_status(&lite, "beta", &soon, t(30)).unwrap(),
+        sq::record_token_status(&lite, "beta", &soon, t(31)).unwrap(),
+        sq::record_licence_counts(&lite, "acme", &counts, t(32)).unwrap(),
+    ];
+    sq::set_token_location(
+        &lite,
+        "beta",
+        Some("u1"),
+        Some("HQ"),
+        Some("m1"),
+        Some("other"),
+    )
+    .unwrap();
+    sq::set_token_location(&lite, "beta", None, None, Some("m1"), None).unwrap();
+    assert_eq!(sq::apply_changes(&lite, &[tracked.clone()]), vec![None]);
+    let lite_notes = vec![
+        sq::insert_notification(&lite, &note("n1")).unwrap(),
+        sq::insert_notification(&lite, &note("n1")).unwrap(),
+        sq::insert_notification(&lite, &note("n2")).unwrap(),
+    ];
+    for i in 0..3u8 {
+        sq::quarantine(&lite, "acme", t(60), "bad", &[i], 2).unwrap();
+    }
+    let lite_end = (
+        sq::list_tokens(&lite).unwrap(),
+        sq::unhealthy_tokens(&lite)
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.name, u.health, u.reason, u.mdm_conflict))
+            .collect::<Vec<_>>(),
+        sq::changes_after(&lite, 0, 100).unwrap(),
+        sq::changes_between(&lite, 2, 4, 10).unwrap(),
+        sq::unapplied_notifications_for(&lite, "e1").unwrap(),
+        sq::unapplied_for_unsettled(&lite).unwrap(),
+        sq::mirror_notification_bodies_since(&lite, "acme", t(50)).unwrap(),
+    );
+    let lite_quarantine: Vec<Vec<u8>> = lite
+        .prepare("SELECT body FROM quarantine ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+
+    // PostgreSQL, one operation per transaction as the store would run them.
+    let (r, rv, h, sn, c) = (
+        rows.clone(),
+        revoked.clone(),
+        healthy.clone(),
+        soon.clone(),
+        counts,
+    );
+    let pg_items = pg
+        .write(move |tx| {
+            Box::pin(async move {
+                pq::upsert_tokens(tx, &r, t(1)).await?;
+                pq::set_token_health(tx, "acme", "unhealthy", Some("9625"), t(10), &rv).await?;
+                pq::set_token_health(tx, "acme", "healthy", None, t(20), &h).await?;
+                Ok(vec![
+                    pq::record_token_status(tx, "beta", &sn, t(30)).await?,
+                    pq::record_token_status(tx, "beta", &sn, t(31)).await?,
+                    pq::record_licence_counts(tx, "acme", &c, t(32)).await?,
+                ])
+            })
+        })
+        .await
+        .unwrap();
+    pg.write(|tx| {
+        Box::pin(async move {
+            pq::set_token_location(
+                tx,
+                "beta",
+                Some("u1"),
+                Some("HQ"),
+                Some("m1"),
+                Some("other"),
+            )
+            .await?;
+            pq::set_token_location(tx, "beta", None, None, Some("m1"), None).await
+        })
+    })
+    .await
+    .unwrap();
+    let tr = tracked.clone();
+    let applied = pg
+        .write(move |tx| Box::pin(async move { Ok(pq::apply_changes(tx, &[tr]).await) }))
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![None]);
+    let mut pg_notes = Vec::new();
+    for id in ["n1", "n1", "n2"] {
+        let n = note(id);
+        pg_notes.push(
+            pg.write(move |tx| Box::pin(async move { pq::insert_notification(tx, &n).await }))
+                .await
+                .unwrap(),
+        );
+    }
+    for i in 0..3u8 {
+        pg.write(move |tx| {
+            Box::pin(async move { pq::quarantine(tx, "acme", t(60), "bad", &[i], 2).await })
+        })
+        .await
+        .unwrap();
+    }
+    let pg_end = pg
+        .read(|tx| {
+            Box::pin(async move {
+                Ok((
+                    pq::list_tokens(tx).await?,
+                    pq::unhealthy_tokens(tx)
+                        .await?
+                        .into_iter()
+                        .map(|u| (u.name, u.health, u.reason, u.mdm_conflict))
+                        .collect::<Vec<_>>(),
+                    pq::changes_after(tx, 0, 100).await?,
+                    pq::changes_between(tx, 2, 4, 10).await?,
+                    pq::unapplied_notifications_for(tx, "e1").await?,
+                    pq::unapplied_for_unsettled(tx).await?,
+                    pq::mirror_notification_bodies_since(tx, "acme", t(50)).await?,
+                ))
+            })
+        })
+        .await
+        .unwrap();
+    let pg_quarantine: Vec<Vec<u8>> = db
+        .client()
+        .await
+        .query("SELECT body FROM quarantine ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    // set_token_location stamps its items with the clock: compare without `at`.
+    let no_at = |v: &Vec<ChangeView>| -> Vec<ChangeView> {
+        v.iter()
+            .cloned()
+            .map(|mut c| {
+                if let FeedItem::Token(m) = &mut c.item {
+                    m.remove("at");
+                }
+                c
+            })
+            .collect()
+    };
+    assert_eq!(pg_items, lite_items);
+    assert_eq!(pg_notes, lite_notes);
+    assert_eq!(lite_notes, vec![true, false, true]);
+    assert_eq!(pg_quarantine, lite_quarantine);
+    assert_eq!(pg_quarantine, vec![vec![1u8], vec![2u8]]);
+    assert_eq!(pg_end.0, lite_end.0, "list_tokens");
+    assert_eq!(pg_end.0[0].pending + pg_end.0[0].syncing, 1);
+    assert_eq!(pg_end.1, lite_end.1, "unhealthy_tokens");
+    assert_eq!(no_at(&pg_end.2), no_at(&lite_end.2), "changes_after");
+    assert_eq!(no_at(&pg_end.3), no_at(&lite_end.3), "changes_between");
+    assert!(pg_end.2.len() >= 6, "{:?}", pg_end.2);
+    assert_eq!(pg_end.4, lite_end.4);
+    assert_eq!(pg_end.5, lite_end.5);
+    assert_eq!(pg_end.6, lite_end.6);
+    pg.close().await.unwrap();
+    db.drop_now().await;
+}

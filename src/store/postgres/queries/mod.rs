@@ -1,15 +1,22 @@
 //! The PostgreSQL queries, one module per table as in `store::sqlite::queries`, each
 //! function the counterpart of the SQLite one of the same name, over a transaction
 //! ([`super::PgStore::write`] / [`super::PgStore::read`]). Ported so far: [`events`] (the write path of
-//! the core's turns, recovery, one event), [`syncs`], [`push`] (with the feed's `backlog`).
+//! the core's turns, recovery, one event), [`feed`], [`notifications`], [`tokens`],
+//! [`syncs`], [`push`] (with the feed's `backlog`).
 
 pub mod events;
+pub mod feed;
+pub mod notifications;
 pub mod push;
 pub mod syncs;
+pub mod tokens;
 
 pub use events::*;
+pub use feed::*;
+pub use notifications::*;
 pub use push::*;
 pub use syncs::*;
+pub use tokens::*;
 
 use crate::time::Timestamp;
 

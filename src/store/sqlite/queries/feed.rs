@@ -6,10 +6,11 @@
 //! twice (retention prunes rows, never the counter).
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::events::{event_at, view_from_record, EVENT_COLS};
 use crate::core::EventRecord;
+use crate::store::feed::{licence_item_body, merge, stored_item, token_item_body};
 use crate::store::views::{ChangeView, FeedItem};
 use crate::store::{licence_transition, LicenceCounts, StoreError, TokenStatus};
 use crate::time::Timestamp;
@@ -95,16 +96,7 @@ pub fn record_token_status(
     if last.as_deref() == Some(state.as_str()) || (last.is_none() && status.health == "healthy") {
         return Ok(None);
     }
-    let mut body = Map::new();
-    body.insert("token".into(), json!(token));
-    body.insert("health".into(), json!(status.health));
-    if let Some(r) = &status.reason {
-        body.insert("reason".into(), json!(r));
-    }
-    if let Some(d) = status.days_left {
-        body.insert("daysLeft".into(), json!(d));
-    }
-    body.insert("at".into(), json!(at));
+    let body = token_item_body(token, status, at);
     insert_item(conn, ItemKind::Token, token, token, &state, at, &body).map(Some)
 }
 
@@ -119,19 +111,7 @@ pub fn record_licence_counts(
         return Ok(None);
     };
     let subject = format!("{}/{}", c.adam_id, c.pricing_param);
-    let mut body = Map::new();
-    body.insert("token".into(), json!(token));
-    body.insert("adamId".into(), json!(c.adam_id));
-    body.insert("pricingParam".into(), json!(c.pricing_param));
-    if let Some(p) = c.product_type {
-        body.insert("productType".into(), json!(p));
-    }
-    body.insert("change".into(), json!(change));
-    body.insert("availableCount".into(), json!(c.available));
-    body.insert("previousAvailableCount".into(), json!(c.before));
-    body.insert("assignedCount".into(), json!(c.assigned));
-    body.insert("totalCount".into(), json!(c.total));
-    body.insert("at".into(), json!(at));
+    let body = licence_item_body(token, c, change, at);
     insert_item(conn, ItemKind::Licence, token, &subject, change, at, &body).map(Some)
 }
 
@@ -178,28 +158,9 @@ pub fn changes_between(
         });
     }
     for (seq, kind, body) in items {
-        let fields = match serde_json::from_str::<Value>(&body) {
-            Ok(Value::Object(m)) => m,
-            _ => {
-                return Err(StoreError::Corrupt(format!(
-                    "feed item {seq} has a body that is not a JSON object"
-                )))
-            }
-        };
-        let item = match kind.as_str() {
-            "token" => FeedItem::Token(fields),
-            "licence" => FeedItem::Licence(fields),
-            other => {
-                return Err(StoreError::Corrupt(format!(
-                    "feed item {seq} has the unknown kind {other:?}"
-                )))
-            }
-        };
-        out.push(ChangeView { seq, item });
+        out.push(stored_item(seq, &kind, &body)?);
     }
-    out.sort_by_key(|c| c.seq);
-    out.truncate(limit as usize);
-    Ok(out)
+    Ok(merge(out, limit))
 }
 
 /// How many changes the feed holds after `after`, and the highest seq handed out so far.
