@@ -915,3 +915,231 @@ async fn tokens_feed_and_notifications_queries_answer_as_sqlites() {
     pg.close().await.unwrap();
     db.drop_now().await;
 }
+
+/// Listing, the status page, the metrics' counts, the licence report and retention through
+/// both backends' queries answer the same.
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
+async fn reads_and_retention_answer_as_sqlites() {
+    use std::collections::HashSet;
+
+    use crate::core::{
+        Change, EventRecord, EventType, Failure, FailureSource, HistoryEntry, Outcome, PollRecord,
+        State, Timings, TrackRequest,
+    };
+    use crate::store::postgres::queries as pq;
+    use crate::store::sqlite::queries as sq;
+    use crate::store::EventFilter;
+    use crate::time::Timestamp;
+
+    let db = TempDb::new().await;
+    let pg = PgStore::connect(&db.url, None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lite = sqlite::open_write_connection(&dir.path().join("s.db")).unwrap();
+    let t = Timestamp;
+    let hour = 3_600_000i64;
+    let now = t(100 * hour);
+    let mut changes = Vec::new();
+    for i in 0..12i64 {
+        let token = if i % 3 == 0 { "beta" } else { "acme" };
+        let ty = if i % 2 == 0 {
+            EventType::Associate
+        } else {
+            EventType::Revoke
+        };
+        let mut rec = EventRecord::new_tracked(
+            t(now.0 - (12 - i) * hour),
+            TrackRequest {
+                event_id: format!("e{i:02}"),
+                token: token.into(),
+                event_type: ty,
+                submitted_at: None,
+                num_requested: Some(1),
+                has_request: true,
+                supersedes: None,
+            },
+            &Timings::default(),
+        );
+        if i % 4 == 0 {
+            rec.state = State::Settled;
+            rec.outcome = Some(if i == 0 {
+                Outcome::Failed
+            } else {
+                Outcome::Complete
+            });
+            rec.settled_at = Some(t(now.0 - (10 - i).max(1) * hour));
+        }
+        let mut c = Change::of(&rec);
+        c.insert = true;
+        c.feed = true;
+        c.request_body = Some(
+            r#"{"assets":[{"adamId":"1","pricingParam":"STDQ"}],"serialNumbers":["S1"]}"#.into(),
+        );
+        c.history.push(HistoryEntry {
+            at: rec.tracked_at,
+            from: None,
+            to: rec.state,
+            outcome: rec.outcome,
+            cause: "tracked".into(),
+        });
+        if i % 5 == 0 {
+            c.failures.push((
+                FailureSource::Status,
+                Failure {
+                    error_number: 9600 + i,
+                    error_message: "bad".into(),
+                    error_info: None,
+                },
+            ));
+        }
+        c.polls.push(PollRecord {
+            at: t(now.0 - i * hour / 2),
+            result: "PENDING".into(),
+            detail: None,
+        });
+        changes.push(c);
+    }
+    let setup = format!(
+        "INSERT INTO tokens (name, expires_at, updated_at) VALUES ('acme', 5, 1), ('beta', 6, 1), \
+           ('gone', 7, 1); \
+         INSERT INTO syncs (id, token, kind, \"full\", started_at, pages) VALUES \
+           (1, 'acme', 'assets', TRUE, {a}, 3), (2, 'acme', 'assignments', FALSE, {b}, 4); \
+         INSERT INTO mirror_assets (token, adam_id, pricing_param, assigned_count, \
+           available_count, retired_count, total_count, json, updated_at) VALUES \
+           ('acme', '1', 'STDQ', 2, 3, 0, 5, '{{\"productType\":\"App\"}}', 1); \
+         INSERT INTO mirror_assignments (token, adam_id, pricing_param, client_user_id, \
+           serial_number, updated_at) VALUES ('acme', '1', 'STDQ', '', 'S1', 1), \
+           ('acme', '1', 'STDQ', 'u9', '', 1), ('beta', '2', 'STDQ', '', 'S2', 1);",
+        a = now.0 - 2 * hour,
+        b = now.0 - hour / 2
+    );
+    lite.execute_batch(&setup.replace("TRUE", "1").replace("FALSE", "0"))
+        .unwrap();
+    db.client().await.batch_execute(&setup).await.unwrap();
+    assert!(sq::apply_changes(&lite, &changes)
+        .iter()
+        .all(Option::is_none));
+    let ch = changes.clone();
+    let errs = pg
+        .write(move |tx| Box::pin(async move { Ok(pq::apply_changes(tx, &ch).await) }))
+        .await
+        .unwrap();
+    assert!(errs.iter().all(Option::is_none), "{errs:?}");
+
+    let filters = vec![
+        EventFilter {
+            limit: 5,
+            ..Default::default()
+        },
+        EventFilter {
+            limit: 3,
+            token: Some("acme".into()),
+            event_type: Some(EventType::Revoke),
+            ..Default::default()
+        },
+        EventFilter {
+            limit: 10,
+            state: Some(State::Settled),
+            outcome: Some(Outcome::Complete),
+            ..Default::default()
+        },
+    ];
+    let configured: HashSet<String> = ["acme".to_string(), "beta".to_string()].into();
+    let lite_reads = |c: &rusqlite::Connection| {
+        let mut pages = Vec::new();
+        for f in &filters {
+            let mut f = f.clone();
+            loop {
+                let (views, next) = sq::list_events(c, &f).unwrap();
+                pages.push(views);
+                match next {
+                    Some(n) => f.cursor = Some(n),
+                    None => break,
+                }
+            }
+        }
+        (
+            pages,
+            sq::list_event_view(c, "e05").unwrap(),
+            sq::due_events(c, t(i64::MAX), 100).unwrap(),
+            sq::status::status_snapshot(c, now).unwrap(),
+            super::super::sqlite::stats::store_stats(c, &configured).unwrap(),
+            sq::licence_report(c, None).unwrap(),
+            sq::licence_report(c, Some("acme")).unwrap(),
+        )
+    };
+    let lite_before = lite_reads(&lite);
+    let (fs, cf) = (filters.clone(), configured.clone());
+    let pg_reads = move |pg: PgStore| {
+        let (fs, cf) = (fs.clone(), cf.clone());
+        async move {
+            pg.read(move |tx| {
+                Box::pin(async move {
+                    let mut pages = Vec::new();
+                    for f in &fs {
+                        let mut f = f.clone();
+                        loop {
+                            let (views, next) = pq::list_events(tx, &f).await?;
+                            pages.push(views);
+                            match next {
+                                Some(n) => f.cursor = Some(n),
+                                None => break,
+                            }
+                        }
+                    }
+                    Ok((
+                        pages,
+                        pq::list_event_view(tx, "e05").await?,
+                        pq::due_events(tx, t(i64::MAX), 100).await?,
+                        pq::status::status_snapshot(tx, now).await?,
+                        pq::stats::store_stats(tx, &cf).await?,
+                        pq::licence_report(tx, None).await?,
+                        pq::licence_report(tx, Some("acme")).await?,
+                    ))
+                })
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let pg_before = pg_reads(pg.clone()).await;
+    assert_eq!(pg_before.0, lite_before.0, "list_events pages");
+    assert!(pg_before.0.len() >= 5, "{:?}", pg_before.0.len());
+    assert_eq!(pg_before.1, lite_before.1, "list_event_view");
+    assert_eq!(pg_before.2, lite_before.2, "due_events");
+    assert_eq!(pg_before.3, lite_before.3, "status_snapshot");
+    assert!(pg_before
+        .3
+        .hours
+        .iter()
+        .any(|h| h.sync_pages > 0 && h.polls > 0));
+    assert_eq!(pg_before.4, lite_before.4, "store_stats");
+    assert_eq!(pg_before.5, lite_before.5, "licence_report");
+    assert_eq!(pg_before.6, lite_before.6, "licence_report acme");
+    assert_eq!(pg_before.6[0].unknown_origin, 1, "{:?}", pg_before.6);
+
+    // Retention, in two bounded batches.
+    let before = t(now.0 - 5 * hour);
+    let lite_pruned = (
+        sq::prune(&lite, before, 2).unwrap(),
+        sq::prune(&lite, before, 2).unwrap(),
+    );
+    let pg_pruned = pg
+        .write(move |tx| {
+            Box::pin(async move {
+                let a = pq::prune(tx, before, 2).await?;
+                Ok((a, pq::prune(tx, before, 2).await?))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(pg_pruned, lite_pruned);
+    assert_eq!(pg_pruned.0, 2);
+    let lite_after = lite_reads(&lite);
+    let pg_after = pg_reads(pg.clone()).await;
+    assert_eq!(pg_after.0, lite_after.0);
+    assert_eq!(pg_after.3, lite_after.3);
+    assert_eq!(pg_after.4, lite_after.4);
+    pg.close().await.unwrap();
+    db.drop_now().await;
+}

@@ -1,13 +1,14 @@
 //! The `events` table and the rows hanging off an event (`event_history`, `failures`,
-//! `polls`): writing the core's changes, loading for recovery, reading one event. (Listing,
-//! pruning and the due-event scan are still to port.)
+//! `polls`): writing the core's changes, loading for recovery and scheduling, listing,
+//! detail, pruning.
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Transaction};
 
 use super::{parse, ts, u32_of};
 use crate::core::{Change, EventRecord, Failure, Outcome, State};
 use crate::store::views::{EventDetail, EventView, HistoryView, NotificationView, PollView};
-use crate::store::StoreError;
+use crate::store::{EventFilter, StoreError};
 use crate::time::Timestamp;
 
 pub(super) const EVENT_COLS: &str =
@@ -368,4 +369,137 @@ pub async fn event_detail(
         notifications,
         poll_log,
     }))
+}
+
+/// Events whose next check is due at or before `now`, earliest first (uses `events_due`).
+pub async fn due_events(
+    tx: &Transaction<'_>,
+    now: Timestamp,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    Ok(tx
+        .query(
+            "SELECT event_id FROM events WHERE next_check_at IS NOT NULL AND next_check_at <= $1 \
+             ORDER BY next_check_at LIMIT $2",
+            &[&now.0, &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Events newest first, with the cursor of the next page when there is one.
+pub async fn list_events(
+    tx: &Transaction<'_>,
+    f: &EventFilter,
+) -> Result<(Vec<EventView>, Option<String>), StoreError> {
+    let mut sql = format!("SELECT {EVENT_COLS} FROM events WHERE TRUE");
+    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut arg = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync + Send>| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+    };
+    if let Some(s) = f.state {
+        arg(&mut sql, " AND state = ?", Box::new(s.as_str()));
+    }
+    if let Some(o) = f.outcome {
+        arg(&mut sql, " AND outcome = ?", Box::new(o.as_str()));
+    }
+    if let Some(t) = &f.token {
+        arg(&mut sql, " AND token = ?", Box::new(t.clone()));
+    }
+    if let Some(t) = f.event_type {
+        arg(&mut sql, " AND type = ?", Box::new(t.as_str()));
+    }
+    if let Some(c) = &f.cursor {
+        let (at, id) = parse_cursor(c)?;
+        arg(&mut sql, " AND (tracked_at < ?", Box::new(at));
+        arg(&mut sql, " OR (tracked_at = ?", Box::new(at));
+        arg(&mut sql, " AND event_id < ?))", Box::new(id));
+    }
+    let limit = f.limit.clamp(1, 10_000);
+    arg(
+        &mut sql,
+        " ORDER BY tracked_at DESC, event_id DESC LIMIT ?",
+        Box::new(i64::from(limit + 1)),
+    );
+    let params: Vec<&(dyn ToSql + Sync)> = args
+        .iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let mut recs: Vec<EventRecord> = tx
+        .query(&sql, &params)
+        .await?
+        .iter()
+        .map(|r| event_at(r, 0))
+        .collect::<Result<_, _>>()?;
+    let next = if recs.len() > limit as usize {
+        recs.truncate(limit as usize);
+        recs.last()
+            .map(|r| format!("{}:{}", r.tracked_at.0, r.event_id))
+    } else {
+        None
+    };
+    let mut views = Vec::with_capacity(recs.len());
+    for r in recs {
+        views.push(view_from_record(tx, r).await?);
+    }
+    Ok((views, next))
+}
+
+fn parse_cursor(c: &str) -> Result<(i64, String), StoreError> {
+    let bad = || StoreError::NotFound(format!("cursor {c:?}"));
+    let (at, id) = c.split_once(':').ok_or_else(bad)?;
+    Ok((at.parse().map_err(|_| bad())?, id.to_string()))
+}
+
+/// One event as listed, or `None`.
+pub async fn list_event_view(
+    tx: &Transaction<'_>,
+    event_id: &str,
+) -> Result<Option<EventView>, StoreError> {
+    match get_event(tx, event_id).await? {
+        Some(rec) => Ok(Some(view_from_record(tx, rec).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Deletes up to `batch` settled events settled before `before`, with their rows, and old
+/// orphan notifications. Returns how many events went.
+pub async fn prune(
+    tx: &Transaction<'_>,
+    before: Timestamp,
+    batch: u32,
+) -> Result<usize, StoreError> {
+    let ids: Vec<String> = tx
+        .query(
+            "SELECT event_id FROM events WHERE settled_at IS NOT NULL AND settled_at < $1 LIMIT $2",
+            &[&before.0, &i64::from(batch)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for table in [
+        "event_history",
+        "polls",
+        "failures",
+        "notifications",
+        "events",
+    ] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE event_id = ANY($1)"),
+            &[&ids],
+        )
+        .await?;
+    }
+    tx.execute(
+        "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications WHERE received_at < $1 \
+         AND (applied_at IS NULL OR event_id IS NULL) LIMIT $2)",
+        &[&before.0, &i64::from(batch)],
+    )
+    .await?;
+    super::feed::prune_items(tx, before, batch).await?;
+    Ok(ids.len())
 }

@@ -1,18 +1,21 @@
 //! The PostgreSQL queries, one module per table as in `store::sqlite::queries`, each
 //! function the counterpart of the SQLite one of the same name, over a transaction
-//! ([`super::PgStore::write`] / [`super::PgStore::read`]). Ported so far: [`events`] (the write path of
-//! the core's turns, recovery, one event), [`feed`], [`notifications`], [`tokens`],
-//! [`syncs`], [`push`] (with the feed's `backlog`).
+//! ([`super::PgStore::write`] / [`super::PgStore::read`]). Every module but the mirror's is ported; [`status`] and
+//! [`stats`] are named by module, as in SQLite.
 
 pub mod events;
 pub mod feed;
+pub mod licences;
 pub mod notifications;
 pub mod push;
+pub mod stats;
+pub mod status;
 pub mod syncs;
 pub mod tokens;
 
 pub use events::*;
 pub use feed::*;
+pub use licences::*;
 pub use notifications::*;
 pub use push::*;
 pub use syncs::*;
