@@ -27,6 +27,20 @@ pub enum MirrorKind {
     Users,
 }
 
+/// How a notification's assignment changes update its assets' counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counts {
+    /// Move the stored counts by the net change: constant time per asset. For notifications
+    /// as they arrive.
+    Adjust,
+    /// Count the asset's mirrored assignments again: linear in them. For replays after a sync
+    /// replaced the mirror, where the stored counts may already include the change.
+    Recount,
+    /// Leave the counts alone: the caller recounts every asset the notifications name once,
+    /// after replaying them all.
+    Defer,
+}
+
 impl Store {
     /// Adds `rows` to the stage of sync `sync_id` (one write job).
     pub async fn stage(&self, sync_id: u64, rows: StageRows) -> Result<(), StoreError> {

@@ -12,6 +12,8 @@
 //! turns one after another keeps that order, as the SQLite writer does.
 
 pub mod migrations;
+pub mod mirror;
+pub mod notify;
 pub mod queries;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};

@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::queries;
+pub use crate::store::mirror::Counts;
 use crate::store::{MirrorKind, StoreError, SyncCommit};
 use std::collections::HashMap;
 
@@ -377,20 +378,6 @@ pub fn recount_all(conn: &Connection, token: &str, now: Timestamp) -> Result<(),
         recount(conn, token, &adam, &pricing, now)?;
     }
     Ok(())
-}
-
-/// How a notification's assignment changes update its assets' counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counts {
-    /// Move the stored counts by the net change: constant time per asset. For notifications
-    /// as they arrive.
-    Adjust,
-    /// Count the asset's mirrored assignments again: linear in them. For replays after a sync
-    /// replaced the mirror, where the stored counts may already include the change.
-    Recount,
-    /// Leave the counts alone: the caller recounts every asset the notifications name once,
-    /// after replaying them all ([`recount_assets`]).
-    Defer,
 }
 
 /// Recomputes the counts of the given assets from the mirrored assignments (each once): the

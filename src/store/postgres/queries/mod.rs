@@ -1,7 +1,7 @@
 //! The PostgreSQL queries, one module per table as in `store::sqlite::queries`, each
 //! function the counterpart of the SQLite one of the same name, over a transaction
-//! ([`super::PgStore::write`] / [`super::PgStore::read`]). Every module but the mirror's is ported; [`status`] and
-//! [`stats`] are named by module, as in SQLite.
+//! ([`super::PgStore::write`] / [`super::PgStore::read`]). [`status`] and [`stats`] are named by module, as in SQLite;
+//! the mirror's rows are in `postgres::mirror`, as `sqlite::mirror`.
 
 pub mod events;
 pub mod feed;
@@ -28,7 +28,7 @@ fn ts(v: Option<i64>) -> Option<Timestamp> {
 }
 
 /// A count or size as PostgreSQL's `BIGINT`.
-fn big(n: u64) -> i64 {
+pub(super) fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
