@@ -15,7 +15,7 @@ use vpp_reconciler::core::{
     Core, EventRecord, EventType, NotificationInput, StatusResult, Timings, TrackRequest,
 };
 use vpp_reconciler::daemon::{self, Listeners};
-use vpp_reconciler::store::queries;
+use vpp_reconciler::store::sqlite::queries;
 use vpp_reconciler::time::Timestamp;
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {

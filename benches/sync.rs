@@ -25,7 +25,7 @@ use vpp_reconciler::core::SyncKind;
 use vpp_reconciler::mirror::run;
 use vpp_reconciler::secret::Secret;
 use vpp_reconciler::sim::{self, SimOptions};
-use vpp_reconciler::store::{queries, Store};
+use vpp_reconciler::store::{Store, SyncStart};
 use vpp_reconciler::time::Timestamp;
 
 const RPS: u32 = 15;
@@ -237,12 +237,14 @@ fn probe_writer(
 /// time, final step time, pages, records); the stage is discarded afterwards, untimed.
 async fn sync_once(client: &AppleClient, store: &Store, id: u64) -> (Duration, Duration, u32, u64) {
     let started = Timestamp::now();
-    store
-        .write(move |c| {
-            queries::sync_started(c, id, TOKEN, SyncKind::Assignments, true, "bench", started)
-        })
-        .await
-        .expect("sync row");
+    let start = SyncStart {
+        id,
+        token: TOKEN.into(),
+        kind: SyncKind::Assignments,
+        full: true,
+        cause: "bench".into(),
+    };
+    store.sync_started(start, started).await.expect("sync row");
     let start = Instant::now();
     let mut sink = run::StageSink::new(store.clone(), id, SyncKind::Assignments);
     let read = client
@@ -253,8 +255,7 @@ async fn sync_once(client: &AppleClient, store: &Store, id: u64) -> (Duration, D
     assert!(read.consistent, "traversal not consistent");
     let pages = read.pages;
     let final_start = Instant::now();
-    let records = store
-        .write(move |c| run::finish(c, TOKEN, id, SyncKind::Assignments, started, &read))
+    let records = run::finish(store, TOKEN, id, SyncKind::Assignments, started, &read)
         .await
         .expect("final step");
     let final_time = final_start.elapsed();
@@ -264,16 +265,15 @@ async fn sync_once(client: &AppleClient, store: &Store, id: u64) -> (Duration, D
     (read_time, final_time, pages, records)
 }
 
-async fn mirror_rows(store: &Store) -> i64 {
-    store
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*) FROM mirror_assignments WHERE token = ?1",
-                [TOKEN],
-                |r| r.get(0),
-            )?)
-        })
-        .await
+/// Rows in the mirror, read from the SQLite file on a connection of its own.
+fn mirror_rows(db: &std::path::Path) -> i64 {
+    vpp_reconciler::store::open_read_only(db)
+        .expect("open the database read-only")
+        .query_row(
+            "SELECT COUNT(*) FROM mirror_assignments WHERE token = ?1",
+            [TOKEN],
+            |r| r.get(0),
+        )
         .expect("count")
 }
 
@@ -330,14 +330,18 @@ async fn run(addr: std::net::SocketAddr, n: usize) {
     let (worst_wait, probes) = probe.await.expect("probe");
     let hwm_after = vm_hwm_kib();
     assert_eq!(records as usize, n, "records traversed");
-    let stored = mirror_rows(&store).await;
+    let stored = mirror_rows(&dir.path().join("state.db"));
     assert_eq!(stored as usize, n, "rows in the mirror");
     // Again onto the full mirror (the steady state: nothing changed since).
     let (stop_probe, probe) = probe_writer(store.clone());
     let (again, again_final, _, _) = sync_once(&client, &store, 2).await;
     let _ = stop_probe.send(());
     let (worst_again, _) = probe.await.expect("probe");
-    assert_eq!(mirror_rows(&store).await as usize, n, "rows in the mirror");
+    assert_eq!(
+        mirror_rows(&dir.path().join("state.db")) as usize,
+        n,
+        "rows in the mirror"
+    );
 
     // JSON decoding alone: fetch the raw pages again (limit lifted), decode them repeatedly.
     ctl.put("/_sim/limits", json!({"maxRequestPerSecond": 100_000}))

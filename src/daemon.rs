@@ -20,7 +20,7 @@ use crate::effects::AppleEffects;
 use crate::executor::{Effects, Executor, ExecutorHandle, Input, NoApple};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, Upkeep};
-use crate::store::{mirror, queries, Store, StoreError};
+use crate::store::{Store, StoreError, TokenRow};
 use crate::time::Timestamp;
 use crate::tokens::{HealthWriter, Registry};
 use crate::webhook::{self, WebhookState};
@@ -137,11 +137,11 @@ pub async fn serve(
 }
 
 /// The configured tokens as the store records them.
-fn token_rows(config: &Config) -> Vec<queries::TokenRow> {
+fn token_rows(config: &Config) -> Vec<TokenRow> {
     config
         .tokens
         .iter()
-        .map(|t| queries::TokenRow {
+        .map(|t| TokenRow {
             name: t.name.clone(),
             org_name: Some(t.content_token.org_name.clone()),
             expires_at: Some(t.content_token.exp_date),
@@ -187,10 +187,7 @@ impl Reloadable {
         self.registry.replace(&new.tokens);
         let now = Timestamp::now();
         let rows = token_rows(&new);
-        let r = self
-            .store
-            .write(move |c| queries::upsert_tokens(c, &rows, now))
-            .await;
+        let r = self.store.upsert_tokens(rows, now).await;
         if let Err(e) = r {
             tracing::error!(error = %e, "cannot record reloaded tokens");
         }
@@ -226,38 +223,35 @@ pub async fn serve_with_reload(
         .map_err(|e| DaemonError::Task(e.to_string()))??;
     let now = Timestamp::now();
     let token_rows = token_rows(&config);
-    store
-        .write(move |conn| {
-            queries::upsert_tokens(conn, &token_rows, now)?;
-            queries::abandon_running_syncs(conn, now)?;
-            // No sync runs yet: any staged rows are a crashed sync's (the mirror never saw them).
-            mirror::discard_all_stages(conn)?;
-            Ok(())
-        })
-        .await?;
+    // Records the tokens, abandons the runs left running, discards crashed syncs' stages.
+    store.prepare_start(token_rows, now).await?;
     let timings = timings(&config);
     let core_timings = timings.clone();
-    // Recovery runs on the read thread, row by row into the core's compact table, so a
-    // million unsettled events never exist as whole records at once (docs/architecture.md,
-    // "Memory").
-    let (core, recovered) = store
-        .read(move |conn| {
-            let mut core = Core::new(core_timings, queries::next_sync_id(conn)?);
-            let mut by_event: std::collections::HashMap<String, Vec<_>> = Default::default();
-            for n in queries::unapplied_for_unsettled(conn)? {
-                by_event.entry(n.event_id.clone()).or_default().push(n);
-            }
-            core.reserve(queries::count_unsettled(conn)?);
-            let mut recovery = core.recovery(now);
-            let recovered = queries::for_each_unsettled(conn, |rec| {
+    // Row by row into the core's compact table, with the timer index built once at the end
+    // (docs/architecture.md, "Memory").
+    let ((mut core, _), recovered) = store
+        .recover(
+            move |start| {
+                let mut core = Core::new(core_timings, start.next_sync_id);
+                core.reserve(start.unsettled);
+                core.begin_recovery();
+                let mut by_event: std::collections::HashMap<
+                    String,
+                    Vec<crate::core::NotificationInput>,
+                > = Default::default();
+                for n in start.notifications {
+                    by_event.entry(n.event_id.clone()).or_default().push(n);
+                }
+                (core, by_event)
+            },
+            move |(core, by_event), rec| {
                 let notes = by_event.remove(&rec.event_id).unwrap_or_default();
-                recovery.add(rec, notes);
-            })?;
-            drop(recovery);
-            release_free_heap();
-            Ok((core, recovered))
-        })
+                core.recover(now, rec, notes);
+            },
+        )
         .await?;
+    core.end_recovery();
+    release_free_heap();
     tracing::info!(recovered, "store open; unsettled events recovered");
 
     // The one registry of this daemon: recorded into by the client, the effects, the webhook
@@ -270,13 +264,11 @@ pub async fn serve_with_reload(
         client.warm_up(Duration::from_secs(5));
     }
     let known_uids: BTreeMap<String, String> = store
-        .read(|c| {
-            Ok(queries::list_tokens(c)?
-                .into_iter()
-                .filter_map(|t| t.u_id.map(|u| (t.name, u)))
-                .collect())
-        })
-        .await?;
+        .list_tokens()
+        .await?
+        .into_iter()
+        .filter_map(|t| t.u_id.map(|u| (t.name, u)))
+        .collect();
     let registry = Registry::with_uids(&config.tokens, &known_uids);
     let mut periodic = Periodic::default();
     periodic.every(Chore::Retention, Duration::from_secs(3600), now);

@@ -38,7 +38,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::store::stats::StoreStats;
+use crate::store::StoreStats;
 use crate::time::Timestamp;
 
 /// Upper bounds (seconds) of the latency histograms: from a fast local commit to Apple's
@@ -389,7 +389,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::stats::{EventCount, TokenExpiry};
+    use crate::store::{EventCount, TokenExpiry};
 
     /// A parsed sample: name, labels in order, value.
     type Sample = (String, Vec<(String, String)>, f64);

@@ -12,7 +12,7 @@ use crate::apple::AppleClient;
 use crate::config::TokenConfig;
 use crate::core::SyncKind;
 use crate::executor::{ExecutorHandle, Input};
-use crate::store::{queries, Store};
+use crate::store::{Store, TokenStatus};
 use crate::time::Timestamp;
 use crate::tokens::Registry;
 
@@ -93,11 +93,7 @@ impl Upkeep {
         }
         for t in self.tokens.configs() {
             if let Some(status) = self.expiry_warning(&t, now) {
-                let name = t.name.clone();
-                let r = self
-                    .store
-                    .write(move |c| queries::record_token_status(c, &name, &status, now))
-                    .await;
+                let r = self.store.record_token_status(&t.name, status, now).await;
                 if let Err(e) = r {
                     tracing::error!(token = %t.name, error = %e, "cannot record the token's expiry in the feed");
                 }
@@ -108,7 +104,7 @@ impl Upkeep {
 
     /// Logs the expiry warning due now (once per threshold) and returns the token's status
     /// for the feed: `expiring_soon` with the days left, or `expired`.
-    fn expiry_warning(&mut self, t: &TokenConfig, now: Timestamp) -> Option<queries::TokenStatus> {
+    fn expiry_warning(&mut self, t: &TokenConfig, now: Timestamp) -> Option<TokenStatus> {
         let exp = t.content_token.exp_date;
         let threshold = expiry_threshold(now, exp)?;
         if !self.warned.insert((t.name.clone(), threshold)) {
@@ -118,14 +114,14 @@ impl Upkeep {
         if threshold == 0 {
             tracing::error!(token = %t.name, expired_at = %exp,
                 "content token has expired; download a new one from Apple Business/School Manager");
-            Some(queries::TokenStatus::new(
+            Some(TokenStatus::new(
                 "expired",
                 Some(format!("the content token expired at {exp}")),
             ))
         } else {
             tracing::warn!(token = %t.name, expires_at = %exp, days_left,
                 "content token expires within {}", crate::time::count(threshold, "day", "days"));
-            Some(queries::TokenStatus {
+            Some(TokenStatus {
                 health: "expiring_soon".into(),
                 reason: Some(format!("the content token expires at {exp}")),
                 days_left: Some(days_left),
@@ -156,20 +152,15 @@ impl Upkeep {
             Ownership::Conflict(c) => Some(c.clone()),
             _ => None,
         };
-        let (name, uid, location) = (t.name.clone(), cc.u_id.clone(), cc.location_name.clone());
-        let recorded_conflict = conflict.clone();
         let recorded = self
             .store
-            .write(move |c| {
-                queries::set_token_location(
-                    c,
-                    &name,
-                    uid.as_deref(),
-                    location.as_deref(),
-                    on_location.as_deref(),
-                    recorded_conflict.as_deref(),
-                )
-            })
+            .set_token_location(
+                &t.name,
+                cc.u_id.clone(),
+                cc.location_name.clone(),
+                on_location,
+                conflict.clone(),
+            )
             .await;
         if let Err(e) = recorded {
             tracing::error!(token = %t.name, error = %e, "cannot record Client Config");

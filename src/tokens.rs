@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apple::{AppleClient, TokenHealth};
 use crate::config::TokenConfig;
-use crate::store::{queries, Store};
+use crate::store::{Store, TokenStatus};
 use crate::time::Timestamp;
 
 /// One configured token as the daemon knows it now.
@@ -157,7 +157,7 @@ impl HealthWriter {
                     (false, Some(reason.to_string()), *since)
                 }
             };
-            let status = queries::TokenStatus::new(feed_health(&health), reason.clone());
+            let status = TokenStatus::new(feed_health(&health), reason.clone());
             let now: Recorded = (healthy, reason.clone());
             if last.get(&name) == Some(&now) {
                 continue;
@@ -168,13 +168,10 @@ impl HealthWriter {
                 tracing::error!(token = %name, reason = reason.as_deref().unwrap_or(""),
                     "token is unhealthy; its traffic stops until the configuration is reloaded");
             }
-            let t = name.clone();
             let label = if healthy { "healthy" } else { "unhealthy" };
             let r = self
                 .store
-                .write(move |c| {
-                    queries::set_token_health(c, &t, label, reason.as_deref(), since, &status)
-                })
+                .set_token_health(&name, label, reason, since, status)
                 .await;
             match r {
                 Ok(()) => {

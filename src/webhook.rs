@@ -23,8 +23,7 @@ use crate::apple::model::{
 };
 use crate::core::{NotificationInput, SyncKind};
 use crate::executor::Input;
-use crate::store::queries::{self, NewNotification};
-use crate::store::Store;
+use crate::store::{NewNotification, Store};
 use crate::time::Timestamp;
 use crate::tokens::Registry;
 
@@ -174,10 +173,9 @@ async fn receive(
         Err(e) => {
             let reason = e.to_string();
             tracing::warn!(token = %token, error = %reason, "unparseable notification quarantined");
-            let (t, r, b) = (token.clone(), reason.clone(), body.to_vec());
             let kept = state
                 .store
-                .write(move |c| queries::quarantine(c, &t, now, &r, &b, QUARANTINE_CAP))
+                .quarantine(&token, now, &reason, body.to_vec(), QUARANTINE_CAP)
                 .await;
             if let Err(e) = kept {
                 tracing::error!(error = %e, "cannot quarantine a notification");
@@ -208,21 +206,11 @@ async fn receive(
     let row = stored(&token, &note, &body, now);
     let input = core_input(&token, &note);
     let recount = counts_sync(&token, &note);
-    let (t, ntype, result) = (
-        token.clone(),
+    let (ntype, result) = (
         note.notification_type_raw.clone(),
         row.result.clone().unwrap_or_else(|| "-".into()),
     );
-    let written = state
-        .store
-        .write(move |c| {
-            let new = queries::insert_notification(c, &row)?;
-            if new {
-                crate::mirror::notify::apply_notification(c, &t, &note, now)?;
-            }
-            Ok(new)
-        })
-        .await;
+    let written = state.store.record_notification(row, note, now).await;
     if let (Ok(true), Some(input)) = (&written, input) {
         // Committed: if the loop is gone (shutdown) the store still has it, unapplied, and
         // recovery applies it after the restart.

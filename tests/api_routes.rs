@@ -467,17 +467,8 @@ async fn submit_keeps_the_event_ids_apple_gave_before_a_refusal() {
         2,
         "the third chunk is not sent"
     );
-    let tracked = api
-        .store
-        .read(|c| {
-            Ok((
-                vpp_reconciler::store::queries::get_event(c, "fake-event-1")?,
-                vpp_reconciler::store::queries::request_body(c, "fake-event-1")?,
-            ))
-        })
-        .await
-        .unwrap();
-    let (record, body) = tracked;
+    let record = api.store.get_event("fake-event-1").await.unwrap();
+    let body = api.store.request_body("fake-event-1").await.unwrap();
     let record = record.expect("tracked");
     assert_eq!(record.token, "acme");
     assert_eq!(record.num_requested, Some(100));

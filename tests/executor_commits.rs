@@ -10,7 +10,7 @@ use vpp_reconciler::core::{
     Core, EventRecord, EventType, State, StatusResult, SyncKind, SyncOutcome, Timings, TrackRequest,
 };
 use vpp_reconciler::executor::{Effects, Executor, ResubmitError, TrackReply};
-use vpp_reconciler::store::{open_write_connection, queries, Store};
+use vpp_reconciler::store::{open_write_connection, Store};
 use vpp_reconciler::time::Timestamp;
 
 /// Apple as this test needs it: "old" stays PENDING (so it is resubmitted, as "new"),
@@ -83,23 +83,18 @@ fn record(id: &str, has_request: bool, t: &Timings) -> EventRecord {
     )
 }
 
-/// Waits (bounded) until `check` holds on the store.
-async fn until<F>(store: &Store, what: &str, check: F)
+/// Waits (bounded) until `check` holds for the stored event `id`.
+async fn until<F>(store: &Store, what: &str, id: &str, check: F)
 where
-    F: Fn(&rusqlite::Connection) -> bool + Send + Sync + Clone + 'static,
+    F: Fn(Option<EventRecord>) -> bool,
 {
     for _ in 0..400 {
-        let c = check.clone();
-        if store.read(move |conn| Ok(c(conn))).await.unwrap() {
+        if check(store.get_event(id).await.ok().flatten()) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for: {what}");
-}
-
-fn state_of(conn: &rusqlite::Connection, id: &str) -> Option<State> {
-    queries::get_event(conn, id).ok().flatten().map(|e| e.state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,58 +125,41 @@ async fn a_failed_insert_of_a_resubmission_does_not_poison_other_events() {
         .await;
     assert!(matches!(old, TrackReply::Created(_)), "{old:?}");
     // Resubmitted as "new", whose insert now fails (and is retried with backoff).
-    until(&store, "old superseded", |c| {
-        queries::get_event(c, "old")
-            .ok()
-            .flatten()
-            .is_some_and(|e| e.superseded_by.as_deref() == Some("new"))
+    until(&store, "old superseded", "old", |e| {
+        e.is_some_and(|e| e.superseded_by.as_deref() == Some("new"))
     })
     .await;
     // Meanwhile another event is tracked, polled, synced and settled: its changes commit in
     // the same turns as the failing ones, and none is rolled back.
     let other = handle.track(record("other", false, &t), None).await;
     assert!(matches!(other, TrackReply::Created(_)), "{other:?}");
-    until(&store, "other settled", |c| {
-        state_of(c, "other") == Some(State::Settled)
+    until(&store, "other settled", "other", |e| {
+        e.map(|e| e.state) == Some(State::Settled)
     })
     .await;
-    let history = store
-        .read(|c| queries::event_detail(c, "other"))
-        .await
-        .unwrap()
-        .unwrap()
-        .history;
+    let history = store.event_detail("other").await.unwrap().unwrap().history;
     assert!(
         history.len() >= 3,
         "every step of 'other' is kept: {history:?}"
     );
     assert_eq!(
-        store.read(|c| queries::get_event(c, "new")).await.unwrap(),
+        store.get_event("new").await.unwrap(),
         None,
         "the refused insert left nothing half-written"
     );
     // The store recovers: the retry inserts the resubmission with everything that happened
     // to it meanwhile.
-    store
-        .write(|c| {
-            c.execute_batch("DROP TRIGGER refuse_new")?;
-            Ok(())
-        })
-        .await
+    // (Through a connection of its own: the store's interface has no SQL.)
+    open_write_connection(&path)
+        .unwrap()
+        .execute_batch("DROP TRIGGER refuse_new")
         .unwrap();
-    until(&store, "new inserted", |c| {
-        queries::get_event(c, "new")
-            .ok()
-            .flatten()
-            .is_some_and(|e| e.supersedes.as_deref() == Some("old"))
+    until(&store, "new inserted", "new", |e| {
+        e.is_some_and(|e| e.supersedes.as_deref() == Some("old"))
     })
     .await;
     assert_eq!(
-        store
-            .read(|c| queries::request_body(c, "new"))
-            .await
-            .unwrap()
-            .as_deref(),
+        store.request_body("new").await.unwrap().as_deref(),
         Some(r#"{"assets":[]}"#),
         "the request body was copied with the retried insert"
     );
@@ -223,11 +201,7 @@ async fn tracking_answers_after_the_commit_and_is_idempotent() {
         TrackReply::Created(_) | TrackReply::Existing(_)
     ));
     // Answered only once durable: the row is there.
-    assert!(store
-        .read(|c| queries::get_event(c, "e1"))
-        .await
-        .unwrap()
-        .is_some());
+    assert!(store.get_event("e1").await.unwrap().is_some());
     let mut other_type = rec;
     other_type.event_type = EventType::Revoke;
     assert!(matches!(

@@ -13,7 +13,7 @@ use super::validate::{truncate, validate_track, ListQuery, TrackFields, ValidTra
 use super::{ApiState, HttpError};
 use crate::core::EventType;
 use crate::executor::TrackReply;
-use crate::store::queries::{self, EventView};
+use crate::store::EventView;
 use crate::store::StoreError;
 use crate::time::Timestamp;
 
@@ -43,10 +43,7 @@ pub async fn commit_track(
     })?;
     let id = valid.record.event_id.clone();
     // Settled events have left the core's memory: the store answers for them.
-    let stored = state
-        .store
-        .read(move |c| queries::get_event(c, &id))
-        .await?;
+    let stored = state.store.get_event(&id).await?;
     let reply = match stored {
         Some(rec) => TrackReply::Existing(rec),
         None => {
@@ -61,10 +58,9 @@ pub async fn commit_track(
         TrackReply::Existing(rec)
             if rec.token == valid.record.token && rec.event_type == valid.record.event_type =>
         {
-            let id = rec.event_id.clone();
             let view = state
                 .store
-                .read(move |c| queries::list_event_view(c, &id))
+                .event_view(&rec.event_id)
                 .await?
                 .unwrap_or_else(|| EventView::from_record(rec, vec![]));
             Ok((StatusCode::OK, view))
@@ -122,14 +118,10 @@ pub(super) async fn list_events(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, HttpError> {
     let filter = q.to_filter().map_err(HttpError::bad_request)?;
-    let (events, next) = state
-        .store
-        .read(move |c| queries::list_events(c, &filter))
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound(what) => HttpError::bad_request(format!("unknown {what}")),
-            other => other.into(),
-        })?;
+    let (events, next) = state.store.list_events(filter).await.map_err(|e| match e {
+        StoreError::NotFound(what) => HttpError::bad_request(format!("unknown {what}")),
+        other => other.into(),
+    })?;
     let mut body = json!({ "events": events });
     if let Some(n) = next {
         body["nextCursor"] = json!(n);
@@ -141,16 +133,11 @@ pub(super) async fn get_event(
     State(state): State<ApiState>,
     Path(event_id): Path<String>,
 ) -> Result<Response, HttpError> {
-    let id = event_id.clone();
-    let detail = state
-        .store
-        .read(move |c| queries::event_detail(c, &id))
-        .await?
-        .ok_or_else(|| {
-            HttpError::not_found(format!(
-                "event {:?} is not tracked",
-                truncate(&event_id, 140)
-            ))
-        })?;
+    let detail = state.store.event_detail(&event_id).await?.ok_or_else(|| {
+        HttpError::not_found(format!(
+            "event {:?} is not tracked",
+            truncate(&event_id, 140)
+        ))
+    })?;
     Ok(Json(detail).into_response())
 }

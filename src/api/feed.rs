@@ -9,7 +9,6 @@ use serde_json::json;
 
 use super::validate::{page_query, parse_cursor, parse_limit, truncate, PageQuery};
 use super::{ApiState, HttpError};
-use crate::store::queries;
 
 pub(super) async fn list_changes(
     State(state): State<ApiState>,
@@ -30,10 +29,7 @@ pub(super) async fn list_changes(
         (None, None) => 0,
     };
     let after = i64::try_from(after).unwrap_or(i64::MAX);
-    let changes = state
-        .store
-        .read(move |c| queries::changes_after(c, after, limit))
-        .await?;
+    let changes = state.store.changes_after(after, limit).await?;
     let mut body = json!({ "changes": changes });
     if changes.len() == limit as usize {
         if let Some(last) = changes.last() {

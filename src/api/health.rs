@@ -10,7 +10,6 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiState, HttpError};
-use crate::store::queries;
 use crate::time::Timestamp;
 
 pub(super) async fn healthz(State(state): State<ApiState>) -> Response {
@@ -21,11 +20,7 @@ pub(super) async fn healthz(State(state): State<ApiState>) -> Response {
     match (db, alive) {
         (Ok(Ok(())), true) => {
             let configured = state.tokens.names();
-            let unhealthy = state
-                .store
-                .read(queries::unhealthy_tokens)
-                .await
-                .unwrap_or_default();
+            let unhealthy = state.store.unhealthy_tokens().await.unwrap_or_default();
             let tokens: serde_json::Map<String, Value> = unhealthy
                 .into_iter()
                 .filter(|t| configured.contains(&t.name))
@@ -68,10 +63,7 @@ pub(super) async fn healthz(State(state): State<ApiState>) -> Response {
 /// nothing here is secret: token names only).
 pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
     let configured: HashSet<String> = state.tokens.names().into_iter().collect();
-    let snapshot = state
-        .store
-        .read(move |c| crate::store::stats::store_stats(c, &configured))
-        .await;
+    let snapshot = state.store.store_stats(configured).await;
     match snapshot {
         Ok(snapshot) => (
             StatusCode::OK,

@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 use crate::core::Timings;
 use crate::executor::ExecutorHandle;
 use crate::secret::Secret;
-use crate::store::mirror::MirrorKind;
+use crate::store::MirrorKind;
 use crate::store::{Store, StoreError};
 use crate::tokens::Registry;
 

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::validate::known_token;
 use super::{ApiState, HttpError};
-use crate::store::queries::{self, ReplayRefused};
+use crate::store::ReplayRefused;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,10 +36,7 @@ pub(super) async fn replay(
         )));
     }
     let after = body.after;
-    let r = state
-        .store
-        .write(move |c| queries::push_replay(c, after))
-        .await?;
+    let r = state.store.push_replay(after).await?;
     match r {
         Ok(replays) => {
             tracing::info!(after, replays, "push: changes after {after} re-queued for delivery");
@@ -56,7 +53,7 @@ pub(super) async fn replay(
 }
 
 pub(super) async fn status(State(state): State<ApiState>) -> Result<Response, HttpError> {
-    let s = state.store.read(queries::push_status).await?;
+    let s = state.store.push_status().await?;
     Ok(Json(s).into_response())
 }
 
@@ -65,10 +62,6 @@ pub(super) async fn licences(
     Path(token): Path<String>,
 ) -> Result<Response, HttpError> {
     known_token(&state, &token)?;
-    let t = token.clone();
-    let assets = state
-        .store
-        .read(move |c| queries::licence_report(c, Some(&t)))
-        .await?;
+    let assets = state.store.licence_report(Some(token.clone())).await?;
     Ok(Json(json!({"token": token, "assets": assets})).into_response())
 }

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiState, HttpError};
 use crate::core::{Outcome, State as EventState};
-use crate::store::queries::status::{self, HourBucket, StatusSnapshot, HOUR_MS};
+use crate::store::status::{HourBucket, StatusSnapshot, HOUR_MS};
 use crate::time::Timestamp;
 
 /// Seconds between automatic reloads of the page.
@@ -32,10 +32,7 @@ pub const REFRESH_SECS: u32 = 30;
 pub(super) async fn status_page(State(state): State<ApiState>) -> Result<Response, HttpError> {
     let now = Timestamp::now();
     let configured: HashSet<String> = state.tokens.names().into_iter().collect();
-    let mut snapshot = state
-        .store
-        .read(move |c| status::status_snapshot(c, now))
-        .await?;
+    let mut snapshot = state.store.status_snapshot(now).await?;
     // A token removed by a reload stays in the table; the page shows the configured ones.
     snapshot.tokens.retain(|t| configured.contains(&t.name));
     if !state.push_configured {
@@ -502,7 +499,7 @@ fn failures_section(h: &mut String, s: &StatusSnapshot, now: Timestamp) {
     let _ = writeln!(
         h,
         "</tbody>\n</table>\n<p class=\"note\">The newest {} failures Apple reported, newest first.</p>\n</section>",
-        status::RECENT_FAILURES
+        crate::store::status::RECENT_FAILURES
     );
 }
 
@@ -593,8 +590,8 @@ svg .base{stroke:#c5cad3}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::queries::status::{chart_start, RecentFailure, StateCount, CHART_HOURS};
-    use crate::store::queries::{SyncView, TokenView};
+    use crate::store::status::{chart_start, RecentFailure, StateCount, CHART_HOURS};
+    use crate::store::{SyncView, TokenView};
 
     const NOW: Timestamp = Timestamp(1_795_000_000_000);
 
@@ -679,7 +676,7 @@ mod tests {
                 error: Some("9721 <version>".into()),
             }],
             hours: hours(|i| (i as u64, 2 * i as u64, 1)),
-            push: Some(crate::store::queries::PushStatusView {
+            push: Some(crate::store::PushStatusView {
                 last_delivered_seq: 40,
                 last_seq: 42,
                 backlog: 2,

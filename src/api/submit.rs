@@ -13,7 +13,7 @@ use super::validate::{known_token, validate_track, TrackFields};
 use super::{ApiState, HttpError};
 use crate::apple::model::{split_request, Limits, RequestKind};
 use crate::apple::ApiError;
-use crate::store::queries::EventView;
+use crate::store::EventView;
 use crate::time::Timestamp;
 
 pub(super) async fn submit_request(

@@ -16,7 +16,6 @@ use super::validate::{known_token, page_query, parse_cursor, parse_limit, PageQu
 use super::{ApiState, HttpError};
 use crate::core::SyncKind;
 use crate::executor::Input;
-use crate::store::queries;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -78,10 +77,7 @@ pub(super) async fn list_syncs(
         .map(|c| parse_cursor("cursor", c))
         .transpose()?;
     let token = q.token.clone();
-    let syncs = state
-        .store
-        .read(move |c| queries::list_syncs_page(c, token.as_deref(), before, limit))
-        .await?;
+    let syncs = state.store.list_syncs_page(token, before, limit).await?;
     let mut body = json!({ "syncs": syncs });
     if syncs.len() == limit as usize {
         if let Some(last) = syncs.last() {

@@ -10,11 +10,10 @@ use serde_json::json;
 
 use super::validate::{known_token, page_query, parse_cursor, parse_limit, PageQuery};
 use super::{ApiState, HttpError};
-use crate::store::mirror::{self, MirrorKind};
-use crate::store::queries;
+use crate::store::MirrorKind;
 
 pub(super) async fn list_tokens(State(state): State<ApiState>) -> Result<Response, HttpError> {
-    let tokens = state.store.read(queries::list_tokens).await?;
+    let tokens = state.store.list_tokens().await?;
     Ok(Json(json!({ "tokens": tokens })).into_response())
 }
 
@@ -35,10 +34,7 @@ async fn mirror_page(
         .unwrap_or(0)
         // SQLite offsets are i64; anything past that is simply beyond the end.
         .min(i64::MAX as u64);
-    let items = state
-        .store
-        .read(move |c| mirror::list(c, &token, what, limit, offset))
-        .await?;
+    let items = state.store.list_mirror(&token, what, limit, offset).await?;
     let key = match what {
         MirrorKind::Assets => "assets",
         MirrorKind::Assignments => "assignments",

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{ApiState, HttpError};
 use crate::apple::model::{count_entities, RequestKind};
 use crate::core::{EventRecord, EventType, Outcome, State as EventState, Timings, TrackRequest};
-use crate::store::queries::EventFilter;
+use crate::store::EventFilter;
 use crate::time::Timestamp;
 
 /// Validates an eventId: Apple's are UUIDs; accept any short printable id without spaces.

@@ -3,9 +3,8 @@
 //! without opening any secret file (design §3): an operator needs only the configuration and
 //! read access to the database.
 
+use std::future::Future;
 use std::path::Path;
-
-use rusqlite::Connection;
 
 use super::{
     load_public_config, store_error, CliError, CliResult, EventArgs, EventsArgs, SyncsArgs,
@@ -13,10 +12,25 @@ use super::{
 };
 use crate::api::ListQuery;
 use crate::config::PublicConfig;
-use crate::store::{self, queries};
+use crate::store::{Store, StoreError};
 use crate::time::Timestamp;
 
-pub(super) fn open(config_path: &Path) -> Result<(PublicConfig, Connection), CliError> {
+/// The store opened read-only, with a small runtime to run its operations on.
+pub(super) struct Db {
+    pub store: Store,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Db {
+    /// Runs one of the store's operations to its end.
+    pub fn get<T>(&self, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, CliError> {
+        self.runtime
+            .block_on(op)
+            .map_err(|e| CliError::failed(e.to_string()))
+    }
+}
+
+pub(super) fn open(config_path: &Path) -> Result<(PublicConfig, Db), CliError> {
     let loaded = load_public_config(config_path)?;
     let db = &loaded.config.daemon.database;
     if !db.exists() {
@@ -25,18 +39,22 @@ pub(super) fn open(config_path: &Path) -> Result<(PublicConfig, Connection), Cli
             db.display()
         )));
     }
-    let conn = store::open_read_only(db).map_err(store_error)?;
-    Ok((loaded.config, conn))
+    let store = Store::open_read_only(db).map_err(store_error)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start a runtime: {e}")))?;
+    Ok((loaded.config, Db { store, runtime }))
 }
 
 /// `--token NAME` must name a configured token or one the store knows (a token removed from
 /// the configuration keeps its history); otherwise a usage error naming it.
-fn check_token(config: &PublicConfig, conn: &Connection, name: Option<&str>) -> CliResult {
+fn check_token(config: &PublicConfig, db: &Db, name: Option<&str>) -> CliResult {
     let Some(name) = name else {
         return Ok(());
     };
     let mut known: Vec<String> = config.tokens.iter().map(|t| t.name.clone()).collect();
-    if let Ok(stored) = queries::list_tokens(conn) {
+    if let Ok(stored) = db.get(db.store.list_tokens()) {
         known.extend(stored.into_iter().map(|t| t.name));
     }
     known.sort();
@@ -106,10 +124,9 @@ pub fn events(config_path: &Path, args: EventsArgs) -> CliResult {
         cursor: None,
     };
     let filter = q.to_filter().map_err(CliError::usage)?;
-    let (config, conn) = open(config_path)?;
-    check_token(&config, &conn, filter.token.as_deref())?;
-    let (events, _) =
-        queries::list_events(&conn, &filter).map_err(|e| CliError::failed(e.to_string()))?;
+    let (config, db) = open(config_path)?;
+    check_token(&config, &db, filter.token.as_deref())?;
+    let (events, _) = db.get(db.store.list_events(filter))?;
     if args.json {
         return print_json(&serde_json::json!({ "events": events }));
     }
@@ -147,9 +164,9 @@ pub fn done_req(done: u32, requested: Option<u32>) -> String {
 }
 
 pub fn event(config_path: &Path, args: EventArgs) -> CliResult {
-    let (_, conn) = open(config_path)?;
-    let detail = queries::event_detail(&conn, &args.id)
-        .map_err(|e| CliError::failed(e.to_string()))?
+    let (_, db) = open(config_path)?;
+    let detail = db
+        .get(db.store.event_detail(&args.id))?
         .ok_or_else(|| CliError::failed(format!("event {:?} is not tracked", args.id)))?;
     if args.json {
         return print_json(&detail);
@@ -235,8 +252,8 @@ pub fn event(config_path: &Path, args: EventArgs) -> CliResult {
 }
 
 pub fn tokens(config_path: &Path, args: TokensArgs) -> CliResult {
-    let (_, conn) = open(config_path)?;
-    let tokens = queries::list_tokens(&conn).map_err(|e| CliError::failed(e.to_string()))?;
+    let (_, db) = open(config_path)?;
+    let tokens = db.get(db.store.list_tokens())?;
     if args.json {
         return print_json(&serde_json::json!({ "tokens": tokens }));
     }
@@ -306,10 +323,9 @@ pub fn tokens(config_path: &Path, args: TokensArgs) -> CliResult {
 }
 
 pub fn syncs(config_path: &Path, args: SyncsArgs) -> CliResult {
-    let (config, conn) = open(config_path)?;
-    check_token(&config, &conn, args.token.as_deref())?;
-    let syncs = queries::list_syncs(&conn, args.token.as_deref(), args.limit)
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let (config, db) = open(config_path)?;
+    check_token(&config, &db, args.token.as_deref())?;
+    let syncs = db.get(db.store.list_syncs(args.token.clone(), args.limit))?;
     if args.json {
         return print_json(&serde_json::json!({ "syncs": syncs }));
     }

@@ -8,18 +8,18 @@ use serde_json::{json, Value};
 use super::inspect::{open, print_json};
 use super::track::post_json;
 use super::{load_config, CliError, CliResult, PushAction, PushArgs, ReportArgs, ReportWhat};
-use crate::store::queries;
+use crate::store::AssetLicences;
 
 pub fn report(config_path: &Path, args: ReportArgs) -> CliResult {
     let ReportWhat::Licences(a) = args.what;
     if a.json && a.csv {
         return Err(CliError::usage("give one of --json and --csv"));
     }
-    let (config, conn) = open(config_path)?;
+    let (config, db) = open(config_path)?;
     if let Some(t) = &a.token {
         // Configured, or known to the store (a token removed from the configuration keeps
         // its data): otherwise a usage error naming it, as `events --token` does.
-        let stored = queries::list_tokens(&conn).map_err(|e| CliError::failed(e.to_string()))?;
+        let stored = db.get(db.store.list_tokens())?;
         let known =
             config.tokens.iter().any(|c| &c.name == t) || stored.iter().any(|s| &s.name == t);
         if !known {
@@ -33,8 +33,7 @@ pub fn report(config_path: &Path, args: ReportArgs) -> CliResult {
             )));
         }
     }
-    let rows = queries::licence_report(&conn, a.token.as_deref())
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let rows = db.get(db.store.licence_report(a.token.clone()))?;
     if a.json {
         return print_json(&json!({ "assets": rows }));
     }
@@ -92,7 +91,7 @@ fn csv_field(s: &str) -> String {
 
 /// One line per asset; the unknown-origin serial numbers and clientUserIds as `;`-separated
 /// lists.
-pub fn licences_csv(rows: &[queries::AssetLicences]) -> String {
+pub fn licences_csv(rows: &[AssetLicences]) -> String {
     let mut out = String::from(
         "token,adamId,pricingParam,productType,total,assigned,available,tracked,unknownOrigin,unknownOriginSerialNumbers,unknownOriginClientUserIds\r\n",
     );
@@ -137,8 +136,8 @@ pub fn push(config_path: &Path, args: PushArgs) -> CliResult {
 
 /// Read-only, like `events`: the configuration and the database, no secret file.
 fn status(config_path: &Path, as_json: bool) -> CliResult {
-    let (config, conn) = open(config_path)?;
-    let s = queries::push_status(&conn).map_err(|e| CliError::failed(e.to_string()))?;
+    let (config, db) = open(config_path)?;
+    let s = db.get(db.store.push_status())?;
     let endpoint = config.push.as_ref().and_then(|p| p.url.clone());
     if as_json {
         let mut v = serde_json::to_value(&s)
@@ -228,10 +227,11 @@ fn error_text(answer: &Value, status: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::AssignmentRef;
 
     #[test]
     fn csv_lists_unknown_origin_assignments() {
-        let rows = vec![queries::AssetLicences {
+        let rows = vec![AssetLicences {
             token: "acme".into(),
             adam_id: "1".into(),
             pricing_param: "STDQ".into(),
@@ -242,11 +242,11 @@ mod tests {
             tracked: 0,
             unknown_origin: 2,
             unknown_origin_assignments: vec![
-                queries::AssignmentRef {
+                AssignmentRef {
                     serial_number: Some("S,1".into()),
                     client_user_id: None,
                 },
-                queries::AssignmentRef {
+                AssignmentRef {
                     serial_number: None,
                     client_user_id: Some("u1".into()),
                 },

@@ -12,6 +12,7 @@ impl Core {
     /// Applies an ASSET_MANAGEMENT / USER_MANAGEMENT notification. Returns `false` when the
     /// event is not tracked here (the store keeps it for when it is).
     pub fn notification(&mut self, now: Timestamp, n: NotificationInput) -> bool {
+        self.end_recovery();
         let Some(mut t) = self.events.get(&n.event_id) else {
             return false;
         };
@@ -79,6 +80,7 @@ impl Core {
 
     /// The answer to an [`Action::Poll`].
     pub fn status_result(&mut self, now: Timestamp, event_id: &str, result: StatusResult) {
+        self.end_recovery();
         let Some(mut t) = self.events.get(event_id) else {
             return;
         };
@@ -186,6 +188,7 @@ impl Core {
         old_id: &str,
         result: Result<String, String>,
     ) {
+        self.end_recovery();
         if let Some(old) = self.orphaned_resubmits.remove(old_id) {
             // The old event settled meanwhile (it is final, so it is not linked), but Apple
             // holds the new event: track it.

@@ -67,6 +67,8 @@ pub struct Core {
     /// Failed commit attempts per event, cleared when one of its changes commits.
     persist_attempts: BTreeMap<String, u32>,
     persist_retry_at: Option<Timestamp>,
+    /// Timer entries of recovered events not yet in `queues` (see [`Core::recover`]).
+    recovering: Option<BTreeMap<String, Vec<(Timestamp, SlotId)>>>,
     /// Events given up on after [`MAX_PERSIST_ATTEMPTS`], for the executor to report.
     abandoned: Vec<String>,
 }
@@ -90,6 +92,7 @@ impl Core {
             unpersisted: BTreeMap::new(),
             persist_attempts: BTreeMap::new(),
             persist_retry_at: None,
+            recovering: None,
             abandoned: Vec::new(),
         }
     }
@@ -119,18 +122,43 @@ impl Core {
 
     /// Reloads an unsettled event after a restart, with its unapplied notifications. Nothing
     /// was in flight across the restart; an event in `syncing` asks for its sync again.
+    ///
+    /// Between [`Core::begin_recovery`] and [`Core::end_recovery`] (or the next other input)
+    /// the timer entries of recovered pending events are collected and added to the index
+    /// in bulk: full B-tree nodes, and no allocation interleaved with the loading
+    /// (docs/architecture.md, "Memory").
     pub fn recover(&mut self, now: Timestamp, rec: EventRecord, notes: Vec<NotificationInput>) {
-        self.recovery(now).add(rec, notes);
+        if rec.state == State::Settled || self.events.contains(&rec.event_id) {
+            return;
+        }
+        // Syncing events have no timer entry, and notifications touch only their own
+        // event: neither meets a collected entry.
+        if self.recovering.is_none() || rec.state != State::Pending || !notes.is_empty() {
+            self.recover_now(now, rec, notes);
+            return;
+        }
+        let at = rec.next_check_at.unwrap_or(rec.submitted_at);
+        let token = rec.token.clone();
+        let id = rec.event_id.clone();
+        let mut t = Tracked::new(rec, true);
+        t.rec.next_check_at = Some(at);
+        self.events.put(&t);
+        if let (Some(slot), Some(bulk)) = (self.events.slot_of(&id), self.recovering.as_mut()) {
+            bulk.entry(token).or_default().push((at, slot));
+        }
     }
 
-    /// Reloads many events: like [`Core::recover`] for each, but the timer index is built
-    /// once at the end (when the [`Recovery`] is dropped), with full B-tree nodes and no
-    /// allocation interleaved with the loading (docs/architecture.md, "Memory").
-    pub fn recovery(&mut self, now: Timestamp) -> Recovery<'_> {
-        Recovery {
-            core: self,
-            now,
-            due: BTreeMap::new(),
+    /// Starts collecting recovered events' timer entries; see [`Core::recover`].
+    pub fn begin_recovery(&mut self) {
+        self.recovering.get_or_insert_with(BTreeMap::new);
+    }
+
+    /// Adds the collected timer entries to the index.
+    pub fn end_recovery(&mut self) {
+        for (token, entries) in self.recovering.take().unwrap_or_default() {
+            // Collecting sorts once and packs the B-tree's nodes full.
+            let mut bulk: BTreeSet<(Timestamp, SlotId)> = entries.into_iter().collect();
+            self.queues.entry(token).or_default().due.append(&mut bulk);
         }
     }
 
@@ -156,6 +184,7 @@ impl Core {
         rec: EventRecord,
         request_body: Option<String>,
     ) -> TrackDecision {
+        self.end_recovery();
         if let Some(t) = self.events.get(&rec.event_id) {
             return if t.rec.token == rec.token && t.rec.event_type == rec.event_type {
                 TrackDecision::Existing {
@@ -211,6 +240,11 @@ impl Core {
         full: bool,
         cause: &str,
     ) {
+        self.end_recovery();
+        self.queue_sync(now, token, kind, full, cause);
+    }
+
+    fn queue_sync(&mut self, now: Timestamp, token: &str, kind: SyncKind, full: bool, cause: &str) {
         let mut out = Vec::new();
         let busy = self.busy(now, token);
         self.syncs
@@ -221,6 +255,7 @@ impl Core {
     /// A sync run ended. When it succeeded, every event waiting for a sync of this kind
     /// whose outcome predates the run's start settles.
     pub fn sync_finished(&mut self, now: Timestamp, sync_id: u64, outcome: SyncOutcome) {
+        self.end_recovery();
         let mut out = Vec::new();
         let busy = self
             .syncs
@@ -257,6 +292,7 @@ impl Core {
 
     /// Time passes: fire due polls, give-ups and sync retries.
     pub fn timeout(&mut self, now: Timestamp) {
+        self.end_recovery();
         let tokens: Vec<String> = self.queues.keys().cloned().collect();
         for token in tokens {
             while let Some(q) = self.queues.get_mut(&token) {
@@ -496,7 +532,7 @@ impl Core {
         let why = format!("event {} ({cause})", rec.event_id);
         for kind in rec.event_type.sync_kinds() {
             let full = rec.needs_full_sync && *kind == SyncKind::Assignments;
-            self.request_sync(now, &rec.token, *kind, full, &why);
+            self.queue_sync(now, &rec.token, *kind, full, &why);
         }
     }
 
@@ -536,52 +572,6 @@ impl Core {
     /// Sync state of one (token, kind): running run, queued run and when it may start.
     pub fn sync_state(&self, token: &str, kind: SyncKind) -> Option<SyncState> {
         self.syncs.state(&(token.to_string(), kind))
-    }
-}
-
-/// Events being reloaded after a restart; see [`Core::recovery`].
-pub struct Recovery<'a> {
-    core: &'a mut Core,
-    now: Timestamp,
-    /// Timer entries of recovered pending events, added to the index on drop.
-    due: BTreeMap<String, Vec<(Timestamp, SlotId)>>,
-}
-
-impl Recovery<'_> {
-    /// One unsettled event and its unapplied notifications.
-    pub fn add(&mut self, rec: EventRecord, notes: Vec<NotificationInput>) {
-        let core = &mut *self.core;
-        if rec.state == State::Settled || core.events.contains(&rec.event_id) {
-            return;
-        }
-        if rec.state != State::Pending || !notes.is_empty() {
-            core.recover_now(self.now, rec, notes);
-            return;
-        }
-        let at = rec.next_check_at.unwrap_or(rec.submitted_at);
-        let token = rec.token.clone();
-        let id = rec.event_id.clone();
-        let mut t = Tracked::new(rec, true);
-        t.rec.next_check_at = Some(at);
-        core.events.put(&t);
-        if let Some(slot) = core.events.slot_of(&id) {
-            self.due.entry(token).or_default().push((at, slot));
-        }
-    }
-}
-
-impl Drop for Recovery<'_> {
-    fn drop(&mut self) {
-        for (token, entries) in std::mem::take(&mut self.due) {
-            // Collecting sorts once and packs the B-tree's nodes full.
-            let mut bulk: BTreeSet<(Timestamp, SlotId)> = entries.into_iter().collect();
-            self.core
-                .queues
-                .entry(token)
-                .or_default()
-                .due
-                .append(&mut bulk);
-        }
     }
 }
 

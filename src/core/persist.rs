@@ -30,6 +30,7 @@ impl Core {
     /// the event's later changes, and retried with backoff (bounded by
     /// [`MAX_PERSIST_ATTEMPTS`]); it never holds up other events.
     pub fn persisted(&mut self, now: Timestamp, p: Persisted) {
+        self.end_recovery();
         let id = p.change.event.event_id.clone();
         match p.error {
             None => {

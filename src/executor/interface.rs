@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::core::periodic::Chore;
 use crate::core::{EventRecord, EventType, NotificationInput, StatusResult, SyncKind, SyncOutcome};
-use crate::store::{queries, Store};
+use crate::store::Store;
 use crate::time::Timestamp;
 
 /// What the executor is told.
@@ -162,7 +162,7 @@ impl Effects for NoApple {
 pub async fn prune(store: &Store, now: Timestamp, retention: Duration) {
     let before = now.saturating_sub(retention);
     for _ in 0..1000 {
-        match store.write(move |c| queries::prune(c, before, 500)).await {
+        match store.prune_settled(before, 500).await {
             Ok(n) if n > 0 => tracing::info!(pruned = n, "settled events pruned"),
             Ok(_) => return,
             Err(e) => {

@@ -24,10 +24,9 @@ pub use interface::{prune, Effects, Input, NoApple, ResubmitError, SyncTicket, T
 
 use crate::core::periodic::Periodic;
 use crate::core::{
-    Action, Change, Core, EventRecord, NotificationInput, Persisted, StatusResult, SyncKind,
-    SyncOutcome, TrackDecision,
+    Action, Change, Core, EventRecord, Persisted, StatusResult, SyncOutcome, TrackDecision,
 };
-use crate::store::{queries, Store, StoreError};
+use crate::store::{Store, StoreError, SyncStart, TurnCommit, TurnWrite};
 use crate::time::Timestamp;
 
 /// Handles for talking to a running executor.
@@ -73,23 +72,12 @@ const INPUT_QUEUE: usize = 8192;
 /// Turns handed to the store and not answered yet; the loop takes no new input beyond this.
 const MAX_TURNS_IN_FLIGHT: usize = 64;
 
-/// What the store answers for one turn.
-struct TurnResult {
-    changes: Vec<Change>,
-    /// Per change: `None` committed, or why not.
-    errors: Vec<Option<String>>,
-    /// Per started sync: whether its run row was written.
-    syncs_written: Vec<bool>,
-    /// Notifications that arrived before the events this turn inserted.
-    early: Vec<NotificationInput>,
-}
-
 /// A turn handed to the store, with what waits on it.
 struct TurnInFlight {
     effects: Vec<Action>,
 }
 
-type Commit = BoxFuture<'static, Result<TurnResult, StoreError>>;
+type Commit = BoxFuture<'static, Result<TurnCommit, StoreError>>;
 
 pub struct Executor {
     core: Core,
@@ -295,7 +283,7 @@ impl Executor {
 
     /// The store answered the oldest turn in flight: tell the core what is durable, answer
     /// trackers, then dispatch the effects whose changes committed.
-    fn committed(&mut self, now: Timestamp, result: Result<TurnResult, StoreError>) {
+    fn committed(&mut self, now: Timestamp, result: Result<TurnCommit, StoreError>) {
         let Some(turn) = self.turns.pop_front() else {
             return;
         };
@@ -404,7 +392,7 @@ impl Executor {
                     event_type,
                 } => {
                     let id = event_id.clone();
-                    let result = match store.read(move |c| queries::request_body(c, &id)).await {
+                    let result = match store.request_body(&id).await {
                         Ok(Some(body)) => fx.resubmit(token, event_type, body).await,
                         Ok(None) => Err(ResubmitError::NoBody),
                         Err(e) => Err(ResubmitError::Store(e.to_string())),
@@ -467,7 +455,7 @@ impl Executor {
         if changes.is_empty() && effects.is_empty() {
             return;
         }
-        let starts: Vec<(u64, String, SyncKind, bool, String)> = effects
+        let syncs: Vec<SyncStart> = effects
             .iter()
             .filter_map(|a| match a {
                 Action::StartSync {
@@ -476,43 +464,20 @@ impl Executor {
                     kind,
                     full,
                     cause,
-                } => Some((*sync_id, token.clone(), *kind, *full, cause.clone())),
+                } => Some(SyncStart {
+                    id: *sync_id,
+                    token: token.clone(),
+                    kind: *kind,
+                    full: *full,
+                    cause: cause.clone(),
+                }),
                 _ => None,
             })
             .collect();
         let (tx, rx) = oneshot::channel();
         let queued = self
             .store
-            .write_detached(
-                move |conn| {
-                    let errors = queries::apply_changes(conn, &changes);
-                    let syncs_written = starts
-                        .iter()
-                        .map(|(id, token, kind, full, cause)| {
-                            queries::sync_started(conn, *id, token, *kind, *full, cause, now)
-                                .is_ok()
-                        })
-                        .collect();
-                    // Notifications may arrive before we know an event's id: hand them to
-                    // the core once the event is committed.
-                    let mut early = Vec::new();
-                    for (c, e) in changes.iter().zip(&errors) {
-                        if c.insert && e.is_none() {
-                            early.extend(queries::unapplied_notifications_for(
-                                conn,
-                                &c.event.event_id,
-                            )?);
-                        }
-                    }
-                    Ok(TurnResult {
-                        changes,
-                        errors,
-                        syncs_written,
-                        early,
-                    })
-                },
-                tx,
-            )
+            .commit_turn(TurnWrite { changes, syncs }, now, tx)
             .await;
         if let Err(e) = queued {
             tracing::error!(error = %e, "cannot queue the turn's changes");

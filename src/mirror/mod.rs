@@ -6,7 +6,7 @@
 //!   run counts (a full read whose pages kept changing proves no removals);
 //! - [`outcome_of`]: the typed outcome the core gets for a failed read;
 //! - `run` applies a read and replays the notifications received meanwhile, `notify`
-//!   applies one notification.
+//!   decides what one notification does to the mirror (the store writes it).
 
 pub mod notify;
 pub mod run;

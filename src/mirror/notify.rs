@@ -1,102 +1,66 @@
-//! What notifications do to the mirror: applied with the notification's own commit, and
-//! replayed after a sync that replaced the mirror with pages read before they arrived
-//! (docs/architecture.md, "The mirror").
-
-use std::collections::BTreeSet;
-
-use rusqlite::Connection;
+//! What a notification does to the mirror (docs/architecture.md, "The mirror"), decided here
+//! and written by the store: with the notification's own commit
+//! ([`crate::store::Store::record_notification`]), and again after a sync that replaced the
+//! mirror with pages read before the notification arrived (the replay of
+//! [`crate::store::Store::commit_sync`]). Pure: every backend applies the same [`Effect`]s.
 
 use crate::apple::model::{
-    parse_notification, AssetManagementType, Notification, NotificationPayload, NotificationResult,
+    AssetManagementType, Assignment, Notification, NotificationPayload, NotificationResult,
+    ResponseUser,
 };
-use crate::store::queries;
-use crate::store::{mirror, StoreError};
-use crate::time::Timestamp;
 
-/// Applies a notification's data to the mirror (inside the caller's transaction).
-pub fn apply_notification(
-    conn: &Connection,
-    token: &str,
-    n: &Notification,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    apply_with(conn, token, n, now, mirror::Counts::Adjust)
+/// One change of the mirror a notification makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect<'a> {
+    /// Assignments added (`associate`) or removed; the assets' counts follow.
+    Assignments {
+        associate: bool,
+        assignments: &'a [Assignment],
+    },
+    /// Users created, updated or associated.
+    Users(&'a [ResponseUser]),
+    /// An asset's total count moved by `delta`.
+    AssetCount {
+        adam_id: &'a str,
+        pricing_param: &'a str,
+        delta: i64,
+    },
 }
 
-fn apply_with(
-    conn: &Connection,
-    token: &str,
-    n: &Notification,
-    now: Timestamp,
-    counts: mirror::Counts,
-) -> Result<(), StoreError> {
+/// What `n` does to the mirror, if anything (failed results and unknown kinds do nothing).
+pub fn effect(n: &Notification) -> Option<Effect<'_>> {
     match &n.notification {
-        NotificationPayload::AssetManagement(p) if p.result == NotificationResult::Success => {
-            let associate = p.kind == AssetManagementType::Associate;
-            if p.kind != AssetManagementType::Unknown {
-                mirror::apply_asset_notification(
-                    conn,
-                    token,
-                    associate,
-                    &p.assignments,
-                    now,
-                    counts,
-                )?;
-            }
+        NotificationPayload::AssetManagement(p)
+            if p.result == NotificationResult::Success
+                && p.kind != AssetManagementType::Unknown =>
+        {
+            Some(Effect::Assignments {
+                associate: p.kind == AssetManagementType::Associate,
+                assignments: &p.assignments,
+            })
         }
         NotificationPayload::UserManagement(p) if p.result == NotificationResult::Success => {
-            mirror::apply_user_notification(conn, token, &p.users, now)?;
+            Some(Effect::Users(&p.users))
         }
-        NotificationPayload::UserAssociated(p) => {
-            mirror::apply_user_notification(conn, token, &p.associated_users, now)?;
-        }
-        NotificationPayload::AssetCount(p) => {
-            mirror::apply_asset_count(
-                conn,
-                token,
-                &p.adam_id,
-                p.pricing_param.as_str(),
-                p.count_delta,
-                now,
-            )?;
-        }
-        _ => {}
+        NotificationPayload::UserAssociated(p) => Some(Effect::Users(&p.associated_users)),
+        NotificationPayload::AssetCount(p) => Some(Effect::AssetCount {
+            adam_id: &p.adam_id,
+            pricing_param: p.pricing_param.as_str(),
+            delta: p.count_delta,
+        }),
+        _ => None,
     }
-    Ok(())
 }
 
-/// Re-applies to the mirror the notifications of `token` received at or after `since`, so a
-/// sync that replaced the mirror with pages read before them does not undo them.
-///
-/// Cost: linear in those notifications (read through the `(token, received_at)` index) and
-/// in the assignments of the assets they name, which are recounted once each at the end (the
-/// sync may have replaced their counts with numbers read before the change). Never a pass
-/// over the whole mirror.
-pub fn replay_since(
-    conn: &Connection,
-    token: &str,
-    since: Timestamp,
-    now: Timestamp,
-) -> Result<usize, StoreError> {
-    let bodies = queries::mirror_notification_bodies_since(conn, token, since)?;
-    let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut n = 0;
-    for body in bodies {
-        if let Ok(note) = parse_notification(body.as_bytes()) {
-            if let NotificationPayload::AssetManagement(p) = &note.notification {
-                if p.result == NotificationResult::Success && p.kind != AssetManagementType::Unknown
-                {
-                    touched.extend(
-                        p.assignments
-                            .iter()
-                            .map(|a| (a.adam_id.clone(), a.pricing_param.as_str().to_string())),
-                    );
-                }
-            }
-            apply_with(conn, token, &note, now, mirror::Counts::Defer)?;
-            n += 1;
-        }
+/// The assets (adamId, pricingParam) whose assignments `effect` changes: a replay recounts
+/// each of them once at its end, since the sync may have replaced their counts with numbers
+/// read before the change.
+pub fn touched_assets(effect: &Effect<'_>) -> Vec<(String, String)> {
+    match effect {
+        Effect::Assignments { assignments, .. } => assignments
+            .iter()
+            .map(|a| (a.adam_id.clone(), a.pricing_param.as_str().to_string()))
+            .collect(),
+        _ => Vec::new(),
     }
-    mirror::recount_assets(conn, token, touched, now)?;
-    Ok(n)
 }

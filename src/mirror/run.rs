@@ -3,25 +3,22 @@
 //! this sync (`mirror_stage_*`, keyed by the sync id), in write jobs of at most
 //! [`STAGE_CHUNK`] rows, so the writer interleaves webhook commits and executor turns between
 //! them and memory holds only the pages in flight. Then one final transaction, per the
-//! [`judgement`](super::judge): move the stage into the mirror (replace or upsert, SQL set
-//! operations), replay the notifications that arrived meanwhile, store the versionId and
-//! finish the run row, stamped at the end of that transaction. The stage is discarded in
-//! small steps afterwards. A failed read, a failed stage write or a crash leaves the mirror as
-//! it was (a crash's stage is discarded at the next start).
+//! [`judgement`](super::judge) ([`Store::commit_sync`]): move the stage into the mirror
+//! (replace or upsert, SQL set operations), replay the notifications that arrived meanwhile,
+//! store the versionId and finish the run row, stamped at the end of that transaction. The
+//! stage is discarded in small steps afterwards. A failed read, a failed stage write or a
+//! crash leaves the mirror as it was (a crash's stage is discarded at the next start).
 
 use std::future::Future;
-
-use rusqlite::Connection;
 
 use crate::apple::model::{Assignment, ResponseAsset, ResponseUser};
 use crate::apple::pagination::Record;
 use crate::apple::{AppleClient, KeySetDigest, PageSink, StreamError, Streamed};
 use crate::core::{SyncKind, SyncOutcome};
-use crate::store::queries::{self, SyncEnd};
-use crate::store::{mirror, Store, StoreError};
+use crate::store::{StageRows, Store, StoreError, SyncCommit, SyncEnd};
 use crate::time::Timestamp;
 
-use super::{judge, notify, plan, Plan, Write};
+use super::{judge, plan, Plan, Write};
 
 /// Rows per write job while staging: a page of up to 1000 records is one job.
 pub const STAGE_CHUNK: usize = 1000;
@@ -30,24 +27,24 @@ pub const DISCARD_CHUNK: usize = 5000;
 
 /// A record type the stage takes.
 pub trait Stage: Record + Sized + Send + 'static {
-    fn stage(conn: &Connection, sync_id: u64, rows: &[Self]) -> Result<(), StoreError>;
+    fn rows(rows: Vec<Self>) -> StageRows;
 }
 
 impl Stage for ResponseAsset {
-    fn stage(conn: &Connection, sync_id: u64, rows: &[Self]) -> Result<(), StoreError> {
-        mirror::stage_assets(conn, sync_id, rows)
+    fn rows(rows: Vec<Self>) -> StageRows {
+        StageRows::Assets(rows)
     }
 }
 
 impl Stage for Assignment {
-    fn stage(conn: &Connection, sync_id: u64, rows: &[Self]) -> Result<(), StoreError> {
-        mirror::stage_assignments(conn, sync_id, rows)
+    fn rows(rows: Vec<Self>) -> StageRows {
+        StageRows::Assignments(rows)
     }
 }
 
 impl Stage for ResponseUser {
-    fn stage(conn: &Connection, sync_id: u64, rows: &[Self]) -> Result<(), StoreError> {
-        mirror::stage_users(conn, sync_id, rows)
+    fn rows(rows: Vec<Self>) -> StageRows {
+        StageRows::Users(rows)
     }
 }
 
@@ -94,7 +91,7 @@ impl<T: Stage> PageSink<T> for StageSink {
             while !records.is_empty() {
                 let rest = records.split_off(records.len().min(STAGE_CHUNK));
                 let chunk = std::mem::replace(&mut records, rest);
-                store.write(move |c| T::stage(c, id, &chunk)).await?;
+                store.stage(id, T::rows(chunk)).await?;
             }
             Ok(())
         }
@@ -102,16 +99,14 @@ impl<T: Stage> PageSink<T> for StageSink {
 
     fn digest(&mut self) -> impl Future<Output = Result<KeySetDigest, StoreError>> + Send {
         let (store, id, kind) = (self.store.clone(), self.sync_id, self.kind);
-        async move { store.read(move |c| mirror::stage_digest(c, id, kind)).await }
+        async move { store.stage_digest(id, kind).await }
     }
 }
 
 /// Deletes the stage of sync `sync_id`, [`DISCARD_CHUNK`] rows per write job.
 pub async fn discard(store: &Store, sync_id: u64, kind: SyncKind) -> Result<(), StoreError> {
     loop {
-        let n = store
-            .write(move |c| mirror::discard_stage(c, sync_id, kind, DISCARD_CHUNK))
-            .await?;
+        let n = store.discard_stage(sync_id, kind, DISCARD_CHUNK).await?;
         if n < DISCARD_CHUNK {
             return Ok(());
         }
@@ -143,45 +138,50 @@ async fn read(
     }
 }
 
-/// The final step of a streamed sync, inside one transaction: moves the stage of `sync_id`
-/// into the mirror (replacing it when `replace`), replays the notifications of `token`
-/// received since `started` (after a replace), stores the versionId and finishes the run row
-/// with `finishedAt` taken at the end of this step, right before its commit. Returns the
-/// number of records the read held.
-pub fn finish(
-    conn: &Connection,
+/// The final step of a streamed sync, per the [`judge`]ment of the read: moves the stage of
+/// `sync_id` into the mirror (replacing it when the read proves removals), replays the
+/// notifications of `token` received since `started` (after a replace), stores the versionId
+/// and finishes the run row, in one transaction ([`Store::commit_sync`]). Returns the number
+/// of records the read held.
+pub async fn finish(
+    store: &Store,
     token: &str,
     sync_id: u64,
     kind: SyncKind,
     started: Timestamp,
     read: &Streamed,
 ) -> Result<u64, StoreError> {
+    store
+        .commit_sync(sync_commit(token, sync_id, kind, started, read))
+        .await
+}
+
+/// What [`finish`] has the store commit for a read.
+pub fn sync_commit(
+    token: &str,
+    sync_id: u64,
+    kind: SyncKind,
+    started: Timestamp,
+    read: &Streamed,
+) -> SyncCommit {
     let judgement = judge(read.incremental, read.consistent);
-    let replace = judgement.write == Write::Replace;
-    let records = mirror::stage_count(conn, sync_id, kind)?;
-    let now = Timestamp::now();
-    mirror::commit_stage(conn, token, sync_id, kind, replace, now)?;
-    if replace {
-        // Pages read before a notification must not undo it.
-        notify::replay_since(conn, token, started, now)?;
-    }
-    if kind.supports_incremental() {
-        mirror::set_version(conn, token, kind, read.version_id.as_deref())?;
-    }
-    queries::sync_finished(
-        conn,
+    SyncCommit {
+        token: token.to_string(),
         sync_id,
-        Timestamp::now(),
-        &SyncEnd {
+        kind,
+        started,
+        replace: judgement.write == Write::Replace,
+        version_id: read.version_id.clone(),
+        store_version: judgement.reliable,
+        end: SyncEnd {
             pages: read.pages,
-            records,
+            records: 0,
             ok: judgement.reliable,
             error: (!judgement.reliable)
                 .then(|| "Apple's data kept changing during the read; retrying".to_string()),
             version_id: read.version_id.clone(),
         },
-    )?;
-    Ok(records)
+    }
 }
 
 /// Runs sync `sync_id` (its run row exists) and returns how it ended.
@@ -197,12 +197,7 @@ pub async fn run(
     let stored = if full || !kind.supports_incremental() {
         None
     } else {
-        let t = token.to_string();
-        store
-            .read(move |c| mirror::get_version(c, &t, kind))
-            .await
-            .ok()
-            .flatten()
+        store.mirror_version(token, kind).await.ok().flatten()
     };
     let mut plan = plan(kind, full, stored);
     let mut sink = StageSink::new(store.clone(), sync_id, kind);
@@ -232,18 +227,12 @@ pub async fn run(
                 error: Some(error),
                 ..SyncEnd::default()
             };
-            let _ = store
-                .write(move |c| queries::sync_finished(c, sync_id, Timestamp::now(), &end))
-                .await;
+            let _ = store.sync_finished(sync_id, Timestamp::now(), end).await;
             return outcome;
         }
     };
     let judgement = judge(data.incremental, data.consistent);
-    let t = token.to_string();
-    let read = data.clone();
-    let written = store
-        .write(move |c| finish(c, &t, sync_id, kind, started, &read))
-        .await;
+    let written = finish(store, token, sync_id, kind, started, &data).await;
     discard_later(store, sync_id, kind);
     match written {
         Ok(records) => {
@@ -259,5 +248,44 @@ pub async fn run(
             tracing::error!(token = %token, sync_id, error = %e, "cannot store a sync");
             SyncOutcome::Transient(format!("cannot store the sync: {e}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(incremental: bool, consistent: bool) -> Streamed {
+        Streamed {
+            version_id: Some("v-page-0".into()),
+            pages: 3,
+            records: 10,
+            consistent,
+            incremental,
+        }
+    }
+
+    #[test]
+    fn only_a_reliable_read_moves_the_stored_version() {
+        let c = sync_commit(
+            "acme",
+            1,
+            SyncKind::Assignments,
+            Timestamp(0),
+            &read(false, true),
+        );
+        assert!(c.replace && c.store_version && c.end.ok);
+        let c = sync_commit("acme", 1, SyncKind::Users, Timestamp(0), &read(true, false));
+        assert!(!c.replace && c.store_version && c.end.ok);
+        // A full read whose pages kept changing: page 0's versionId would make the next
+        // incremental read skip what changed during this one.
+        let c = sync_commit(
+            "acme",
+            1,
+            SyncKind::Assignments,
+            Timestamp(0),
+            &read(false, false),
+        );
+        assert!(!c.replace && !c.store_version && !c.end.ok);
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{after_attempt, due, Attempt, Batch, Next, Policy, SigningKey};
 use crate::config::PushConfig;
 use crate::metrics::Metrics;
-use crate::store::{queries, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::time::Timestamp;
 
 /// How often an idle deliverer looks for new changes.
@@ -95,32 +95,23 @@ impl Deliverer {
         shutdown: &CancellationToken,
     ) -> Result<Option<Duration>, StoreError> {
         let now = Timestamp::now();
-        let st = self.store.read(queries::push_state).await?;
+        let st = self.store.push_state().await?;
         self.update_lag(st.delivered, now).await?;
         let (batch, items) = match st.batch {
             Some((first, last, since)) => {
                 let b = Batch { first, last, since };
-                let items = self
-                    .store
-                    .read(move |c| queries::changes_between(c, first - 1, last, 10_000))
-                    .await?;
+                let items = self.store.changes_between(first - 1, last, 10_000).await?;
                 (b, items)
             }
             None => {
                 let after = st.delivered;
                 let max = self.policy.max_batch;
-                let items = self
-                    .store
-                    .read(move |c| queries::changes_after(c, after, max))
-                    .await?;
+                let items = self.store.changes_after(after, max).await?;
                 let seqs: Vec<i64> = items.iter().map(|c| c.seq).collect();
                 let Some(b) = super::select_batch(&seqs, max, now) else {
                     return Ok(Some(IDLE_POLL));
                 };
-                let pinned = self
-                    .store
-                    .write(move |c| queries::push_pin(c, after, b.first, b.last, b.since))
-                    .await?;
+                let pinned = self.store.push_pin(after, b.first, b.last, b.since).await?;
                 if !pinned {
                     // A replay moved the cursor meanwhile: start over from the store.
                     return Ok(None);
@@ -131,9 +122,7 @@ impl Deliverer {
         if items.is_empty() {
             // Every change of the range moved on to a later seq (an event changed again):
             // nothing to send for it, and the later seq will be delivered.
-            self.store
-                .write(move |c| queries::push_ack(c, batch.first, batch.last, now))
-                .await?;
+            self.store.push_ack(batch.first, batch.last, now).await?;
             return Ok(None);
         }
         if !due(st.next_attempt_at, now) {
@@ -153,10 +142,7 @@ impl Deliverer {
         let n = items.len() as u64;
         match after_attempt(&self.policy, &batch, st.attempts, now, &attempt) {
             Next::Acknowledged => {
-                let acked = self
-                    .store
-                    .write(move |c| queries::push_ack(c, batch.first, batch.last, now))
-                    .await?;
+                let acked = self.store.push_ack(batch.first, batch.last, now).await?;
                 if acked {
                     self.metrics.push_delivered(n);
                     tracing::debug!(webhook_id = %id, changes = n, "push: batch delivered");
@@ -168,9 +154,7 @@ impl Deliverer {
                 tracing::warn!(webhook_id = %id, attempts, error = %error,
                     next_attempt_at = %at, "push: delivery failed; retrying");
                 self.store
-                    .write(move |c| {
-                        queries::push_failed(c, batch.first, batch.last, attempts, at, &error, now)
-                    })
+                    .push_failed(batch.first, batch.last, attempts, at, &error, now)
                     .await?;
             }
             Next::Park { attempts } => {
@@ -186,18 +170,7 @@ impl Deliverer {
                 let since = batch.since;
                 let parked = self
                     .store
-                    .write(move |c| {
-                        queries::push_park(
-                            c,
-                            batch.first,
-                            batch.last,
-                            since,
-                            attempts,
-                            &error,
-                            &rows,
-                            now,
-                        )
-                    })
+                    .push_park(batch.first, batch.last, since, attempts, &error, rows, now)
                     .await?;
                 if parked {
                     self.metrics.push_parked(n);
@@ -268,10 +241,7 @@ impl Deliverer {
     }
 
     async fn update_lag(&mut self, delivered: i64, now: Timestamp) -> Result<(), StoreError> {
-        let (backlog, _) = self
-            .store
-            .read(move |c| queries::backlog(c, delivered))
-            .await?;
+        let (backlog, _) = self.store.backlog(delivered).await?;
         if backlog == 0 {
             self.head_seen = None;
             self.metrics.set_push_lag(0.0, 0);

@@ -5,10 +5,10 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::feed::next_change_seq;
-use super::views::{EventDetail, EventView, HistoryView, NotificationView, PollView};
 use super::{parse_col, ts};
-use crate::core::{Change, EventRecord, EventType, Failure, Outcome, State};
-use crate::store::StoreError;
+use crate::core::{Change, EventRecord, Failure, Outcome, State};
+use crate::store::views::{EventDetail, EventView, HistoryView, NotificationView, PollView};
+use crate::store::{EventFilter, StoreError};
 use crate::time::Timestamp;
 
 pub(super) const EVENT_COLS: &str =
@@ -284,18 +284,6 @@ fn failures_of(conn: &Connection, event_id: &str) -> Result<Vec<Failure>, StoreE
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Filters of `events` / `GET /v1/events`.
-#[derive(Clone, Debug, Default)]
-pub struct EventFilter {
-    pub state: Option<State>,
-    pub outcome: Option<Outcome>,
-    pub token: Option<String>,
-    pub event_type: Option<EventType>,
-    pub limit: u32,
-    /// Opaque cursor from a previous page.
-    pub cursor: Option<String>,
 }
 
 /// Events newest first, with the cursor of the next page when there is one.

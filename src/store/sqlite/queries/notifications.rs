@@ -3,23 +3,9 @@
 
 use rusqlite::{params, Connection, Row};
 
-use crate::core::{Failure, NotificationInput};
-use crate::store::StoreError;
+use crate::core::NotificationInput;
+use crate::store::{NewNotification, StoreError};
 use crate::time::Timestamp;
-
-/// A received notification, as stored.
-#[derive(Clone, Debug)]
-pub struct NewNotification {
-    pub notification_id: String,
-    pub token: String,
-    pub notification_type: String,
-    pub event_id: Option<String>,
-    pub result: Option<String>,
-    pub entities: Option<u32>,
-    pub error: Option<Failure>,
-    pub received_at: Timestamp,
-    pub body: String,
-}
 
 /// Stores a notification; `false` when its `notificationId` was already stored (duplicate).
 pub fn insert_notification(conn: &Connection, n: &NewNotification) -> Result<bool, StoreError> {

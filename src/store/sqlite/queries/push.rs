@@ -4,25 +4,10 @@
 //! happens while an attempt is in flight is never overwritten by that attempt's answer.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
 use super::ts;
-use crate::store::StoreError;
+use crate::store::{InFlightView, ParkedView, PushRow, PushStatusView, ReplayRefused, StoreError};
 use crate::time::Timestamp;
-
-/// The `push_state` row.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PushRow {
-    pub delivered: i64,
-    /// (first, last, since) of the pinned batch.
-    pub batch: Option<(i64, i64, Timestamp)>,
-    pub attempts: u32,
-    pub next_attempt_at: Option<Timestamp>,
-    pub replays: u32,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<Timestamp>,
-    pub last_success_at: Option<Timestamp>,
-}
 
 pub fn push_state(conn: &Connection) -> Result<PushRow, StoreError> {
     let row = conn
@@ -143,13 +128,6 @@ pub fn push_park(
     Ok(true)
 }
 
-/// Why a replay was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplayRefused {
-    /// `after` is past the cursor: moving there would skip changes never delivered.
-    PastCursor { delivered: i64 },
-}
-
 /// `push replay --after SEQ`: every change after `after` is delivered again (under new
 /// webhook-ids); parked changes after it are re-queued too.
 pub fn push_replay(
@@ -169,48 +147,6 @@ pub fn push_replay(
     )?;
     conn.execute("DELETE FROM push_parked WHERE seq > ?1", [after])?;
     Ok(Ok(st.replays + 1))
-}
-
-/// One parked change as `push` shows it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ParkedView {
-    pub seq: i64,
-    pub parked_at: Timestamp,
-    pub failing_since: Timestamp,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub change: serde_json::Value,
-}
-
-/// The batch in flight as `push` shows it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct InFlightView {
-    pub first_seq: i64,
-    pub last_seq: i64,
-    pub failing_since: Option<Timestamp>,
-    pub attempts: u32,
-    pub next_attempt_at: Option<Timestamp>,
-}
-
-/// The outbox for `push` and the status page.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PushStatusView {
-    pub last_delivered_seq: i64,
-    /// The highest seq handed out so far.
-    pub last_seq: i64,
-    /// Changes after the cursor.
-    pub backlog: u64,
-    pub in_flight: Option<InFlightView>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<Timestamp>,
-    pub last_success_at: Option<Timestamp>,
-    pub replays: u32,
-    pub parked: u64,
-    /// The most recently parked changes (at most 20).
-    pub recent_parked: Vec<ParkedView>,
 }
 
 pub fn push_status(conn: &Connection) -> Result<PushStatusView, StoreError> {

@@ -1,9 +1,9 @@
-//! Queries. Plain functions over a `&Connection`, shared by the daemon (through
-//! [`super::Store`]) and the read-only inspection commands. One module per table:
-//! [`events`] (with their history, failures and polls), [`notifications`], [`syncs`],
-//! [`tokens`], [`feed`] (the changes feed); [`views`] holds the JSON shapes the API and the
-//! CLI print. Everything is re-exported here, so `queries::X` paths name any of it, except
-//! [`status`] (the status page's reads across tables), named as `queries::status::X`.
+//! The SQLite queries. Plain functions over a `&Connection`, run by the operations of
+//! [`crate::store::Store`] inside the writer's transaction or on a read connection. One
+//! module per table: [`events`] (with their history, failures and polls), [`notifications`],
+//! [`syncs`], [`tokens`], [`feed`] (the changes feed), [`push`] (the outbox), [`licences`];
+//! the types they take and return live in `crate::store`. Everything is re-exported here,
+//! except [`status`] (the status page's reads across tables), named as `queries::status::X`.
 
 pub mod events;
 pub mod feed;
@@ -13,7 +13,6 @@ pub mod push;
 pub mod status;
 pub mod syncs;
 pub mod tokens;
-pub mod views;
 
 pub use events::*;
 pub use feed::*;
@@ -22,7 +21,6 @@ pub use notifications::*;
 pub use push::*;
 pub use syncs::*;
 pub use tokens::*;
-pub use views::*;
 
 use crate::time::Timestamp;
 

@@ -6,12 +6,13 @@
 //! twice (retention prunes rows, never the counter).
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::events::{event_at, view_from_record, EVENT_COLS};
-use super::views::{ChangeView, FeedItem};
 use crate::core::EventRecord;
-use crate::store::StoreError;
+use crate::store::feed::{licence_item_body, merge, stored_item, token_item_body};
+use crate::store::views::{ChangeView, FeedItem};
+use crate::store::{licence_transition, LicenceCounts, StoreError, TokenStatus};
 use crate::time::Timestamp;
 
 /// Takes the next feed sequence number. A counter of its own (not `MAX(change_seq)`), so a
@@ -82,37 +83,6 @@ fn insert_item(
     Ok(seq)
 }
 
-/// A token's health as the feed reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenStatus {
-    /// healthy, expired, revoked, unauthorized, mdm_conflict, expiring_soon or unhealthy.
-    pub health: String,
-    pub reason: Option<String>,
-    /// With `expiring_soon`: whole days left.
-    pub days_left: Option<i64>,
-    /// With `expiring_soon`: the warning threshold crossed (30, 7 or 1 days); a new item is
-    /// written once per threshold, not every day.
-    pub threshold: Option<u32>,
-}
-
-impl TokenStatus {
-    pub fn new(health: &str, reason: Option<String>) -> TokenStatus {
-        TokenStatus {
-            health: health.to_string(),
-            reason,
-            days_left: None,
-            threshold: None,
-        }
-    }
-
-    fn state(&self) -> String {
-        match self.threshold {
-            Some(t) => format!("{}:{t}", self.health),
-            None => self.health.clone(),
-        }
-    }
-}
-
 /// Writes a `token` feed item when the token's status differs from its last item. A first
 /// `healthy` is not a change (nothing was reported before). Returns the item's seq.
 pub fn record_token_status(
@@ -126,41 +96,8 @@ pub fn record_token_status(
     if last.as_deref() == Some(state.as_str()) || (last.is_none() && status.health == "healthy") {
         return Ok(None);
     }
-    let mut body = Map::new();
-    body.insert("token".into(), json!(token));
-    body.insert("health".into(), json!(status.health));
-    if let Some(r) = &status.reason {
-        body.insert("reason".into(), json!(r));
-    }
-    if let Some(d) = status.days_left {
-        body.insert("daysLeft".into(), json!(d));
-    }
-    body.insert("at".into(), json!(at));
+    let body = token_item_body(token, status, at);
     insert_item(conn, ItemKind::Token, token, token, &state, at, &body).map(Some)
-}
-
-/// An asset's counts before and after a change of the mirror.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LicenceCounts<'a> {
-    pub adam_id: &'a str,
-    pub pricing_param: &'a str,
-    pub product_type: Option<&'a str>,
-    /// `None`: the asset was not mirrored before.
-    pub before: Option<i64>,
-    pub available: i64,
-    pub assigned: i64,
-    pub total: i64,
-}
-
-/// The licence transition of a change of counts, if any: `available` when the available
-/// count went from 0 to more, `exhausted` when it reached 0. An asset seen for the first
-/// time is not a transition (nothing was known before).
-pub fn licence_transition(before: Option<i64>, after: i64) -> Option<&'static str> {
-    match before? {
-        0 if after > 0 => Some("available"),
-        b if b > 0 && after <= 0 => Some("exhausted"),
-        _ => None,
-    }
 }
 
 /// Writes a `licence` feed item when `c` is a transition (see [`licence_transition`]).
@@ -174,19 +111,7 @@ pub fn record_licence_counts(
         return Ok(None);
     };
     let subject = format!("{}/{}", c.adam_id, c.pricing_param);
-    let mut body = Map::new();
-    body.insert("token".into(), json!(token));
-    body.insert("adamId".into(), json!(c.adam_id));
-    body.insert("pricingParam".into(), json!(c.pricing_param));
-    if let Some(p) = c.product_type {
-        body.insert("productType".into(), json!(p));
-    }
-    body.insert("change".into(), json!(change));
-    body.insert("availableCount".into(), json!(c.available));
-    body.insert("previousAvailableCount".into(), json!(c.before));
-    body.insert("assignedCount".into(), json!(c.assigned));
-    body.insert("totalCount".into(), json!(c.total));
-    body.insert("at".into(), json!(at));
+    let body = licence_item_body(token, c, change, at);
     insert_item(conn, ItemKind::Licence, token, &subject, change, at, &body).map(Some)
 }
 
@@ -233,28 +158,9 @@ pub fn changes_between(
         });
     }
     for (seq, kind, body) in items {
-        let fields = match serde_json::from_str::<Value>(&body) {
-            Ok(Value::Object(m)) => m,
-            _ => {
-                return Err(StoreError::Corrupt(format!(
-                    "feed item {seq} has a body that is not a JSON object"
-                )))
-            }
-        };
-        let item = match kind.as_str() {
-            "token" => FeedItem::Token(fields),
-            "licence" => FeedItem::Licence(fields),
-            other => {
-                return Err(StoreError::Corrupt(format!(
-                    "feed item {seq} has the unknown kind {other:?}"
-                )))
-            }
-        };
-        out.push(ChangeView { seq, item });
+        out.push(stored_item(seq, &kind, &body)?);
     }
-    out.sort_by_key(|c| c.seq);
-    out.truncate(limit as usize);
-    Ok(out)
+    Ok(merge(out, limit))
 }
 
 /// How many changes the feed holds after `after`, and the highest seq handed out so far.

@@ -3,13 +3,14 @@
 
 use serde_json::json;
 
-use super::queries::{self, NewNotification};
-use super::{migrations, mirror, Store, StoreError};
+use super::queries;
+use super::{migrations, mirror, SqliteStore as Store, StoreError};
 use crate::apple::model::{Assignment, PricingParam, ResponseAsset, ResponseUser, UserStatus};
 use crate::core::SyncKind;
 use crate::core::{
     Change, EventRecord, EventType, HistoryEntry, Outcome, State, Timings, TrackRequest,
 };
+use crate::store::NewNotification;
 use crate::time::Timestamp;
 
 fn rec(id: &str, now: Timestamp) -> EventRecord {
@@ -115,7 +116,7 @@ async fn a_failing_job_rolls_back_alone() {
         .read(|c| {
             Ok(queries::list_events(
                 c,
-                &queries::EventFilter {
+                &crate::store::EventFilter {
                     limit: 10,
                     ..Default::default()
                 },
@@ -372,7 +373,8 @@ fn feed_seq_only_grows_across_pruning_and_reopening() {
 
 #[test]
 fn store_stats_groups_events_and_reports_configured_tokens_only() {
-    use super::stats::{store_stats, EventCount, TokenExpiry};
+    use super::stats::store_stats;
+    use crate::store::{EventCount, TokenExpiry};
     let (_d, path) = temp();
     let c = super::open_write_connection(&path).unwrap();
     let now = Timestamp(5_000);
@@ -380,12 +382,12 @@ fn store_stats_groups_events_and_reports_configured_tokens_only() {
         insert_tracked(&c, &rec(id, now), None, "tracked").unwrap();
     }
     let rows = [
-        queries::TokenRow {
+        crate::store::TokenRow {
             name: "acme".into(),
             org_name: None,
             expires_at: Some(Timestamp(9_000)),
         },
-        queries::TokenRow {
+        crate::store::TokenRow {
             name: "gone".into(),
             org_name: None,
             expires_at: Some(Timestamp(1)),
@@ -414,12 +416,13 @@ fn store_stats_groups_events_and_reports_configured_tokens_only() {
 
 #[test]
 fn status_snapshot_counts_by_state_and_hour_within_bounds() {
-    use super::queries::status::{self, HOUR_MS};
+    use super::queries::status;
+    use crate::store::status::HOUR_MS;
     let (_d, path) = temp();
     let c = super::open_write_connection(&path).unwrap();
     // 10:30 on some day; the chart starts at 11:00 the day before.
     let now = Timestamp(1_764_000_000_000 / HOUR_MS * HOUR_MS + HOUR_MS / 2);
-    let since = status::chart_start(now);
+    let since = crate::store::status::chart_start(now);
     assert_eq!(since.0, now.0 - now.0 % HOUR_MS - 23 * HOUR_MS);
     for id in ["p1", "p2", "s-new", "s-old"] {
         insert_tracked(&c, &rec(id, Timestamp(since.0 - 48 * HOUR_MS)), None, "t").unwrap();
@@ -457,7 +460,7 @@ fn status_snapshot_counts_by_state_and_hour_within_bounds() {
         &c,
         1,
         Timestamp(since.0 + HOUR_MS + 500),
-        &queries::SyncEnd {
+        &crate::store::SyncEnd {
             pages: 3,
             records: 250,
             ok: true,
@@ -627,8 +630,11 @@ fn an_unreliable_full_read_adds_but_deletes_nothing_and_a_reliable_one_replaces(
     mirror::stage_assignments(&c, 1, &page).unwrap();
     // A record seen twice (it moved between pages) is staged once.
     mirror::stage_assignments(&c, 1, &page[1..]).unwrap();
-    let n = crate::mirror::run::finish(&c, "acme", 1, SyncKind::Assignments, now, &streamed(false))
-        .unwrap();
+    let n = super::mirror::commit_sync(
+        &c,
+        crate::mirror::run::sync_commit("acme", 1, SyncKind::Assignments, now, &streamed(false)),
+    )
+    .unwrap();
     assert_eq!(n, 2);
     assert_eq!(
         serials(&c),
@@ -666,7 +672,11 @@ fn an_unreliable_full_read_adds_but_deletes_nothing_and_a_reliable_one_replaces(
     .unwrap();
     queries::sync_started(&c, 2, "acme", SyncKind::Assignments, true, "test", now).unwrap();
     mirror::stage_assignments(&c, 2, &page).unwrap();
-    crate::mirror::run::finish(&c, "acme", 2, SyncKind::Assignments, now, &streamed(true)).unwrap();
+    super::mirror::commit_sync(
+        &c,
+        crate::mirror::run::sync_commit("acme", 2, SyncKind::Assignments, now, &streamed(true)),
+    )
+    .unwrap();
     assert_eq!(serials(&c), ["S1", "S3"]);
     let version = mirror::get_version(&c, "acme", SyncKind::Assignments).unwrap();
     assert_eq!(version.as_deref(), Some("v2"));
@@ -707,12 +717,16 @@ fn the_replay_after_the_swap_keeps_a_notification_that_arrived_mid_sync() {
         )
         .unwrap();
         let parsed = crate::apple::parse_notification(body.as_bytes()).unwrap();
-        crate::mirror::notify::apply_notification(&c, "acme", &parsed, t1).unwrap();
+        super::notify::apply_notification(&c, "acme", &parsed, t1).unwrap();
     }
     assert_eq!(serials(&c), ["S2"]);
     // The swap puts back what the page said (S1, no S2); the replay in the same transaction
     // re-applies both notifications and recounts the asset they name.
-    crate::mirror::run::finish(&c, "acme", 3, SyncKind::Assignments, t0, &streamed(true)).unwrap();
+    super::mirror::commit_sync(
+        &c,
+        crate::mirror::run::sync_commit("acme", 3, SyncKind::Assignments, t0, &streamed(true)),
+    )
+    .unwrap();
     assert_eq!(serials(&c), ["S2"]);
     let (assigned, available): (i64, i64) = c
         .query_row(
@@ -738,7 +752,11 @@ fn a_users_stage_keeps_the_live_entry_of_a_user_listed_twice() {
     queries::sync_started(&c, 4, "acme", SyncKind::Users, true, "test", now).unwrap();
     mirror::stage_users(&c, 4, &[user("Associated", "A")]).unwrap();
     mirror::stage_users(&c, 4, &[user("Retired", "B")]).unwrap();
-    crate::mirror::run::finish(&c, "acme", 4, SyncKind::Users, now, &streamed(true)).unwrap();
+    super::mirror::commit_sync(
+        &c,
+        crate::mirror::run::sync_commit("acme", 4, SyncKind::Users, now, &streamed(true)),
+    )
+    .unwrap();
     let rows: Vec<(String, String)> = c
         .prepare("SELECT status, invite_code FROM mirror_users WHERE token = 'acme'")
         .unwrap()
@@ -809,21 +827,21 @@ fn token_items_share_the_seq_counter_and_skip_unchanged_states() {
     let now = Timestamp(1_000);
     queries::upsert_tokens(
         &c,
-        &[queries::TokenRow {
+        &[crate::store::TokenRow {
             name: "acme".into(),
             ..Default::default()
         }],
         now,
     )
     .unwrap();
-    let healthy = queries::TokenStatus::new("healthy", None);
-    let revoked = queries::TokenStatus::new("revoked", Some("9625".into()));
+    let healthy = crate::store::TokenStatus::new("healthy", None);
+    let revoked = crate::store::TokenStatus::new("revoked", Some("9625".into()));
     // A first healthy is no change.
     queries::set_token_health(&c, "acme", "healthy", None, now, &healthy).unwrap();
     insert_tracked(&c, &rec("e1", now), None, "tracked").unwrap();
     queries::set_token_health(&c, "acme", "unhealthy", Some("9625"), now, &revoked).unwrap();
     queries::set_token_health(&c, "acme", "unhealthy", Some("9625"), now, &revoked).unwrap();
-    let soon = queries::TokenStatus {
+    let soon = crate::store::TokenStatus {
         health: "expiring_soon".into(),
         reason: None,
         days_left: Some(6),

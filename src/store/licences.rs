@@ -2,18 +2,19 @@
 //! from the mirror, and the mirrored assignments split by origin: created through a tracked
 //! ASSOCIATE event (its stored request body names the asset and the serial number or
 //! clientUserId) or not ("unknown origin": assigned by another tool or a person, candidates
-//! for reclaiming). Read from the store only, never from Apple.
+//! for reclaiming). Read from the store only, never from Apple. The backends read the rows;
+//! [`build_report`] makes the report.
 //!
 //! Events pruned by retention no longer vouch for their assignments, which then show as
 //! unknown origin.
 
 use std::collections::{BTreeMap, HashSet};
 
-use rusqlite::{params, Connection};
 use serde::Serialize;
 
+use super::sqlite::queries as q;
+use super::{Store, StoreError};
 use crate::apple::model::ManageAssetsRequest;
-use crate::store::StoreError;
 
 /// One assignment, by serial number (device) or clientUserId (user).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -116,63 +117,19 @@ pub fn build_report(
     out
 }
 
-/// The report of `token`, or of every token in the mirror.
-pub fn licence_report(
-    conn: &Connection,
-    token: Option<&str>,
-) -> Result<Vec<AssetLicences>, StoreError> {
-    let tokens: Vec<String> = match token {
-        Some(t) => vec![t.to_string()],
-        None => conn
-            .prepare(
-                "SELECT token FROM mirror_assets UNION SELECT token FROM mirror_assignments ORDER BY 1",
-            )?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?,
-    };
-    let mut out = Vec::new();
-    for t in tokens {
-        let assets: Vec<AssetLicences> = conn
-            .prepare_cached(
-                "SELECT adam_id, pricing_param, total_count, assigned_count, available_count, \
-                 json_extract(json, '$.productType') FROM mirror_assets WHERE token = ?1",
-            )?
-            .query_map([&t], |r| {
-                Ok(AssetLicences {
-                    token: t.clone(),
-                    adam_id: r.get(0)?,
-                    pricing_param: r.get(1)?,
-                    total: r.get(2)?,
-                    assigned: r.get(3)?,
-                    available: r.get(4)?,
-                    product_type: r.get(5).ok().flatten(),
-                    tracked: 0,
-                    unknown_origin: 0,
-                    unknown_origin_assignments: vec![],
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        let assignments: Vec<MirrorAssignment> = conn
-            .prepare_cached(
-                "SELECT adam_id, pricing_param, client_user_id, serial_number FROM mirror_assignments \
-                 WHERE token = ?1",
-            )?
-            .query_map([&t], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
-        let bodies: Vec<String> = conn
-            .prepare_cached(
-                "SELECT request FROM events WHERE token = ?1 AND type = ?2 AND request IS NOT NULL",
-            )?
-            .query_map(params![t, "ASSOCIATE"], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        out.extend(build_report(
-            &t,
-            assets,
-            &assignments,
-            &requested_by_events(&bodies),
-        ));
+impl Store {
+    /// The report of `token`, or of every token in the mirror.
+    pub async fn licence_report(
+        &self,
+        token: Option<String>,
+    ) -> Result<Vec<AssetLicences>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.read(move |c| q::licence_report(c, token.as_deref()))
+                    .await
+            }
+        }
     }
-    Ok(out)
 }
 
 #[cfg(test)]

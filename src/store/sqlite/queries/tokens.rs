@@ -3,21 +3,13 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::feed::{record_token_status, TokenStatus};
+use super::feed::record_token_status;
 use super::syncs::{sync_from_row, SYNC_COLS};
 use super::ts;
-use super::views::TokenView;
 use crate::core::SyncKind;
-use crate::store::StoreError;
+use crate::store::views::TokenView;
+use crate::store::{StoreError, TokenRow, TokenStatus, UnhealthyToken};
 use crate::time::Timestamp;
-
-/// A configured token as recorded for inspection.
-#[derive(Clone, Debug, Default)]
-pub struct TokenRow {
-    pub name: String,
-    pub org_name: Option<String>,
-    pub expires_at: Option<Timestamp>,
-}
 
 /// Records the configured tokens (keeping what syncs and health checks learned).
 pub fn upsert_tokens(
@@ -105,17 +97,6 @@ pub fn set_token_location(
         params![name, uid, location, mdm_id, conflict],
     )?;
     Ok(())
-}
-
-/// A token that is not healthy: Apple refused it, or another MDM owns its location.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UnhealthyToken {
-    #[serde(skip)]
-    pub name: String,
-    pub health: String,
-    pub reason: Option<String>,
-    pub mdm_conflict: Option<String>,
 }
 
 /// Tokens that are unhealthy or in an mdmInfo conflict, for `/healthz`. Reads the small

@@ -63,10 +63,7 @@ fn temp_path(dest: &Path) -> PathBuf {
 
 fn copy_and_check(src: &Connection, tmp: &Path) -> Result<BackupSummary, StoreError> {
     let _ = std::fs::remove_file(tmp);
-    let mut dst = Connection::open(tmp).map_err(|source| StoreError::Open {
-        path: tmp.to_path_buf(),
-        source,
-    })?;
+    let mut dst = Connection::open(tmp).map_err(|e| super::open_error(tmp, e))?;
     {
         // All pages in one step: one read snapshot of the source, never restarted by the
         // daemon's writes.

@@ -3,9 +3,9 @@
 use rusqlite::{params, Connection, Row};
 
 use super::ts;
-use super::views::SyncView;
 use crate::core::SyncKind;
-use crate::store::StoreError;
+use crate::store::views::SyncView;
+use crate::store::{StoreError, SyncEnd};
 use crate::time::Timestamp;
 
 pub fn next_sync_id(conn: &Connection) -> Result<u64, StoreError> {
@@ -29,16 +29,6 @@ pub fn sync_started(
         params![id as i64, token, kind.as_str(), full, cause, at.0],
     )?;
     Ok(())
-}
-
-/// The end of a sync run.
-#[derive(Clone, Debug, Default)]
-pub struct SyncEnd {
-    pub pages: u32,
-    pub records: u64,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub version_id: Option<String>,
 }
 
 pub fn sync_finished(

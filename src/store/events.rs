@@ -1,0 +1,178 @@
+//! Events: tracking, the core's turns (every change of a turn, the sync runs it starts, and
+//! the notifications that arrived before the events it inserts, in one job), recovery at
+//! start, retention, and the reads of the API and the CLI.
+
+use tokio::sync::oneshot;
+
+use super::sqlite::queries as q;
+use super::views::{EventDetail, EventView};
+use super::{Store, StoreError, SyncStart};
+use crate::core::{Change, EventRecord, EventType, NotificationInput, Outcome, State};
+use crate::time::Timestamp;
+
+/// Filters of `events` / `GET /v1/events`.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub state: Option<State>,
+    pub outcome: Option<Outcome>,
+    pub token: Option<String>,
+    pub event_type: Option<EventType>,
+    pub limit: u32,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
+/// What one turn of the core writes, in one job.
+#[derive(Clone, Debug, Default)]
+pub struct TurnWrite {
+    pub changes: Vec<Change>,
+    /// The sync runs the turn starts.
+    pub syncs: Vec<SyncStart>,
+}
+
+/// What a committed turn answers.
+#[derive(Debug)]
+pub struct TurnCommit {
+    pub changes: Vec<Change>,
+    /// Per change: `None` committed, or why not (that change alone was rolled back).
+    pub errors: Vec<Option<String>>,
+    /// Per started sync: whether its run row was written.
+    pub syncs_written: Vec<bool>,
+    /// Notifications that arrived before the events this turn inserted.
+    pub early: Vec<NotificationInput>,
+}
+
+/// What the core needs at start before its events: the notifications not yet applied to
+/// unsettled events, the next sync id, and how many unsettled events follow.
+#[derive(Debug, Default)]
+pub struct RecoveryStart {
+    pub notifications: Vec<NotificationInput>,
+    pub next_sync_id: u64,
+    pub unsettled: usize,
+}
+
+impl Store {
+    /// Queues the writes of one turn without waiting for them (the executor's loop never
+    /// waits on disk); `on_commit` gets the answer once committed. Turns commit, and answer,
+    /// in the order they were queued. Each change is applied in a savepoint of its own: one
+    /// that fails is rolled back alone and reported in [`TurnCommit::errors`].
+    pub async fn commit_turn(
+        &self,
+        turn: TurnWrite,
+        now: Timestamp,
+        on_commit: oneshot::Sender<Result<TurnCommit, StoreError>>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.write_detached(
+                    move |conn| {
+                        let TurnWrite { changes, syncs } = turn;
+                        let errors = q::apply_changes(conn, &changes);
+                        let syncs_written = syncs
+                            .iter()
+                            .map(|s| {
+                                q::sync_started(conn, s.id, &s.token, s.kind, s.full, &s.cause, now)
+                                    .is_ok()
+                            })
+                            .collect();
+                        // Notifications may arrive before we know an event's id: hand them to
+                        // the core once the event is committed.
+                        let mut early = Vec::new();
+                        for (c, e) in changes.iter().zip(&errors) {
+                            if c.insert && e.is_none() {
+                                early.extend(q::unapplied_notifications_for(
+                                    conn,
+                                    &c.event.event_id,
+                                )?);
+                            }
+                        }
+                        Ok(TurnCommit {
+                            changes,
+                            errors,
+                            syncs_written,
+                            early,
+                        })
+                    },
+                    on_commit,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Recovery at start, streamed: `start` gets the [`RecoveryStart`] and builds the
+    /// receiver, then `each` gets every unsettled event as it is read, so a million events
+    /// never exist as whole records at once (docs/architecture.md, "Memory"). Runs off the
+    /// runtime threads; returns the receiver and the number of events.
+    pub async fn recover<T, S, E>(&self, start: S, mut each: E) -> Result<(T, usize), StoreError>
+    where
+        T: Send + 'static,
+        S: FnOnce(RecoveryStart) -> T + Send + 'static,
+        E: FnMut(&mut T, EventRecord) + Send + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => {
+                s.read(move |conn| {
+                    let mut target = start(RecoveryStart {
+                        notifications: q::unapplied_for_unsettled(conn)?,
+                        next_sync_id: q::next_sync_id(conn)?,
+                        unsettled: q::count_unsettled(conn)?,
+                    });
+                    let n = q::for_each_unsettled(conn, |rec| each(&mut target, rec))?;
+                    Ok((target, n))
+                })
+                .await
+            }
+        }
+    }
+
+    /// One event as stored.
+    pub async fn get_event(&self, event_id: &str) -> Result<Option<EventRecord>, StoreError> {
+        let id = event_id.to_string();
+        match self {
+            Store::Sqlite(s) => s.read(move |c| q::get_event(c, &id)).await,
+        }
+    }
+
+    /// One event as listed.
+    pub async fn event_view(&self, event_id: &str) -> Result<Option<EventView>, StoreError> {
+        let id = event_id.to_string();
+        match self {
+            Store::Sqlite(s) => s.read(move |c| q::list_event_view(c, &id)).await,
+        }
+    }
+
+    /// One event with everything known about it.
+    pub async fn event_detail(&self, event_id: &str) -> Result<Option<EventDetail>, StoreError> {
+        let id = event_id.to_string();
+        match self {
+            Store::Sqlite(s) => s.read(move |c| q::event_detail(c, &id)).await,
+        }
+    }
+
+    /// The stored request body of an event (what it submitted to Apple), if kept.
+    pub async fn request_body(&self, event_id: &str) -> Result<Option<String>, StoreError> {
+        let id = event_id.to_string();
+        match self {
+            Store::Sqlite(s) => s.read(move |c| q::request_body(c, &id)).await,
+        }
+    }
+
+    /// Events newest first, with the cursor of the next page when there is one.
+    pub async fn list_events(
+        &self,
+        filter: EventFilter,
+    ) -> Result<(Vec<EventView>, Option<String>), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.read(move |c| q::list_events(c, &filter)).await,
+        }
+    }
+
+    /// Deletes at most `batch` events settled before `before`, with their rows; returns how
+    /// many went.
+    pub async fn prune_settled(&self, before: Timestamp, batch: u32) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.write(move |c| q::prune(c, before, batch)).await,
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Notifications: what the webhook received, stored (and applied to the mirror) with one
+//! commit before it answers, and the unparseable bodies it keeps aside.
+
+use super::sqlite::{notify, queries as q};
+use super::{Store, StoreError};
+use crate::apple::model::Notification;
+use crate::core::Failure;
+use crate::time::Timestamp;
+
+/// A received notification, as stored.
+#[derive(Clone, Debug)]
+pub struct NewNotification {
+    pub notification_id: String,
+    pub token: String,
+    pub notification_type: String,
+    pub event_id: Option<String>,
+    pub result: Option<String>,
+    pub entities: Option<u32>,
+    pub error: Option<Failure>,
+    pub received_at: Timestamp,
+    pub body: String,
+}
+
+impl Store {
+    /// Stores a received notification and, when it is new, applies its data to the mirror of
+    /// `token`, in one transaction; answers once committed. `false`: its `notificationId` was
+    /// already stored (a duplicate, nothing written).
+    pub async fn record_notification(
+        &self,
+        row: NewNotification,
+        note: Notification,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.write(move |c| {
+                    let new = q::insert_notification(c, &row)?;
+                    if new {
+                        notify::apply_notification(c, &row.token, &note, now)?;
+                    }
+                    Ok(new)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Keeps an unparseable body from an authenticated sender, dropping the oldest beyond
+    /// `cap`.
+    pub async fn quarantine(
+        &self,
+        token: &str,
+        at: Timestamp,
+        reason: &str,
+        body: Vec<u8>,
+        cap: u32,
+    ) -> Result<(), StoreError> {
+        let (token, reason) = (token.to_string(), reason.to_string());
+        match self {
+            Store::Sqlite(s) => {
+                s.write(move |c| q::quarantine(c, &token, at, &reason, &body, cap))
+                    .await
+            }
+        }
+    }
+}
