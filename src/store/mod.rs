@@ -98,6 +98,7 @@ pub enum StoreError {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 impl Store {
@@ -114,6 +115,14 @@ impl Store {
         Ok(Store::Sqlite(sqlite::SqliteStore::open_read_only(path)?))
     }
 
+    /// Connects to the PostgreSQL database at `url` (the password from a secret file, not the
+    /// URL) and migrates it. Not reachable from the configuration yet.
+    pub async fn connect_postgres(url: &str, password: Option<&str>) -> Result<Store, StoreError> {
+        Ok(Store::Postgres(
+            postgres::PgStore::connect(url, password).await?,
+        ))
+    }
+
     /// Stops writing on clean shutdown: every write queued before this is committed, and the
     /// database is left complete on its own (SQLite: the WAL is checkpointed into the main
     /// file, so a copy of that file alone holds everything). Writes queued after it fail with
@@ -121,6 +130,7 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(p) => p.close().await,
         }
     }
 
@@ -128,6 +138,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.ping().await,
+            Store::Postgres(p) => p.ping().await,
         }
     }
 }
