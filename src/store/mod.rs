@@ -11,9 +11,10 @@
 //!
 //! A backend is one variant of [`Store`]; every operation is a `match` over them, so adding
 //! one is adding a variant and an arm per operation (no trait objects on the hot path).
-//! Today there is one, [`sqlite`] (one file, WAL, one writer thread group-committing every
-//! write, see that module); a PostgreSQL backend goes in `store/postgres/` beside it, with
-//! the same migrations (same version numbers) in its own dialect.
+//! [`sqlite`] (one file, WAL, one writer thread group-committing every write) is the one the
+//! configuration opens; [`postgres`] (a pool, one transaction per operation) mirrors it
+//! file for file, with the same migrations (same version numbers) in its own dialect, and is
+//! not selectable in the configuration yet.
 //!
 //! Guarantees every backend keeps:
 //! - a write answers only once committed (an acknowledged notification or a tracked event
