@@ -4,6 +4,7 @@
 
 use tokio::sync::oneshot;
 
+use super::postgres::queries as pq;
 use super::sqlite::queries as q;
 use super::views::{EventDetail, EventView};
 use super::{Store, StoreError, SyncStart};
@@ -97,6 +98,51 @@ impl Store {
                 )
                 .await
             }
+            Store::Postgres(p) => {
+                p.write_ordered(
+                    move |tx| {
+                        Box::pin(async move {
+                            let TurnWrite { changes, syncs } = turn;
+                            let errors = pq::apply_changes(tx, &changes).await;
+                            let mut syncs_written = Vec::with_capacity(syncs.len());
+                            for s in &syncs {
+                                // A failed statement would abort the whole transaction here:
+                                // each run row in a savepoint of its own.
+                                tx.batch_execute("SAVEPOINT sync").await?;
+                                let ok = pq::sync_started(
+                                    tx, s.id, &s.token, s.kind, s.full, &s.cause, now,
+                                )
+                                .await
+                                .is_ok();
+                                tx.batch_execute(if ok {
+                                    "RELEASE SAVEPOINT sync"
+                                } else {
+                                    "ROLLBACK TO SAVEPOINT sync; RELEASE SAVEPOINT sync"
+                                })
+                                .await?;
+                                syncs_written.push(ok);
+                            }
+                            let mut early = Vec::new();
+                            for (c, e) in changes.iter().zip(&errors) {
+                                if c.insert && e.is_none() {
+                                    early.extend(
+                                        pq::unapplied_notifications_for(tx, &c.event.event_id)
+                                            .await?,
+                                    );
+                                }
+                            }
+                            Ok(TurnCommit {
+                                changes,
+                                errors,
+                                syncs_written,
+                                early,
+                            })
+                        })
+                    },
+                    on_commit,
+                )
+                .await
+            }
         }
     }
 
@@ -123,6 +169,18 @@ impl Store {
                 })
                 .await
             }
+            Store::Postgres(p) => {
+                p.read(|tx| {
+                    Box::pin(async move {
+                        Ok(Recovery {
+                            unsettled: pq::load_unsettled(tx).await?,
+                            notifications: pq::unapplied_for_unsettled(tx).await?,
+                            next_sync_id: pq::next_sync_id(tx).await?,
+                        })
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -131,6 +189,10 @@ impl Store {
         let id = event_id.to_string();
         match self {
             Store::Sqlite(s) => s.read(move |c| q::get_event(c, &id)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| Box::pin(async move { pq::get_event(tx, &id).await }))
+                    .await
+            }
         }
     }
 
@@ -139,6 +201,10 @@ impl Store {
         let id = event_id.to_string();
         match self {
             Store::Sqlite(s) => s.read(move |c| q::list_event_view(c, &id)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| Box::pin(async move { pq::list_event_view(tx, &id).await }))
+                    .await
+            }
         }
     }
 
@@ -147,6 +213,10 @@ impl Store {
         let id = event_id.to_string();
         match self {
             Store::Sqlite(s) => s.read(move |c| q::event_detail(c, &id)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| Box::pin(async move { pq::event_detail(tx, &id).await }))
+                    .await
+            }
         }
     }
 
@@ -155,6 +225,10 @@ impl Store {
         let id = event_id.to_string();
         match self {
             Store::Sqlite(s) => s.read(move |c| q::request_body(c, &id)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| Box::pin(async move { pq::request_body(tx, &id).await }))
+                    .await
+            }
         }
     }
 
@@ -165,6 +239,10 @@ impl Store {
     ) -> Result<(Vec<EventView>, Option<String>), StoreError> {
         match self {
             Store::Sqlite(s) => s.read(move |c| q::list_events(c, &filter)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| Box::pin(async move { pq::list_events(tx, &filter).await }))
+                    .await
+            }
         }
     }
 
@@ -173,6 +251,10 @@ impl Store {
     pub async fn prune_settled(&self, before: Timestamp, batch: u32) -> Result<usize, StoreError> {
         match self {
             Store::Sqlite(s) => s.write(move |c| q::prune(c, before, batch)).await,
+            Store::Postgres(p) => {
+                p.write(move |tx| Box::pin(async move { pq::prune(tx, before, batch).await }))
+                    .await
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::postgres::queries as pq;
 use super::sqlite::queries as q;
 use super::views::{ChangeView, FeedItem};
 use super::{Store, StoreError};
@@ -140,6 +141,10 @@ impl Store {
     ) -> Result<Vec<ChangeView>, StoreError> {
         match self {
             Store::Sqlite(s) => s.read(move |c| q::changes_after(c, after, limit)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| Box::pin(async move { pq::changes_after(tx, after, limit).await }))
+                    .await
+            }
         }
     }
 
@@ -154,6 +159,12 @@ impl Store {
             Store::Sqlite(s) => {
                 s.read(move |c| q::changes_between(c, after, last, limit))
                     .await
+            }
+            Store::Postgres(p) => {
+                p.read(move |tx| {
+                    Box::pin(async move { pq::changes_between(tx, after, last, limit).await })
+                })
+                .await
             }
         }
     }
@@ -171,6 +182,12 @@ impl Store {
             Store::Sqlite(s) => {
                 s.write(move |c| q::record_token_status(c, &token, &status, now))
                     .await
+            }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move { pq::record_token_status(tx, &token, &status, now).await })
+                })
+                .await
             }
         }
     }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
+use super::postgres::queries as pq;
 use super::sqlite::queries as q;
 use super::{Store, StoreError};
 use crate::apple::model::ManageAssetsRequest;
@@ -127,6 +128,12 @@ impl Store {
             Store::Sqlite(s) => {
                 s.read(move |c| q::licence_report(c, token.as_deref()))
                     .await
+            }
+            Store::Postgres(p) => {
+                p.read(move |tx| {
+                    Box::pin(async move { pq::licence_report(tx, token.as_deref()).await })
+                })
+                .await
             }
         }
     }

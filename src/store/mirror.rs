@@ -6,6 +6,7 @@
 
 use serde_json::Value;
 
+use super::postgres::mirror as pm;
 use super::sqlite::mirror as m;
 use super::{Store, StoreError, SyncCommit};
 use crate::apple::model::{Assignment, ResponseAsset, ResponseUser};
@@ -53,6 +54,20 @@ impl Store {
                 })
                 .await
             }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move {
+                        match &rows {
+                            StageRows::Assets(r) => pm::stage_assets(tx, sync_id, r).await,
+                            StageRows::Assignments(r) => {
+                                pm::stage_assignments(tx, sync_id, r).await
+                            }
+                            StageRows::Users(r) => pm::stage_users(tx, sync_id, r).await,
+                        }
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -64,6 +79,10 @@ impl Store {
     ) -> Result<KeySetDigest, StoreError> {
         match self {
             Store::Sqlite(s) => s.read(move |c| m::stage_digest(c, sync_id, kind)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| Box::pin(async move { pm::stage_digest(tx, sync_id, kind).await }))
+                    .await
+            }
         }
     }
 
@@ -79,6 +98,12 @@ impl Store {
                 s.write(move |c| m::discard_stage(c, sync_id, kind, limit))
                     .await
             }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move { pm::discard_stage(tx, sync_id, kind, limit).await })
+                })
+                .await
+            }
         }
     }
 
@@ -91,6 +116,10 @@ impl Store {
     pub async fn commit_sync(&self, sync: SyncCommit) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.write(move |c| m::commit_sync(c, sync)).await,
+            Store::Postgres(p) => {
+                p.write(move |tx| Box::pin(async move { pm::commit_sync(tx, sync).await }))
+                    .await
+            }
         }
     }
 
@@ -103,6 +132,10 @@ impl Store {
         let token = token.to_string();
         match self {
             Store::Sqlite(s) => s.read(move |c| m::get_version(c, &token, kind)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| Box::pin(async move { pm::get_version(tx, &token, kind).await }))
+                    .await
+            }
         }
     }
 
@@ -119,6 +152,12 @@ impl Store {
             Store::Sqlite(s) => {
                 s.read(move |c| m::list(c, &token, what, limit, offset))
                     .await
+            }
+            Store::Postgres(p) => {
+                p.read(move |tx| {
+                    Box::pin(async move { pm::list(tx, &token, what, limit, offset).await })
+                })
+                .await
             }
         }
     }

@@ -11,9 +11,10 @@
 //!
 //! A backend is one variant of [`Store`]; every operation is a `match` over them, so adding
 //! one is adding a variant and an arm per operation (no trait objects on the hot path).
-//! Today there is one, [`sqlite`] (one file, WAL, one writer thread group-committing every
-//! write, see that module); a PostgreSQL backend goes in `store/postgres/` beside it, with
-//! the same migrations (same version numbers) in its own dialect.
+//! [`sqlite`] (one file, WAL, one writer thread group-committing every write) is the one the
+//! configuration opens; [`postgres`] (a pool, one transaction per operation) mirrors it
+//! file for file, with the same migrations (same version numbers) in its own dialect, and is
+//! not selectable in the configuration yet.
 //!
 //! Guarantees every backend keeps:
 //! - a write answers only once committed (an acknowledged notification or a tracked event
@@ -98,6 +99,7 @@ pub enum StoreError {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 impl Store {
@@ -114,6 +116,14 @@ impl Store {
         Ok(Store::Sqlite(sqlite::SqliteStore::open_read_only(path)?))
     }
 
+    /// Connects to the PostgreSQL database at `url` (the password from a secret file, not the
+    /// URL) and migrates it. Not reachable from the configuration yet.
+    pub async fn connect_postgres(url: &str, password: Option<&str>) -> Result<Store, StoreError> {
+        Ok(Store::Postgres(
+            postgres::PgStore::connect(url, password).await?,
+        ))
+    }
+
     /// Stops writing on clean shutdown: every write queued before this is committed, and the
     /// database is left complete on its own (SQLite: the WAL is checkpointed into the main
     /// file, so a copy of that file alone holds everything). Writes queued after it fail with
@@ -121,6 +131,7 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(p) => p.close().await,
         }
     }
 
@@ -128,6 +139,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.ping().await,
+            Store::Postgres(p) => p.ping().await,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Notifications: what the webhook received, stored (and applied to the mirror) with one
 //! commit before it answers, and the unparseable bodies it keeps aside.
 
+use super::postgres::{notify as pn, queries as pq};
 use super::sqlite::{notify, queries as q};
 use super::{Store, StoreError};
 use crate::apple::model::Notification;
@@ -42,6 +43,18 @@ impl Store {
                 })
                 .await
             }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move {
+                        let new = pq::insert_notification(tx, &row).await?;
+                        if new {
+                            pn::apply_notification(tx, &row.token, &note, now).await?;
+                        }
+                        Ok(new)
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -60,6 +73,14 @@ impl Store {
             Store::Sqlite(s) => {
                 s.write(move |c| q::quarantine(c, &token, at, &reason, &body, cap))
                     .await
+            }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(
+                        async move { pq::quarantine(tx, &token, at, &reason, &body, cap).await },
+                    )
+                })
+                .await
             }
         }
     }

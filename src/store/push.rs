@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use super::postgres::queries as pq;
 use super::sqlite::queries as q;
 use super::{Store, StoreError};
 use crate::time::Timestamp;
@@ -77,6 +78,7 @@ impl Store {
     pub async fn push_state(&self) -> Result<PushRow, StoreError> {
         match self {
             Store::Sqlite(s) => s.read(q::push_state).await,
+            Store::Postgres(p) => p.read(|tx| Box::pin(pq::push_state(tx))).await,
         }
     }
 
@@ -94,6 +96,12 @@ impl Store {
                 s.write(move |c| q::push_pin(c, delivered, first, last, since))
                     .await
             }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move { pq::push_pin(tx, delivered, first, last, since).await })
+                })
+                .await
+            }
         }
     }
 
@@ -106,6 +114,10 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => s.write(move |c| q::push_ack(c, first, last, now)).await,
+            Store::Postgres(p) => {
+                p.write(move |tx| Box::pin(async move { pq::push_ack(tx, first, last, now).await }))
+                    .await
+            }
         }
     }
 
@@ -124,6 +136,14 @@ impl Store {
             Store::Sqlite(s) => {
                 s.write(move |c| q::push_failed(c, first, last, attempts, next_at, &error, now))
                     .await
+            }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move {
+                        pq::push_failed(tx, first, last, attempts, next_at, &error, now).await
+                    })
+                })
+                .await
             }
         }
     }
@@ -147,6 +167,14 @@ impl Store {
                 s.write(move |c| q::push_park(c, first, last, since, attempts, &error, &items, now))
                     .await
             }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move {
+                        pq::push_park(tx, first, last, since, attempts, &error, &items, now).await
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -155,6 +183,10 @@ impl Store {
     pub async fn push_replay(&self, after: i64) -> Result<Result<u32, ReplayRefused>, StoreError> {
         match self {
             Store::Sqlite(s) => s.write(move |c| q::push_replay(c, after)).await,
+            Store::Postgres(p) => {
+                p.write(move |tx| Box::pin(async move { pq::push_replay(tx, after).await }))
+                    .await
+            }
         }
     }
 
@@ -162,6 +194,7 @@ impl Store {
     pub async fn push_status(&self) -> Result<PushStatusView, StoreError> {
         match self {
             Store::Sqlite(s) => s.read(q::push_status).await,
+            Store::Postgres(p) => p.read(|tx| Box::pin(pq::push_status(tx))).await,
         }
     }
 
@@ -169,6 +202,10 @@ impl Store {
     pub async fn backlog(&self, after: i64) -> Result<(u64, i64), StoreError> {
         match self {
             Store::Sqlite(s) => s.read(move |c| q::backlog(c, after)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| Box::pin(async move { pq::backlog(tx, after).await }))
+                    .await
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use super::postgres::queries as pq;
 use super::sqlite::stats as q;
 use super::{Store, StoreError};
 use crate::time::Timestamp;
@@ -39,6 +40,12 @@ impl Store {
     pub async fn store_stats(&self, configured: HashSet<String>) -> Result<StoreStats, StoreError> {
         match self {
             Store::Sqlite(s) => s.read(move |c| q::store_stats(c, &configured)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| {
+                    Box::pin(async move { pq::stats::store_stats(tx, &configured).await })
+                })
+                .await
+            }
         }
     }
 }

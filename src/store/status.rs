@@ -1,6 +1,7 @@
 //! What the status page (`GET /`, design §5 and §10) shows, read in one go; every backend
 //! reads it with bounded queries (see the SQLite one).
 
+use super::postgres::queries as pq;
 use super::sqlite::queries::status as q;
 use super::views::{SyncView, TokenView};
 use super::{Store, StoreError};
@@ -89,6 +90,12 @@ impl Store {
     pub async fn status_snapshot(&self, now: Timestamp) -> Result<StatusSnapshot, StoreError> {
         match self {
             Store::Sqlite(s) => s.read(move |c| q::status_snapshot(c, now)).await,
+            Store::Postgres(p) => {
+                p.read(move |tx| {
+                    Box::pin(async move { pq::status::status_snapshot(tx, now).await })
+                })
+                .await
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! finished by the run, listed for the API and the CLI. The final step of a streamed sync is
 //! in [`super::mirror`].
 
+use super::postgres::queries as pq;
 use super::sqlite::queries as q;
 use super::views::SyncView;
 use super::{Store, StoreError};
@@ -67,6 +68,15 @@ impl Store {
                 })
                 .await
             }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move {
+                        let s = &start;
+                        pq::sync_started(tx, s.id, &s.token, s.kind, s.full, &s.cause, at).await
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -83,6 +93,12 @@ impl Store {
                 s.write(move |c| q::sync_finished(c, sync_id, at, &end))
                     .await
             }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move { pq::sync_finished(tx, sync_id, at, &end).await })
+                })
+                .await
+            }
         }
     }
 
@@ -96,6 +112,12 @@ impl Store {
             Store::Sqlite(s) => {
                 s.read(move |c| q::list_syncs(c, token.as_deref(), limit))
                     .await
+            }
+            Store::Postgres(p) => {
+                p.read(move |tx| {
+                    Box::pin(async move { pq::list_syncs(tx, token.as_deref(), limit).await })
+                })
+                .await
             }
         }
     }
@@ -111,6 +133,14 @@ impl Store {
             Store::Sqlite(s) => {
                 s.read(move |c| q::list_syncs_page(c, token.as_deref(), before, limit))
                     .await
+            }
+            Store::Postgres(p) => {
+                p.read(move |tx| {
+                    Box::pin(async move {
+                        pq::list_syncs_page(tx, token.as_deref(), before, limit).await
+                    })
+                })
+                .await
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Tokens as recorded: configuration, health, location, for inspection and the feed.
 
+use super::postgres::{mirror as pm, queries as pq};
 use super::sqlite::{mirror, queries as q};
 use super::views::TokenView;
 use super::{Store, StoreError, TokenStatus};
@@ -43,6 +44,19 @@ impl Store {
                 })
                 .await
             }
+            Store::Postgres(p) => {
+                // One instance per database for now: with several, the runs and stages of
+                // live instances must be left alone (issue 10).
+                p.write(move |tx| {
+                    Box::pin(async move {
+                        pq::upsert_tokens(tx, &tokens, now).await?;
+                        pq::abandon_running_syncs(tx, now).await?;
+                        pm::discard_all_stages(tx).await?;
+                        Ok(())
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -54,6 +68,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.write(move |c| q::upsert_tokens(c, &tokens, now)).await,
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move { pq::upsert_tokens(tx, &tokens, now).await })
+                })
+                .await
+            }
         }
     }
 
@@ -72,6 +92,15 @@ impl Store {
             Store::Sqlite(s) => {
                 s.write(move |c| {
                     q::set_token_health(c, &token, health, reason.as_deref(), since, &status)
+                })
+                .await
+            }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move {
+                        let reason = reason.as_deref();
+                        pq::set_token_health(tx, &token, health, reason, since, &status).await
+                    })
                 })
                 .await
             }
@@ -102,6 +131,22 @@ impl Store {
                 })
                 .await
             }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move {
+                        pq::set_token_location(
+                            tx,
+                            &token,
+                            uid.as_deref(),
+                            location.as_deref(),
+                            mdm_id.as_deref(),
+                            conflict.as_deref(),
+                        )
+                        .await
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -109,6 +154,7 @@ impl Store {
     pub async fn unhealthy_tokens(&self) -> Result<Vec<UnhealthyToken>, StoreError> {
         match self {
             Store::Sqlite(s) => s.read(q::unhealthy_tokens).await,
+            Store::Postgres(p) => p.read(|tx| Box::pin(pq::unhealthy_tokens(tx))).await,
         }
     }
 
@@ -116,6 +162,7 @@ impl Store {
     pub async fn list_tokens(&self) -> Result<Vec<TokenView>, StoreError> {
         match self {
             Store::Sqlite(s) => s.read(q::list_tokens).await,
+            Store::Postgres(p) => p.read(|tx| Box::pin(pq::list_tokens(tx))).await,
         }
     }
 }

@@ -1,15 +1,19 @@
-//! The PostgreSQL backend (issue 10, design §9), under construction: the connection pool,
-//! the migrations in PostgreSQL's dialect (the same versions as SQLite's, [`migrations`]),
-//! and the lifecycle operations. Not yet a variant of [`crate::store::Store`]: that comes
-//! with its queries (one arm per operation of the interface), and it is not reachable from
-//! the configuration yet.
+//! The PostgreSQL backend (issue 10, design §9): a connection pool (deadpool-postgres), the
+//! migrations in PostgreSQL's dialect under SQLite's version numbers ([`migrations`]), the
+//! queries by table ([`queries`]) and the mirror's rows ([`mirror`], [`notify`]), each the
+//! counterpart of the SQLite function of the same name; `Store::Postgres` runs the store's
+//! operations on it. Not reachable from the configuration yet (`[store] url`), and nothing
+//! yet for several instances (token leases, stages of other instances' syncs).
 //!
 //! Where SQLite has one writer thread that group-commits, PostgreSQL takes concurrent
-//! transactions itself: each operation will run as one transaction on a pooled connection,
-//! a write answering once its `COMMIT` returned (`synchronous_commit` on, the server's
-//! default, makes that durable). The executor's turns must still commit in the order they
-//! were queued (the core learns what is durable in turn order): a single task taking the
-//! turns one after another keeps that order, as the SQLite writer does.
+//! transactions itself: each operation runs as one transaction on a pooled connection
+//! ([`PgStore::write`]; reads in a read-only snapshot, [`PgStore::read`]), a write answering
+//! once its `COMMIT` returned (`synchronous_commit` on, the server's default, makes that
+//! durable). The executor's turns must still commit, and answer, in the order they were
+//! queued (the core learns what is durable in turn order): one task takes them one after
+//! another ([`PgStore::write_ordered`]), as the SQLite writer does. The feed's counter row
+//! is locked by the transaction that takes a number until it commits, so `seq` follows
+//! commit order across transactions and instances.
 
 pub mod migrations;
 pub mod mirror;
@@ -18,6 +22,7 @@ pub mod queries;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Transaction};
 
 use super::StoreError;
@@ -44,10 +49,21 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
+/// Work for the ordered writer: a job (its own transaction), or the request to stop after
+/// the jobs before it.
+enum Ordered {
+    Job(BoxFuture<'static, ()>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Jobs queued for the ordered writer at most; callers wait (backpressure) beyond this.
+const ORDERED_QUEUE: usize = 4096;
+
 /// Handle to a PostgreSQL database. Cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    ordered: mpsc::Sender<Ordered>,
     /// The URL without its password, for messages.
     target: String,
 }
@@ -83,8 +99,22 @@ impl PgStore {
             .map_err(|e| open_error(e.to_string()))?;
         let mut client = pool.get().await.map_err(|e| open_error(e.to_string()))?;
         migrations::migrate(&mut client).await?;
+        drop(client);
+        let (tx, mut rx) = mpsc::channel::<Ordered>(ORDERED_QUEUE);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    Ordered::Job(job) => job.await,
+                    Ordered::Close(done) => {
+                        rx.close();
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
         Ok(PgStore {
             pool,
+            ordered: tx,
             target: redact(url),
         })
     }
@@ -103,7 +133,6 @@ impl PgStore {
     /// Runs `f` in a transaction of its own on a pooled connection and returns its result
     /// once committed; an error from `f` rolls the whole transaction back. (The PostgreSQL
     /// counterpart of the SQLite writer's job: one operation, one transaction.)
-    #[cfg_attr(not(test), allow(dead_code))] // until PgStore is a variant of Store
     pub(in crate::store) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send,
@@ -125,7 +154,6 @@ impl PgStore {
     }
 
     /// Runs `f` in a read-only transaction (one snapshot for all its queries).
-    #[cfg_attr(not(test), allow(dead_code))] // until PgStore is a variant of Store
     pub(in crate::store) async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send,
@@ -143,6 +171,30 @@ impl PgStore {
         r
     }
 
+    /// Queues `f` behind every job queued before it and returns without waiting; each job
+    /// is a transaction of its own, committed (and answered on `on_commit`) in queue order.
+    /// For the executor's turns.
+    pub(in crate::store) async fn write_ordered<R, F>(
+        &self,
+        f: F,
+        on_commit: oneshot::Sender<Result<R, StoreError>>,
+    ) -> Result<(), StoreError>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>>
+            + Send
+            + 'static,
+    {
+        let this = self.clone();
+        let job = Box::pin(async move {
+            let _ = on_commit.send(this.write(f).await);
+        });
+        self.ordered
+            .send(Ordered::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
     /// A cheap liveness probe: one round trip on a pooled connection.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
@@ -150,9 +202,14 @@ impl PgStore {
         Ok(())
     }
 
-    /// Closes the pool: later operations fail with [`StoreError::Closed`]. Every committed
-    /// transaction is already durable on the server; nothing is left to flush.
+    /// Waits for the ordered jobs queued before it, then closes the pool: later operations
+    /// fail with [`StoreError::Closed`]. Every committed transaction is already durable on
+    /// the server; nothing is left to flush. Closing twice is harmless.
     pub async fn close(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if self.ordered.send(Ordered::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
         self.pool.close();
         Ok(())
     }

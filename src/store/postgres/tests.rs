@@ -1420,3 +1420,152 @@ async fn mirror_answers_as_sqlites() {
     pg.close().await.unwrap();
     db.drop_now().await;
 }
+
+/// The executor over `Store::Postgres`: tracking answers after the commit and is
+/// idempotent, an early notification reaches its event, the feed's seq grows in commit
+/// order, and a restart recovers every unsettled event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
+async fn the_executor_runs_on_the_postgres_store() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::apple::parse_notification;
+    use crate::core::{Core, EventRecord, EventType, Timings, TrackRequest};
+    use crate::executor::{Executor, NoApple, TrackReply};
+    use crate::store::{NewNotification, Store, TokenRow};
+    use crate::time::Timestamp;
+
+    let db = TempDb::new().await;
+    let store = Store::connect_postgres(&db.url, None).await.unwrap();
+    let now = Timestamp::now();
+    let token = TokenRow {
+        name: "acme".into(),
+        ..TokenRow::default()
+    };
+    store.prepare_start(vec![token.clone()], now).await.unwrap();
+    let start = |store: Store| {
+        let (executor, handle) = Executor::new(
+            Core::new(Timings::default(), 1),
+            store.clone(),
+            Arc::new(NoApple {
+                store,
+                retention: Duration::from_secs(86_400),
+            }),
+            Default::default(),
+        );
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(1)));
+        (handle, shutdown, run)
+    };
+    let record = |id: String| {
+        EventRecord::new_tracked(
+            Timestamp::now(),
+            TrackRequest {
+                event_id: id,
+                token: "acme".into(),
+                event_type: EventType::Associate,
+                submitted_at: None,
+                num_requested: Some(1),
+                has_request: false,
+                supersedes: None,
+            },
+            &Timings::default(),
+        )
+    };
+    let (handle, shutdown, run) = start(store.clone());
+
+    // A notification for e2 arrives before e2 is tracked.
+    let body = r#"{"notificationId":"n-e2","notificationType":"ASSET_MANAGEMENT","uId":"1",
+        "notification":{"eventId":"e2","result":"SUCCESS","type":"ASSOCIATE","assignments":[]}}"#;
+    let row = NewNotification {
+        notification_id: "n-e2".into(),
+        token: "acme".into(),
+        notification_type: "ASSET_MANAGEMENT".into(),
+        event_id: Some("e2".into()),
+        result: Some("SUCCESS".into()),
+        entities: Some(1),
+        error: None,
+        received_at: Timestamp::now(),
+        body: body.into(),
+    };
+    let parsed = parse_notification(body.as_bytes()).unwrap();
+    assert!(store
+        .record_notification(row.clone(), parsed.clone(), Timestamp::now())
+        .await
+        .unwrap());
+    assert!(!store
+        .record_notification(row, parsed, Timestamp::now())
+        .await
+        .unwrap());
+
+    let (a, b) = tokio::join!(
+        handle.track(record("e1".into()), Some("{}".into())),
+        handle.track(record("e1".into()), Some("{}".into()))
+    );
+    let created = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, TrackReply::Created(_)))
+        .count();
+    assert_eq!(created, 1, "{a:?} {b:?}");
+    assert!(
+        store.get_event("e1").await.unwrap().is_some(),
+        "answered after the commit"
+    );
+    assert_eq!(
+        store.request_body("e1").await.unwrap().as_deref(),
+        Some("{}")
+    );
+    assert!(matches!(
+        handle.track(record("e2".into()), None).await,
+        TrackReply::Created(_)
+    ));
+    let mut applied = false;
+    for _ in 0..200 {
+        let detail = store.event_detail("e2").await.unwrap().unwrap();
+        if detail.notifications.iter().any(|n| n.applied_at.is_some()) {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(applied, "the early notification reached e2");
+    let e2 = store.get_event("e2").await.unwrap().unwrap();
+    assert_eq!(
+        (e2.state, e2.outcome),
+        (
+            crate::core::State::Settled,
+            Some(crate::core::Outcome::Complete)
+        ),
+        "its SUCCESS settled it"
+    );
+    let many: Vec<_> = (0..40)
+        .map(|i| handle.track(record(format!("m{i:02}")), None))
+        .collect();
+    for r in futures::future::join_all(many).await {
+        assert!(matches!(r, TrackReply::Created(_)), "{r:?}");
+    }
+    let feed = store.changes_after(0, 1000).await.unwrap();
+    assert!(feed.len() >= 42, "{}", feed.len());
+    assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(store.list_tokens().await.unwrap()[0].name, "acme");
+    shutdown.cancel();
+    run.await.unwrap();
+    store.close().await.unwrap();
+    assert!(store.ping().await.is_err(), "closed");
+
+    // A restart recovers every unsettled event.
+    let again = Store::connect_postgres(&db.url, None).await.unwrap();
+    again
+        .prepare_start(vec![token], Timestamp::now())
+        .await
+        .unwrap();
+    let recovery = again.recovery().await.unwrap();
+    assert_eq!(
+        recovery.unsettled.len(),
+        41,
+        "e1 and the 40, not the settled e2"
+    );
+    again.close().await.unwrap();
+    db.drop_now().await;
+}
