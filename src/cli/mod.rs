@@ -183,6 +183,8 @@ pub enum PushAction {
         /// Print exactly one JSON document.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -364,7 +366,14 @@ fn dispatch(cli: Cli) -> CliResult {
             };
             push::report(&config, args)
         }
-        Command::Push(args) => push::push(&path(&args.config), args),
+        Command::Push(args) => {
+            // `push --config X replay` and `push replay --config X` both work; the later wins.
+            let config = match &args.action {
+                Some(PushAction::Replay { config, .. }) if config.path.is_some() => path(config),
+                _ => path(&args.config),
+            };
+            push::push(&config, args)
+        }
     }
 }
 
@@ -386,6 +395,31 @@ mod tests {
             panic!("events")
         };
         assert_eq!(a.config.path, Some(PathBuf::from("/x.toml")));
+        for argv in [
+            &["push", "replay", "--after", "0", "--config", "/x.toml"][..],
+            &["report", "licences", "--config", "/x.toml"][..],
+        ] {
+            let args = std::iter::once("vpp-reconciler").chain(argv.iter().copied());
+            assert!(Cli::try_parse_from(args).is_ok(), "{argv:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "vpp-reconciler",
+            "push",
+            "replay",
+            "--after",
+            "3",
+            "--config",
+            "/y.toml",
+        ])
+        .unwrap();
+        let Command::Push(PushArgs {
+            action: Some(PushAction::Replay { after, config, .. }),
+            ..
+        }) = cli.command
+        else {
+            panic!("push replay")
+        };
+        assert_eq!((after, config.path), (3, Some(PathBuf::from("/y.toml"))));
         assert!(Cli::try_parse_from(["vpp-reconciler", "demo", "--config", "/x.toml"]).is_err());
         assert!(Cli::try_parse_from(["vpp-reconciler", "sim", "--config", "/x.toml"]).is_err());
     }

@@ -129,7 +129,7 @@ pub fn licences_csv(rows: &[AssetLicences]) -> String {
 
 pub fn push(config_path: &Path, args: PushArgs) -> CliResult {
     match args.action {
-        Some(PushAction::Replay { after, json }) => replay(config_path, after, json),
+        Some(PushAction::Replay { after, json, .. }) => replay(config_path, after, json),
         None => status(config_path, args.json),
     }
 }

@@ -170,13 +170,15 @@ impl Store {
                 .await
             }
             Store::Postgres(p) => {
-                p.read(|tx| {
+                p.read(move |tx| {
                     Box::pin(async move {
-                        Ok(Recovery {
-                            unsettled: pq::load_unsettled(tx).await?,
+                        let mut target = start(RecoveryStart {
                             notifications: pq::unapplied_for_unsettled(tx).await?,
                             next_sync_id: pq::next_sync_id(tx).await?,
-                        })
+                            unsettled: pq::count_unsettled(tx).await?,
+                        });
+                        let n = pq::for_each_unsettled(tx, |rec| each(&mut target, rec)).await?;
+                        Ok((target, n))
                     })
                 })
                 .await

@@ -1,7 +1,6 @@
-//! PostgreSQL backend tests. The ones that need a server are `#[ignore]`d and run with
-//! `VPPR_TEST_PG_URL=postgres://USER@127.0.0.1:PORT/postgres cargo test --lib
-//! store::postgres -- --ignored`; each makes a database of its own and drops it. (Issue 10
-//! wants them in the default run with a server started by `.ci/run`; not yet.)
+//! PostgreSQL backend tests, against a real server: `scripts/test` starts a throwaway one and
+//! sets `VPPR_TEST_PG_URL=postgres://USER@127.0.0.1:PORT/postgres`; without it they fail (a
+//! backend test that skips proves nothing). Each makes a database of its own and drops it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,8 +38,10 @@ struct TempDb {
 
 impl TempDb {
     async fn new() -> TempDb {
-        let admin = std::env::var("VPPR_TEST_PG_URL")
-            .expect("VPPR_TEST_PG_URL=postgres://USER@HOST:PORT/postgres names the test server");
+        let admin = std::env::var("VPPR_TEST_PG_URL").expect(
+            "VPPR_TEST_PG_URL is not set: these tests need a PostgreSQL server; run them with \
+             scripts/test, which starts one",
+        );
         let name = format!("vppr_test_{}", uuid::Uuid::new_v4().simple());
         let (client, conn) = tokio_postgres::connect(&admin, NoTls).await.unwrap();
         tokio::spawn(conn);
@@ -156,7 +157,6 @@ async fn pg_schema(client: &tokio_postgres::Client) -> (Columns, BTreeSet<String
 }
 
 #[tokio::test]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn migrations_make_the_sqlite_schema_in_postgresql() {
     let db = TempDb::new().await;
     let store = PgStore::connect(&db.url, None).await.unwrap();
@@ -197,7 +197,6 @@ async fn migrations_make_the_sqlite_schema_in_postgresql() {
 }
 
 #[tokio::test]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn instances_starting_together_migrate_once_and_again_is_a_no_op() {
     let db = TempDb::new().await;
     let (a, b, c) = tokio::join!(
@@ -216,7 +215,6 @@ async fn instances_starting_together_migrate_once_and_again_is_a_no_op() {
 }
 
 #[tokio::test]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn a_newer_schema_is_refused() {
     let db = TempDb::new().await;
     PgStore::connect(&db.url, None)
@@ -248,7 +246,6 @@ async fn a_newer_schema_is_refused() {
 
 /// The triggers of migration 6 keep `event_counts` as SQLite's do.
 #[tokio::test]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn event_counts_follow_every_insert_update_and_delete() {
     let db = TempDb::new().await;
     PgStore::connect(&db.url, None)
@@ -297,7 +294,6 @@ async fn event_counts_follow_every_insert_update_and_delete() {
 
 /// The same sync runs written through both backends' queries read back the same.
 #[tokio::test]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn syncs_queries_answer_as_sqlites() {
     use crate::core::SyncKind;
     use crate::store::postgres::queries as pq;
@@ -404,7 +400,6 @@ async fn syncs_queries_answer_as_sqlites() {
 
 /// The same outbox steps through both backends' queries answer, and leave, the same.
 #[tokio::test]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn push_queries_answer_as_sqlites() {
     use crate::store::postgres::queries as pq;
     use crate::store::sqlite::queries as sq;
@@ -502,7 +497,6 @@ async fn push_queries_answer_as_sqlites() {
 
 /// The same turns of changes through both backends' queries leave the same events.
 #[tokio::test]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn events_queries_answer_as_sqlites() {
     use crate::core::{
         Change, EventRecord, EventType, Failure, FailureSource, HistoryEntry, Outcome, PollRecord,
@@ -670,7 +664,6 @@ async fn events_queries_answer_as_sqlites() {
 /// Tokens, their feed items, notifications and the quarantine through both backends'
 /// queries answer the same.
 #[tokio::test]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn tokens_feed_and_notifications_queries_answer_as_sqlites() {
     use crate::core::{Change, EventRecord, EventType, Failure, Timings, TrackRequest};
     use crate::store::postgres::queries as pq;
@@ -919,7 +912,6 @@ async fn tokens_feed_and_notifications_queries_answer_as_sqlites() {
 /// Listing, the status page, the metrics' counts, the licence report and retention through
 /// both backends' queries answer the same.
 #[tokio::test]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn reads_and_retention_answer_as_sqlites() {
     use std::collections::HashSet;
 
@@ -1148,7 +1140,6 @@ async fn reads_and_retention_answer_as_sqlites() {
 /// step (replace, with the replay of notifications that arrived meanwhile), notifications of
 /// every kind, reads, versions and the stage discarded.
 #[tokio::test]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn mirror_answers_as_sqlites() {
     use serde_json::json;
 
@@ -1425,7 +1416,6 @@ async fn mirror_answers_as_sqlites() {
 /// idempotent, an early notification reaches its event, the feed's seq grows in commit
 /// order, and a restart recovers every unsettled event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a PostgreSQL server: VPPR_TEST_PG_URL"]
 async fn the_executor_runs_on_the_postgres_store() {
     use std::sync::Arc;
     use std::time::Duration;
@@ -1560,12 +1550,16 @@ async fn the_executor_runs_on_the_postgres_store() {
         .prepare_start(vec![token], Timestamp::now())
         .await
         .unwrap();
-    let recovery = again.recovery().await.unwrap();
-    assert_eq!(
-        recovery.unsettled.len(),
-        41,
-        "e1 and the 40, not the settled e2"
-    );
+    let (ids, n) = again
+        .recover(
+            |_| Vec::new(),
+            |ids: &mut Vec<String>, rec| ids.push(rec.event_id),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 41, "e1 and the 40, not the settled e2");
+    assert_eq!(ids.len(), 41);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "paged by eventId");
     again.close().await.unwrap();
     db.drop_now().await;
 }

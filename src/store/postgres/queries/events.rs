@@ -242,6 +242,43 @@ pub async fn load_unsettled(tx: &Transaction<'_>) -> Result<Vec<EventRecord>, St
     .collect()
 }
 
+/// Hands every unsettled event to `f`, read in pages of 5,000 by eventId, so recovery never
+/// holds them all as records (docs/architecture.md, "Memory").
+pub async fn for_each_unsettled(
+    tx: &Transaction<'_>,
+    mut f: impl FnMut(EventRecord) + Send,
+) -> Result<usize, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLS} FROM events WHERE state != 'settled' AND event_id > $1 \
+         ORDER BY event_id LIMIT 5000"
+    );
+    let mut after = String::new();
+    let mut n = 0;
+    loop {
+        let rows = tx.query(&sql, &[&after]).await?;
+        let Some(last) = rows.last() else {
+            return Ok(n);
+        };
+        after = last.get::<_, String>(0);
+        for r in &rows {
+            f(event_at(r, 0)?);
+            n += 1;
+        }
+    }
+}
+
+/// How many events are not settled, from the counts the triggers keep.
+pub async fn count_unsettled(tx: &Transaction<'_>) -> Result<usize, StoreError> {
+    let n: i64 = tx
+        .query_one(
+            "SELECT COALESCE(SUM(n), 0)::BIGINT FROM event_counts WHERE state != 'settled'",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// The stored request body of an event, if the daemon holds it.
 pub async fn request_body(
     tx: &Transaction<'_>,
