@@ -217,10 +217,11 @@ pub async fn serve_with_reload(
     mut reload: tokio::sync::mpsc::Receiver<Config>,
     on_ready: impl FnOnce(&Running) + Send,
 ) -> Result<(), DaemonError> {
-    let db = config.daemon.database.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&db))
-        .await
-        .map_err(|e| DaemonError::Task(e.to_string()))??;
+    let store = Store::open_configured(&config.daemon.database, config.store.as_ref()).await?;
+    if config.store.is_some() {
+        // Design §9: until token leases exist, one instance works every token.
+        tracing::info!("store: PostgreSQL (one instance: token leases are not implemented yet)");
+    }
     let now = Timestamp::now();
     let token_rows = token_rows(&config);
     // Records the tokens, abandons the runs left running, discards crashed syncs' stages.

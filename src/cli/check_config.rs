@@ -27,7 +27,37 @@ pub fn run(config: &Path) -> CliResult {
         }
     }
     print!("{}", summary(&loaded.config, Timestamp::now()));
+    if let Some(s) = &loaded.config.store {
+        println!("{}", probe_store(s)?);
+    }
     Ok(())
+}
+
+/// Connects to the `[store]` database and compares its schema with this binary's.
+fn probe_store(s: &config::StoreConfig) -> Result<String, CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start a runtime: {e}")))?;
+    let password = s.password.as_ref().map(|p| p.expose().to_string());
+    let found = runtime
+        .block_on(crate::store::postgres::probe(&s.url, password.as_deref()))
+        .map_err(|e| CliError::failed(format!("store.url: {e}")))?;
+    let supported = crate::store::SCHEMA_VERSION;
+    match found {
+        0 => Ok(format!(
+            "store: connected; the database is empty (the daemon creates schema version \
+             {supported} at start)"
+        )),
+        v if v < supported => Ok(format!(
+            "store: connected; schema version {v}, migrated to {supported} at the daemon's start"
+        )),
+        v if v == supported => Ok(format!("store: connected; schema version {v} (current)")),
+        v => Err(CliError::failed(format!(
+            "store.url: the database has schema version {v}, newer than this binary's \
+             {supported}: it was written by a newer vpp-reconciler; run that version"
+        ))),
+    }
 }
 
 /// Where the shipped unit's `LoadCredential=credentials:...` reads from.
@@ -98,7 +128,22 @@ pub(crate) fn summary(c: &Config, now: Timestamp) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(s, "config: {} (valid)", c.path.display());
     let _ = writeln!(s, "daemon:");
-    let _ = writeln!(s, "  database:       {}", c.daemon.database.display());
+    match &c.store {
+        Some(st) => {
+            let _ = writeln!(s, "  store:          {} (PostgreSQL)", st.url);
+            let _ = writeln!(
+                s,
+                "  password_file:  {}",
+                st.password_file
+                    .as_ref()
+                    .map_or("(none)".to_string(), SecretFile::shown)
+            );
+            let _ = writeln!(s, "  lease_ttl:      {}", d(st.lease_ttl));
+        }
+        None => {
+            let _ = writeln!(s, "  database:       {}", c.daemon.database.display());
+        }
+    }
     let _ = writeln!(s, "  api_listen:     {}", c.daemon.api_listen);
     let _ = writeln!(
         s,

@@ -32,18 +32,34 @@ impl Db {
 
 pub(super) fn open(config_path: &Path) -> Result<(PublicConfig, Db), CliError> {
     let loaded = load_public_config(config_path)?;
-    let db = &loaded.config.daemon.database;
-    if !db.exists() {
-        return Err(CliError::failed(format!(
-            "database {} does not exist yet (has the daemon run?)",
-            db.display()
-        )));
-    }
-    let store = Store::open_read_only(db).map_err(store_error)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start a runtime: {e}")))?;
+    let store = match &loaded.config.store {
+        // PostgreSQL needs its password to read at all: the one secret file these commands
+        // read, and only when this user may (else the server's own authentication decides).
+        Some(s) => {
+            let password = s
+                .password_file
+                .as_ref()
+                .and_then(|f| std::fs::read_to_string(&f.resolved).ok())
+                .map(|p| p.trim_end_matches(['\r', '\n']).to_string());
+            runtime
+                .block_on(Store::connect_postgres(&s.url, password.as_deref()))
+                .map_err(store_error)?
+        }
+        None => {
+            let db = &loaded.config.daemon.database;
+            if !db.exists() {
+                return Err(CliError::failed(format!(
+                    "database {} does not exist yet (has the daemon run?)",
+                    db.display()
+                )));
+            }
+            Store::open_read_only(db).map_err(store_error)?
+        }
+    };
     Ok((loaded.config, Db { store, runtime }))
 }
 

@@ -78,6 +78,20 @@ pub struct PublicConfig {
     pub tokens: Vec<PublicToken>,
     /// `[push]` as written; it names a secret file, so it is checked with the secrets.
     pub push: Option<raw::RawPush>,
+    /// `[store]` (design §9): PostgreSQL instead of the SQLite file, when set.
+    pub store: Option<StoreConfig>,
+}
+
+/// `[store]`: shared state on PostgreSQL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// `postgres://user@host:port/database`, without a password.
+    pub url: String,
+    pub password_file: Option<SecretFile>,
+    /// Read with the secrets; `None` for read-only commands or without a password file.
+    pub password: Option<Secret>,
+    /// How long a token's lease lasts without renewal (renewed at a third of it).
+    pub lease_ttl: Duration,
 }
 
 impl PublicConfig {
@@ -88,6 +102,7 @@ impl PublicConfig {
             v.push(&t.token_file);
             v.push(&t.notification_auth_token_file);
         }
+        v.extend(self.store.iter().filter_map(|s| s.password_file.as_ref()));
         v
     }
 }
@@ -132,6 +147,8 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
     /// `[push]` (design §10), when set.
     pub push: Option<PushConfig>,
+    /// `[store]` (design §9), when set: PostgreSQL instead of `daemon.database`.
+    pub store: Option<StoreConfig>,
 }
 
 /// `[push]`: every change of the feed POSTed to the MDM, signed (Standard Webhooks).

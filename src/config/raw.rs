@@ -12,6 +12,15 @@ pub(super) struct RawConfig {
     pub(super) reconcile: RawReconcile,
     pub(super) tokens: Vec<RawToken>,
     pub(super) push: Option<RawPush>,
+    pub(super) store: Option<RawStore>,
+}
+
+#[derive(Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawStore {
+    pub(super) url: Option<String>,
+    pub(super) password_file: Option<String>,
+    pub(super) lease_ttl: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug, Clone, PartialEq)]

@@ -491,3 +491,73 @@ fn push_section_defaults_and_checks() {
     ));
     assert!(e.contains("retries"), "{e}");
 }
+
+#[test]
+fn store_section_defaults_and_checks() {
+    let f = Fixture::new();
+    assert!(f.load(TOKEN).unwrap().config.store.is_none());
+    f.write("pg-password", "pg-s3cret\n");
+    let l = f
+        .load(&format!(
+            "[store]\nurl = \"postgres://vppr@db.example.com:5432/vppr\"\npassword_file = \"pg-password\"\n{TOKEN}"
+        ))
+        .unwrap();
+    let s = l.config.store.unwrap();
+    assert_eq!(s.url, "postgres://vppr@db.example.com:5432/vppr");
+    assert_eq!(s.lease_ttl, Duration::from_secs(15));
+    assert_eq!(s.password.as_ref().unwrap().expose(), "pg-s3cret");
+    assert!(!format!("{s:?}").contains("pg-s3cret"));
+    // Read-only commands resolve the file but never read it.
+    f.write("config.toml", &format!(
+        "[store]\nurl = \"postgres://vppr@db/vppr\"\npassword_file = \"pg-password\"\nlease_ttl = \"30s\"\n{TOKEN}"
+    ));
+    let public = load_public_with(
+        &f.dir.path().join("config.toml"),
+        &LoadEnv {
+            now: NOW,
+            credentials_directory: None,
+        },
+    )
+    .unwrap()
+    .config;
+    let ps = public.store.as_ref().unwrap();
+    assert!(ps.password.is_none());
+    assert_eq!(ps.lease_ttl, Duration::from_secs(30));
+    assert!(public
+        .secret_files()
+        .iter()
+        .any(|f| f.key == "store.password_file"));
+    // A password in the URL is refused without being echoed.
+    let e = f.err(&format!(
+        "[store]\nurl = \"postgres://vppr:hunter2@db/vppr\"\n{TOKEN}"
+    ));
+    assert!(
+        e.contains("store.url") && e.contains("password_file"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+    let e = f.err(&format!("[store]\nurl = \"mysql://db/vppr\"\n{TOKEN}"));
+    assert!(
+        e.contains("store.url \"mysql://db/vppr\" must start with postgres://"),
+        "{e}"
+    );
+    let e = f.err(&format!(
+        "[store]\npassword_file = \"pg-password\"\n{TOKEN}"
+    ));
+    assert!(e.contains("store.url is missing"), "{e}");
+    let e = f.err(&format!(
+        "[store]\nurl = \"postgres://db/vppr\"\nlease_ttl = \"1s\"\n{TOKEN}"
+    ));
+    assert!(
+        e.contains("store.lease_ttl") && e.contains("too short"),
+        "{e}"
+    );
+    f.write("pg-password", "\n");
+    let e = f.err(&format!(
+        "[store]\nurl = \"postgres://db/vppr\"\npassword_file = \"pg-password\"\n{TOKEN}"
+    ));
+    assert!(
+        e.contains("store.password_file") && e.contains("empty"),
+        "{e}"
+    );
+}

@@ -51,6 +51,10 @@ impl Validator<'_> {
         let reconcile = self.reconcile(raw.reconcile)?;
         // `[push]` names a secret file: validated with the secrets (`with_secrets`).
         let push = raw.push;
+        let store = match raw.store {
+            Some(s) => Some(self.store(s)?),
+            None => None,
+        };
         let mut tokens = Vec::with_capacity(raw.tokens.len());
         let mut names = HashSet::new();
         for (i, t) in raw.tokens.into_iter().enumerate() {
@@ -78,6 +82,51 @@ impl Validator<'_> {
             reconcile,
             tokens,
             push,
+            store,
+        })
+    }
+
+    /// `[store]`: a PostgreSQL URL without a password (that lives in a secret file).
+    fn store(&mut self, raw: super::raw::RawStore) -> Result<StoreConfig, ConfigError> {
+        let url = raw
+            .url
+            .ok_or_else(|| self.err("store.url", "is missing; [store] needs a postgres:// URL"))?;
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|_| self.err("store.url", format!("{} is not a URL", q(&url))))?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(self.err(
+                "store.url",
+                format!("{} must start with postgres://", q(&url)),
+            ));
+        }
+        if parsed.password().is_some() {
+            return Err(self.err(
+                "store.url",
+                "must not contain a password (value not shown); put it in store.password_file",
+            ));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(self.err("store.url", format!("{} names no host", q(&url))));
+        }
+        let password_file = match raw.password_file {
+            Some(f) => Some(self.secret_file("store.password_file", f)?),
+            None => None,
+        };
+        let lease_ttl = self.duration("store.lease_ttl", raw.lease_ttl, "15s")?;
+        if lease_ttl < Duration::from_secs(3) {
+            return Err(self.err(
+                "store.lease_ttl",
+                format!(
+                    "{} is too short; a lease is renewed every third of it (at least \"3s\")",
+                    crate::time::format_duration(lease_ttl)
+                ),
+            ));
+        }
+        Ok(StoreConfig {
+            url,
+            password_file,
+            password: None,
+            lease_ttl,
         })
     }
 
@@ -92,7 +141,18 @@ impl Validator<'_> {
             reconcile,
             tokens: public_tokens,
             push: raw_push,
+            mut store,
         } = public;
+        if let Some(s) = store.as_mut() {
+            if let Some(f) = &s.password_file {
+                let text = self.read_secret_file(&f.key, f)?;
+                let password = text.trim_end_matches(['\r', '\n']);
+                if password.is_empty() {
+                    return Err(self.err(&f.key, format!("{} is empty", f.shown())));
+                }
+                s.password = Some(Secret::new(password));
+            }
+        }
         let push = match raw_push {
             Some(p) => Some(self.push(p)?),
             None => None,
@@ -124,6 +184,7 @@ impl Validator<'_> {
             reconcile,
             tokens,
             push,
+            store,
         })
     }
 

@@ -124,6 +124,26 @@ impl Store {
         ))
     }
 
+    /// Opens the store a configuration names: PostgreSQL with `[store]` (design §9), else the
+    /// SQLite file `database` (blocking file IO runs off the runtime threads).
+    pub async fn open_configured(
+        database: &Path,
+        store: Option<&crate::config::StoreConfig>,
+    ) -> Result<Store, StoreError> {
+        match store {
+            Some(s) => {
+                let password = s.password.as_ref().map(|p| p.expose().to_string());
+                Store::connect_postgres(&s.url, password.as_deref()).await
+            }
+            None => {
+                let db = database.to_path_buf();
+                tokio::task::spawn_blocking(move || Store::open(&db))
+                    .await
+                    .map_err(|e| StoreError::Database(format!("cannot open the store: {e}")))?
+            }
+        }
+    }
+
     /// Stops writing on clean shutdown: every write queued before this is committed, and the
     /// database is left complete on its own (SQLite: the WAL is checkpointed into the main
     /// file, so a copy of that file alone holds everything). Writes queued after it fail with

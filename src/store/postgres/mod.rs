@@ -68,6 +68,32 @@ pub struct PgStore {
     target: String,
 }
 
+/// Connects once, without migrating, and answers the schema version found (0: none yet):
+/// `check-config`'s test of the connection. Bounded: 10 s.
+pub async fn probe(url: &str, password: Option<&str>) -> Result<i64, StoreError> {
+    let open_error = |reason: String| StoreError::Open {
+        target: redact(url),
+        reason,
+    };
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| open_error(e.to_string()))?;
+    if let Some(p) = password {
+        config.password(p);
+    }
+    config.connect_timeout(std::time::Duration::from_secs(10));
+    let (client, conn) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), config.connect(NoTls))
+            .await
+            .map_err(|_| open_error("no answer within 10 s".into()))?
+            .map_err(|e| open_error(e.to_string()))?;
+    let driver = tokio::spawn(conn);
+    let version = migrations::version(&client).await;
+    drop(client);
+    let _ = driver.await;
+    version
+}
+
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user@host:port/db`; the password, when
     /// one is needed, comes from a secret file, not the URL) and migrates it to
