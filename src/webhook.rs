@@ -113,7 +113,8 @@ pub fn counts_sync(token: &str, n: &Notification) -> Option<Input> {
     }
 }
 
-fn stored(token: &str, n: &Notification, body: &[u8], now: Timestamp) -> NewNotification {
+/// The row a notification is stored as.
+pub fn stored(token: &str, n: &Notification, body: &[u8], now: Timestamp) -> NewNotification {
     let (event_id, result, entities, error) = match &n.notification {
         NotificationPayload::AssetManagement(p) => (
             Some(p.event_id.clone()),
@@ -140,6 +141,23 @@ fn stored(token: &str, n: &Notification, body: &[u8], now: Timestamp) -> NewNoti
         received_at: now,
         body: String::from_utf8_lossy(body).into_owned(),
     }
+}
+
+/// The webhook's write for one notification: the row, and its effect on the mirror if it is
+/// new (`Ok(false)`: a duplicate). Public so that the benchmark's one-commit-per-notification
+/// baseline does exactly this work.
+pub fn write_notification(
+    c: &rusqlite::Connection,
+    token: &str,
+    row: &NewNotification,
+    note: &Notification,
+    now: Timestamp,
+) -> Result<bool, crate::store::StoreError> {
+    let new = queries::insert_notification(c, row)?;
+    if new {
+        crate::mirror::notify::apply_notification(c, token, note, now)?;
+    }
+    Ok(new)
 }
 
 async fn receive(
@@ -215,13 +233,7 @@ async fn receive(
     );
     let written = state
         .store
-        .write(move |c| {
-            let new = queries::insert_notification(c, &row)?;
-            if new {
-                crate::mirror::notify::apply_notification(c, &t, &note, now)?;
-            }
-            Ok(new)
-        })
+        .write(move |c| write_notification(c, &t, &row, &note, now))
         .await;
     if let (Ok(true), Some(input)) = (&written, input) {
         // Committed: if the loop is gone (shutdown) the store still has it, unapplied, and
