@@ -23,9 +23,9 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "proc.rs"]
+#[path = "support/proc.rs"]
 mod proc_util;
-#[path = "table.rs"]
+#[path = "support/table.rs"]
 mod table;
 
 use std::time::{Duration, Instant};

@@ -28,7 +28,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "proc.rs"]
+#[path = "support/proc.rs"]
 mod proc_util;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

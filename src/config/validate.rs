@@ -754,7 +754,7 @@ fn validate_log_filter(s: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Six fields with seconds, parsed exactly as tokio-cron-scheduler will parse it at run time.
+/// Six fields with seconds, parsed exactly as the scheduler will parse it at run time.
 fn validate_cron(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
     if fields != 6 {
@@ -763,7 +763,7 @@ fn validate_cron(expr: &str) -> Result<(), String> {
              e.g. \"0 0 3 * * *\""
         ));
     }
-    tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
+    crate::scheduler::parse_schedule(expr)
         .map(|_| ())
         .map_err(|_| {
             "is not a valid cron expression (sec min hour day-of-month month day-of-week), \
