@@ -82,6 +82,15 @@ struct SimCtl {
 }
 
 impl SimCtl {
+    fn new(addr: std::net::SocketAddr) -> SimCtl {
+        SimCtl {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("http client"),
+        }
+    }
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
         let mut rb = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
@@ -347,13 +356,7 @@ pub fn run(quick: bool) -> SyncFigures {
 }
 
 async fn in_process(addr: std::net::SocketAddr, n: usize) -> SyncFigures {
-    let ctl = SimCtl {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("http client"),
-    };
+    let ctl = SimCtl::new(addr);
     let setup_start = Instant::now();
     let (uid, stoken) = set_up(&ctl, n).await;
     let setup = setup_start.elapsed();
@@ -518,13 +521,7 @@ const NOTIFY_RATE: u64 = 200;
 
 /// Part 2 (module docs).
 async fn daemon_sync(addr: std::net::SocketAddr, n: usize) -> DaemonSync {
-    let ctl = SimCtl {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("http client"),
-    };
+    let ctl = SimCtl::new(addr);
     let setup_start = Instant::now();
     let (uid, stoken) = set_up(&ctl, n).await;
     println!(

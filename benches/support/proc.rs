@@ -3,29 +3,14 @@
 #![allow(dead_code)] // each benchmark uses a part
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::common::{Daemon, TestEnv, BIN};
+use super::common::{Daemon, TestEnv};
 
 /// Spawns `run` and returns it with the time from spawn to `/healthz` answering 200.
 pub fn spawn_timed(env: &TestEnv, tag: &str) -> (Daemon, Duration) {
-    let log = env.path(&format!("daemon-{tag}.log"));
-    let file = std::fs::File::create(&log).unwrap();
     let start = Instant::now();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .arg("run")
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("spawn daemon");
-    let d = Daemon {
-        child,
-        log,
-        api: env.api,
-    };
+    let d = env.spawn_daemon(&format!("daemon-{tag}.log"));
     loop {
         if healthz_ok(env.api) {
             return (d, start.elapsed());
