@@ -1,112 +1,45 @@
 //! District-scale benchmark: `cargo bench --bench scale [-- --quick]`.
 //!
 //! Runs the release daemon binary as a child process (temp config from `tests/common`,
-//! 100 tokens, Apple `base_url` on a loopback port where nothing listens, so no real calls;
-//! `notification_grace = "24h"` so nothing is polled) and reports, at 1,000,000 tracked
-//! events (100,000 with `--quick`):
+//! 100 tokens on 100 empty locations of the in-process simulator, so start-up syncs succeed
+//! at once and nothing retries while idle; `notification_grace = "24h"` so nothing is
+//! polled) and reports, at 1,000,000 tracked events (100,000 with `--quick`):
 //!
 //! 1. fill: events tracked through `POST /v1/events` from 64 concurrent clients;
 //! 2. restart: SIGTERM, spawn again, time from spawn to `/healthz` answering 200;
 //! 3. VmRSS after the restart minus VmRSS of the same daemon on an empty store, per event;
-//! 4. CPU (utime + stime from `/proc/PID/stat`) over 60 s idle (30 s with `--quick`);
+//! 4. CPU (utime + stime from `/proc/PID/stat`) over 60 s idle (30 s with `--quick`), per
+//!    thread too (`schedstat`: CPU ns and times scheduled, i.e. wake-ups), and the sync runs
+//!    started meanwhile;
 //! 5. latency of `GET /v1/tokens`, `GET /metrics`, `GET /healthz` and the CLI `tokens --json`
 //!    (median of 10);
-//! 6. disk: `state.db` + `state.db-wal` after a clean stop, per event.
+//! 6. disk: `state.db` + `state.db-wal` after a clean stop, per event;
+//! 7. the core's part of one idle executor turn (what the loop calls on the core when it
+//!    wakes with nothing to do: `poll_timeout`, `timeout`, `poll_action`) with as many events
+//!    recovered on 100 tokens, none due, in this process (the daemon's loop is not reachable
+//!    from outside).
+//!
+//! `run` returns the figures for `cargo bench --bench all`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/proc.rs"]
+mod proc_util;
+#[path = "support/sim.rs"]
+mod sim_util;
+#[path = "support/table.rs"]
+mod table;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, EnvOptions, TestEnv, BIN};
+use common::{EnvOptions, TestEnv};
+use proc_util::{cpu_ticks, file_len, median, proc_status_kib, spawn_timed, stop, threads};
+use table::row;
+use vpp_reconciler::core::{Core, EventRecord, EventType, Timings, TrackRequest};
+use vpp_reconciler::time::Timestamp;
 
 const TOKENS: usize = 100;
 const CLIENTS: usize = 64;
-
-/// Spawns `run` and returns it with the time from spawn to `/healthz` answering 200.
-fn spawn_timed(env: &TestEnv, tag: &str) -> (Daemon, Duration) {
-    let log = env.path(&format!("daemon-{tag}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let start = Instant::now();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .arg("run")
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("spawn daemon");
-    let d = Daemon {
-        child,
-        log,
-        api: env.api,
-    };
-    loop {
-        if healthz_ok(env.api) {
-            return (d, start.elapsed());
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "daemon not healthy within 300 s; log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn healthz_ok(api: std::net::SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&api, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
-}
-
-/// SIGTERM and wait for the exit (bounded: a large store may take a while to close).
-fn stop(mut d: Daemon) -> std::process::ExitStatus {
-    unsafe {
-        libc::kill(d.child.id() as i32, libc::SIGTERM);
-    }
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = d.child.try_wait() {
-            return status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "daemon did not exit within 300 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
-
-/// utime + stime in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = &s[s.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime field 15.
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn file_len(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
 
 async fn fill(api: std::net::SocketAddr, n: usize) -> (usize, Duration) {
     let client = reqwest::Client::builder()
@@ -149,38 +82,128 @@ async fn get_ms(client: &reqwest::Client, url: &str) -> f64 {
     s.elapsed().as_secs_f64() * 1000.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    if v.len() % 2 == 0 {
-        (v[m - 1] + v[m]) / 2.0
-    } else {
-        v[m]
+/// What `cargo bench --bench all` tabulates.
+pub struct ScaleFigures {
+    pub events: usize,
+    pub fill_rate: f64,
+    pub ready: Duration,
+    pub bytes_per_event: f64,
+    pub idle_secs: u64,
+    pub cpu_ms_per_idle_min: f64,
+    /// (what, median ms)
+    pub latencies: Vec<(String, f64)>,
+    pub disk_per_event: f64,
+    pub idle_turn_us: f64,
+}
+
+/// The core's share of one idle executor turn with `n` events on `TOKENS` tokens, none due for
+/// a day: mean over many turns, in microseconds.
+fn idle_turn_us(n: usize) -> f64 {
+    let timings = Timings::default();
+    let mut core = Core::new(timings.clone(), 1);
+    let now = Timestamp::now();
+    for i in 0..n {
+        let mut r = EventRecord::new_tracked(
+            now,
+            TrackRequest {
+                event_id: format!("scale-{i:08}"),
+                token: format!("t{:03}", i % TOKENS),
+                event_type: EventType::Associate,
+                submitted_at: Some(now),
+                num_requested: Some(2),
+                has_request: true,
+                supersedes: None,
+            },
+            &timings,
+        );
+        r.next_check_at = Some(now.saturating_add(Duration::from_secs(86_400)));
+        core.recover(now, r, vec![]);
     }
-}
-
-struct Row {
-    figure: String,
-    value: String,
-    target: String,
-    met: String,
-}
-
-fn row(figure: &str, value: String, target: &str, met: Option<bool>) -> Row {
-    Row {
-        figure: figure.into(),
-        value,
-        target: target.into(),
-        met: match met {
-            Some(true) => "yes".into(),
-            Some(false) => "NO".into(),
-            None => "-".into(),
-        },
+    while core.poll_action().is_some() {}
+    let reps = 10_000u32;
+    let start = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(core.poll_timeout());
+        core.timeout(now);
+        while let Some(a) = core.poll_action() {
+            std::hint::black_box(a);
+        }
     }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(reps)
 }
 
+fn sync_runs(db: &std::path::Path) -> i64 {
+    let c = vpp_reconciler::store::open_read_only(db).expect("open the store");
+    c.query_row("SELECT COUNT(*) FROM syncs", [], |r| r.get(0))
+        .expect("count syncs")
+}
+
+#[allow(dead_code)] // the entry point of `--bench scale`, not of `--bench all`
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let f = run(std::env::args().any(|a| a == "--quick"));
+    table::print(&rows(&f));
+}
+
+/// The table rows of `f`.
+pub fn rows(f: &ScaleFigures) -> Vec<table::Row> {
+    let mut rows = vec![
+        row(
+            &format!("fill: POST /v1/events, {CLIENTS} clients, {TOKENS} tokens"),
+            format!("{:.0} events/s", f.fill_rate),
+            "-",
+            None,
+            None,
+        ),
+        row(
+            "restart: spawn -> /healthz 200 (time to ready)",
+            format!("{:.2} s", f.ready.as_secs_f64()),
+            "< 5 s",
+            None,
+            Some(f.ready < Duration::from_secs(5)),
+        ),
+        row(
+            "memory per tracked event (VmRSS after restart - empty)",
+            format!("{:.0} B", f.bytes_per_event),
+            "< 150 B",
+            None,
+            Some(f.bytes_per_event < 150.0),
+        ),
+        row(
+            &format!("CPU per idle minute (measured over {} s)", f.idle_secs),
+            format!("{:.0} ms", f.cpu_ms_per_idle_min),
+            "-",
+            None,
+            None,
+        ),
+        row(
+            "idle executor turn, core part (in-process, same event count)",
+            format!("{:.1} µs", f.idle_turn_us),
+            "< 1 ms",
+            None,
+            Some(f.idle_turn_us < 1000.0),
+        ),
+    ];
+    for (name, ms) in &f.latencies {
+        rows.push(row(
+            name,
+            format!("{ms:.1} ms"),
+            "< 50 ms",
+            None,
+            Some(*ms < 50.0),
+        ));
+    }
+    rows.push(row(
+        "disk per event (state.db + -wal after clean stop)",
+        format!("{:.0} B", f.disk_per_event),
+        "< 1 KB",
+        None,
+        Some(f.disk_per_event < 1024.0),
+    ));
+    rows
+}
+
+/// The whole benchmark (module docs); prints context as it goes and returns the figures.
+pub fn run(quick: bool) -> ScaleFigures {
     let n = if quick { 100_000 } else { 1_000_000 };
     let idle = Duration::from_secs(if quick { 30 } else { 60 });
     let wall = Instant::now();
@@ -191,9 +214,31 @@ fn main() {
 
     let names: Vec<String> = (0..TOKENS).map(|t| format!("t{t:03}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    // One empty location per token: Apple answers, so the idle figures are not those of an
+    // Apple outage (failed start-up syncs retried every minute, 300 runs a minute here).
+    let (sim, _sim_thread) = sim_util::start_sim(7);
+    let stokens: Vec<String> = rt.block_on(async {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let mut out = Vec::new();
+        for name in &names {
+            let r = http
+                .post(format!("http://{sim}/_sim/locations"))
+                .json(
+                    &serde_json::json!({"name": name, "assets": [], "users": [], "pageSize": 1000}),
+                )
+                .send()
+                .await
+                .expect("create a location");
+            assert!(r.status().is_success(), "create a location: {}", r.status());
+            let v: serde_json::Value = r.json().await.expect("location");
+            out.push(v["sToken"].as_str().expect("sToken").to_string());
+        }
+        out
+    });
     let env = TestEnv::new(EnvOptions {
         tokens: &name_refs,
-        apple_base_url: Some("http://127.0.0.1:9/mdm/v2/".into()),
+        apple_base_url: Some(format!("http://{sim}/mdm/v2/")),
+        stokens,
         reconcile: "notification_grace = \"24h\"\ngive_up_after = \"48h\"",
         log_level: "error",
         ..EnvOptions::default()
@@ -238,16 +283,36 @@ fn main() {
     let rss_restart = proc_status_kib(pid, "VmRSS:");
     let per_event = (rss_restart as f64 - rss_empty as f64) * 1024.0 / filled as f64;
 
-    // 4. Idle CPU.
+    // 4. Idle CPU, whole process and per thread; sync runs started meanwhile (Apple is
+    // unreachable here, so failed start-up syncs retrying would show).
     let clk = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let t0 = cpu_ticks(pid);
+    let threads0 = threads(pid);
+    let syncs0 = sync_runs(&db);
     let s0 = Instant::now();
     std::thread::sleep(idle);
     let ticks = cpu_ticks(pid) - t0;
     let idle_secs = s0.elapsed().as_secs_f64();
-    let cpu_ms_per_min = ticks as f64 / clk * 1000.0 * 60.0 / idle_secs;
+    let threads1 = threads(pid);
+    let syncs1 = sync_runs(&db);
     let rss_after_idle = proc_status_kib(pid, "VmRSS:");
     let hwm = proc_status_kib(pid, "VmHWM:");
+    let mut by_thread: Vec<(String, f64, f64)> = threads1
+        .iter()
+        .map(|(tid, (name, t, sw))| {
+            let (t0, sw0) = threads0.get(tid).map_or((0, 0), |(_, t, sw)| (*t, *sw));
+            let per_min = 60.0 / idle_secs;
+            (
+                format!("{name}/{tid}"),
+                (t - t0) as f64 / 1e6 * per_min,
+                (sw - sw0) as f64 * per_min,
+            )
+        })
+        .filter(|(_, ms, sw)| *ms > 0.0 || *sw > 0.0)
+        .collect();
+    // From schedstat (ns) rather than the clock ticks (10 ms each) of `ticks`.
+    let cpu_ms_per_min: f64 = by_thread.iter().map(|t| t.1).sum();
+    by_thread.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.2.total_cmp(&a.2)));
 
     // 5. Latencies at this size.
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -281,46 +346,8 @@ fn main() {
     let wal_len = file_len(&wal);
     let disk_per_event = (db_len + wal_len) as f64 / filled as f64;
 
-    let mut rows = vec![
-        row(
-            &format!("fill: POST /v1/events, {CLIENTS} clients, {TOKENS} tokens"),
-            format!("{fill_rate:.0} events/s"),
-            "-",
-            None,
-        ),
-        row(
-            "restart: spawn -> /healthz 200 (time to ready)",
-            format!("{:.2} s", ready.as_secs_f64()),
-            "< 5 s",
-            Some(ready < Duration::from_secs(5)),
-        ),
-        row(
-            "memory per tracked event (VmRSS after restart - empty)",
-            format!("{per_event:.0} B"),
-            "< 150 B",
-            Some(per_event < 150.0),
-        ),
-        row(
-            &format!("CPU per idle minute (measured over {} s)", idle.as_secs()),
-            format!("{cpu_ms_per_min:.0} ms"),
-            "-",
-            None,
-        ),
-    ];
-    for (name, ms) in &lat {
-        rows.push(row(
-            name,
-            format!("{ms:.1} ms"),
-            "< 50 ms",
-            Some(*ms < 50.0),
-        ));
-    }
-    rows.push(row(
-        "disk per event (state.db + -wal after clean stop)",
-        format!("{disk_per_event:.0} B"),
-        "< 1 KB",
-        Some(disk_per_event < 1024.0),
-    ));
+    // 7. After the daemon is gone, so the two do not hold their memory at once.
+    let idle_turn = idle_turn_us(filled);
 
     println!("scale: {filled} events on {TOKENS} tokens (release daemon binary, child process)");
     println!(
@@ -332,42 +359,25 @@ fn main() {
         empty_ready.as_secs_f64(),
         disk_first
     );
-    let w = [
-        rows.iter().map(|r| r.figure.len()).max().unwrap().max(6),
-        rows.iter().map(|r| r.value.len()).max().unwrap().max(5),
-        rows.iter().map(|r| r.target.len()).max().unwrap().max(6),
-        3,
-    ];
     println!(
-        "| {:<a$} | {:>b$} | {:<c$} | {:<d$} |",
-        "figure",
-        "value",
-        "target",
-        "met",
-        a = w[0],
-        b = w[1],
-        c = w[2],
-        d = w[3]
+        "idle {:.0} s: {ticks} CPU ticks ({clk:.0}/s), sync runs started meanwhile: {}; per thread (CPU ms per minute, times scheduled per minute):",
+        idle_secs,
+        syncs1 - syncs0
     );
-    println!(
-        "|{}|{}|{}|{}|",
-        "-".repeat(w[0] + 2),
-        "-".repeat(w[1] + 2),
-        "-".repeat(w[2] + 2),
-        "-".repeat(w[3] + 2)
-    );
-    for r in &rows {
-        println!(
-            "| {:<a$} | {:>b$} | {:<c$} | {:<d$} |",
-            r.figure,
-            r.value,
-            r.target,
-            r.met,
-            a = w[0],
-            b = w[1],
-            c = w[2],
-            d = w[3]
-        );
+    for (name, ms, sw) in by_thread.iter().take(12) {
+        println!("  {name:<28} {ms:>9.1} ms {sw:>8.0} runs");
     }
+    println!("idle executor turn, core part: {idle_turn:.1} µs");
     println!("bench wall time: {:.0} s", wall.elapsed().as_secs_f64());
+    ScaleFigures {
+        events: filled,
+        fill_rate,
+        ready,
+        bytes_per_event: per_event,
+        idle_secs: idle.as_secs(),
+        cpu_ms_per_idle_min: cpu_ms_per_min,
+        latencies: lat,
+        disk_per_event,
+        idle_turn_us: idle_turn,
+    }
 }

@@ -15,16 +15,35 @@
 //!
 //! The simulator runs on its own runtime (2 worker threads) so its work does not queue
 //! behind the client's tasks; both share the machine's cores.
+//!
+//! Part 2, the daemon at district scale: the release daemon binary (a child process, one
+//! token) makes its start-up full sync of a location with 1,000,000 assignments (100,000
+//! with `--quick`) from the same simulator at 15 requests/s, while ASSET_MANAGEMENT
+//! notifications arrive at its webhook at 200/s (acknowledgement latency from each one's
+//! scheduled send time) and `/healthz` is asked every 100 ms (every non-200 or timeout
+//! counted). Reported: the sync's time (its run row) against pages / 15 per s, and the
+//! daemon's peak resident memory (VmHWM, whole life of the process).
+//!
+//! `run` returns the figures for `cargo bench --bench all`.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "support/proc.rs"]
+mod proc_util;
+#[path = "support/sim.rs"]
+mod sim_util;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde_json::{json, Value};
 use vpp_reconciler::apple::model::GetAssignmentsResponse;
 use vpp_reconciler::apple::{AppleClient, ClientOptions};
 use vpp_reconciler::core::SyncKind;
 use vpp_reconciler::mirror::run;
 use vpp_reconciler::secret::Secret;
-use vpp_reconciler::sim::{self, SimOptions};
 use vpp_reconciler::store::{Store, SyncStart};
 use vpp_reconciler::time::Timestamp;
 
@@ -36,34 +55,21 @@ const BATCH: usize = 1000;
 const PER_ASSET: usize = 5000;
 const TOKEN: &str = "bench";
 
-/// Starts the simulator on its own runtime; returns its address.
-fn start_sim(seed: u64) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("simulator runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind the simulator");
-            tx.send(listener.local_addr().expect("simulator address"))
-                .expect("report the simulator address");
-            // Runs until the process exits.
-            let _ = sim::serve(listener, SimOptions { seed }, std::future::pending()).await;
-        });
-    });
-    (rx.recv().expect("simulator address"), handle)
-}
-
 struct SimCtl {
     base: String,
     http: reqwest::Client,
 }
 
 impl SimCtl {
+    fn new(addr: std::net::SocketAddr) -> SimCtl {
+        SimCtl {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("http client"),
+        }
+    }
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
         let mut rb = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
@@ -128,7 +134,8 @@ async fn set_up(ctl: &SimCtl, n: usize) -> (String, String) {
         }
     }
     let url = format!("{}/mdm/v2/assets/associate", ctl.base);
-    let ids: Vec<String> = futures::future::join_all(bodies.iter().map(|b| {
+    // A bounded number in flight: a million assignments are a thousand requests.
+    let ids: Vec<String> = futures::stream::iter(bodies.iter().map(|b| {
         let http = ctl.http.clone();
         let url = url.clone();
         let stoken = stoken.clone();
@@ -147,6 +154,8 @@ async fn set_up(ctl: &SimCtl, n: usize) -> (String, String) {
                 .to_string()
         }
     }))
+    .buffered(32)
+    .collect()
     .await;
     // Processing is FIFO per location: wait until every event is COMPLETE.
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -277,25 +286,56 @@ fn mirror_rows(db: &std::path::Path) -> i64 {
         .expect("count")
 }
 
+/// What `cargo bench --bench all` tabulates.
+pub struct SyncFigures {
+    pub assignments: usize,
+    pub pages: u64,
+    pub read_secs: f64,
+    pub final_secs: f64,
+    pub worst_writer_wait_ms: f64,
+    pub daemon: DaemonSync,
+}
+
+/// Part 2 (module docs).
+pub struct DaemonSync {
+    pub assignments: usize,
+    pub pages: u64,
+    pub secs: f64,
+    pub peak_rss_mib: f64,
+    pub rss_before_mib: f64,
+    pub notifications: usize,
+    pub ack_p50: f64,
+    pub ack_p99: f64,
+    pub ack_max: f64,
+    pub healthz_total: u64,
+    pub healthz_bad: u64,
+    pub violations: u64,
+}
+
+#[allow(dead_code)] // the entry point of `--bench sync`, not of `--bench all`
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let n = if quick { 10_000 } else { 100_000 };
-    let (addr, _sim_thread) = start_sim(42);
+    run(std::env::args().any(|a| a == "--quick"));
+}
+
+/// Both parts (module docs); prints as it goes and returns the figures.
+pub fn run(quick: bool) -> SyncFigures {
+    let (n, big) = if quick {
+        (10_000, 100_000)
+    } else {
+        (100_000, 1_000_000)
+    };
+    let (addr, _sim_thread) = sim_util::start_sim(42);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(run(addr, n));
+    let mut f = rt.block_on(in_process(addr, n));
+    f.daemon = rt.block_on(daemon_sync(addr, big));
+    f
 }
 
-async fn run(addr: std::net::SocketAddr, n: usize) {
-    let ctl = SimCtl {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("http client"),
-    };
+async fn in_process(addr: std::net::SocketAddr, n: usize) -> SyncFigures {
+    let ctl = SimCtl::new(addr);
     let setup_start = Instant::now();
     let (uid, stoken) = set_up(&ctl, n).await;
     let setup = setup_start.elapsed();
@@ -430,4 +470,240 @@ async fn run(addr: std::net::SocketAddr, n: usize) {
     println!("rate-limit violations: {violations}");
     println!("requests during Retry-After: {during_ra}");
     assert_eq!(violations, 0, "the client broke the rate limit");
+    SyncFigures {
+        assignments: n,
+        pages,
+        read_secs: secs,
+        final_secs: store_time.as_secs_f64(),
+        worst_writer_wait_ms: worst_wait.as_secs_f64() * 1000.0,
+        daemon: DaemonSync::default(),
+    }
+}
+
+impl Default for DaemonSync {
+    fn default() -> Self {
+        DaemonSync {
+            assignments: 0,
+            pages: 0,
+            secs: 0.0,
+            peak_rss_mib: 0.0,
+            rss_before_mib: 0.0,
+            notifications: 0,
+            ack_p50: 0.0,
+            ack_p99: 0.0,
+            ack_max: 0.0,
+            healthz_total: 0,
+            healthz_bad: 0,
+            violations: 0,
+        }
+    }
+}
+
+/// Notifications per second at the webhook during the daemon's sync.
+const NOTIFY_RATE: u64 = 200;
+
+/// Part 2 (module docs).
+async fn daemon_sync(addr: std::net::SocketAddr, n: usize) -> DaemonSync {
+    let ctl = SimCtl::new(addr);
+    let setup_start = Instant::now();
+    let (uid, stoken) = set_up(&ctl, n).await;
+    println!(
+        "== daemon binary: full sync of {n} assignments ==\nset-up (not measured): {:.1} s",
+        setup_start.elapsed().as_secs_f64()
+    );
+    let env = common::TestEnv::new(common::EnvOptions {
+        tokens: &[TOKEN],
+        apple_base_url: Some(format!("http://{addr}/mdm/v2/")),
+        stokens: vec![stoken],
+        log_level: "error",
+        ..common::EnvOptions::default()
+    });
+    let db = env.path("state.db");
+    let before = ctl.get("/_sim/stats").await;
+    let (d, _) = tokio::task::block_in_place(|| proc_util::spawn_timed(&env, "sync"));
+    let pid = d.child.id();
+    let rss_before = proc_util::proc_status_kib(pid, "VmRSS:");
+    let done = Arc::new(AtomicBool::new(false));
+
+    // /healthz every 100 ms, on its own thread (blocking client, 5 s timeout).
+    let (h_total, h_bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let health = {
+        let (done, total, bad, api) = (done.clone(), h_total.clone(), h_bad.clone(), env.api);
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                total.fetch_add(1, Ordering::Relaxed);
+                if !proc_util::healthz_ok(api) {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    // Notifications at NOTIFY_RATE, each a new assignment of a mirrored asset.
+    let url = format!("http://{}/apple/notifications/{TOKEN}", env.webhook);
+    let auth = format!("Bearer {}", env.tokens[0].notify_secret);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client");
+    let sender = {
+        let done = done.clone();
+        let uid = uid.clone();
+        let assets = n.div_ceil(PER_ASSET);
+        tokio::spawn(async move {
+            let t0 = tokio::time::Instant::now();
+            let mut tasks = Vec::new();
+            let mut i = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let due = t0 + Duration::from_micros(i * 1_000_000 / NOTIFY_RATE);
+                tokio::time::sleep_until(due).await;
+                // Wall-clock send time, to place slow acknowledgements against the run row.
+                let sent_ms = Timestamp::now().0;
+                let body = json!({
+                    "notification": {"assignments": [{"adamId": adam_id(i as usize % assets),
+                        "pricingParam": "STDQ", "serialNumber": format!("WH{i:08}")}],
+                        "eventId": format!("wh-{i}"), "result": "SUCCESS", "type": "ASSOCIATE"},
+                    "notificationId": format!("wh-{i}-{}", uuid::Uuid::new_v4()),
+                    "notificationType": "ASSET_MANAGEMENT",
+                    "uId": uid,
+                })
+                .to_string();
+                let (http, url, auth) = (http.clone(), url.clone(), auth.clone());
+                tasks.push(tokio::spawn(async move {
+                    let r = http
+                        .post(&url)
+                        .header("authorization", auth)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    let ok = matches!(&r, Ok(r) if r.status().as_u16() == 200);
+                    (ok, sent_ms, due.elapsed().as_secs_f64() * 1000.0)
+                }));
+                i += 1;
+            }
+            let mut lat = Vec::new();
+            let mut failed = 0;
+            for t in tasks {
+                let (ok, sent_ms, ms) = t.await.expect("notification task");
+                if !ok {
+                    failed += 1;
+                }
+                lat.push((sent_ms, ms));
+            }
+            (lat, failed)
+        })
+    };
+
+    // Until the assignments sync's run row is finished; VmRSS sampled meanwhile.
+    let mut peak_rss = rss_before;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let (started, finished, pages, result) = loop {
+        peak_rss = peak_rss.max(proc_util::proc_status_kib(pid, "VmRSS:"));
+        let row: Option<(i64, Option<i64>, i64, String)> = {
+            let c = vpp_reconciler::store::open_read_only(&db).expect("open the store");
+            c.query_row(
+                "SELECT started_at, finished_at, pages, result FROM syncs \
+                 WHERE kind = 'assignments' ORDER BY id LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .ok()
+        };
+        if let Some((s, Some(f), p, r)) = row {
+            if r != "running" {
+                break (s, f, p, r);
+            }
+        }
+        assert!(Instant::now() < deadline, "the sync did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // One more second of notifications after the commit, then stop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    done.store(true, Ordering::Relaxed);
+    let (timed, failed) = sender.await.expect("sender");
+    health.join().expect("health thread");
+    let hwm = proc_util::proc_status_kib(pid, "VmHWM:");
+    let after = ctl.get("/_sim/stats").await;
+    let mirrored: i64 = {
+        let c = vpp_reconciler::store::open_read_only(&db).expect("open the store");
+        c.query_row("SELECT COUNT(*) FROM mirror_assignments", [], |r| r.get(0))
+            .expect("count")
+    };
+    let status = tokio::task::block_in_place(|| proc_util::stop(d));
+    assert!(status.success(), "daemon exit: {status}");
+    assert_eq!(result, "ok", "sync result");
+    assert_eq!(failed, 0, "notifications not acknowledged with 200");
+    // Where the slow acknowledgements fall: the streamed read, or the last 5 s before the
+    // run row's finish (the final step swaps the stage into the mirror in one job).
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    };
+    let lat = sorted(timed.iter().map(|t| t.1).collect());
+    let reading = sorted(
+        timed
+            .iter()
+            .filter(|t| t.0 < finished - 5_000)
+            .map(|t| t.1)
+            .collect(),
+    );
+    let slowest = timed.iter().max_by(|a, b| a.1.total_cmp(&b.1)).copied();
+    let api_pages = counter(&after, &uid, &["requests", "getAssignments"])
+        - counter(&before, &uid, &["requests", "getAssignments"]);
+    let violations = counter(&after, &uid, &["rateLimitViolations"])
+        - counter(&before, &uid, &["rateLimitViolations"]);
+    let secs = (finished - started) as f64 / 1000.0;
+    let bound = pages as f64 / f64::from(RPS);
+    let f = DaemonSync {
+        assignments: n,
+        pages: pages as u64,
+        secs,
+        peak_rss_mib: hwm.max(peak_rss) as f64 / 1024.0,
+        rss_before_mib: rss_before as f64 / 1024.0,
+        notifications: lat.len(),
+        ack_p50: proc_util::quantile(&lat, 0.50),
+        ack_p99: proc_util::quantile(&lat, 0.99),
+        ack_max: proc_util::quantile(&lat, 1.0),
+        healthz_total: h_total.load(Ordering::Relaxed),
+        healthz_bad: h_bad.load(Ordering::Relaxed),
+        violations,
+    };
+    println!("sync (run row started_at -> finished_at): {secs:.2} s for {pages} pages ({api_pages} getAssignments requests seen by the simulator)");
+    println!(
+        "rate-limit bound (pages / {RPS} rps): {bound:.2} s; time / bound: {:.3}",
+        secs / bound
+    );
+    println!("mirror rows after the sync: {mirrored} (the sync's {n} + notifications applied)");
+    println!(
+        "daemon VmRSS: {:.0} MiB when ready, peak {:.0} MiB (VmHWM {:.0} MiB, sampled max {:.0} MiB)",
+        f.rss_before_mib,
+        f.peak_rss_mib,
+        hwm as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    println!(
+        "webhook at {NOTIFY_RATE}/s during the sync: {} notifications, ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, non-200 {failed}",
+        f.notifications, f.ack_p50, f.ack_p99, f.ack_max
+    );
+    println!(
+        "/healthz every 100 ms: {} asked, {} not 200",
+        f.healthz_total, f.healthz_bad
+    );
+    println!(
+        "  sent more than 5 s before the run row's finish ({}): p99 {:.1} ms, max {:.1} ms",
+        reading.len(),
+        proc_util::quantile(&reading, 0.99),
+        proc_util::quantile(&reading, 1.0)
+    );
+    if let Some((at, ms)) = slowest {
+        println!(
+            "  slowest: {ms:.0} ms, sent {:.1} s before the run row's finish",
+            (finished - at) as f64 / 1000.0
+        );
+    }
+    println!("rate-limit violations: {violations}");
+    f
 }

@@ -347,19 +347,17 @@ pub async fn serve_with_reload(
     if let Some(h) = &health {
         background.spawn(h.clone().run(shutdown.clone()));
     }
-    let cron = match scheduler::start_cron(
-        &config.reconcile.full_sync_schedule,
-        registry.clone(),
-        handle.clone(),
-    )
-    .await
-    {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::error!(error = %e, "scheduled full syncs are off");
-            None
+    match scheduler::parse_schedule(&config.reconcile.full_sync_schedule) {
+        Ok(schedule) => {
+            background.spawn(scheduler::run_cron(
+                schedule,
+                registry.clone(),
+                handle.clone(),
+                shutdown.clone(),
+            ));
         }
-    };
+        Err(e) => tracing::error!(error = %e, "scheduled full syncs are off"),
+    }
     let exec_task = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(10)));
     let api_shutdown = shutdown.clone();
     let api_task = tokio::spawn(async move {
@@ -406,9 +404,6 @@ pub async fn serve_with_reload(
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
         Err(_) => tracing::warn!("API server did not stop within {bound:?}"),
         _ => {}
-    }
-    if let Some(mut c) = cron {
-        let _ = tokio::time::timeout_at(deadline, c.shutdown()).await;
     }
     let _ = tokio::time::timeout_at(deadline, async {
         while background.join_next().await.is_some() {}

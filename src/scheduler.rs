@@ -1,11 +1,11 @@
-//! Periodic work, as thin adapters: the cron full sync per token (tokio-cron-scheduler; its
-//! jobs only send inputs to the executor), and the upkeep chore the executor runs on its clock
+//! Periodic work, as thin adapters: the cron full sync per token (one timer; it only sends
+//! inputs to the executor), and the upkeep chore the executor runs on its clock
 //! (Service Config, Client Config, token expiry warnings). None of it holds business logic of
 //! the event core.
 
 use std::collections::{HashMap, HashSet};
 
-use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
 
 use crate::apple::model::{ClientConfigRequest, MdmInfo};
 use crate::apple::AppleClient;
@@ -24,22 +24,48 @@ pub const NOTIFICATION_TYPES: [&str; 4] = [
     "USER_ASSOCIATED",
 ];
 
-/// Starts the cron full sync per token and kind. Returns the scheduler (keep it alive).
-pub async fn start_cron(
-    schedule: &str,
+/// The full-sync schedule: six fields with seconds, in UTC. Config validation parses it with
+/// this too, so what is accepted is what runs.
+pub fn parse_schedule(expr: &str) -> Result<croner::Cron, String> {
+    croner::Cron::new(expr)
+        .with_seconds_required()
+        .with_dom_and_dow()
+        .parse()
+        .map_err(|e| e.to_string())
+}
+
+/// Longest single sleep of the cron loop: the wall clock is read again at least this often,
+/// so a clock step (NTP, suspend) moves the next run with it.
+const CRON_MAX_NAP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Asks the executor for a full sync of every token and kind at each time of `schedule`
+/// (UTC), until `shutdown`. One timer until the next time (at most [`CRON_MAX_NAP`]): the
+/// tokio-cron-scheduler it replaces checked its jobs every 500 ms, waking an idle daemon 120
+/// times a minute for a once-a-day job.
+pub async fn run_cron(
+    schedule: croner::Cron,
     tokens: Registry,
     executor: ExecutorHandle,
-) -> Result<JobScheduler, String> {
-    let sched = JobScheduler::new()
-        .await
-        .map_err(|e| format!("cannot start the cron scheduler: {e}"))?;
-    let job = Job::new_async(schedule, move |_id, _lock| {
-        let names = tokens.names();
-        let inputs = executor.inputs.clone();
-        Box::pin(async move {
-            for token in names {
+    shutdown: CancellationToken,
+) {
+    let next_after =
+        |t: chrono::DateTime<chrono::Utc>| match schedule.find_next_occurrence(&t, false) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::error!(error = %e, "scheduled full syncs stop: no next time");
+                None
+            }
+        };
+    let Some(mut next) = next_after(chrono::Utc::now()) else {
+        return;
+    };
+    loop {
+        let now = chrono::Utc::now();
+        if now >= next {
+            for token in tokens.names() {
                 for kind in SyncKind::ALL {
-                    let _ = inputs
+                    let _ = executor
+                        .inputs
                         .send(Input::Sync {
                             token: token.clone(),
                             kind,
@@ -50,18 +76,18 @@ pub async fn start_cron(
                         .await;
                 }
             }
-        })
-    })
-    .map_err(|e| format!("full_sync_schedule {schedule:?} is not a cron expression: {e}"))?;
-    sched
-        .add(job)
-        .await
-        .map_err(|e| format!("cannot schedule the full sync: {e}"))?;
-    sched
-        .start()
-        .await
-        .map_err(|e| format!("cannot start the cron scheduler: {e}"))?;
-    Ok(sched)
+            match next_after(now) {
+                Some(n) => next = n,
+                None => return,
+            }
+            continue;
+        }
+        let wait = (next - now).to_std().unwrap_or_default().min(CRON_MAX_NAP);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// Keeps what the daemon knows about Apple fresh: Service Config (URLs, limits), each token's
@@ -333,5 +359,22 @@ mod tests {
         assert_eq!(expiry_threshold(now, Timestamp(now.0 + day / 2)), Some(1));
         assert_eq!(expiry_threshold(now, now), Some(0));
         assert_eq!(expiry_threshold(now, at(-3)), Some(0));
+    }
+
+    #[test]
+    fn the_schedule_has_seconds_and_runs_in_utc() {
+        let cron = parse_schedule("0 0 3 * * *").expect("valid");
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let next = cron
+            .find_next_occurrence(&at("2026-01-01T04:00:00Z"), false)
+            .unwrap();
+        assert_eq!(next, at("2026-01-02T03:00:00Z"));
+        // Exactly at a time: the next one, not the same (the loop asks after firing).
+        let next = cron
+            .find_next_occurrence(&at("2026-01-02T03:00:00Z"), false)
+            .unwrap();
+        assert_eq!(next, at("2026-01-03T03:00:00Z"));
+        assert!(parse_schedule("0 3 * * *").is_err(), "five fields");
+        assert!(parse_schedule("0 0 25 * * *").is_err(), "hour 25");
     }
 }

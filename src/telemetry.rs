@@ -11,9 +11,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Crates whose INFO lines say nothing to an operator; kept at `warn` unless the configured
-/// filter names them.
-const QUIET_CRATES: [&str; 1] = ["tokio_cron_scheduler"];
+/// Crates whose INFO lines say nothing to an operator (the PostgreSQL driver logs every
+/// server NOTICE, such as "already exists, skipping" during migrations); kept at `warn`
+/// unless the configured filter names them.
+const QUIET_CRATES: [&str; 1] = ["tokio_postgres"];
 
 /// Installs the global subscriber. `level` is a bare level or an `EnvFilter` directive string
 /// (`"info,vpp_reconciler::apple=debug"`). Fails if the filter is invalid, the journal cannot
@@ -172,12 +173,12 @@ mod tests {
     }
 
     #[test]
-    fn cron_scheduler_chatter_is_kept_at_warn() {
-        assert_eq!(with_quiet_crates("info"), "info,tokio_cron_scheduler=warn");
-        assert_eq!(with_quiet_crates(" "), "tokio_cron_scheduler=warn");
+    fn driver_chatter_is_kept_at_warn() {
+        assert_eq!(with_quiet_crates("info"), "info,tokio_postgres=warn");
+        assert_eq!(with_quiet_crates(" "), "tokio_postgres=warn");
         assert_eq!(
-            with_quiet_crates("info,tokio_cron_scheduler=debug"),
-            "info,tokio_cron_scheduler=debug"
+            with_quiet_crates("info,tokio_postgres=debug"),
+            "info,tokio_postgres=debug"
         );
     }
 }

@@ -112,7 +112,8 @@ pub fn counts_sync(token: &str, n: &Notification) -> Option<Input> {
     }
 }
 
-fn stored(token: &str, n: &Notification, body: &[u8], now: Timestamp) -> NewNotification {
+/// The row a notification is stored as.
+pub fn stored(token: &str, n: &Notification, body: &[u8], now: Timestamp) -> NewNotification {
     let (event_id, result, entities, error) = match &n.notification {
         NotificationPayload::AssetManagement(p) => (
             Some(p.event_id.clone()),

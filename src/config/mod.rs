@@ -256,7 +256,7 @@ pub struct ReconcileConfig {
     pub poll_max: Duration,
     pub resubmit_after: Duration,
     pub give_up_after: Duration,
-    /// Six fields, with seconds, as tokio-cron-scheduler expects.
+    /// Six fields, with seconds, in UTC (`scheduler::parse_schedule`).
     pub full_sync_schedule: String,
     pub retention: Duration,
 }

@@ -105,7 +105,7 @@ impl Validator<'_> {
                 "must not contain a password (value not shown); put it in store.password_file",
             ));
         }
-        if parsed.host_str().is_none_or(str::is_empty) {
+        if parsed.host_str().map_or(true, str::is_empty) {
             return Err(self.err("store.url", format!("{} names no host", q(&url))));
         }
         let password_file = match raw.password_file {
@@ -815,7 +815,7 @@ fn validate_log_filter(s: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Six fields with seconds, parsed exactly as tokio-cron-scheduler will parse it at run time.
+/// Six fields with seconds, parsed exactly as the scheduler will parse it at run time.
 fn validate_cron(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
     if fields != 6 {
@@ -824,7 +824,7 @@ fn validate_cron(expr: &str) -> Result<(), String> {
              e.g. \"0 0 3 * * *\""
         ));
     }
-    tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
+    crate::scheduler::parse_schedule(expr)
         .map(|_| ())
         .map_err(|_| {
             "is not a valid cron expression (sec min hour day-of-month month day-of-week), \

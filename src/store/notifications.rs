@@ -34,14 +34,8 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => {
-                s.write(move |c| {
-                    let new = q::insert_notification(c, &row)?;
-                    if new {
-                        notify::apply_notification(c, &row.token, &note, now)?;
-                    }
-                    Ok(new)
-                })
-                .await
+                s.write(move |c| notify::record_notification(c, &row, &note, now))
+                    .await
             }
             Store::Postgres(p) => {
                 p.write(move |tx| {

@@ -185,7 +185,14 @@ impl TestEnv {
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
             .unwrap_or(0);
-        let log = self.path(&format!("daemon-{n}.log"));
+        let d = self.spawn_daemon(&format!("daemon-{n}.log"));
+        d.wait_healthy(Duration::from_secs(30));
+        d
+    }
+
+    /// Starts `run`, logging to `log_name` in the environment's directory; does not wait.
+    pub fn spawn_daemon(&self, log_name: &str) -> Daemon {
+        let log = self.path(log_name);
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .arg("--config")
@@ -195,13 +202,11 @@ impl TestEnv {
             .stderr(Stdio::from(file))
             .spawn()
             .expect("spawn daemon");
-        let d = Daemon {
+        Daemon {
             child,
             log,
             api: self.api,
-        };
-        d.wait_healthy(Duration::from_secs(30));
-        d
+        }
     }
 
     pub fn api_url(&self, path: &str) -> String {

@@ -13,6 +13,22 @@ use crate::mirror::notify::{effect, touched_assets, Effect};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 
+/// The webhook's write of one notification: its row and, if it is new, its effect on the
+/// mirror (`Ok(false)`: a duplicate). Public so that the benchmark's one-commit-per-
+/// notification baseline does exactly this work.
+pub fn record_notification(
+    c: &Connection,
+    row: &crate::store::NewNotification,
+    note: &Notification,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let new = queries::insert_notification(c, row)?;
+    if new {
+        apply_notification(c, &row.token, note, now)?;
+    }
+    Ok(new)
+}
+
 /// Applies a notification's data to the mirror (inside the caller's transaction).
 pub fn apply_notification(
     conn: &Connection,
