@@ -8,8 +8,41 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, EnvOptions, Sim, TestEnv};
+use common::{Backend, Daemon, EnvOptions, Sim, TestEnv};
 use serde_json::{json, Value};
+
+/// Each scenario runs on both backends: `NAME::sqlite` and `NAME::postgres` (a database of
+/// its own on the server `scripts/test` starts).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    all_notifications_delivered_needs_no_status_poll,
+    half_the_notifications_lost,
+    duplicated_and_reordered_notifications,
+    notifications_arriving_before_tracking,
+    failed_events_record_every_failure,
+    server_errors_with_retry_after_are_honoured,
+    apple_rate_limit_from_service_config_is_respected,
+    an_expired_token_stops_while_the_other_carries_on,
+    version_churn_during_syncs,
+    pending_too_long_is_resubmitted_once,
+    kill_9_mid_run_then_restart,
+    gives_up_after_give_up_after_and_unknown_events_are_not_found,
+    sigterm_mid_run_exits_cleanly_and_loses_nothing,
+);
 
 struct World {
     sim: Sim,
@@ -32,11 +65,17 @@ fn location_body(name: &str) -> Value {
 }
 
 impl World {
-    async fn new(tokens: &[&str], reconcile: &str, faults: Value) -> World {
-        World::with_refresh(tokens, reconcile, faults, "5m").await
+    async fn new(backend: Backend, tokens: &[&str], reconcile: &str, faults: Value) -> World {
+        World::with_refresh(backend, tokens, reconcile, faults, "5m").await
     }
 
-    async fn with_refresh(tokens: &[&str], reconcile: &str, faults: Value, refresh: &str) -> World {
+    async fn with_refresh(
+        backend: Backend,
+        tokens: &[&str],
+        reconcile: &str,
+        faults: Value,
+        refresh: &str,
+    ) -> World {
         let sim = Sim::start(7);
         let mut uids = Vec::new();
         let mut stokens = Vec::new();
@@ -52,6 +91,7 @@ impl World {
             stokens,
             log_level: "info,vpp_reconciler=debug",
             service_config_refresh: refresh,
+            backend,
             ..Default::default()
         });
         sim.put("/_sim/faults", &faults).await;
@@ -201,7 +241,7 @@ impl World {
             // sync for counts may still be retrying after a 5xx.
             let start = Instant::now();
             let mut truth = truth;
-            while let Err(why) = self.check_mirror(&t.name, &truth) {
+            while let Err(why) = self.check_mirror(&t.name, &truth).await {
                 assert!(start.elapsed() < Duration::from_secs(30), "{why}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 truth = self.sim.get(&format!("/_sim/truth/{}", self.uids[i])).await;
@@ -209,83 +249,66 @@ impl World {
         }
     }
 
-    fn check_mirror(&self, token: &str, truth: &Value) -> Result<(), String> {
-        let db = rusqlite::Connection::open_with_flags(
-            self.env.path("state.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        let assignments: BTreeSet<(String, String, String, String)> = db
-            .prepare("SELECT adam_id, pricing_param, client_user_id, serial_number FROM mirror_assignments WHERE token = ?1")
-            .unwrap()
-            .query_map([token], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let want: BTreeSet<(String, String, String, String)> = truth["assignments"]
-            .as_array()
-            .unwrap()
+    /// One kind of the daemon's mirror of `token`, read through the local API (the same on
+    /// both backends).
+    async fn mirror(&self, token: &str, what: &str) -> Vec<Value> {
+        let url = self
+            .env
+            .api_url(&format!("/v1/tokens/{token}/{what}?limit=10000"));
+        let v: Value = self.c.get(url).send().await.unwrap().json().await.unwrap();
+        v[what].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn check_mirror(&self, token: &str, truth: &Value) -> Result<(), String> {
+        let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+        let n = |v: &Value, k: &str| v[k].as_i64().unwrap_or(-1);
+        let assignment = |a: &Value| {
+            (
+                s(a, "adamId"),
+                s(a, "pricingParam"),
+                s(a, "clientUserId"),
+                s(a, "serialNumber"),
+            )
+        };
+        let asset = |a: &Value| {
+            (
+                s(a, "adamId"),
+                n(a, "assignedCount"),
+                n(a, "availableCount"),
+                n(a, "totalCount"),
+            )
+        };
+        let user = |u: &Value| (s(u, "clientUserId"), s(u, "status"));
+        let truth_of = |k: &str| truth[k].as_array().cloned().unwrap_or_default();
+        let got: BTreeSet<_> = self
+            .mirror(token, "assignments")
+            .await
             .iter()
-            .map(|a| {
-                (
-                    a["adamId"].as_str().unwrap().to_string(),
-                    a["pricingParam"].as_str().unwrap().to_string(),
-                    a["clientUserId"].as_str().unwrap_or("").to_string(),
-                    a["serialNumber"].as_str().unwrap_or("").to_string(),
-                )
-            })
+            .map(assignment)
             .collect();
-        if assignments != want {
+        let want: BTreeSet<_> = truth_of("assignments").iter().map(assignment).collect();
+        if got != want {
             return Err(format!(
-                "assignments mirror of {token}: {assignments:?} != truth {want:?}"
+                "assignments mirror of {token}: {got:?} != truth {want:?}"
             ));
         }
-        let assets: BTreeSet<(String, i64, i64, i64)> = db
-            .prepare("SELECT adam_id, assigned_count, available_count, total_count FROM mirror_assets WHERE token = ?1")
-            .unwrap()
-            .query_map([token], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let want: BTreeSet<(String, i64, i64, i64)> = truth["assets"]
-            .as_array()
-            .unwrap()
+        let got: BTreeSet<_> = self
+            .mirror(token, "assets")
+            .await
             .iter()
-            .map(|a| {
-                (
-                    a["adamId"].as_str().unwrap().to_string(),
-                    a["assignedCount"].as_i64().unwrap(),
-                    a["availableCount"].as_i64().unwrap(),
-                    a["totalCount"].as_i64().unwrap(),
-                )
-            })
+            .map(asset)
             .collect();
-        if assets != want {
+        let want: BTreeSet<_> = truth_of("assets").iter().map(asset).collect();
+        if got != want {
             return Err(format!(
-                "assets mirror of {token}: {assets:?} != truth {want:?}"
+                "assets mirror of {token}: {got:?} != truth {want:?}"
             ));
         }
-        let users: BTreeSet<(String, String)> = db
-            .prepare("SELECT client_user_id, status FROM mirror_users WHERE token = ?1")
-            .unwrap()
-            .query_map([token], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let want: BTreeSet<(String, String)> = truth["users"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| {
-                (
-                    u["clientUserId"].as_str().unwrap().to_string(),
-                    u["status"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        if users != want {
+        let got: BTreeSet<_> = self.mirror(token, "users").await.iter().map(user).collect();
+        let want: BTreeSet<_> = truth_of("users").iter().map(user).collect();
+        if got != want {
             return Err(format!(
-                "users mirror of {token}: {users:?} != truth {want:?}"
+                "users mirror of {token}: {got:?} != truth {want:?}"
             ));
         }
         Ok(())
@@ -363,9 +386,14 @@ async fn workload(w: &World, token: usize) -> Vec<String> {
     ids
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_notifications_delivered_needs_no_status_poll() {
-    let w = World::new(&["acme"], FAST, json!({"processingDelay": "100ms"})).await;
+async fn all_notifications_delivered_needs_no_status_poll(backend: Backend) {
+    let w = World::new(
+        backend,
+        &["acme"],
+        FAST,
+        json!({"processingDelay": "100ms"}),
+    )
+    .await;
     let ids = workload(&w, 0).await;
     let events = w.wait_settled(Duration::from_secs(60)).await;
     assert_eq!(events.len(), ids.len());
@@ -379,9 +407,9 @@ async fn all_notifications_delivered_needs_no_status_poll() {
     w.check_well_behaved().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_the_notifications_lost() {
+async fn half_the_notifications_lost(backend: Backend) {
     let w = World::new(
+        backend,
         &["acme"],
         FAST,
         json!({"processingDelay": "100ms", "dropNotificationRate": 0.5}),
@@ -429,9 +457,9 @@ async fn half_the_notifications_lost() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicated_and_reordered_notifications() {
+async fn duplicated_and_reordered_notifications(backend: Backend) {
     let w = World::new(
+        backend,
         &["acme"],
         FAST,
         json!({"processingDelay": "100ms", "duplicateNotificationRate": 0.6, "notificationDelay": "400ms"}),
@@ -454,9 +482,8 @@ async fn duplicated_and_reordered_notifications() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notifications_arriving_before_tracking() {
-    let w = World::new(&["acme"], FAST, json!({"processingDelay": "10ms"})).await;
+async fn notifications_arriving_before_tracking(backend: Backend) {
+    let w = World::new(backend, &["acme"], FAST, json!({"processingDelay": "10ms"})).await;
     let t = &w.env.tokens[0];
     let mut ids = Vec::new();
     let body = associate(&["EARLY-1", "EARLY-2"], "361304891");
@@ -489,9 +516,9 @@ async fn notifications_arriving_before_tracking() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_events_record_every_failure() {
+async fn failed_events_record_every_failure(backend: Backend) {
     let w = World::new(
+        backend,
         &["acme"],
         FAST,
         json!({"processingDelay": "100ms", "dropNotificationRate": 0.3}),
@@ -548,9 +575,9 @@ async fn failed_events_record_every_failure() {
     w.check_well_behaved().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_errors_with_retry_after_are_honoured() {
+async fn server_errors_with_retry_after_are_honoured(backend: Backend) {
     let w = World::new(
+        backend,
         &["acme"],
         FAST,
         json!({"processingDelay": "100ms", "dropNotificationRate": 0.6}),
@@ -570,9 +597,9 @@ async fn server_errors_with_retry_after_are_honoured() {
     w.check_well_behaved().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apple_rate_limit_from_service_config_is_respected() {
+async fn apple_rate_limit_from_service_config_is_respected(backend: Backend) {
     let w = World::with_refresh(
+        backend,
         &["acme"],
         FAST,
         json!({"processingDelay": "100ms", "dropNotificationRate": 1.0}),
@@ -612,9 +639,9 @@ async fn apple_rate_limit_from_service_config_is_respected() {
     w.check_well_behaved().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_token_stops_while_the_other_carries_on() {
+async fn an_expired_token_stops_while_the_other_carries_on(backend: Backend) {
     let w = World::new(
+        backend,
         &["acme", "beta"],
         FAST,
         json!({"processingDelay": "100ms", "dropNotificationRate": 1.0}),
@@ -723,9 +750,9 @@ async fn an_expired_token_stops_while_the_other_carries_on() {
     w.check_well_behaved().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn version_churn_during_syncs() {
+async fn version_churn_during_syncs(backend: Backend) {
     let w = World::new(
+        backend,
         &["acme"],
         FAST,
         json!({"processingDelay": "100ms", "dropNotificationRate": 0.7, "versionChurn": true}),
@@ -738,10 +765,10 @@ async fn version_churn_during_syncs() {
     w.check_well_behaved().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_too_long_is_resubmitted_once() {
+async fn pending_too_long_is_resubmitted_once(backend: Backend) {
     let reconcile = "notification_grace = \"1s\"\npoll_min = \"1s\"\npoll_max = \"2s\"\nresubmit_after = \"2s\"\ngive_up_after = \"120s\"";
     let w = World::new(
+        backend,
         &["acme"],
         reconcile,
         json!({"processingDelay": "5s", "dropNotificationRate": 1.0}),
@@ -772,9 +799,9 @@ async fn pending_too_long_is_resubmitted_once() {
     w.check_well_behaved().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_run_then_restart() {
+async fn kill_9_mid_run_then_restart(backend: Backend) {
     let mut w = World::new(
+        backend,
         &["acme"],
         FAST,
         json!({"processingDelay": "1500ms", "dropNotificationRate": 0.5}),
@@ -792,11 +819,16 @@ async fn kill_9_mid_run_then_restart() {
     w.check_well_behaved().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gives_up_after_give_up_after_and_unknown_events_are_not_found() {
+async fn gives_up_after_give_up_after_and_unknown_events_are_not_found(backend: Backend) {
     let reconcile = "notification_grace = \"1s\"\npoll_min = \"1s\"\npoll_max = \"2s\"\nresubmit_after = \"1h\"\ngive_up_after = \"5s\"";
     // Apple never finishes within the test.
-    let w = World::new(&["acme"], reconcile, json!({"processingDelay": "1h"})).await;
+    let w = World::new(
+        backend,
+        &["acme"],
+        reconcile,
+        json!({"processingDelay": "1h"}),
+    )
+    .await;
     let t = &w.env.tokens[0];
     let r = w
         .sim
@@ -854,9 +886,9 @@ async fn gives_up_after_give_up_after_and_unknown_events_are_not_found() {
     w.check_well_behaved().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_mid_run_exits_cleanly_and_loses_nothing() {
+async fn sigterm_mid_run_exits_cleanly_and_loses_nothing(backend: Backend) {
     let mut w = World::new(
+        backend,
         &["acme"],
         FAST,
         json!({"processingDelay": "500ms", "dropNotificationRate": 0.5}),
@@ -903,7 +935,9 @@ async fn crash_harness_kill_9_at_random_points() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20261127);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // SQLite only: it inspects the file afterwards (integrity_check, rows by SQL).
     let mut w = World::new(
+        Backend::Sqlite,
         &["acme", "beta"],
         FAST,
         json!({"processingDelay": "400ms", "dropNotificationRate": 0.5}),

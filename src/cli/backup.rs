@@ -9,6 +9,13 @@ use crate::store::backup;
 
 pub fn run(config_path: &Path, args: BackupArgs) -> CliResult {
     let loaded = load_public_config(config_path)?;
+    if let Some(store) = &loaded.config.store {
+        return Err(CliError::failed(format!(
+            "the state is in PostgreSQL ({}); back it up with PostgreSQL's own tools \
+             (pg_dump): `backup` copies the SQLite file",
+            store.url
+        )));
+    }
     let db = &loaded.config.daemon.database;
     if !db.exists() {
         return Err(CliError::failed(format!(

@@ -33,7 +33,71 @@ pub struct TestToken {
     pub notify_secret: String,
 }
 
+/// Where a test daemon keeps its state: the SQLite file, or a database of its own on the
+/// PostgreSQL server that `scripts/test` starts (`VPPR_TEST_PG_URL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// A throwaway database on the test server, dropped with the environment.
+pub struct PgDb {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+/// Runs one statement on `url` from a thread of its own (callers may be inside a runtime).
+fn pg_execute(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let driver = tokio::spawn(conn);
+            let r = client.batch_execute(&sql).await.map_err(|e| e.to_string());
+            drop(client);
+            let _ = driver.await;
+            r
+        })
+    })
+    .join()
+    .map_err(|_| "the PostgreSQL thread panicked".to_string())?
+}
+
+impl PgDb {
+    pub fn create() -> PgDb {
+        let admin = std::env::var("VPPR_TEST_PG_URL").expect(
+            "VPPR_TEST_PG_URL is not set: the PostgreSQL variants of the integration tests need \
+             a server; run the suite with scripts/test, which starts one",
+        );
+        let name = format!("vppr_it_{}", uuid::Uuid::new_v4().simple());
+        pg_execute(&admin, &format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("cannot create a test database on {admin}: {e}"));
+        let base = admin.rsplit_once('/').expect("a URL with a database").0;
+        let url = format!("{base}/{name}");
+        PgDb { admin, name, url }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = pg_execute(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
 pub struct TestEnv {
+    pub pg: Option<PgDb>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub api: SocketAddr,
@@ -56,6 +120,7 @@ pub struct EnvOptions<'a> {
     pub notification_url: bool,
     /// Extra lines in every `[[tokens]]` table (e.g. `mdm_id = "..."`).
     pub token_extra: &'a str,
+    pub backend: Backend,
 }
 
 impl Default for EnvOptions<'_> {
@@ -70,6 +135,7 @@ impl Default for EnvOptions<'_> {
             service_config_refresh: "5m",
             notification_url: false,
             token_extra: "",
+            backend: Backend::Sqlite,
         }
     }
 }
@@ -94,6 +160,10 @@ impl TestEnv {
         if let Some(t) = &api_token {
             std::fs::write(dir.path().join("api-token"), t).unwrap();
             toml.push_str("api_token_file = \"api-token\"\n");
+        }
+        let pg = (opts.backend == Backend::Postgres).then(PgDb::create);
+        if let Some(db) = &pg {
+            toml.push_str(&format!("\n[store]\nurl = \"{}\"\n", db.url));
         }
         toml.push_str(&format!(
             "\n[apple]\nbase_url = \"{base}\"\nrequest_timeout = \"5s\"\nmax_requests_per_second = 15\nmax_concurrent_requests = 5\nservice_config_refresh = \"{}\"\n",
@@ -139,6 +209,7 @@ impl TestEnv {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, toml).unwrap();
         TestEnv {
+            pg,
             dir,
             config,
             api,

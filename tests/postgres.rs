@@ -1,0 +1,85 @@
+//! PostgreSQL as the store (design §9), against the server `scripts/test` starts: the daemon
+//! runs on it, `check-config` tests the connection and the schema, and the read-only commands
+//! read it. (The reconcile scenarios run on both backends in `tests/reconcile.rs`.)
+
+mod common;
+
+use common::{Backend, EnvOptions, TestEnv};
+use serde_json::{json, Value};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_and_read_only_commands_on_postgres() {
+    let env = TestEnv::new(EnvOptions {
+        backend: Backend::Postgres,
+        reconcile: "notification_grace = \"1h\"",
+        ..Default::default()
+    });
+    // Before the daemon ever ran: an empty database.
+    let o = env.cli(&["check-config"]);
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    assert!(out.contains("(PostgreSQL)"), "{out}");
+    assert!(
+        out.contains("store: connected; the database is empty"),
+        "{out}"
+    );
+
+    let daemon = env.start_daemon();
+    let c = reqwest::Client::new();
+    let r = c
+        .post(env.api_url("/v1/events"))
+        .json(&json!({"token": "acme", "eventId": "pg-1", "type": "ASSOCIATE"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+
+    let out = stdout(&env.cli(&["check-config"]));
+    assert!(out.contains("store: connected; schema version"), "{out}");
+    assert!(out.contains("(current)"), "{out}");
+    // No file on disk: the state is in PostgreSQL.
+    assert!(!env.path("state.db").exists());
+
+    let o = env.cli(&["events", "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.to_string().contains("pg-1"), "{v}");
+    let o = env.cli(&["tokens", "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("acme"));
+
+    let o = env.cli(&["backup", env.path("copy.db").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pg_dump"));
+
+    // A restart recovers the event from PostgreSQL.
+    daemon.kill9();
+    let _daemon = env.start_daemon();
+    let v: Value = c
+        .get(env.api_url("/v1/events/pg-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "pending", "{v}");
+}
+
+#[test]
+fn check_config_names_an_unreachable_server() {
+    let env = TestEnv::new(EnvOptions::default());
+    // Port 9 (discard) on loopback: nothing answers PostgreSQL there.
+    let toml = std::fs::read_to_string(&env.config).unwrap()
+        + "\n[store]\nurl = \"postgres://vppr@127.0.0.1:9/vppr\"\n";
+    std::fs::write(&env.config, toml).unwrap();
+    let o = env.cli(&["check-config"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("store.url"), "{err}");
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+}
