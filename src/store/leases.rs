@@ -1,0 +1,108 @@
+//! Instances and token leases (issue 10, design §9): each token is worked by the one
+//! instance holding its lease. Every time here is on the database's clock, never the
+//! caller's, so instances whose clocks disagree still agree on who holds what; the pure
+//! planner is `crate::cluster::lease`, the loop that drives these `crate::cluster::keeper`.
+//!
+//! Both backends run the same statements. With SQLite only one instance uses the file, so it
+//! wins every lease it asks for; the operations are real anyway (not a stub answering "all
+//! yours") so the keeper behaves the same on both and the SQLite path is tested too.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::postgres::queries::leases as pq;
+use super::sqlite::queries::leases as q;
+use super::{Store, StoreError};
+use crate::cluster::lease::Lease;
+use crate::time::Timestamp;
+
+/// What [`Store::lease_snapshot`] read, in one snapshot, on the database's clock.
+#[derive(Clone, Debug)]
+pub struct LeaseSnapshot {
+    pub now: Timestamp,
+    /// Instances whose heartbeat is younger than the lease TTL.
+    pub live: BTreeSet<String>,
+    pub leases: Vec<Lease>,
+}
+
+impl Store {
+    /// Records that instance `me` is alive (its `last_seen` at the database's now).
+    pub async fn heartbeat(&self, me: &str) -> Result<(), StoreError> {
+        let me = me.to_string();
+        match self {
+            Store::Sqlite(s) => s.write(move |c| q::heartbeat(c, &me)).await,
+            Store::Postgres(p) => {
+                p.write(move |tx| Box::pin(async move { pq::heartbeat(tx, &me).await }))
+                    .await
+            }
+        }
+    }
+
+    /// The database's now, the instances seen within `lease_ttl`, and every lease.
+    pub async fn lease_snapshot(&self, lease_ttl: Duration) -> Result<LeaseSnapshot, StoreError> {
+        let (now, live, leases) = match self {
+            Store::Sqlite(s) => s.read(move |c| q::lease_snapshot(c, lease_ttl)).await?,
+            Store::Postgres(p) => {
+                p.read(move |tx| Box::pin(async move { pq::lease_snapshot(tx, lease_ttl).await }))
+                    .await?
+            }
+        };
+        Ok(LeaseSnapshot { now, live, leases })
+    }
+
+    /// Takes `token` for `ttl` if its lease is free, expired or already `me`'s; `false` when
+    /// another instance holds it. One conditional write: of two racing instances one wins.
+    pub async fn acquire(&self, me: &str, token: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let (me, token) = (me.to_string(), token.to_string());
+        match self {
+            Store::Sqlite(s) => s.write(move |c| q::acquire(c, &me, &token, ttl)).await,
+            Store::Postgres(p) => {
+                p.write(move |tx| Box::pin(async move { pq::acquire(tx, &me, &token, ttl).await }))
+                    .await
+            }
+        }
+    }
+
+    /// Extends `me`'s unexpired leases among `tokens` by `ttl`; answers those extended (a
+    /// lease that expired meanwhile is not revived: another instance may have taken it).
+    pub async fn renew(
+        &self,
+        me: &str,
+        tokens: Vec<String>,
+        ttl: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let me = me.to_string();
+        match self {
+            Store::Sqlite(s) => s.write(move |c| q::renew(c, &me, &tokens, ttl)).await,
+            Store::Postgres(p) => {
+                p.write(move |tx| Box::pin(async move { pq::renew(tx, &me, &tokens, ttl).await }))
+                    .await
+            }
+        }
+    }
+
+    /// Gives back `me`'s leases among `tokens`.
+    pub async fn release(&self, me: &str, tokens: Vec<String>) -> Result<(), StoreError> {
+        let me = me.to_string();
+        match self {
+            Store::Sqlite(s) => s.write(move |c| q::release(c, &me, &tokens)).await,
+            Store::Postgres(p) => {
+                p.write(move |tx| Box::pin(async move { pq::release(tx, &me, &tokens).await }))
+                    .await
+            }
+        }
+    }
+
+    /// Clean shutdown of instance `me`: gives back all its leases and forgets it, in one
+    /// transaction, so the others take its tokens at once instead of after the TTL.
+    pub async fn leave(&self, me: &str) -> Result<(), StoreError> {
+        let me = me.to_string();
+        match self {
+            Store::Sqlite(s) => s.write(move |c| q::leave(c, &me)).await,
+            Store::Postgres(p) => {
+                p.write(move |tx| Box::pin(async move { pq::leave(tx, &me).await }))
+                    .await
+            }
+        }
+    }
+}
