@@ -106,3 +106,95 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres::tests::TempDb;
+
+    const LONG: Duration = Duration::from_secs(600);
+
+    /// The conditional writes, the same on both backends: an unexpired lease is its
+    /// holder's alone; an expired one (ttl 0 expires at once) is anybody's.
+    async fn conditional_writes(store: &Store) {
+        store.heartbeat("a").await.unwrap();
+        store.heartbeat("b").await.unwrap();
+        assert!(store.acquire("a", "t", LONG).await.unwrap());
+        assert!(
+            !store.acquire("b", "t", LONG).await.unwrap(),
+            "taken while unexpired"
+        );
+        assert!(
+            store.acquire("a", "t", LONG).await.unwrap(),
+            "the holder re-takes"
+        );
+        assert!(store
+            .renew("b", vec!["t".into()], LONG)
+            .await
+            .unwrap()
+            .is_empty());
+        store.release("b", vec!["t".into()]).await.unwrap();
+        assert_eq!(
+            store
+                .renew("a", vec!["t".into(), "u".into()], LONG)
+                .await
+                .unwrap(),
+            vec!["t".to_string()]
+        );
+        let snap = store.lease_snapshot(LONG).await.unwrap();
+        assert_eq!(snap.live, ["a".to_string(), "b".to_string()].into());
+        assert_eq!(snap.leases.len(), 1);
+        assert_eq!(snap.leases[0].holder, "a");
+        assert!(snap.leases[0].expires_at > snap.now);
+        // Expired: another instance takes it, and the old holder cannot renew it back.
+        assert!(store.acquire("a", "t", Duration::ZERO).await.unwrap());
+        assert!(store.acquire("b", "t", LONG).await.unwrap());
+        assert!(store
+            .renew("a", vec!["t".into()], LONG)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.acquire("b", "u", LONG).await.unwrap());
+        store.release("b", vec!["u".into()]).await.unwrap();
+        assert!(
+            store.acquire("a", "u", LONG).await.unwrap(),
+            "released is free"
+        );
+        // Leaving gives back everything at once and forgets the instance.
+        store.leave("b").await.unwrap();
+        let snap = store.lease_snapshot(LONG).await.unwrap();
+        assert_eq!(snap.live, ["a".to_string()].into());
+        assert!(snap.leases.iter().all(|l| l.holder == "a"));
+        assert!(store.acquire("a", "t", LONG).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_second_instance_cannot_take_an_unexpired_lease_postgres() {
+        let db = TempDb::new().await;
+        let store = Store::connect_postgres(&db.url, None).await.unwrap();
+        conditional_writes(&store).await;
+        // The snapshot's now is the database's clock.
+        let c = db.client().await;
+        let seen: i64 = c
+            .query_one("SELECT last_seen FROM instances WHERE id = 'a'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let db_now: i64 = c
+            .query_one("SELECT (extract(epoch from now()) * 1000)::bigint", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(seen <= db_now && seen > db_now - 600_000);
+        store.close().await.unwrap();
+        db.drop_now().await;
+    }
+
+    #[tokio::test]
+    async fn a_second_instance_cannot_take_an_unexpired_lease_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        conditional_writes(&store).await;
+        store.close().await.unwrap();
+    }
+}

@@ -255,4 +255,4 @@ fn redact(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
