@@ -223,3 +223,145 @@ async fn bounded<T>(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres::tests::TempDb;
+
+    const TTL: Duration = Duration::from_secs(3);
+    /// The bound of every wait: generous, so a loaded machine does not fail the test; the
+    /// measured times are printed.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    fn tokens() -> Vec<String> {
+        (0..5).map(|i| format!("token-{i}")).collect()
+    }
+
+    /// Samples every keeper's published set at one local instant, asserting that no two
+    /// may call Apple for one token; answers who may call for each token.
+    fn sample(held: &[(String, watch::Receiver<HeldSet>)]) -> BTreeMap<String, String> {
+        let now = local_now();
+        let mut who: BTreeMap<String, String> = BTreeMap::new();
+        for (id, rx) in held {
+            for (t, h) in rx.borrow().iter() {
+                if h.may_call(now) {
+                    if let Some(other) = who.insert(t.clone(), id.clone()) {
+                        panic!("{other} and {id} may both call Apple for {t}");
+                    }
+                }
+            }
+        }
+        who
+    }
+
+    /// Waits (sampling all the while) until every token is held by one of `expected`, the
+    /// shares differing by at most one; answers how long that took.
+    async fn until_balanced(
+        held: &[(String, watch::Receiver<HeldSet>)],
+        expected: &[&str],
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let who = sample(held);
+            let counts: Vec<usize> = expected
+                .iter()
+                .map(|e| who.values().filter(|h| h == e).count())
+                .collect();
+            let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            if who.len() == tokens().len()
+                && counts.iter().sum::<usize>() == who.len()
+                && hi - lo <= 1
+            {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "not balanced over {expected:?} within {PATIENCE:?}: {who:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn keeper(url: &str, me: &str, shutdown: &CancellationToken) -> Keeper {
+        let store = Store::connect_postgres(url, None).await.unwrap();
+        Keeper::spawn(
+            store,
+            KeeperConfig::new(me, tokens(), TTL),
+            shutdown.clone(),
+        )
+    }
+
+    /// Three instances share five tokens, one crashes and its tokens move to the others
+    /// once its leases expire, one leaves and hands its tokens over at once; at no sampled
+    /// moment may two call Apple for one token.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keepers_share_tokens_take_over_from_a_crash_and_hand_over_on_leave() {
+        let db = TempDb::new().await;
+        let shutdown = CancellationToken::new();
+        let a = keeper(&db.url, "a", &shutdown).await;
+        let b = keeper(&db.url, "b", &shutdown).await;
+        let c = keeper(&db.url, "c", &shutdown).await;
+        let held = vec![
+            ("a".to_string(), a.held()),
+            ("b".to_string(), b.held()),
+            ("c".to_string(), c.held()),
+        ];
+        let t = until_balanced(&held, &["a", "b", "c"]).await;
+        eprintln!("balanced over a, b, c after {t:?}");
+
+        // A crash: no leave; c's last deadlines stay in its (sampled) set until they pass.
+        let crashed_at = Instant::now();
+        drop(c);
+        let t = until_balanced(&held, &["a", "b"]).await;
+        eprintln!(
+            "c's tokens taken over {:?} after the crash (lease_ttl {TTL:?})",
+            t
+        );
+        // Nobody may take a lease before it expires: c held 1 or 2 tokens whose leases
+        // were renewed at most `interval` before the crash.
+        assert!(
+            crashed_at.elapsed() >= TTL / 3,
+            "taken over before c's leases expired"
+        );
+
+        // A clean stop gives the leases back at once: none is left to expire.
+        let left_at = Instant::now();
+        b.stop().await;
+        let store = Store::connect_postgres(&db.url, None).await.unwrap();
+        let snap = store.lease_snapshot(TTL).await.unwrap();
+        assert!(
+            snap.leases.iter().all(|l| l.holder != "b") && !snap.live.contains("b"),
+            "{snap:?}"
+        );
+        let t = until_balanced(&held, &["a"]).await;
+        eprintln!(
+            "b's tokens handed over {t:?} after leave (started {:?} ago)",
+            left_at.elapsed()
+        );
+
+        shutdown.cancel();
+        a.stop().await;
+        let snap = store.lease_snapshot(TTL).await.unwrap();
+        assert!(snap.leases.is_empty() && snap.live.is_empty(), "{snap:?}");
+        store.close().await.unwrap();
+        db.drop_now().await;
+    }
+
+    /// With SQLite the one instance holds every token, and gives them back on stop.
+    #[tokio::test]
+    async fn a_lone_keeper_on_sqlite_holds_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let k = Keeper::spawn(
+            store.clone(),
+            KeeperConfig::new("solo", tokens(), TTL),
+            CancellationToken::new(),
+        );
+        let held = vec![("solo".to_string(), k.held())];
+        until_balanced(&held, &["solo"]).await;
+        k.stop().await;
+        assert!(store.lease_snapshot(TTL).await.unwrap().leases.is_empty());
+        store.close().await.unwrap();
+    }
+}
