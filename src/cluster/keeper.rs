@@ -1,5 +1,6 @@
 //! The adapter that keeps this instance's leases (docs/architecture.md, "Several
-//! instances"): every `interval` (a third of the lease TTL) it heartbeats, reads a snapshot
+//! instances"): every `interval` (a third of the lease TTL; sooner when another instance's
+//! lease is about to expire) it heartbeats, reads a snapshot
 //! of the lease table, asks [`lease::plan`] what to take and give back, applies that, and
 //! renews the rest; it publishes the leases it can prove through a `watch` channel.
 //!
@@ -122,20 +123,22 @@ impl Drop for Keeper {
 
 async fn run(store: Store, cfg: KeeperConfig, tx: watch::Sender<HeldSet>, stop: CancellationToken) {
     let mut held = HeldSet::new();
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = step(&store, &cfg, &mut held, &tx).await {
-            tracing::warn!(instance = %cfg.me, error = %e, "lease step failed; keeping only unexpired leases");
-        }
+        let wait = match step(&store, &cfg, &mut held, &tx).await {
+            Ok(wait) => wait,
+            Err(e) => {
+                tracing::warn!(instance = %cfg.me, error = %e, "lease step failed; keeping only unexpired leases");
+                cfg.interval
+            }
+        };
         // Keep nothing that could not be proved held.
         let now = local_now();
         held.retain(|_, h| h.may_call(now));
         tx.send_replace(held.clone());
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
     // Stop working before giving the leases back.
     tx.send_replace(HeldSet::new());
@@ -147,13 +150,16 @@ async fn run(store: Store, cfg: KeeperConfig, tx: watch::Sender<HeldSet>, stop: 
     }
 }
 
-/// One round: heartbeat, snapshot, plan, release, renew, acquire.
+/// One round: heartbeat, snapshot, plan, release, renew, acquire. Answers when to step
+/// again: after `interval`, or sooner when another instance's lease expires before that
+/// (a live holder renews long before, so that is a dead one's: taking it over then, not at
+/// the next tick, keeps the takeover within the lease TTL).
 async fn step(
     store: &Store,
     cfg: &KeeperConfig,
     held: &mut HeldSet,
     tx: &watch::Sender<HeldSet>,
-) -> Result<(), KeeperError> {
+) -> Result<Duration, KeeperError> {
     let me = cfg.me.as_str();
     bounded(cfg, "heartbeat", store.heartbeat(me)).await?;
     let snap = bounded(cfg, "snapshot", store.lease_snapshot(cfg.ttl)).await?;
@@ -207,7 +213,16 @@ async fn step(
             tx.send_replace(held.clone());
         }
     }
-    Ok(())
+    let next_expiry = snap
+        .leases
+        .iter()
+        .filter(|l| l.holder != me && l.expires_at > snap.now)
+        .map(|l| l.expires_at.since(snap.now))
+        .min();
+    // A few milliseconds after the expiry, so the database's clock has passed it.
+    Ok(next_expiry.map_or(cfg.interval, |d| {
+        cfg.interval.min(d + Duration::from_millis(5))
+    }))
 }
 
 async fn bounded<T>(
@@ -345,6 +360,42 @@ mod tests {
         let snap = store.lease_snapshot(TTL).await.unwrap();
         assert!(snap.leases.is_empty() && snap.live.is_empty(), "{snap:?}");
         store.close().await.unwrap();
+        db.drop_now().await;
+    }
+
+    /// When the database stops answering, the keeper keeps only what it proved: every
+    /// deadline counts from a write sent before the failure, and the set empties.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keeper_that_cannot_renew_stops_before_its_leases_expire() {
+        let db = TempDb::new().await;
+        let store = Store::connect_postgres(&db.url, None).await.unwrap();
+        let k = Keeper::spawn(
+            store.clone(),
+            KeeperConfig::new("a", tokens(), TTL),
+            CancellationToken::new(),
+        );
+        let held = vec![("a".to_string(), k.held())];
+        until_balanced(&held, &["a"]).await;
+        // Every later operation fails (the pool is closed).
+        store.close().await.unwrap();
+        let cut = local_now();
+        let start = Instant::now();
+        loop {
+            let set = held[0].1.borrow().clone();
+            for (t, h) in &set {
+                assert!(
+                    h.calls_until <= cut.saturating_add(TTL - TTL / 10),
+                    "{t} claimed past what was proved: {h:?}"
+                );
+            }
+            if set.is_empty() {
+                break;
+            }
+            assert!(start.elapsed() < PATIENCE, "still holding {set:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(sample(&held).is_empty());
+        drop(k);
         db.drop_now().await;
     }
 
