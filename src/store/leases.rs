@@ -190,6 +190,33 @@ mod tests {
         db.drop_now().await;
     }
 
+    /// Instances racing for a free token, and for an expired one: exactly one wins each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_racing_acquires_exactly_one_wins() {
+        let db = TempDb::new().await;
+        let store = Store::connect_postgres(&db.url, None).await.unwrap();
+        // An expired lease (ttl 0 expires at once) on "expired"; none on "free".
+        assert!(store
+            .acquire("old", "expired", Duration::ZERO)
+            .await
+            .unwrap());
+        for token in ["free", "expired"] {
+            let racers: Vec<_> = (0..8)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.acquire(&format!("i{i}"), token, LONG).await })
+                })
+                .collect();
+            let mut wins = 0;
+            for r in racers {
+                wins += usize::from(r.await.unwrap().unwrap());
+            }
+            assert_eq!(wins, 1, "{token}");
+        }
+        store.close().await.unwrap();
+        db.drop_now().await;
+    }
+
     #[tokio::test]
     async fn a_second_instance_cannot_take_an_unexpired_lease_sqlite() {
         let dir = tempfile::tempdir().unwrap();
