@@ -2,4 +2,5 @@
 //! instances"): every instance serves the webhook and the local API; each token is worked by
 //! the one instance that holds its lease.
 
+pub mod keeper;
 pub mod lease;

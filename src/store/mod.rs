@@ -29,6 +29,7 @@
 
 pub mod events;
 pub mod feed;
+pub mod leases;
 pub mod licences;
 pub mod mirror;
 pub mod notifications;
@@ -47,6 +48,7 @@ use thiserror::Error;
 
 pub use events::{EventFilter, RecoveryStart, TurnCommit, TurnWrite};
 pub use feed::{licence_transition, LicenceCounts, TokenStatus};
+pub use leases::LeaseSnapshot;
 pub use licences::{AssetLicences, AssignmentRef};
 pub use mirror::{MirrorKind, StageRows};
 pub use notifications::NewNotification;

@@ -310,6 +310,19 @@ pub const MIGRATIONS: &[&str] = &[
         item TEXT NOT NULL
     );
     "#,
+    // 8: several instances (issue 10): heartbeats and token leases, on the database's clock.
+    r#"
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        started_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL
+    );
+    CREATE TABLE leases (
+        token TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -2,8 +2,9 @@
 //! migrations in PostgreSQL's dialect under SQLite's version numbers ([`migrations`]), the
 //! queries by table ([`queries`]) and the mirror's rows ([`mirror`], [`notify`]), each the
 //! counterpart of the SQLite function of the same name; `Store::Postgres` runs the store's
-//! operations on it. Not reachable from the configuration yet (`[store] url`), and nothing
-//! yet for several instances (token leases, stages of other instances' syncs).
+//! operations on it. Not reachable from the configuration yet (`[store] url`). For several
+//! instances there are token leases (`queries::leases`, driven by `crate::cluster::keeper`),
+//! not yet consulted by the executor; nothing yet for the stages of other instances' syncs.
 //!
 //! Where SQLite has one writer thread that group-commits, PostgreSQL takes concurrent
 //! transactions itself: each operation runs as one transaction on a pooled connection
@@ -255,4 +256,4 @@ fn redact(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

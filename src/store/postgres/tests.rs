@@ -29,15 +29,16 @@ fn a_password_never_shows_in_messages() {
     assert_eq!(redact("host=db user=vppr"), "host=db user=vppr");
 }
 
-/// A database of its own on the test server, dropped when the value is.
-struct TempDb {
+/// A database of its own on the test server, dropped by [`TempDb::drop_now`]. (Also used by
+/// the lease keeper's tests, `crate::cluster::keeper`.)
+pub(crate) struct TempDb {
     admin: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl TempDb {
-    async fn new() -> TempDb {
+    pub(crate) async fn new() -> TempDb {
         let admin = std::env::var("VPPR_TEST_PG_URL").expect(
             "VPPR_TEST_PG_URL is not set: these tests need a PostgreSQL server; run them with \
              scripts/test, which starts one",
@@ -54,13 +55,13 @@ impl TempDb {
         TempDb { admin, name, url }
     }
 
-    async fn client(&self) -> tokio_postgres::Client {
+    pub(crate) async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
         tokio::spawn(conn);
         client
     }
 
-    async fn drop_now(self) {
+    pub(crate) async fn drop_now(self) {
         let (client, conn) = tokio_postgres::connect(&self.admin, NoTls).await.unwrap();
         tokio::spawn(conn);
         client

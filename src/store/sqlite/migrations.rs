@@ -289,6 +289,21 @@ const MIGRATIONS: &[&str] = &[
         item TEXT NOT NULL                          -- the change as it would have been sent
     );
     "#,
+    // 8: several instances on one database (issue 10): who is alive, and who works which
+    // token until when (times on the database's clock). With SQLite there is one instance,
+    // which holds every lease it asks for; the tables keep the schemas of both backends one.
+    r#"
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        started_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    );
+    CREATE TABLE leases (
+        token TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod feed;
+pub mod leases;
 pub mod licences;
 pub mod notifications;
 pub mod push;
