@@ -69,19 +69,35 @@ pub struct PgStore {
     target: String,
 }
 
-/// Connects once, without migrating, and answers the schema version found (0: none yet):
-/// `check-config`'s test of the connection. Bounded: 10 s.
-pub async fn probe(url: &str, password: Option<&str>) -> Result<i64, StoreError> {
-    let open_error = |reason: String| StoreError::Open {
+fn open_error(url: &str, reason: String) -> StoreError {
+    StoreError::Open {
         target: redact(url),
         reason,
-    };
+    }
+}
+
+/// The driver's settings from the URL, with the password from its secret file.
+fn connection_config(
+    url: &str,
+    password: Option<&str>,
+) -> Result<tokio_postgres::Config, StoreError> {
     let mut config: tokio_postgres::Config = url
         .parse()
-        .map_err(|e: tokio_postgres::Error| open_error(e.to_string()))?;
+        .map_err(|e: tokio_postgres::Error| open_error(url, e.to_string()))?;
     if let Some(p) = password {
         config.password(p);
     }
+    if config.get_application_name().is_none() {
+        config.application_name("vpp-reconciler");
+    }
+    Ok(config)
+}
+
+/// Connects once, without migrating, and answers the schema version found (0: none yet):
+/// `check-config`'s test of the connection. Bounded: 10 s.
+pub async fn probe(url: &str, password: Option<&str>) -> Result<i64, StoreError> {
+    let open_error = |reason: String| open_error(url, reason);
+    let mut config = connection_config(url, password)?;
     config.connect_timeout(std::time::Duration::from_secs(10));
     let (client, conn) =
         tokio::time::timeout(std::time::Duration::from_secs(10), config.connect(NoTls))
@@ -100,19 +116,8 @@ impl PgStore {
     /// one is needed, comes from a secret file, not the URL) and migrates it to
     /// [`migrations::LATEST`].
     pub async fn connect(url: &str, password: Option<&str>) -> Result<PgStore, StoreError> {
-        let open_error = |reason: String| StoreError::Open {
-            target: redact(url),
-            reason,
-        };
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| open_error(e.to_string()))?;
-        if let Some(p) = password {
-            config.password(p);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("vpp-reconciler");
-        }
+        let open_error = |reason: String| open_error(url, reason);
+        let config = connection_config(url, password)?;
         let manager = Manager::from_config(
             config,
             NoTls,
