@@ -69,6 +69,11 @@ pub struct PgStore {
     target: String,
 }
 
+/// Longest wait to connect or for a pooled connection.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a statement may run on the server (the biggest is a full sync's final step).
+const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn open_error(url: &str, reason: String) -> StoreError {
     StoreError::Open {
         target: redact(url),
@@ -90,6 +95,19 @@ fn connection_config(
     if config.get_application_name().is_none() {
         config.application_name("vpp-reconciler");
     }
+    // Every network call is bounded: connecting, each statement (server side), and a
+    // server that vanished without closing the connection (keepalives).
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CALL_TIMEOUT);
+    }
+    if config.get_options().is_none() {
+        config.options(format!(
+            "-c statement_timeout={}",
+            STATEMENT_TIMEOUT.as_millis()
+        ));
+    }
+    config.keepalives(true);
+    config.keepalives_idle(std::time::Duration::from_secs(10));
     Ok(config)
 }
 
@@ -127,6 +145,10 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CALL_TIMEOUT))
+            .recycle_timeout(Some(CALL_TIMEOUT))
             .build()
             .map_err(|e| open_error(e.to_string()))?;
         let mut client = pool.get().await.map_err(|e| open_error(e.to_string()))?;
