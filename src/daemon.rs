@@ -218,6 +218,7 @@ pub async fn serve_with_reload(
     on_ready: impl FnOnce(&Running) + Send,
 ) -> Result<(), DaemonError> {
     let store = Store::open_configured(&config.daemon.database, config.store.as_ref()).await?;
+    store.lock_single_instance().await?;
     if config.store.is_some() {
         // Design §9: until token leases exist, one instance works every token.
         tracing::info!("store: PostgreSQL (one instance: token leases are not implemented yet)");

@@ -56,7 +56,25 @@ async fn check_config_and_read_only_commands_on_postgres() {
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("pg_dump"));
 
-    // A restart recovers the event from PostgreSQL.
+    // A second daemon on the same database refuses to start (exit 2), naming why.
+    let second = env.path("second.toml");
+    let toml = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&env.api.to_string(), &common::free_addr().to_string())
+        .replace(&env.webhook.to_string(), &common::free_addr().to_string());
+    std::fs::write(&second, toml).unwrap();
+    let o = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&second)
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("another vpp-reconciler instance"), "{err}");
+
+    // A restart recovers the event from PostgreSQL (kill -9 releases the lock with the
+    // session).
     daemon.kill9();
     let _daemon = env.start_daemon();
     let v: Value = c

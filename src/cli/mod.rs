@@ -56,7 +56,10 @@ pub fn load_public_config(path: &std::path::Path) -> Result<crate::config::Publi
 /// error (exit 2: restarting or retrying will not fix it); anything else failed (exit 1).
 pub fn store_error(e: crate::store::StoreError) -> CliError {
     match e {
-        crate::store::StoreError::SchemaTooNew { .. } => CliError::usage(e.to_string()),
+        // Exit 2: systemd does not restart into the same refusal (RestartPreventExitStatus).
+        crate::store::StoreError::SchemaTooNew { .. } | crate::store::StoreError::InUse(_) => {
+            CliError::usage(e.to_string())
+        }
         e => CliError::failed(e.to_string()),
     }
 }

@@ -89,6 +89,11 @@ pub enum StoreError {
     Closed,
     #[error("the database is open read-only")]
     ReadOnly,
+    #[error(
+        "another vpp-reconciler instance is running on {0}; several instances on one database \
+         are not supported yet (token leases are not wired in), so this one does not start"
+    )]
+    InUse(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("stored data is invalid: {0}")]
@@ -154,6 +159,17 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.close().await,
             Store::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Makes this process the only daemon on the database, for as long as it runs: several
+    /// instances would each work every token (leases are not wired in yet). SQLite: nothing to
+    /// do (one writer per file). PostgreSQL: a session advisory lock on a connection of its
+    /// own, released by the server when the process ends, however it ends.
+    pub async fn lock_single_instance(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(p) => p.lock_single_instance().await,
         }
     }
 

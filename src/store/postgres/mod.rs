@@ -67,7 +67,16 @@ pub struct PgStore {
     ordered: mpsc::Sender<Ordered>,
     /// The URL without its password, for messages.
     target: String,
+    /// For connections outside the pool (the single-instance lock).
+    url: String,
+    password: Option<crate::secret::Secret>,
 }
+
+/// The session advisory lock of the one daemon on a database ("vpprone1").
+const SINGLE_INSTANCE_LOCK: i64 = 0x7670_7072_6f6e_6531;
+
+/// How long a starting daemon waits for the single-instance lock before refusing.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Longest wait to connect or for a pooled connection.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -170,6 +179,8 @@ impl PgStore {
             pool,
             ordered: tx,
             target: redact(url),
+            url: url.to_string(),
+            password: password.map(crate::secret::Secret::new),
         })
     }
 
@@ -247,6 +258,42 @@ impl PgStore {
             .send(Ordered::Job(job))
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// See [`crate::store::Store::lock_single_instance`].
+    pub async fn lock_single_instance(&self) -> Result<(), StoreError> {
+        let password = self.password.as_ref().map(|p| p.expose());
+        let config = connection_config(&self.url, password)?;
+        let (client, conn) = tokio::time::timeout(CALL_TIMEOUT, config.connect(NoTls))
+            .await
+            .map_err(|_| open_error(&self.url, "no answer within 10 s".into()))?
+            .map_err(|e| open_error(&self.url, e.to_string()))?;
+        let target = self.target.clone();
+        let driver = tokio::spawn(conn);
+        // A predecessor killed a moment ago may still show as connected until the server
+        // notices: retry for a bounded while before refusing.
+        let deadline = tokio::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&SINGLE_INSTANCE_LOCK])
+                .await?
+                .get(0);
+            if got {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::InUse(target));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        // The lock lives as long as this session: keep the client for the process's life.
+        tokio::spawn(async move {
+            let _client = client;
+            if let Ok(Err(e)) = driver.await {
+                tracing::error!(error = %e, "lost the connection holding the single-instance lock");
+            }
+        });
+        Ok(())
     }
 
     /// A cheap liveness probe: one round trip on a pooled connection.
