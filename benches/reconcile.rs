@@ -39,6 +39,9 @@
 //!
 //! `run` returns the figures for `cargo bench --bench all`.
 
+#[path = "support/webhook.rs"]
+mod webhook_load;
+
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -770,136 +773,28 @@ async fn run_naive(n: usize) -> (u64, Duration, Calls) {
 // ---- webhook throughput ---------------------------------------------------------------------
 
 fn notification(uid: &str, tag: &str, i: usize) -> Vec<u8> {
-    json!({
-        "notification": {"assignments": [{"adamId": adam_id(0, i % ASSETS_PER_TOKEN), "pricingParam": "STDQ",
-            "serialNumber": format!("WH-{tag}-{i:07}")}],
-            "eventId": format!("wh-{tag}-{i:07}"), "result": "SUCCESS", "type": "ASSOCIATE"},
-        "notificationId": format!("wh-{tag}-{}-{i:07}", uuid::Uuid::new_v4()),
-        "notificationType": "ASSET_MANAGEMENT",
-        "uId": uid,
-    })
-    .to_string()
-    .into_bytes()
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
+    webhook_load::notification(uid, &adam_id(0, i % ASSETS_PER_TOKEN), tag, i)
 }
 
 async fn webhook_bench(addr: SocketAddr, uid: &str, quick: bool) -> WebhookFigures {
-    let url = format!("http://{addr}/apple/notifications/{}", TOKENS[0]);
-    let auth = format!("Bearer {}", notify_secret(TOKENS[0]));
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(2048)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-
-    // Paced: request i is due at t0 + i ms; latency from that due time.
-    let rate = 1000usize;
-    let secs = if quick { 3 } else { 10 };
-    let total = rate * secs;
-    let t0 = tokio::time::Instant::now() + Duration::from_millis(100);
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let http = http.clone();
-        let url = url.clone();
-        let auth = auth.clone();
-        let body = notification(uid, "paced", i);
-        let due = t0 + Duration::from_micros((i as u64) * 1_000_000 / rate as u64);
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(due).await;
-            let r = http
-                .post(&url)
-                .header("authorization", auth)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .expect("webhook POST");
-            assert_eq!(r.status().as_u16(), 200, "webhook answer");
-            let done = tokio::time::Instant::now();
-            (done - due, done)
-        }));
-    }
-    let mut lat = Vec::with_capacity(total);
-    let mut end = t0;
-    for t in tasks {
-        let (l, done) = t.await.expect("webhook task");
-        lat.push(l);
-        end = end.max(done);
-    }
-    lat.sort();
-    let span = (end - t0).as_secs_f64();
+    let uid = uid.to_string();
+    let target = webhook_load::Target {
+        url: format!("http://{addr}/apple/notifications/{}", TOKENS[0]),
+        auth: format!("Bearer {}", notify_secret(TOKENS[0])),
+        body: Arc::new(move |tag, i| notification(&uid, tag, i)),
+    };
+    let http = webhook_load::client();
     println!("== webhook (durable acknowledgements) ==");
-    println!("paced offered rate: {rate} notifications/s for {secs} s ({total} notifications)");
-    println!(
-        "paced achieved rate: {:.0} notifications/s",
-        total as f64 / span
-    );
-    println!("paced latency p50: {:.1} ms", pct(&lat, 0.50));
-    println!("paced latency p99: {:.1} ms", pct(&lat, 0.99));
-    println!("paced latency max: {:.1} ms", pct(&lat, 1.0));
-    let (paced_p50, paced_p99) = (pct(&lat, 0.50), pct(&lat, 0.99));
-
-    // Unpaced burst from 64 connections.
-    let conns = 64usize;
-    let total = if quick { 6_400 } else { 32_000 };
-    let per = total / conns;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..conns {
-        let http = http.clone();
-        let url = url.clone();
-        let auth = auth.clone();
-        let uid = uid.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per);
-            for i in 0..per {
-                let body = notification(&uid, "burst", c * per + i);
-                let s = Instant::now();
-                let r = http
-                    .post(&url)
-                    .header("authorization", auth.as_str())
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("webhook POST");
-                assert_eq!(r.status().as_u16(), 200, "webhook answer");
-                lat.push(s.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::with_capacity(total);
-    for t in tasks {
-        lat.extend(t.await.expect("burst task"));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    lat.sort();
-    println!(
-        "burst: {} notifications from {conns} concurrent connections",
-        per * conns
-    );
-    let burst_rate = (per * conns) as f64 / secs;
-    println!("burst throughput: {burst_rate:.0} notifications/s");
-    println!("burst latency p50: {:.1} ms", pct(&lat, 0.50));
-    println!("burst latency p99: {:.1} ms", pct(&lat, 0.99));
-    println!("burst latency max: {:.1} ms", pct(&lat, 1.0));
+    let p = webhook_load::paced(&http, &target, 1000, if quick { 3 } else { 10 }).await;
+    let b = webhook_load::burst(&http, &target, 64, if quick { 6_400 } else { 32_000 }).await;
     WebhookFigures {
-        paced_rate: rate,
-        paced_p50,
-        paced_p99,
-        burst_conns: conns,
-        burst_total: per * conns,
-        burst_rate,
-        burst_p99: pct(&lat, 0.99),
+        paced_rate: p.rate,
+        paced_p50: p.p50,
+        paced_p99: p.p99,
+        burst_conns: b.conns,
+        burst_total: b.total,
+        burst_rate: b.rate,
+        burst_p99: b.p99,
     }
 }
 

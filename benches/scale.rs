@@ -29,6 +29,8 @@ mod proc_util;
 mod sim_util;
 #[path = "support/table.rs"]
 mod table;
+#[path = "support/track.rs"]
+mod track;
 
 use std::time::{Duration, Instant};
 
@@ -38,46 +40,8 @@ use table::row;
 use vpp_reconciler::core::{Core, EventRecord, EventType, Timings, TrackRequest};
 use vpp_reconciler::time::Timestamp;
 
-/// The `k`th event's id in Apple's form, a UUID string (docs/apple-api.md), which the core
-/// stores in 16 bytes (ids of other shapes cost about 85 bytes more each).
-fn event_id(k: usize) -> String {
-    format!("{:08x}-0000-4000-8000-{:012x}", k as u32, k as u64)
-}
-
 const TOKENS: usize = 100;
 const CLIENTS: usize = 64;
-
-async fn fill(api: std::net::SocketAddr, n: usize) -> (usize, Duration) {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(CLIENTS)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
-    let url = format!("http://{api}/v1/events");
-    let per = n / CLIENTS;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let client = client.clone();
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per {
-                let k = c * per + i;
-                let body = serde_json::json!({"token": format!("t{:03}", k % TOKENS),
-                    "eventId": event_id(k), "type": "ASSOCIATE",
-                    "request": {"assets": [{"adamId": format!("{}", 100_000 + k % 500), "pricingParam": "STDQ"}],
-                        "serialNumbers": [format!("S{k:08}A"), format!("S{k:08}B")]}});
-                let r = client.post(&url).json(&body).send().await.expect("track");
-                assert_eq!(r.status().as_u16(), 201, "track scale-{k:08}");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("fill task");
-    }
-    (per * CLIENTS, start.elapsed())
-}
 
 async fn get_ms(client: &reqwest::Client, url: &str) -> f64 {
     let s = Instant::now();
@@ -112,7 +76,7 @@ fn idle_turn_us(n: usize) -> f64 {
         let mut r = EventRecord::new_tracked(
             now,
             TrackRequest {
-                event_id: event_id(i),
+                event_id: track::event_id(i),
                 token: format!("t{:03}", i % TOKENS),
                 event_type: EventType::Associate,
                 submitted_at: Some(now),
@@ -262,7 +226,7 @@ pub fn run(quick: bool) -> ScaleFigures {
     );
 
     // 1. Fill.
-    let (filled, fill_time) = rt.block_on(fill(env.api, n));
+    let (filled, fill_time) = rt.block_on(track::fill(env.api, n, CLIENTS, TOKENS));
     let fill_rate = filled as f64 / fill_time.as_secs_f64();
     let rss_filled = proc_status_kib(d.child.id(), "VmRSS:");
     eprintln!(

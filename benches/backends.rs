@@ -1,0 +1,193 @@
+//! SQLite beside PostgreSQL in one run (issue 10): `cargo bench --bench backends [-- --quick]`.
+//!
+//! For each backend, SQLite then PostgreSQL, on the same machine in the same run: the release
+//! daemon binary as a child process with a fresh store (temp config from `tests/common`,
+//! 4 tokens, Apple unreachable, `notification_grace = "24h"` so nothing is polled), then
+//!
+//! 1. durable webhook ingest: a burst of 20,000 ASSET_MANAGEMENT notifications (4,000 with
+//!    `--quick`) from 64 concurrent connections: notifications/s and acknowledgement p99;
+//! 2. the webhook at 1,000 notifications/s offered for 10 s (3 s with `--quick`): p50/p99
+//!    acknowledgement, from each request's due time;
+//! 3. tracking: `POST /v1/events` from 64 concurrent clients, 20,000 events (4,000 with
+//!    `--quick`): events/s.
+//!
+//! The notifications are for eventIds the daemon does not track: they are stored all the same
+//! (they wait for their event), which is the durable write measured. PostgreSQL is a
+//! throwaway cluster from `scripts/pg-test-server` (Debian's `postgresql`, fsync on), one
+//! database per run. Figures are reported, not asserted.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "support/track.rs"]
+mod track;
+#[path = "support/webhook.rs"]
+mod webhook_load;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{Backend, EnvOptions, TestEnv};
+
+const TOKENS: [&str; 4] = ["t000", "t001", "t002", "t003"];
+const CONNS: usize = 64;
+
+/// The throwaway PostgreSQL cluster, stopped (and its directory removed) on drop.
+struct PgServer {
+    dir: String,
+    script: String,
+}
+
+impl PgServer {
+    fn start() -> (PgServer, String) {
+        let script = format!("{}/scripts/pg-test-server", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        assert!(
+            out.status.success(),
+            "the PostgreSQL test server did not start ({script}; it needs Debian's postgresql \
+             package): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (dir, url) = line
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("unexpected pg-test-server output {line:?}"));
+        (
+            PgServer {
+                dir: dir.into(),
+                script,
+            },
+            url.into(),
+        )
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script)
+            .args(["stop", &self.dir])
+            .status();
+    }
+}
+
+struct Figures {
+    burst_total: usize,
+    burst_rate: f64,
+    burst_p99: f64,
+    paced_rate: usize,
+    paced_secs: usize,
+    paced_p50: f64,
+    paced_p99: f64,
+    tracked: usize,
+    track_rate: f64,
+}
+
+fn measure(rt: &tokio::runtime::Runtime, backend: Backend, quick: bool) -> Figures {
+    let n = if quick { 4_000 } else { 20_000 };
+    let secs = if quick { 3 } else { 10 };
+    let env = TestEnv::new(EnvOptions {
+        tokens: &TOKENS,
+        reconcile: "notification_grace = \"24h\"\ngive_up_after = \"48h\"",
+        log_level: "error",
+        backend,
+        ..EnvOptions::default()
+    });
+    let d = env.start_daemon();
+    // Apple is unreachable, so the daemon never learns the location's uId and does not check it.
+    let target = webhook_load::Target {
+        url: format!("http://{}/apple/notifications/{}", env.webhook, TOKENS[0]),
+        auth: format!("Bearer {}", env.tokens[0].notify_secret),
+        body: Arc::new(|tag, i| webhook_load::notification("bench-location", "100000", tag, i)),
+    };
+    println!("== {backend:?} ==");
+    let (b, p, (tracked, took)) = rt.block_on(async {
+        let http = webhook_load::client();
+        let b = webhook_load::burst(&http, &target, CONNS, n).await;
+        let p = webhook_load::paced(&http, &target, 1000, secs).await;
+        let t = track::fill(env.api, n, CONNS, TOKENS.len()).await;
+        (b, p, t)
+    });
+    let track_rate = tracked as f64 / took.as_secs_f64();
+    println!("tracking: {tracked} events from {CONNS} clients, {track_rate:.0} events/s");
+    let status = d.terminate();
+    println!("daemon exit: {status}");
+    Figures {
+        burst_total: b.total,
+        burst_rate: b.rate,
+        burst_p99: b.p99,
+        paced_rate: p.rate,
+        paced_secs: secs,
+        paced_p50: p.p50,
+        paced_p99: p.p99,
+        tracked,
+        track_rate,
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let wall = Instant::now();
+    // Before any thread exists: tests/common creates each run's database on this server.
+    let (_server, admin) = PgServer::start();
+    std::env::set_var("VPPR_TEST_PG_URL", &admin);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = measure(&rt, Backend::Sqlite, quick);
+    let p = measure(&rt, Backend::Postgres, quick);
+
+    // (figure, SQLite, PostgreSQL, unit)
+    let paced = format!("webhook at {}/s for {} s", s.paced_rate, s.paced_secs);
+    let rows = [
+        (
+            format!(
+                "webhook durable ingest, burst of {} from {CONNS} connections",
+                s.burst_total
+            ),
+            s.burst_rate,
+            p.burst_rate,
+            "/s",
+        ),
+        (
+            "  same, acknowledgement p99".into(),
+            s.burst_p99,
+            p.burst_p99,
+            " ms",
+        ),
+        (
+            format!("{paced}, acknowledgement p50"),
+            s.paced_p50,
+            p.paced_p50,
+            " ms",
+        ),
+        (
+            format!("{paced}, acknowledgement p99"),
+            s.paced_p99,
+            p.paced_p99,
+            " ms",
+        ),
+        (
+            format!(
+                "tracking: POST /v1/events, {} events from {CONNS} clients",
+                s.tracked.min(p.tracked)
+            ),
+            s.track_rate,
+            p.track_rate,
+            " events/s",
+        ),
+    ];
+    println!("bench wall time: {:.0} s", wall.elapsed().as_secs_f64());
+    println!("| figure | SQLite | PostgreSQL | ratio (PG/SQLite) |");
+    println!("|---|---:|---:|---:|");
+    for (figure, sq, pg, unit) in rows {
+        // Rates to the unit, latencies to 0.1 ms.
+        let prec = usize::from(unit == " ms");
+        println!(
+            "| {figure} | {sq:.prec$}{unit} | {pg:.prec$}{unit} | {:.2} |",
+            pg / sq
+        );
+    }
+}
