@@ -53,9 +53,20 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 /// Work for the ordered writer: a job (its own transaction), or the request to stop after
 /// the jobs before it.
 enum Ordered {
-    Job(BoxFuture<'static, ()>),
+    Job(OrderedJob),
     Close(oneshot::Sender<()>),
 }
+
+/// Answers a job's caller once its batch committed (or did not).
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A job of the ordered writer: runs inside the batch's transaction (`None`: none could be
+/// started) and says whether it succeeded, with what to call after the commit.
+type OrderedJob = Box<
+    dyn for<'t> FnOnce(Option<&'t Transaction<'t>>) -> BoxFuture<'t, (bool, Completion)> + Send,
+>;
+
+/// Jobs the ordered writer commits together at most.
+const ORDERED_BATCH: usize = 256;
 
 /// Jobs queued for the ordered writer at most; callers wait (backpressure) beyond this.
 const ORDERED_QUEUE: usize = 4096;
@@ -70,6 +81,60 @@ pub struct PgStore {
     /// For connections outside the pool (the single-instance lock).
     url: String,
     password: Option<crate::secret::Secret>,
+}
+
+/// Runs `batch` in one transaction, each job in a savepoint of its own (a failed job is
+/// rolled back alone, as on SQLite), commits once, then answers every job in order.
+async fn commit_batch(pool: &Pool, batch: &mut Vec<OrderedJob>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+    let mut client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot get a database connection for a write");
+            for job in batch.drain(..) {
+                let (_, done) = job(None).await;
+                done(Err(StoreError::Database(e.to_string())));
+            }
+            return;
+        }
+    };
+    let tx = match client.transaction().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            for job in batch.drain(..) {
+                let (_, done) = job(None).await;
+                done(Err(StoreError::Database(e.to_string())));
+            }
+            return;
+        }
+    };
+    for job in batch.drain(..) {
+        let sp = tx.batch_execute("SAVEPOINT job").await;
+        let (ok, done) = job(sp.is_ok().then_some(&tx)).await;
+        if sp.is_ok() {
+            let end = if ok {
+                "RELEASE SAVEPOINT job"
+            } else {
+                "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"
+            };
+            let _ = tx.batch_execute(end).await;
+        }
+        completions.push(done);
+    }
+    let commit = tx.commit().await.map_err(|e| e.to_string());
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, "commit failed; the batch is rolled back");
+    }
+    for done in completions {
+        done(
+            commit
+                .clone()
+                .map_err(|e| StoreError::Database(format!("commit failed: {e}"))),
+        );
+    }
 }
 
 /// The session advisory lock of the one daemon on a database ("vpprone1").
@@ -164,14 +229,27 @@ impl PgStore {
         migrations::migrate(&mut client).await?;
         drop(client);
         let (tx, mut rx) = mpsc::channel::<Ordered>(ORDERED_QUEUE);
+        let batch_pool = pool.clone();
         tokio::spawn(async move {
+            let mut batch: Vec<OrderedJob> = Vec::with_capacity(ORDERED_BATCH);
             while let Some(msg) = rx.recv().await {
+                let mut close = None;
                 match msg {
-                    Ordered::Job(job) => job.await,
-                    Ordered::Close(done) => {
-                        rx.close();
-                        let _ = done.send(());
+                    Ordered::Job(job) => batch.push(job),
+                    Ordered::Close(done) => close = Some(done),
+                }
+                // Group commit, as SQLite's writer does: every job waiting now, one commit.
+                while close.is_none() && batch.len() < ORDERED_BATCH {
+                    match rx.try_recv() {
+                        Ok(Ordered::Job(job)) => batch.push(job),
+                        Ok(Ordered::Close(done)) => close = Some(done),
+                        Err(_) => break,
                     }
+                }
+                commit_batch(&batch_pool, &mut batch).await;
+                if let Some(done) = close {
+                    rx.close();
+                    let _ = done.send(());
                 }
             }
         });
@@ -236,8 +314,9 @@ impl PgStore {
         r
     }
 
-    /// Queues `f` behind every job queued before it and returns without waiting; each job
-    /// is a transaction of its own, committed (and answered on `on_commit`) in queue order.
+    /// Queues `f` behind every job queued before it and returns without waiting; the jobs
+    /// waiting together commit in one transaction, each in a savepoint of its own, and are
+    /// answered on `on_commit` in queue order.
     /// For the executor's turns.
     pub(in crate::store) async fn write_ordered<R, F>(
         &self,
@@ -250,9 +329,18 @@ impl PgStore {
             + Send
             + 'static,
     {
-        let this = self.clone();
-        let job = Box::pin(async move {
-            let _ = on_commit.send(this.write(f).await);
+        let job: OrderedJob = Box::new(move |tx| {
+            Box::pin(async move {
+                let result = match tx {
+                    Some(tx) => f(tx).await,
+                    None => Err(StoreError::Closed),
+                };
+                let ok = result.is_ok();
+                let done: Completion = Box::new(move |commit: Result<(), StoreError>| {
+                    let _ = on_commit.send(commit.and(result));
+                });
+                (ok, done)
+            })
         });
         self.ordered
             .send(Ordered::Job(job))
