@@ -1,4 +1,4 @@
-//! PostgreSQL as the store (design §9), against the server `scripts/test` starts: the daemon
+//! PostgreSQL as the store (design §9), against the test PostgreSQL server: the daemon
 //! runs on it, `check-config` tests the connection and the schema, and the read-only commands
 //! read it. (The reconcile scenarios run on both backends in `tests/reconcile.rs`.)
 

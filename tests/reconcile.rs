@@ -12,7 +12,7 @@ use common::{Backend, Daemon, EnvOptions, Sim, TestEnv};
 use serde_json::{json, Value};
 
 /// Each scenario runs on both backends: `NAME::sqlite` and `NAME::postgres` (a database of
-/// its own on the server `scripts/test` starts).
+/// its own on the test PostgreSQL server).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {$(
         mod $name {

@@ -34,7 +34,7 @@ pub struct TestToken {
 }
 
 /// Where a test daemon keeps its state: the SQLite file, or a database of its own on the
-/// PostgreSQL server that `scripts/test` starts (`VPPR_TEST_PG_URL`).
+/// test PostgreSQL server (`VPPR_TEST_PG_URL`, or one started for this test process).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Backend {
     #[default]
@@ -74,10 +74,7 @@ fn pg_execute(url: &str, sql: &str) -> Result<(), String> {
 
 impl PgDb {
     pub fn create() -> PgDb {
-        let admin = std::env::var("VPPR_TEST_PG_URL").expect(
-            "VPPR_TEST_PG_URL is not set: the PostgreSQL variants of the integration tests need \
-             a server; run the suite with scripts/test, which starts one",
-        );
+        let admin = vpp_reconciler::store::postgres::test_server_url();
         let name = format!("vppr_it_{}", uuid::Uuid::new_v4().simple());
         pg_execute(&admin, &format!("CREATE DATABASE {name}"))
             .unwrap_or_else(|e| panic!("cannot create a test database on {admin}: {e}"));

@@ -419,3 +419,32 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+/// The PostgreSQL server of this test process: `VPPR_TEST_PG_URL` if set, else a throwaway
+/// cluster that `scripts/pg-test-server` starts once per process on 127.0.0.1 (and stops
+/// after the process ends). Panics with the reason when there is none: the PostgreSQL
+/// tests fail rather than skip. For tests and benchmarks only.
+#[doc(hidden)]
+pub fn test_server_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("VPPR_TEST_PG_URL") {
+            return url;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-test-server");
+        let out = std::process::Command::new(script)
+            .arg("--owner")
+            .arg(std::process::id().to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.split_whitespace().nth(1) {
+            Some(url) if out.status.success() => url.to_string(),
+            _ => panic!(
+                "the PostgreSQL tests need a server and {script} could not start one: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    })
+    .clone()
+}

@@ -1,5 +1,5 @@
-//! PostgreSQL backend tests, against a real server: `scripts/test` starts a throwaway one and
-//! sets `VPPR_TEST_PG_URL=postgres://USER@127.0.0.1:PORT/postgres`; without it they fail (a
+//! PostgreSQL backend tests, against a real server: `VPPR_TEST_PG_URL`, or a throwaway one
+//! started for the test process ([`super::test_server_url`]); without one they fail (a
 //! backend test that skips proves nothing). Each makes a database of its own and drops it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,10 +39,7 @@ pub(crate) struct TempDb {
 
 impl TempDb {
     pub(crate) async fn new() -> TempDb {
-        let admin = std::env::var("VPPR_TEST_PG_URL").expect(
-            "VPPR_TEST_PG_URL is not set: these tests need a PostgreSQL server; run them with \
-             scripts/test, which starts one",
-        );
+        let admin = super::test_server_url();
         let name = format!("vppr_test_{}", uuid::Uuid::new_v4().simple());
         let (client, conn) = tokio_postgres::connect(&admin, NoTls).await.unwrap();
         tokio::spawn(conn);
