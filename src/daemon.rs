@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::apple::{AppleClient, ClientOptions};
+use crate::cluster::held::Leases;
+use crate::cluster::keeper::{Keeper, KeeperConfig};
 use crate::config::Config;
 use crate::core::periodic::{Chore, Periodic};
 use crate::core::{Core, SyncKind, Timings};
@@ -214,20 +216,63 @@ pub async fn serve_with_reload(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
-    mut reload: tokio::sync::mpsc::Receiver<Config>,
+    reload: tokio::sync::mpsc::Receiver<Config>,
     on_ready: impl FnOnce(&Running) + Send,
 ) -> Result<(), DaemonError> {
     let store = Store::open_configured(&config.daemon.database, config.store.as_ref()).await?;
-    store.lock_single_instance().await?;
-    if config.store.is_some() {
-        // Design §9: until token leases exist, one instance works every token.
-        tracing::info!("store: PostgreSQL (one instance: token leases are not implemented yet)");
-    }
     let now = Timestamp::now();
     let token_rows = token_rows(&config);
-    // Records the tokens, abandons the runs left running, discards crashed syncs' stages.
-    store.prepare_start(token_rows, now).await?;
     let timings = timings(&config);
+    // Several instances may share a PostgreSQL database (design §9): this one works the
+    // tokens whose leases it holds, loading each when acquired.
+    let shared = match &config.store {
+        Some(s) => Some((store.claim_instance(&host_name()).await?, s.lease_ttl)),
+        None => None,
+    };
+    let (core, keeper) = match &shared {
+        Some((me, ttl)) => {
+            store.join_cluster(me);
+            // Runs and stages of other live instances stay; a token's are cleaned up by
+            // whoever acquires it next.
+            store.upsert_tokens(token_rows, now).await?;
+            let core = Core::new(timings.clone(), store.reserve_sync_ids().await?);
+            let names = config.tokens.iter().map(|t| t.name.clone()).collect();
+            let keeper_stop = CancellationToken::new();
+            let keeper = Keeper::spawn(
+                store.clone(),
+                KeeperConfig::new(me.clone(), names, *ttl),
+                keeper_stop,
+            );
+            tracing::info!(instance = %me, lease_ttl = ?ttl, "store: PostgreSQL, several instances may share it");
+            (core, Some(keeper))
+        }
+        None => {
+            // Records the tokens, abandons the runs left running, discards crashed syncs'
+            // stages.
+            store.prepare_start(token_rows, now).await?;
+            (recover(&store, &timings, now).await?, None)
+        }
+    };
+    let leases = keeper
+        .as_ref()
+        .map_or(Leases::All, |k| Leases::Kept(k.held()));
+    serve_core(
+        config, listeners, shutdown, reload, on_ready, store, core, keeper, leases,
+    )
+    .await
+}
+
+/// The host's name: the instance id a daemon prefers (see `Store::claim_instance`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "vppr".into())
+}
+
+/// Loads every unsettled event into a new core (one instance on the database).
+async fn recover(store: &Store, timings: &Timings, now: Timestamp) -> Result<Core, DaemonError> {
     let core_timings = timings.clone();
     // Row by row into the core's compact table, with the timer index built once at the end
     // (docs/architecture.md, "Memory").
@@ -255,12 +300,30 @@ pub async fn serve_with_reload(
     core.end_recovery();
     release_free_heap();
     tracing::info!(recovered, "store open; unsettled events recovered");
+    Ok(core)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_core(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    mut reload: tokio::sync::mpsc::Receiver<Config>,
+    on_ready: impl FnOnce(&Running) + Send,
+    store: Store,
+    core: Core,
+    keeper: Option<Keeper>,
+    leases: Leases,
+) -> Result<(), DaemonError> {
+    let now = Timestamp::now();
+    let timings = timings(&config);
 
     // The one registry of this daemon: recorded into by the client, the effects, the webhook
     // and the API, and rendered on `/metrics`.
     let metrics = Metrics::new();
     let apple = build_client(&config, &metrics)?;
     if let Some(client) = &apple {
+        client.set_leases(leases.clone());
         // Apple's limits before the first authenticated request, so recovered work starts at
         // Apple's rate and not only the configured one; the webhook and API do not wait.
         client.warm_up(Duration::from_secs(5));
@@ -291,6 +354,7 @@ pub async fn serve_with_reload(
         }),
     };
     let (executor, handle) = Executor::new(core, store.clone(), effects, periodic);
+    let executor = executor.with_leases(leases.clone());
     let running = Running {
         store: store.clone(),
         executor: handle.clone(),
@@ -366,8 +430,9 @@ pub async fn serve_with_reload(
             .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
             .await
     });
-    // Fill or refresh the mirror at start: incremental where a versionId is stored.
-    if apple.is_some() {
+    // Fill or refresh the mirror at start: incremental where a versionId is stored. (With
+    // leases, each token's holder does so when it acquires the token.)
+    if apple.is_some() && matches!(leases, Leases::All) {
         for t in &config.tokens {
             for kind in SyncKind::ALL {
                 let _ = handle
@@ -419,6 +484,13 @@ pub async fn serve_with_reload(
             Ok(())
         }
     };
+    // The leases go back once this instance's last writes are in: until then the fence
+    // would refuse them. The next holder takes over at once instead of after lease_ttl.
+    if let Some(k) = keeper {
+        if tokio::time::timeout_at(deadline, k.stop()).await.is_err() {
+            tracing::warn!("leases not given back within {bound:?}; they expire in lease_ttl");
+        }
+    }
     // Last: commit what is queued and checkpoint the WAL into the database file, so a copy
     // of state.db alone after a clean stop holds everything.
     match tokio::time::timeout_at(deadline, store.close()).await {

@@ -118,6 +118,10 @@ impl Upkeep {
             tracing::warn!(error = %e, "cannot read Service Config; keeping the last URLs and limits");
         }
         for t in self.tokens.configs() {
+            // Each token's upkeep is its lease holder's (several instances).
+            if !self.client.may_call(&t.name) {
+                continue;
+            }
             if let Some(status) = self.expiry_warning(&t, now) {
                 let r = self.store.record_token_status(&t.name, status, now).await;
                 if let Err(e) = r {

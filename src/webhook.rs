@@ -23,7 +23,7 @@ use crate::apple::model::{
 };
 use crate::core::{NotificationInput, SyncKind};
 use crate::executor::Input;
-use crate::store::{NewNotification, Store};
+use crate::store::{Handoff, NewNotification, Store};
 use crate::time::Timestamp;
 use crate::tokens::Registry;
 
@@ -211,7 +211,30 @@ async fn receive(
         note.notification_type_raw.clone(),
         row.result.clone().unwrap_or_else(|| "-".into()),
     );
-    let written = state.store.record_notification(row, note, now).await;
+    // What the token's holder must do with it, left for it in the same transaction when
+    // another instance holds the token (store::handoffs).
+    let handoffs: Vec<Handoff> = input
+        .iter()
+        .chain(recount.iter())
+        .filter_map(|i| match i {
+            Input::Notification(n) => Some(Handoff::Notification {
+                notification_id: n.notification_id.clone(),
+                event_id: n.event_id.clone(),
+            }),
+            Input::Sync {
+                kind, full, cause, ..
+            } => Some(Handoff::Sync {
+                kind: *kind,
+                full: *full,
+                cause: cause.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    let written = state
+        .store
+        .record_notification_for(row, note, now, handoffs)
+        .await;
     if let (Ok(true), Some(input)) = (&written, input) {
         // Committed: if the loop is gone (shutdown) the store still has it, unapplied, and
         // recovery applies it after the restart.

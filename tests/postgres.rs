@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Backend, EnvOptions, TestEnv};
 use serde_json::{json, Value};
 
@@ -56,25 +58,33 @@ async fn check_config_and_read_only_commands_on_postgres() {
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("pg_dump"));
 
-    // A second daemon on the same database refuses to start (exit 2), naming why.
+    // A second daemon on the same database starts beside the first (several instances
+    // share the tokens by lease; tests/failover.rs) and stops cleanly.
     let second = env.path("second.toml");
+    let api2 = common::free_addr();
     let toml = std::fs::read_to_string(&env.config)
         .unwrap()
-        .replace(&env.api.to_string(), &common::free_addr().to_string())
+        .replace(&env.api.to_string(), &api2.to_string())
         .replace(&env.webhook.to_string(), &common::free_addr().to_string());
     std::fs::write(&second, toml).unwrap();
-    let o = std::process::Command::new(common::BIN)
-        .arg("--config")
-        .arg(&second)
-        .arg("run")
-        .output()
+    let other = env.spawn_daemon_with(&second, api2, "second.log");
+    other.wait_healthy(Duration::from_secs(30));
+    let v: Value = c
+        .get(format!("http://{api2}/v1/events/pg-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{o:?}");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("another vpp-reconciler instance"), "{err}");
+    assert_eq!(
+        v["eventId"], "pg-1",
+        "the second instance reads the shared store: {v}"
+    );
+    assert!(other.terminate().success());
 
-    // A restart recovers the event from PostgreSQL (kill -9 releases the lock with the
-    // session).
+    // A restart after kill -9 works the event again (its lease is taken back, at once when
+    // the restarted daemon gets its instance id back).
     daemon.kill9();
     let _daemon = env.start_daemon();
     let v: Value = c

@@ -21,6 +21,7 @@ use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
+use crate::cluster::held::Leases;
 use crate::secret::Secret;
 use crate::time::Timestamp;
 
@@ -114,6 +115,8 @@ struct Inner {
     /// False while the start-up Service Config read runs: authenticated requests wait for
     /// it (bounded), so they start at Apple's limits, while the daemon already serves.
     warm: tokio::sync::watch::Sender<bool>,
+    /// Which tokens this instance may call Apple for (several instances: the lease holder's).
+    leases: RwLock<Leases>,
 }
 
 struct ServiceState {
@@ -222,6 +225,7 @@ impl AppleClient {
                 tokens: Mutex::new(HashMap::new()),
                 health: tokio::sync::watch::channel(0).0,
                 warm: tokio::sync::watch::channel(true).0,
+                leases: RwLock::new(Leases::All),
             }),
         })
     }
@@ -693,6 +697,15 @@ impl AppleClient {
         };
         // Re-checked with the permit held, right before sending.
         let (stoken, sent) = loop {
+            // The last moment to stop: a lease about to expire sends nothing more.
+            if !self.may_call(token) {
+                return Attempt {
+                    result: Err(ApiError::NotHolder {
+                        token: token.to_string(),
+                    }),
+                    connect_failed: false,
+                };
+            }
             let now = self.inner.clock.now();
             let wait = {
                 let mut st = lock(&slot.state);
@@ -751,6 +764,25 @@ impl AppleClient {
             result: result.map_err(|e| e.redact(stoken.expose())),
             connect_failed,
         }
+    }
+
+    /// Calls for a token go out only while `leases` says this instance may make them
+    /// (docs/architecture.md, "Several instances"); the default is always.
+    pub fn set_leases(&self, leases: Leases) {
+        *self
+            .inner
+            .leases
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = leases;
+    }
+
+    /// Whether a request for `token` may be sent now.
+    pub fn may_call(&self, token: &str) -> bool {
+        self.inner
+            .leases
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .may_call(token)
     }
 
     async fn send_unauthenticated(&self, url: Url) -> Result<Vec<u8>, ApiError> {

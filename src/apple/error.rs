@@ -63,6 +63,12 @@ pub enum ApiError {
     /// until it is set again (config reload).
     #[error("token {token:?} is marked unhealthy after a token error; reload it to retry")]
     TokenUnhealthy { token: String },
+    /// Refused locally: another instance holds this token's lease now (or this one's lease
+    /// is about to expire), and only the holder calls Apple for a token.
+    #[error(
+        "this instance does not hold the lease of token {token:?}; the holder calls Apple for it"
+    )]
+    NotHolder { token: String },
     /// No token of that name was set on the client.
     #[error("no content token named {token:?} is configured")]
     UnknownToken { token: String },

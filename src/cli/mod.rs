@@ -57,9 +57,7 @@ pub fn load_public_config(path: &std::path::Path) -> Result<crate::config::Publi
 pub fn store_error(e: crate::store::StoreError) -> CliError {
     match e {
         // Exit 2: systemd does not restart into the same refusal (RestartPreventExitStatus).
-        crate::store::StoreError::SchemaTooNew { .. } | crate::store::StoreError::InUse(_) => {
-            CliError::usage(e.to_string())
-        }
+        crate::store::StoreError::SchemaTooNew { .. } => CliError::usage(e.to_string()),
         e => CliError::failed(e.to_string()),
     }
 }

@@ -45,7 +45,7 @@ pub struct KeeperConfig {
     pub ttl: Duration,
     /// Between steps: `ttl / 3`, so two renewals may fail before a lease expires.
     pub interval: Duration,
-    /// How long before `sent + ttl` calls stop: `ttl / 10`.
+    /// How long before `sent + ttl` calls stop: `ttl / 10`, at least 1 s (at most `ttl / 2`).
     pub margin: Duration,
     /// Each database call at most: `ttl / 3`.
     pub call_timeout: Duration,
@@ -58,7 +58,9 @@ impl KeeperConfig {
             tokens,
             ttl,
             interval: ttl / 3,
-            margin: ttl / 10,
+            // At least a second: Apple's rate limit counts requests per second, so the last
+            // request of one holder and the first of the next never share a second.
+            margin: (ttl / 10).max(Duration::from_secs(1)).min(ttl / 2),
             call_timeout: ttl / 3,
         }
     }

@@ -175,6 +175,31 @@ impl Core {
         }
     }
 
+    /// Gives up working `token` (another instance holds its lease now): its events, timers,
+    /// sync runs and uncommitted changes leave memory; the store keeps what was committed for
+    /// the next holder. Answers of effects still in flight for it are then ignored. Returns
+    /// how many events left.
+    pub fn forget_token(&mut self, token: &str) -> usize {
+        self.end_recovery();
+        let ids = self.events.ids_of_token(token);
+        for id in &ids {
+            self.events.remove(id);
+            self.persist_attempts.remove(id);
+        }
+        self.queues.remove(token);
+        self.syncs.forget_token(token);
+        self.unpersisted
+            .retain(|_, u| u.change.event.token != token);
+        self.orphaned_resubmits.retain(|_, r| r.token != token);
+        self.actions.retain(|a| match a {
+            Action::Persist(c) => c.event.token != token,
+            Action::Poll { token: t, .. }
+            | Action::Resubmit { token: t, .. }
+            | Action::StartSync { token: t, .. } => t != token,
+        });
+        ids.len()
+    }
+
     /// A newly tracked event. Emits the [`Action::Persist`] that inserts it (with the
     /// request body, if any); notifications that arrived before it are fed once that commits
     /// (the store keeps them). Idempotent for the same token and type.
@@ -198,7 +223,20 @@ impl Core {
                 }
             };
         }
-        let mut change = Change::of(&rec);
+        self.emit_persist(Core::insert_change(now, &rec, request_body));
+        self.insert(rec.clone(), false);
+        TrackDecision::Created(rec)
+    }
+
+    /// The change that inserts a newly tracked event (with its request body, if any): what
+    /// [`Core::track`] persists, and what an instance that does not work the event's token
+    /// stores for the holder.
+    pub fn insert_change(
+        now: Timestamp,
+        rec: &EventRecord,
+        request_body: Option<String>,
+    ) -> Change {
+        let mut change = Change::of(rec);
         change.insert = true;
         change.feed = true;
         change.request_body = request_body;
@@ -209,9 +247,7 @@ impl Core {
             outcome: rec.outcome,
             cause: "tracked".into(),
         });
-        self.emit_persist(change);
-        self.insert(rec.clone(), false);
-        TrackDecision::Created(rec)
+        change
     }
 
     fn insert(&mut self, mut rec: EventRecord, durable: bool) {

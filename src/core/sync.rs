@@ -117,6 +117,12 @@ impl Syncs {
         self.maybe_start(now, key, busy, out);
     }
 
+    /// Forgets every (token, kind) of `token`: its runs' answers are then ignored.
+    pub fn forget_token(&mut self, token: &str) {
+        self.slots.retain(|k, _| k.0 != token);
+        self.index.retain(|_, k| k.0 != token);
+    }
+
     /// Marks `event_id` as waiting for the next successful run of `key`.
     pub fn wait(&mut self, key: &SyncKey, event_id: &str) {
         self.slots

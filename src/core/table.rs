@@ -455,6 +455,19 @@ impl Table {
         slot
     }
 
+    /// The eventIds of `token`'s events (a scan: for giving a token up, not per event).
+    pub(super) fn ids_of_token(&self, token: &str) -> Vec<String> {
+        let Some(&t) = self.tokens.index.get(token) else {
+            return Vec::new();
+        };
+        self.index
+            .iter()
+            .map(|s| (*s, &self.slots[*s as usize]))
+            .filter(|(_, slot)| slot.token == t)
+            .map(|(s, slot)| self.id_string(s, slot))
+            .collect()
+    }
+
     /// Takes the event out of memory.
     pub(super) fn remove(&mut self, id: &str) -> Option<Tracked> {
         let key = key_of(id);

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::core::periodic::Chore;
 use crate::core::{EventRecord, EventType, NotificationInput, StatusResult, SyncKind, SyncOutcome};
-use crate::store::Store;
+use crate::store::{Loaded, Store, StoreError, Taken};
 use crate::time::Timestamp;
 
 /// What the executor is told.
@@ -44,6 +44,13 @@ pub enum Input {
         outcome: SyncOutcome,
     },
     ChoreDone(Chore),
+    /// A newly acquired token's stored state (several instances).
+    Loaded {
+        token: String,
+        result: Result<Loaded, StoreError>,
+    },
+    /// Handoffs taken for the tokens this instance works (several instances).
+    Handoffs(Result<Vec<Taken>, StoreError>),
 }
 
 /// The answer to [`Input::Track`].

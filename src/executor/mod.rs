@@ -22,11 +22,15 @@ mod interface;
 
 pub use interface::{prune, Effects, Input, NoApple, ResubmitError, SyncTicket, TrackReply};
 
+use crate::cluster::held::Leases;
 use crate::core::periodic::Periodic;
 use crate::core::{
-    Action, Change, Core, EventRecord, Persisted, StatusResult, SyncOutcome, TrackDecision,
+    Action, Change, Core, EventRecord, Persisted, StatusResult, SyncKind, SyncOutcome,
+    TrackDecision,
 };
-use crate::store::{Store, StoreError, SyncStart, TurnCommit, TurnWrite};
+use crate::store::{
+    Handoff, Loaded, Store, StoreError, SyncStart, Taken, TrackedElsewhere, TurnCommit, TurnWrite,
+};
 use crate::time::Timestamp;
 
 /// Handles for talking to a running executor.
@@ -72,6 +76,51 @@ const INPUT_QUEUE: usize = 8192;
 /// Turns handed to the store and not answered yet; the loop takes no new input beyond this.
 const MAX_TURNS_IN_FLIGHT: usize = 64;
 
+/// How often the tokens' handoffs are taken (several instances): the delay before an event
+/// tracked, or a notification received, on another instance is acted on.
+const TAKE_EVERY: Duration = Duration::from_millis(500);
+/// Inputs kept for a token while it loads, at most (the store has them anyway).
+const MAX_BUFFERED: usize = 10_000;
+/// After a failed load, the token is loaded again this much later.
+const LOAD_RETRY: Duration = Duration::from_secs(5);
+
+/// Which tokens this executor works (docs/architecture.md, "Several instances"). With one
+/// instance, all; with several, those whose lease the keeper holds: loaded from the store
+/// when acquired, let go of when lost.
+struct Tokens {
+    leases: Leases,
+    loaded: std::collections::BTreeSet<String>,
+    /// Acquired, state being read; inputs for it wait here.
+    loading: BTreeMap<String, Vec<Input>>,
+    load_retry: BTreeMap<String, Timestamp>,
+    /// The effects in flight per token, cut when its lease is lost.
+    in_flight: BTreeMap<String, Vec<tokio::task::AbortHandle>>,
+    taking: bool,
+    next_take: Option<tokio::time::Instant>,
+}
+
+impl Tokens {
+    fn new(leases: Leases) -> Tokens {
+        Tokens {
+            leases,
+            loaded: Default::default(),
+            loading: BTreeMap::new(),
+            load_retry: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            taking: false,
+            next_take: None,
+        }
+    }
+
+    /// Whether this executor works `token` now (its events are in the core).
+    fn works(&self, token: &str) -> bool {
+        match self.leases {
+            Leases::All => true,
+            Leases::Kept(_) => self.loaded.contains(token),
+        }
+    }
+}
+
 /// A turn handed to the store, with what waits on it.
 struct TurnInFlight {
     effects: Vec<Action>,
@@ -92,6 +141,7 @@ pub struct Executor {
     /// Trackers waiting for their event's insert to commit.
     waiting_trackers: BTreeMap<String, Vec<(oneshot::Sender<TrackReply>, bool)>>,
     periodic: Periodic,
+    tokens: Tokens,
 }
 
 impl Executor {
@@ -120,9 +170,17 @@ impl Executor {
                 turns: std::collections::VecDeque::new(),
                 waiting_trackers: BTreeMap::new(),
                 periodic,
+                tokens: Tokens::new(Leases::All),
             },
             handle,
         )
+    }
+
+    /// Works only the tokens whose leases `leases` holds (several instances); the default
+    /// is every token.
+    pub fn with_leases(mut self, leases: Leases) -> Executor {
+        self.tokens = Tokens::new(leases);
+        self
     }
 
     /// Runs until `shutdown` is cancelled, then commits what is decided and waits up to
@@ -140,10 +198,18 @@ impl Executor {
                 .into_iter()
                 .flatten()
                 .min();
-            let wait = next
-                .map(|t| t.since(now))
-                .unwrap_or(IDLE_WAKE)
-                .min(IDLE_WAKE);
+            let wait = [
+                next.map(|t| t.since(now)),
+                self.tokens.leases.next_deadline(),
+                self.tokens
+                    .next_take
+                    .map(|t| t.saturating_duration_since(tokio::time::Instant::now())),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(IDLE_WAKE)
+            .min(IDLE_WAKE);
             let room = self.turns.len() < MAX_TURNS_IN_FLIGHT;
             let mut first: Option<Input> = None;
             let mut commit = None;
@@ -153,6 +219,7 @@ impl Executor {
                 Some(c) = self.commits.next(), if !self.commits.is_empty() => commit = Some(c),
                 Some(input) = self.inputs_rx.recv(), if room => first = Some(input),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                _ = self.tokens.leases.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
             // The one clock read of this turn.
@@ -170,6 +237,7 @@ impl Executor {
                     }
                 }
             }
+            self.follow_leases(now);
             self.core.timeout(now);
             for chore in self.periodic.due(now) {
                 let fx = self.effects.clone();
@@ -219,6 +287,15 @@ impl Executor {
                 record,
                 request,
                 reply,
+            } if !self.tokens.works(&record.token)
+                && !self.tokens.loading.contains_key(&record.token) =>
+            {
+                self.track_elsewhere(now, record, request, reply)
+            }
+            Input::Track {
+                record,
+                request,
+                reply,
             } => {
                 let id = record.event_id.clone();
                 match self.core.track(now, record, request) {
@@ -243,10 +320,43 @@ impl Executor {
                     }
                 }
             }
+            Input::Notification(n) if !self.tokens.works(&n.token) => {
+                // Committed, and handed off if another instance holds the token; a token
+                // still loading gets it once loaded.
+                if let Some(waiting) = self.tokens.loading.get_mut(&n.token) {
+                    if waiting.len() < MAX_BUFFERED {
+                        waiting.push(Input::Notification(n));
+                    }
+                }
+            }
             Input::Notification(n) => {
                 let id = n.event_id.clone();
                 if !self.core.notification(now, n) {
                     tracing::debug!(event_id = %id, "notification for an event not tracked (yet); kept");
+                }
+            }
+            Input::Sync {
+                token,
+                kind,
+                full,
+                cause,
+                reply,
+            } if !self.tokens.works(&token) => {
+                if let Some(waiting) = self.tokens.loading.get_mut(&token) {
+                    if waiting.len() < MAX_BUFFERED {
+                        waiting.push(Input::Sync {
+                            token,
+                            kind,
+                            full,
+                            cause,
+                            reply,
+                        });
+                    }
+                } else if let Some(reply) = reply {
+                    // Asked through this instance's API: the holder runs it. (Schedules and
+                    // starts are each holder's own; notifications hand theirs off when
+                    // committed.)
+                    self.hand_off_sync(now, token, kind, full, cause, reply);
                 }
             }
             Input::Sync {
@@ -278,7 +388,218 @@ impl Executor {
                 self.core.sync_finished(now, sync_id, outcome)
             }
             Input::ChoreDone(chore) => self.periodic.done(chore, now),
+            Input::Loaded { token, result } => self.token_loaded(now, token, result),
+            Input::Handoffs(result) => self.handoffs_taken(now, result),
         }
+    }
+
+    /// Loads the tokens newly acquired and lets go of those lost (several instances); takes
+    /// the handoffs of the tokens worked every [`TAKE_EVERY`].
+    fn follow_leases(&mut self, now: Timestamp) {
+        let Some(held) = self.tokens.leases.held() else {
+            return;
+        };
+        let lost: Vec<String> = self
+            .tokens
+            .loaded
+            .iter()
+            .chain(self.tokens.loading.keys())
+            .filter(|t| !held.contains(*t))
+            .cloned()
+            .collect();
+        for token in lost {
+            self.let_go(&token);
+        }
+        for token in held {
+            let busy = self.tokens.loaded.contains(&token)
+                || self.tokens.loading.contains_key(&token)
+                || self
+                    .tokens
+                    .load_retry
+                    .get(&token)
+                    .is_some_and(|at| now < *at);
+            if !busy {
+                self.start_loading(now, token);
+            }
+        }
+        self.maybe_take();
+    }
+
+    /// The lease of `token` is lost (or its deadline passed): stop working it at once.
+    fn let_go(&mut self, token: &str) {
+        let events = self.core.forget_token(token);
+        self.tokens.loaded.remove(token);
+        self.tokens.loading.remove(token);
+        let mut cut = 0;
+        for task in self.tokens.in_flight.remove(token).unwrap_or_default() {
+            if !task.is_finished() {
+                task.abort();
+                cut += 1;
+            }
+        }
+        tracing::info!(token, events, cut_calls = cut, "lease lost: token let go");
+    }
+
+    fn start_loading(&mut self, now: Timestamp, token: String) {
+        tracing::info!(token = %token, "lease acquired: loading the token");
+        self.tokens.loading.insert(token.clone(), Vec::new());
+        self.tokens.load_retry.remove(&token);
+        let store = self.store.clone();
+        let results = self.inputs_tx.clone();
+        let task = self.tasks.spawn(async move {
+            let result = store.load_token(&token, now).await;
+            let _ = results.send(Input::Loaded { token, result }).await;
+        });
+        let _ = task;
+    }
+
+    fn token_loaded(&mut self, now: Timestamp, token: String, result: Result<Loaded, StoreError>) {
+        let Some(waiting) = self.tokens.loading.remove(&token) else {
+            return; // let go of meanwhile
+        };
+        let loaded = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(token = %token, error = %e, "cannot load the token; trying again");
+                self.tokens
+                    .load_retry
+                    .insert(token, now.saturating_add(LOAD_RETRY));
+                return;
+            }
+        };
+        let events = loaded.events.len();
+        self.core.reserve(events);
+        self.core.begin_recovery();
+        for (rec, notes) in loaded.events {
+            self.core.recover(now, rec, notes);
+        }
+        self.core.end_recovery();
+        self.tokens.loaded.insert(token.clone());
+        tracing::info!(token = %token, events, "token loaded: working it");
+        for input in waiting {
+            self.handle(now, input);
+        }
+        // The previous holder may have stopped mid-sync: bring the mirror up to date.
+        for kind in SyncKind::ALL {
+            self.core
+                .request_sync(now, &token, kind, false, "lease acquired");
+        }
+    }
+
+    fn maybe_take(&mut self) {
+        let t = &mut self.tokens;
+        if t.taking || t.loaded.is_empty() {
+            t.next_take = None;
+            return;
+        }
+        let at = *t
+            .next_take
+            .get_or_insert_with(|| tokio::time::Instant::now() + TAKE_EVERY);
+        if tokio::time::Instant::now() < at {
+            return;
+        }
+        t.taking = true;
+        t.next_take = None;
+        let tokens: Vec<String> = t.loaded.iter().cloned().collect();
+        let store = self.store.clone();
+        let results = self.inputs_tx.clone();
+        self.tasks.spawn(async move {
+            let result = store.take_handoffs(tokens).await;
+            let _ = results.send(Input::Handoffs(result)).await;
+        });
+    }
+
+    fn handoffs_taken(&mut self, now: Timestamp, result: Result<Vec<Taken>, StoreError>) {
+        self.tokens.taking = false;
+        let items = match result {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the handoffs; trying again");
+                return;
+            }
+        };
+        if items.len() >= crate::store::handoffs::TAKE_LIMIT as usize {
+            // More are waiting: take them on the next turn.
+            self.tokens.next_take = Some(tokio::time::Instant::now());
+        }
+        for item in items {
+            match item {
+                Taken::Event(rec, notes) if self.tokens.works(&rec.token) => {
+                    tracing::debug!(event_id = %rec.event_id, "event tracked on another instance taken over");
+                    self.core.recover(now, *rec, notes);
+                }
+                Taken::Notification(n) if self.tokens.works(&n.token) => {
+                    self.core.notification(now, n);
+                }
+                Taken::Sync {
+                    token,
+                    kind,
+                    full,
+                    cause,
+                } if self.tokens.works(&token) => {
+                    self.core.request_sync(now, &token, kind, full, &cause);
+                }
+                // Taken for a token let go of since: its next holder loads it from the store.
+                _ => {}
+            }
+        }
+    }
+
+    /// Stores an event tracked for a token another instance works, for that instance.
+    fn track_elsewhere(
+        &mut self,
+        now: Timestamp,
+        record: EventRecord,
+        request: Option<String>,
+        reply: oneshot::Sender<TrackReply>,
+    ) {
+        let change = Core::insert_change(now, &record, request);
+        let store = self.store.clone();
+        self.tasks.spawn(async move {
+            let answer = match store.track_elsewhere(change, now).await {
+                Ok(TrackedElsewhere::Inserted) => TrackReply::Created(record),
+                Ok(TrackedElsewhere::Exists(rec))
+                    if rec.token == record.token && rec.event_type == record.event_type =>
+                {
+                    TrackReply::Existing(*rec)
+                }
+                Ok(TrackedElsewhere::Exists(rec)) => TrackReply::Conflict {
+                    token: rec.token,
+                    event_type: rec.event_type,
+                },
+                Err(e) => TrackReply::NotCommitted(e.to_string()),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    fn hand_off_sync(
+        &mut self,
+        now: Timestamp,
+        token: String,
+        kind: SyncKind,
+        full: bool,
+        cause: String,
+        reply: oneshot::Sender<SyncTicket>,
+    ) {
+        let store = self.store.clone();
+        self.tasks.spawn(async move {
+            let item = Handoff::Sync { kind, full, cause };
+            match store.hand_off(&token, vec![item], now).await {
+                Ok(()) => {
+                    let _ = reply.send(SyncTicket {
+                        sync_id: None,
+                        queued: true,
+                        queued_behind: None,
+                        starts_at: None,
+                    });
+                }
+                // Dropping the reply tells the API it was not taken.
+                Err(e) => {
+                    tracing::warn!(token = %token, error = %e, "cannot hand a sync request off")
+                }
+            }
+        });
     }
 
     /// The store answered the oldest turn in flight: tell the core what is durable, answer
@@ -321,7 +642,10 @@ impl Executor {
                     }
                 }
             }
-            self.core.persisted(now, Persisted { change, error });
+            // A token let go of: its next holder works from what the store has.
+            if self.tokens.works(&change.event.token) {
+                self.core.persisted(now, Persisted { change, error });
+            }
         }
         for id in self.core.take_abandoned() {
             tracing::error!(event_id = %id, "gave up committing this event's changes");
@@ -342,7 +666,7 @@ impl Executor {
                 }
                 Action::StartSync { .. } => syncs.next().unwrap_or(false),
                 Action::Persist(_) => false,
-            };
+            } && action_token(&action).map_or(true, |t| self.tokens.works(t));
             if go {
                 self.dispatch(action);
             } else {
@@ -380,7 +704,8 @@ impl Executor {
         let fx = self.effects.clone();
         let results = self.inputs_tx.clone();
         let store = self.store.clone();
-        self.tasks.spawn(async move {
+        let token = action_token(&action).map(str::to_string);
+        let task = self.tasks.spawn(async move {
             let input = match action {
                 Action::Poll { token, event_id } => {
                     let result = fx.poll_status(token, event_id.clone()).await;
@@ -413,6 +738,11 @@ impl Executor {
             };
             let _ = results.send(input).await;
         });
+        if let (Some(token), Leases::Kept(_)) = (token, &self.tokens.leases) {
+            let tasks = self.tokens.in_flight.entry(token).or_default();
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
+        }
     }
 
     /// Drains the core's actions and hands the turn to the store; its effects wait for the
@@ -486,5 +816,15 @@ impl Executor {
             rx.await.unwrap_or(Err(StoreError::Closed))
         }));
         self.turns.push_back(TurnInFlight { effects });
+    }
+}
+
+/// The token an effect calls Apple for.
+fn action_token(action: &Action) -> Option<&str> {
+    match action {
+        Action::Poll { token, .. }
+        | Action::Resubmit { token, .. }
+        | Action::StartSync { token, .. } => Some(token),
+        Action::Persist(_) => None,
     }
 }

@@ -99,13 +99,34 @@ impl Store {
                 .await
             }
             Store::Postgres(p) => {
+                let me = p.instance().map(str::to_string);
                 p.write_ordered(
                     move |tx| {
                         Box::pin(async move {
                             let TurnWrite { changes, syncs } = turn;
-                            let errors = pq::apply_changes(tx, &changes).await;
+                            // With leases, only the holder's changes of a token commit; an
+                            // insert commits anyway and is handed to the holder.
+                            let held = match &me {
+                                Some(me) => {
+                                    let mut tokens: Vec<String> = changes
+                                        .iter()
+                                        .map(|c| c.event.token.clone())
+                                        .chain(syncs.iter().map(|s| s.token.clone()))
+                                        .collect();
+                                    tokens.sort();
+                                    tokens.dedup();
+                                    Some(pq::handoffs::fence(tx, me, &tokens).await?)
+                                }
+                                None => None,
+                            };
+                            let holds = |t: &str| held.as_ref().map_or(true, |h| h.contains(t));
+                            let errors = apply_fenced(tx, &changes, &holds, now).await;
                             let mut syncs_written = Vec::with_capacity(syncs.len());
                             for s in &syncs {
+                                if !holds(&s.token) {
+                                    syncs_written.push(false);
+                                    continue;
+                                }
                                 // A failed statement would abort the whole transaction here:
                                 // each run row in a savepoint of its own.
                                 tx.batch_execute("SAVEPOINT sync").await?;
@@ -259,4 +280,56 @@ impl Store {
             }
         }
     }
+}
+
+/// Applies a turn's changes on PostgreSQL, each in a savepoint: those of tokens this
+/// instance holds (per `holds`) as they are; an insert for another token is applied and
+/// handed to its holder; any other change for another token is refused (a stale holder's
+/// write must not overwrite what the new holder does).
+async fn apply_fenced(
+    tx: &tokio_postgres::Transaction<'_>,
+    changes: &[Change],
+    holds: &(dyn Fn(&str) -> bool + Sync),
+    now: Timestamp,
+) -> Vec<Option<String>> {
+    if changes.iter().all(|c| holds(&c.event.token)) {
+        return pq::apply_changes(tx, changes).await;
+    }
+    let mut out = Vec::with_capacity(changes.len());
+    for c in changes {
+        let token = &c.event.token;
+        if holds(token) {
+            out.extend(pq::apply_changes(tx, std::slice::from_ref(c)).await);
+        } else if c.insert {
+            // The insert and its handoff stand or fall together.
+            if let Err(e) = tx.batch_execute("SAVEPOINT handoff").await {
+                out.push(Some(StoreError::from(e).to_string()));
+                continue;
+            }
+            let mut e = pq::apply_changes(tx, std::slice::from_ref(c))
+                .await
+                .pop()
+                .flatten();
+            if e.is_none() {
+                let item = [super::Handoff::Event {
+                    event_id: c.event.event_id.clone(),
+                }];
+                if let Err(err) = pq::handoffs::hand_off(tx, token, &item, now).await {
+                    e = Some(err.to_string());
+                }
+            }
+            let end = if e.is_none() {
+                "RELEASE SAVEPOINT handoff"
+            } else {
+                "ROLLBACK TO SAVEPOINT handoff; RELEASE SAVEPOINT handoff"
+            };
+            let _ = tx.batch_execute(end).await;
+            out.push(e);
+        } else {
+            out.push(Some(format!(
+                "this instance no longer holds the lease of token {token}"
+            )));
+        }
+    }
+    out
 }

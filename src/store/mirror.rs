@@ -117,8 +117,22 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.write(move |c| m::commit_sync(c, sync)).await,
             Store::Postgres(p) => {
-                p.write(move |tx| Box::pin(async move { pm::commit_sync(tx, sync).await }))
-                    .await
+                let me = p.instance().map(str::to_string);
+                p.write(move |tx| {
+                    Box::pin(async move {
+                        // A previous holder finishing late must not overwrite the mirror
+                        // the new holder is keeping.
+                        if let Some(me) = me {
+                            let token = [sync.token.clone()];
+                            let held = super::postgres::queries::handoffs::fence(tx, &me, &token);
+                            if held.await?.is_empty() {
+                                return Err(StoreError::LeaseLost(sync.token));
+                            }
+                        }
+                        pm::commit_sync(tx, sync).await
+                    })
+                })
+                .await
             }
         }
     }

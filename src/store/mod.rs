@@ -29,6 +29,7 @@
 
 pub mod events;
 pub mod feed;
+pub mod handoffs;
 pub mod leases;
 pub mod licences;
 pub mod mirror;
@@ -48,6 +49,7 @@ use thiserror::Error;
 
 pub use events::{EventFilter, RecoveryStart, TurnCommit, TurnWrite};
 pub use feed::{licence_transition, LicenceCounts, TokenStatus};
+pub use handoffs::{Handoff, Loaded, Taken, TrackedElsewhere};
 pub use leases::LeaseSnapshot;
 pub use licences::{AssetLicences, AssignmentRef};
 pub use mirror::{MirrorKind, StageRows};
@@ -89,13 +91,11 @@ pub enum StoreError {
     Closed,
     #[error("the database is open read-only")]
     ReadOnly,
-    #[error(
-        "another vpp-reconciler instance is running on {0}; several instances on one database \
-         are not supported yet (token leases are not wired in), so this one does not start"
-    )]
-    InUse(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// A write for a token whose lease this instance no longer holds (several instances).
+    #[error("this instance no longer holds the lease of token {0}")]
+    LeaseLost(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("backup failed: {0}")]
@@ -162,14 +162,12 @@ impl Store {
         }
     }
 
-    /// Makes this process the only daemon on the database, for as long as it runs: several
-    /// instances would each work every token (leases are not wired in yet). SQLite: nothing to
-    /// do (one writer per file). PostgreSQL: a session advisory lock on a connection of its
-    /// own, released by the server when the process ends, however it ends.
-    pub async fn lock_single_instance(&self) -> Result<(), StoreError> {
+    /// This instance's id among those sharing the database (see
+    /// `postgres::PgStore::claim_instance`); SQLite has one instance, named `preferred`.
+    pub async fn claim_instance(&self, preferred: &str) -> Result<String, StoreError> {
         match self {
-            Store::Sqlite(_) => Ok(()),
-            Store::Postgres(p) => p.lock_single_instance().await,
+            Store::Sqlite(_) => Ok(preferred.to_string()),
+            Store::Postgres(p) => p.claim_instance(preferred).await,
         }
     }
 

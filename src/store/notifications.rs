@@ -3,7 +3,7 @@
 
 use super::postgres::{notify as pn, queries as pq};
 use super::sqlite::{notify, queries as q};
-use super::{Store, StoreError};
+use super::{Handoff, Store, StoreError};
 use crate::apple::model::Notification;
 use crate::core::Failure;
 use crate::time::Timestamp;
@@ -32,17 +32,38 @@ impl Store {
         note: Notification,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
+        self.record_notification_for(row, note, now, Vec::new())
+            .await
+    }
+
+    /// [`Store::record_notification`], leaving `handoffs` (what the notification asks of the
+    /// token's holder) in the same transaction when this instance does not hold the token's
+    /// lease (several instances on PostgreSQL; see `store::handoffs`).
+    pub async fn record_notification_for(
+        &self,
+        row: NewNotification,
+        note: Notification,
+        now: Timestamp,
+        handoffs: Vec<Handoff>,
+    ) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => {
                 s.write(move |c| notify::record_notification(c, &row, &note, now))
                     .await
             }
             Store::Postgres(p) => {
+                let me = p.instance().map(str::to_string);
                 p.write(move |tx| {
                     Box::pin(async move {
                         let new = pq::insert_notification(tx, &row).await?;
                         if new {
                             pn::apply_notification(tx, &row.token, &note, now).await?;
+                            if let (Some(me), false) = (me, handoffs.is_empty()) {
+                                let token = [row.token.clone()];
+                                if pq::handoffs::fence(tx, &me, &token).await?.is_empty() {
+                                    pq::handoffs::hand_off(tx, &row.token, &handoffs, now).await?;
+                                }
+                            }
                         }
                         Ok(new)
                     })

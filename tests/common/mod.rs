@@ -260,21 +260,23 @@ impl TestEnv {
 
     /// Starts `run`, logging to `log_name` in the environment's directory; does not wait.
     pub fn spawn_daemon(&self, log_name: &str) -> Daemon {
+        self.spawn_daemon_with(&self.config, self.api, log_name)
+    }
+
+    /// Starts `run` with another configuration (e.g. a second instance on the same
+    /// database) whose local API listens on `api`; does not wait.
+    pub fn spawn_daemon_with(&self, config: &Path, api: SocketAddr, log_name: &str) -> Daemon {
         let log = self.path(log_name);
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .arg("run")
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
             .expect("spawn daemon");
-        Daemon {
-            child,
-            log,
-            api: self.api,
-        }
+        Daemon { child, log, api }
     }
 
     pub fn api_url(&self, path: &str) -> String {

@@ -4,7 +4,7 @@
 //! Append only: a released migration is never edited, a new one is added to both lists.
 //!
 //! Translation rules: SQLite's `INTEGER` is `BIGINT` (Rust's `i64`; times are Unix
-//! milliseconds), except the flags (`resubmitted`, `needs_full_sync`, `full`), which are
+//! milliseconds), except the flags (`resubmitted`, `needs_full_sync`, `full`, `full_sync`), which are
 //! `BOOLEAN`; an `id INTEGER PRIMARY KEY` that SQLite numbers itself is an identity column;
 //! one the daemon chooses (`syncs.id`, `feed_items.seq`, `push_parked.seq`) is a plain key;
 //! `BLOB` is `BYTEA`; `WITHOUT ROWID` has no counterpart; SQLite's triggers are PL/pgSQL
@@ -322,6 +322,26 @@ pub const MIGRATIONS: &[&str] = &[
         holder TEXT NOT NULL,
         expires_at BIGINT NOT NULL
     );
+    "#,
+    // 9: handing work to a token's holder (issue 10). A tracked event or a notification
+    // committed by an instance that does not hold the token's lease leaves a row here, in the
+    // same transaction; the holder takes the rows (docs/architecture.md, "Several
+    // instances"). Sync run ids come from per-instance blocks, so two instances' cores never
+    // pick the same id.
+    r#"
+    CREATE TABLE handoffs (
+        seq BIGSERIAL PRIMARY KEY,
+        token TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        event_id TEXT,
+        notification_id TEXT,
+        sync_kind TEXT,
+        full_sync BOOLEAN NOT NULL DEFAULT FALSE,
+        cause TEXT,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX handoffs_token ON handoffs (token, seq);
+    CREATE SEQUENCE sync_id_blocks;
     "#,
 ];
 

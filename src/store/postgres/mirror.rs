@@ -422,7 +422,7 @@ pub async fn apply_asset_count(
 
 // ---- the stage of a streamed sync ------------------------------------------------------
 
-fn stage_table(kind: SyncKind) -> &'static str {
+pub(crate) fn stage_table(kind: SyncKind) -> &'static str {
     match kind {
         SyncKind::Assets => "mirror_stage_assets",
         SyncKind::Assignments => "mirror_stage_assignments",

@@ -81,6 +81,10 @@ pub struct PgStore {
     /// For connections outside the pool (the single-instance lock).
     url: String,
     password: Option<crate::secret::Secret>,
+    /// This instance's id once it works tokens by lease ([`PgStore::join_cluster`]): writes
+    /// that concern a token are then fenced by its lease (docs/architecture.md, "Several
+    /// instances").
+    instance: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 /// Runs `batch` in one transaction, each job in a savepoint of its own (a failed job is
@@ -137,11 +141,12 @@ async fn commit_batch(pool: &Pool, batch: &mut Vec<OrderedJob>) {
     }
 }
 
-/// The session advisory lock of the one daemon on a database ("vpprone1").
-const SINGLE_INSTANCE_LOCK: i64 = 0x7670_7072_6f6e_6531;
+/// The class of the session advisory locks that keep instance ids unique ("vppr").
+const INSTANCE_LOCK_CLASS: i32 = 0x7670_7072;
 
-/// How long a starting daemon waits for the single-instance lock before refusing.
-const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a starting daemon waits for its preferred instance id (held by a predecessor
+/// that was just killed) before taking another.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Longest wait to connect or for a pooled connection.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -259,6 +264,7 @@ impl PgStore {
             target: redact(url),
             url: url.to_string(),
             password: password.map(crate::secret::Secret::new),
+            instance: Default::default(),
         })
     }
 
@@ -290,6 +296,42 @@ impl PgStore {
             }
             Err(e) => {
                 // Dropping the transaction rolls it back too; saying so frees the server now.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes this handle fence its writes by the leases of instance `me` (once; later calls
+    /// keep the first id).
+    pub fn join_cluster(&self, me: &str) {
+        let _ = self.instance.set(me.to_string());
+    }
+
+    /// The instance whose leases fence the writes, once joined.
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.get().map(String::as_str)
+    }
+
+    /// [`PgStore::write`] in one snapshot (repeatable read): what it reads and deletes is
+    /// one consistent state, for loading a token and taking its handoffs.
+    pub(in crate::store) async fn write_snapshot<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send,
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>> + Send,
+    {
+        let mut client = self.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
+        match f(&tx).await {
+            Ok(r) => {
+                tx.commit().await?;
+                Ok(r)
+            }
+            Err(e) => {
                 let _ = tx.rollback().await;
                 Err(e)
             }
@@ -348,40 +390,59 @@ impl PgStore {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// See [`crate::store::Store::lock_single_instance`].
-    pub async fn lock_single_instance(&self) -> Result<(), StoreError> {
+    /// Claims an instance id among the instances sharing this database: `preferred` (the
+    /// host's name) unless a live process holds it, else `preferred` with this process's id
+    /// and a random part. A session advisory lock on a connection of its own keeps the id
+    /// for the process's life; the server releases it when the process ends, however it
+    /// ends, so a daemon restarted after `kill -9` gets its id back, and with it its
+    /// unexpired leases, at once.
+    pub async fn claim_instance(&self, preferred: &str) -> Result<String, StoreError> {
         let password = self.password.as_ref().map(|p| p.expose());
         let config = connection_config(&self.url, password)?;
         let (client, conn) = tokio::time::timeout(CALL_TIMEOUT, config.connect(NoTls))
             .await
             .map_err(|_| open_error(&self.url, "no answer within 10 s".into()))?
             .map_err(|e| open_error(&self.url, e.to_string()))?;
-        let target = self.target.clone();
         let driver = tokio::spawn(conn);
+        let try_lock = |id: String| {
+            let client = &client;
+            async move {
+                let got: bool = client
+                    .query_one(
+                        "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                        &[&INSTANCE_LOCK_CLASS, &id],
+                    )
+                    .await?
+                    .get(0);
+                Ok::<_, StoreError>(got.then_some(id))
+            }
+        };
         // A predecessor killed a moment ago may still show as connected until the server
-        // notices: retry for a bounded while before refusing.
+        // notices: retry for a short, bounded while.
         let deadline = tokio::time::Instant::now() + LOCK_PATIENCE;
-        loop {
-            let got: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&SINGLE_INSTANCE_LOCK])
-                .await?
-                .get(0);
-            if got {
-                break;
+        let mut claimed = None;
+        while claimed.is_none() && tokio::time::Instant::now() < deadline {
+            claimed = try_lock(preferred.to_string()).await?;
+            if claimed.is_none() {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::InUse(target));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        while claimed.is_none() {
+            let id = format!(
+                "{preferred}-{}-{:04x}",
+                std::process::id(),
+                rand::random::<u16>()
+            );
+            claimed = try_lock(id).await?;
         }
         // The lock lives as long as this session: keep the client for the process's life.
         tokio::spawn(async move {
             let _client = client;
             if let Ok(Err(e)) = driver.await {
-                tracing::error!(error = %e, "lost the connection holding the single-instance lock");
+                tracing::error!(error = %e, "lost the connection holding this instance's id");
             }
         });
-        Ok(())
+        Ok(claimed.unwrap_or_default())
     }
 
     /// A cheap liveness probe: one round trip on a pooled connection.

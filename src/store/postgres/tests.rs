@@ -73,7 +73,7 @@ impl TempDb {
 type Columns = BTreeMap<String, BTreeMap<String, (String, bool)>>;
 
 fn sqlite_schema() -> (Columns, BTreeSet<String>) {
-    const FLAGS: [&str; 3] = ["resubmitted", "needs_full_sync", "full"];
+    const FLAGS: [&str; 4] = ["resubmitted", "needs_full_sync", "full", "full_sync"];
     let dir = tempfile::tempdir().unwrap();
     let conn = sqlite::open_write_connection(&dir.path().join("s.db")).unwrap();
     let tables: Vec<String> = conn

@@ -304,6 +304,22 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     "#,
+    // 9: handing work to a token's holder (issue 10). With SQLite the one instance holds
+    // every token, so nothing is handed off; the table keeps the schemas of both backends one.
+    r#"
+    CREATE TABLE handoffs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        token TEXT NOT NULL,
+        kind TEXT NOT NULL,                         -- event, notification or sync
+        event_id TEXT,
+        notification_id TEXT,
+        sync_kind TEXT,
+        full_sync INTEGER NOT NULL DEFAULT 0,
+        cause TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX handoffs_token ON handoffs (token, seq);
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

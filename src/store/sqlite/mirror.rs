@@ -522,7 +522,7 @@ pub fn apply_asset_count(
 // ([`discard_all_stages`]).
 
 /// The stage table of a kind.
-fn stage_table(kind: SyncKind) -> &'static str {
+pub(crate) fn stage_table(kind: SyncKind) -> &'static str {
     match kind {
         SyncKind::Assets => "mirror_stage_assets",
         SyncKind::Assignments => "mirror_stage_assignments",

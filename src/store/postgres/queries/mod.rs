@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod feed;
+pub mod handoffs;
 pub mod leases;
 pub mod licences;
 pub mod notifications;

@@ -59,7 +59,7 @@ pub async fn quarantine(
     Ok(())
 }
 
-fn notification_input(r: &Row) -> NotificationInput {
+pub(super) fn notification_input(r: &Row) -> NotificationInput {
     let error: Option<String> = r.get(5);
     NotificationInput {
         notification_id: r.get(0),

@@ -17,7 +17,7 @@ pub(super) const EVENT_COLS: &str =
     polls, last_poll_at, backoff_attempt, next_check_at, request IS NOT NULL, resubmitted, \
     superseded_by, supersedes, needs_full_sync";
 
-fn event_from_row(r: &Row<'_>) -> rusqlite::Result<EventRecord> {
+pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<EventRecord> {
     event_at(r, 0)
 }
 

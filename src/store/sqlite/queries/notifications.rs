@@ -50,7 +50,7 @@ pub fn quarantine(
     Ok(())
 }
 
-fn notification_input(r: &Row<'_>) -> rusqlite::Result<NotificationInput> {
+pub(super) fn notification_input(r: &Row<'_>) -> rusqlite::Result<NotificationInput> {
     let error: Option<String> = r.get(5)?;
     Ok(NotificationInput {
         notification_id: r.get(0)?,
