@@ -236,7 +236,11 @@ pub async fn serve_with_reload(
             // whoever acquires it next.
             store.upsert_tokens(token_rows, now).await?;
             let core = Core::new(timings.clone(), store.reserve_sync_ids().await?);
-            let names = config.tokens.iter().map(|t| t.name.clone()).collect();
+            let mut names: Vec<String> = config.tokens.iter().map(|t| t.name.clone()).collect();
+            if config.push.is_some() {
+                // One instance pushes the feed: the holder of this lease.
+                names.push(crate::push::deliver::PUSH_LEASE.to_string());
+            }
             let keeper_stop = CancellationToken::new();
             let keeper = Keeper::spawn(
                 store.clone(),
@@ -401,7 +405,7 @@ async fn serve_core(
             rand::random(),
         ) {
             Ok(d) => {
-                background.spawn(d.run(shutdown.clone()));
+                background.spawn(d.with_leases(leases.clone()).run(shutdown.clone()));
             }
             Err(e) => tracing::error!(error = %e, "push is off"),
         }

@@ -10,6 +10,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{after_attempt, due, Attempt, Batch, Next, Policy, SigningKey};
+use crate::cluster::held::Leases;
 use crate::config::PushConfig;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -32,7 +33,13 @@ pub struct Deliverer {
     metrics: Metrics,
     /// The oldest undelivered seq and when this task first saw it waiting (for the lag).
     head_seen: Option<(i64, Timestamp)>,
+    /// Several instances: only the holder of the [`PUSH_LEASE`] delivers.
+    leases: Leases,
 }
+
+/// The lease whose holder pushes the feed when several instances share a database (a name
+/// no token can have: token names are `[a-z0-9-]+`).
+pub const PUSH_LEASE: &str = "_push";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -66,7 +73,15 @@ impl Deliverer {
             http,
             metrics,
             head_seen: None,
+            leases: Leases::All,
         })
+    }
+
+    /// Delivers only while `leases` holds [`PUSH_LEASE`] (several instances); the default
+    /// is always.
+    pub fn with_leases(mut self, leases: Leases) -> Deliverer {
+        self.leases = leases;
+        self
     }
 
     /// Delivers until `shutdown`.
@@ -94,6 +109,10 @@ impl Deliverer {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<Option<Duration>, StoreError> {
+        if !self.leases.may_call(PUSH_LEASE) {
+            // Another instance pushes; this one takes over if that one stops.
+            return Ok(Some(IDLE_POLL));
+        }
         let now = Timestamp::now();
         let st = self.store.push_state().await?;
         self.update_lag(st.delivered, now).await?;

@@ -234,3 +234,220 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::core::{EventType, Timings, TrackRequest};
+    use crate::store::postgres::tests::TempDb;
+    use crate::store::{SyncCommit, SyncEnd, SyncStart, TurnWrite};
+
+    fn tracked(id: &str, token: &str) -> EventRecord {
+        EventRecord::new_tracked(
+            Timestamp(1_000),
+            TrackRequest {
+                event_id: id.into(),
+                token: token.into(),
+                event_type: EventType::Associate,
+                submitted_at: None,
+                num_requested: Some(1),
+                has_request: false,
+                supersedes: None,
+            },
+            &Timings::default(),
+        )
+    }
+
+    fn insert(id: &str, token: &str) -> Change {
+        crate::core::Core::insert_change(Timestamp(1_000), &tracked(id, token), None)
+    }
+
+    /// The same steps and answers on both backends.
+    async fn hand_off_take_and_load(store: &Store) {
+        let now = Timestamp(2_000);
+        // Tracked on an instance that does not work the token: stored and handed off once.
+        let r = store.track_elsewhere(insert("e1", "t"), now).await.unwrap();
+        assert!(matches!(r, TrackedElsewhere::Inserted), "{r:?}");
+        match store.track_elsewhere(insert("e1", "t"), now).await.unwrap() {
+            TrackedElsewhere::Exists(rec) => assert_eq!(rec.token, "t"),
+            other => panic!("{other:?}"),
+        }
+        let sync = Handoff::Sync {
+            kind: SyncKind::Assets,
+            full: true,
+            cause: "asked".into(),
+        };
+        let missing = Handoff::Notification {
+            notification_id: "n-missing".into(),
+            event_id: "e1".into(),
+        };
+        store.hand_off("t", vec![sync, missing], now).await.unwrap();
+        store
+            .hand_off(
+                "u",
+                vec![Handoff::Event {
+                    event_id: "e9".into(),
+                }],
+                now,
+            )
+            .await
+            .unwrap();
+        // Taken in order, only for the tokens asked; what no longer exists is left out.
+        let taken = store.take_handoffs(vec!["t".into()]).await.unwrap();
+        assert_eq!(taken.len(), 2, "{taken:?}");
+        assert!(
+            matches!(&taken[0], Taken::Event(rec, notes) if rec.event_id == "e1" && notes.is_empty())
+        );
+        assert!(
+            matches!(&taken[1], Taken::Sync { token, kind: SyncKind::Assets, full: true, cause } if token == "t" && cause == "asked")
+        );
+        assert!(store
+            .take_handoffs(vec!["t".into()])
+            .await
+            .unwrap()
+            .is_empty());
+        // Loading a token: its events, its handoffs dropped, its running runs abandoned.
+        store
+            .hand_off(
+                "t",
+                vec![Handoff::Event {
+                    event_id: "e1".into(),
+                }],
+                now,
+            )
+            .await
+            .unwrap();
+        let run = SyncStart {
+            id: 77,
+            token: "t".into(),
+            kind: SyncKind::Users,
+            full: false,
+            cause: "left running".into(),
+        };
+        store.sync_started(run, now).await.unwrap();
+        let loaded = store.load_token("t", now).await.unwrap();
+        assert_eq!(loaded.events.len(), 1);
+        assert_eq!(loaded.events[0].0.event_id, "e1");
+        assert!(store
+            .take_handoffs(vec!["t".into()])
+            .await
+            .unwrap()
+            .is_empty());
+        let runs = store.list_syncs(Some("t".into()), 10).await.unwrap();
+        assert_eq!(runs[0].result, "abandoned");
+        assert_eq!(
+            store.take_handoffs(vec!["u".into()]).await.unwrap().len(),
+            0
+        );
+        assert!(store.reserve_sync_ids().await.unwrap() > 77);
+    }
+
+    #[tokio::test]
+    async fn handoffs_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        hand_off_take_and_load(&store).await;
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn handoffs_postgres() {
+        let db = TempDb::new().await;
+        let store = Store::connect_postgres(&db.url, None).await.unwrap();
+        hand_off_take_and_load(&store).await;
+        // Instances number their sync runs from blocks of their own.
+        let (a, b) = (
+            store.reserve_sync_ids().await.unwrap(),
+            store.reserve_sync_ids().await.unwrap(),
+        );
+        assert!(b >= a + 1_000_000_000, "{a} {b}");
+        store.close().await.unwrap();
+        db.drop_now().await;
+    }
+
+    /// On PostgreSQL a turn's writes are fenced by the lease: the holder's commit; an insert
+    /// for a token held elsewhere commits and is handed off; any other change for it, a run
+    /// row, or a sync's final step, is refused.
+    #[tokio::test]
+    async fn writes_are_fenced_by_the_lease_postgres() {
+        let db = TempDb::new().await;
+        let store = Store::connect_postgres(&db.url, None).await.unwrap();
+        let long = Duration::from_secs(600);
+        assert!(store.acquire("a", "mine", long).await.unwrap());
+        assert!(store.acquire("b", "theirs", long).await.unwrap());
+        store.join_cluster("a");
+        let now = Timestamp(2_000);
+        let commit = |turn: TurnWrite| {
+            let store = store.clone();
+            async move {
+                let (tx, rx) = oneshot::channel();
+                store.commit_turn(turn, now, tx).await.unwrap();
+                rx.await.unwrap().unwrap()
+            }
+        };
+        let run = |id: u64, token: &str| SyncStart {
+            id,
+            token: token.into(),
+            kind: SyncKind::Assets,
+            full: false,
+            cause: "test".into(),
+        };
+        let r = commit(TurnWrite {
+            changes: vec![insert("m1", "mine"), insert("t1", "theirs")],
+            syncs: vec![run(1, "mine"), run(2, "theirs")],
+        })
+        .await;
+        assert_eq!(r.errors, vec![None, None]);
+        assert_eq!(r.syncs_written, vec![true, false]);
+        let taken = store.take_handoffs(vec!["theirs".into()]).await.unwrap();
+        assert!(matches!(&taken[..], [Taken::Event(rec, _)] if rec.event_id == "t1"));
+        assert!(store
+            .take_handoffs(vec!["mine".into()])
+            .await
+            .unwrap()
+            .is_empty());
+        // Updates: the holder's commit, the other's are refused.
+        let mut m = crate::core::Change::of(&tracked("m1", "mine"));
+        m.event.polls = 1;
+        let mut t = crate::core::Change::of(&tracked("t1", "theirs"));
+        t.event.polls = 1;
+        let r = commit(TurnWrite {
+            changes: vec![m, t],
+            syncs: vec![],
+        })
+        .await;
+        assert_eq!(r.errors[0], None);
+        assert!(
+            r.errors[1]
+                .as_deref()
+                .unwrap_or("")
+                .contains("lease of token theirs"),
+            "{:?}",
+            r.errors
+        );
+        let end = |token: &str, sync_id: u64| SyncCommit {
+            token: token.into(),
+            sync_id,
+            kind: SyncKind::Assets,
+            started: now,
+            replace: false,
+            version_id: None,
+            store_version: false,
+            end: SyncEnd {
+                ok: true,
+                ..Default::default()
+            },
+        };
+        store.commit_sync(end("mine", 1)).await.unwrap();
+        assert!(matches!(
+            store.commit_sync(end("theirs", 2)).await,
+            Err(StoreError::LeaseLost(t)) if t == "theirs"
+        ));
+        store.close().await.unwrap();
+        db.drop_now().await;
+    }
+}

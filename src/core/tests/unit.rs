@@ -1365,3 +1365,56 @@ fn apple_omitting_num_requested_keeps_the_bodys_count() {
     assert_eq!(e.state, State::Syncing);
     assert_eq!(e.num_requested, Some(4));
 }
+
+/// A token whose lease is lost leaves the core whole: its events, timers and sync runs go,
+/// answers still in flight for it are ignored, and the other tokens carry on.
+#[test]
+fn forgetting_a_token_drops_its_work_and_ignores_its_late_answers() {
+    let mut core = Core::new(timings(), 1);
+    let now = ts(0);
+    for (id, token) in [("a1", "acme"), ("a2", "acme"), ("b1", "beta")] {
+        let rec = EventRecord::new_tracked(
+            now,
+            track_req(id, token, EventType::Associate, Some(1)),
+            &timings(),
+        );
+        assert!(matches!(
+            core.track(now, rec, None),
+            TrackDecision::Created(_)
+        ));
+    }
+    drain(&mut core);
+    core.request_sync(now, "acme", SyncKind::Users, false, "test");
+    let started = drain(&mut core);
+    assert!(started
+        .iter()
+        .any(|a| matches!(a, Action::StartSync { token, .. } if token == "acme")));
+    // Polls fire for both tokens after the grace period.
+    let later = ts(301_000);
+    core.timeout(later);
+    let polls: Vec<String> = drain(&mut core)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Poll { event_id, .. } => Some(event_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(polls.len(), 3, "{polls:?}");
+
+    assert_eq!(core.forget_token("acme"), 2);
+    assert_eq!(core.len(), 1);
+    assert!(core.event("a1").is_none());
+    assert!(core.sync_state("acme", SyncKind::Users).is_none());
+    // Late answers for the forgotten token change nothing.
+    let complete = || StatusResult::Complete {
+        num_requested: 1,
+        num_completed: 1,
+    };
+    core.status_result(later, "a1", complete());
+    core.sync_finished(later, 1, SyncOutcome::Ok);
+    assert!(drain(&mut core).is_empty());
+    // The other token still works.
+    core.status_result(later, "b1", complete());
+    assert!(!drain(&mut core).is_empty());
+    assert_eq!(core.forget_token("nobody"), 0);
+}
