@@ -306,6 +306,7 @@ pub async fn serve_with_reload(
         apple: apple.clone(),
         metrics: metrics.clone(),
         push_configured: config.push.is_some(),
+        cluster: None,
     };
     let mut background = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.webhook {
