@@ -15,6 +15,7 @@ use crate::api::{self, ApiState};
 use crate::apple::{AppleClient, ClientOptions};
 use crate::cluster::held::Leases;
 use crate::cluster::keeper::{Keeper, KeeperConfig};
+use crate::cluster::ClusterInfo;
 use crate::config::Config;
 use crate::core::periodic::{Chore, Periodic};
 use crate::core::{Core, SyncKind, Timings};
@@ -260,8 +261,9 @@ pub async fn serve_with_reload(
     let leases = keeper
         .as_ref()
         .map_or(Leases::All, |k| Leases::Kept(k.held()));
+    let cluster = shared.map(|(me, lease_ttl)| ClusterInfo { me, lease_ttl });
     serve_core(
-        config, listeners, shutdown, reload, on_ready, store, core, keeper, leases,
+        config, listeners, shutdown, reload, on_ready, store, core, keeper, leases, cluster,
     )
     .await
 }
@@ -318,6 +320,7 @@ async fn serve_core(
     core: Core,
     keeper: Option<Keeper>,
     leases: Leases,
+    cluster: Option<ClusterInfo>,
 ) -> Result<(), DaemonError> {
     let now = Timestamp::now();
     let timings = timings(&config);
@@ -374,6 +377,7 @@ async fn serve_core(
         apple: apple.clone(),
         metrics: metrics.clone(),
         push_configured: config.push.is_some(),
+        cluster,
     };
     let mut background = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.webhook {

@@ -24,6 +24,14 @@
 //! - `vppr_push_lag_seconds`, `vppr_push_lag_changes` gauges: how long the oldest undelivered
 //!   change has waited (as seen by the deliverer) and how many changes wait.
 //!
+//! Only when the daemon runs among other instances (`ApiState::cluster`), read from the lease
+//! table at scrape time ([`Metrics::render_with_leases`]; left out entirely, HELP and TYPE
+//! included, when that read fails or is slow):
+//! - `vppr_lease_held{token}` gauge: 1 while this instance holds the configured token's
+//!   unexpired lease, else 0.
+//! - `vppr_lease_holder_info{token,instance}` gauge, always 1: who holds each unexpired lease.
+//! - `vppr_instances_live` gauge: instances whose heartbeat is younger than the lease TTL.
+//!
 //! Counters are registered without `_total`: the encoder appends it.
 
 use std::collections::HashMap;
@@ -38,7 +46,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::store::StoreStats;
+use crate::store::{LeaseSnapshot, StoreStats};
 use crate::time::Timestamp;
 
 /// Upper bounds (seconds) of the latency histograms: from a fast local commit to Apple's
@@ -81,6 +89,12 @@ struct SyncLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
     token: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HolderLabels {
+    token: String,
+    instance: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -150,6 +164,11 @@ struct Inner {
     push_parked: Counter,
     push_lag_seconds: Gauge<f64, AtomicU64>,
     push_lag_changes: Gauge,
+    /// The cluster's families, encoded only when a scrape has a lease snapshot.
+    cluster: Registry,
+    lease_held: Family<TokenLabels, Gauge>,
+    lease_holder: Family<HolderLabels, Gauge>,
+    instances_live: Gauge,
     /// Expiry as Apple last reported it, per token; wins over the store's at scrape time.
     learned_expiry: Mutex<HashMap<String, Timestamp>>,
     /// Serializes scrapes: each clears and refills the store-backed gauges before encoding.
@@ -240,8 +259,31 @@ impl Metrics {
             "Changes of the feed not yet delivered to the MDM",
             push_lag_changes.clone(),
         );
+        let lease_held = Family::<TokenLabels, Gauge>::default();
+        let lease_holder = Family::<HolderLabels, Gauge>::default();
+        let instances_live = Gauge::default();
+        let mut cluster = Registry::default();
+        cluster.register(
+            "vppr_lease_held",
+            "1 while this instance holds the token's lease, else 0",
+            Listed(lease_held.clone()),
+        );
+        cluster.register(
+            "vppr_lease_holder_info",
+            "The instance holding each token's unexpired lease (always 1)",
+            Listed(lease_holder.clone()),
+        );
+        cluster.register(
+            "vppr_instances_live",
+            "Instances whose heartbeat is younger than store.lease_ttl",
+            instances_live.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                cluster,
+                lease_held,
+                lease_holder,
+                instances_live,
                 push_delivered,
                 push_failed,
                 push_parked,
@@ -348,6 +390,17 @@ impl Metrics {
     /// store no longer reports (a token removed by a reload, a state with no event left)
     /// disappears.
     pub fn render(&self, stats: &StoreStats, now: Timestamp) -> String {
+        self.render_with_leases(stats, now, None)
+    }
+
+    /// [`Metrics::render`], plus the cluster's families from `leases` when given (see the
+    /// module docs); without it they are left out, HELP and TYPE included.
+    pub fn render_with_leases(
+        &self,
+        stats: &StoreStats,
+        now: Timestamp,
+        leases: Option<LeaseGauges<'_>>,
+    ) -> String {
         let inner = &*self.inner;
         let _scrape = lock(&inner.scrape);
 
@@ -382,8 +435,45 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &inner.registry);
+        if let Some(leases) = leases {
+            inner.lease_held.clear();
+            inner.lease_holder.clear();
+            let holders = crate::cluster::view::holders(leases.snapshot);
+            for token in leases.tokens {
+                let mine = holders.get(token).is_some_and(|l| l.holder == leases.me);
+                inner
+                    .lease_held
+                    .get_or_create(&TokenLabels {
+                        token: token.clone(),
+                    })
+                    .set(i64::from(mine));
+            }
+            for l in holders.values() {
+                inner
+                    .lease_holder
+                    .get_or_create(&HolderLabels {
+                        token: l.token.clone(),
+                        instance: l.holder.clone(),
+                    })
+                    .set(1);
+            }
+            inner
+                .instances_live
+                .set(i64::try_from(leases.snapshot.live.len()).unwrap_or(i64::MAX));
+            let _ = prometheus_text::encode(&mut out, &inner.cluster);
+        }
         out
     }
+}
+
+/// What the cluster's families are rendered from: a lease snapshot read at scrape time.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseGauges<'a> {
+    /// This instance's id.
+    pub me: &'a str,
+    /// The configured tokens: each gets a `vppr_lease_held` sample.
+    pub tokens: &'a [String],
+    pub snapshot: &'a LeaseSnapshot,
 }
 
 #[cfg(test)]
@@ -623,6 +713,98 @@ mod tests {
             None,
             "{text}"
         );
+    }
+
+    #[test]
+    fn lease_families_only_with_a_snapshot_held_holder_and_live() {
+        use crate::cluster::lease::Lease;
+        let m = Metrics::new();
+        let plain = m.render(&empty(), Timestamp(0));
+        for name in [
+            "vppr_lease_held",
+            "vppr_lease_holder_info",
+            "vppr_instances_live",
+        ] {
+            assert!(!plain.contains(name), "{name} without a cluster: {plain}");
+        }
+        let lease = |token: &str, holder: &str, expires_at: i64| Lease {
+            token: token.into(),
+            holder: holder.into(),
+            expires_at: Timestamp(expires_at),
+        };
+        let nasty = "i\\\"x\ny";
+        let snapshot = LeaseSnapshot {
+            now: Timestamp(1_000),
+            live: ["me".to_string(), nasty.to_string(), "c".to_string()].into(),
+            leases: vec![
+                lease("acme", "me", 5_000),
+                lease("beta", nasty, 5_000),
+                // Expired: nobody holds it.
+                lease("gamma", "me", 1_000),
+            ],
+        };
+        let tokens = ["acme".to_string(), "beta".to_string(), "gamma".to_string()];
+        let gauges = LeaseGauges {
+            me: "me",
+            tokens: &tokens,
+            snapshot: &snapshot,
+        };
+        let text = m.render_with_leases(&empty(), Timestamp(0), Some(gauges));
+        for (name, kind) in [
+            ("vppr_lease_held", "gauge"),
+            ("vppr_lease_holder_info", "gauge"),
+            ("vppr_instances_live", "gauge"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{text}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{text}");
+        }
+        let held = |t| value_of(&text, "vppr_lease_held", &[("token", t)]);
+        assert_eq!(held("acme"), Some(1.0));
+        assert_eq!(held("beta"), Some(0.0));
+        assert_eq!(held("gamma"), Some(0.0), "expired");
+        let info = |t, i| {
+            value_of(
+                &text,
+                "vppr_lease_holder_info",
+                &[("token", t), ("instance", i)],
+            )
+        };
+        assert_eq!(info("acme", "me"), Some(1.0));
+        assert_eq!(
+            info("beta", nasty),
+            Some(1.0),
+            "escaped and round-trips: {text}"
+        );
+        assert_eq!(info("gamma", "me"), None);
+        assert_eq!(value_of(&text, "vppr_instances_live", &[]), Some(3.0));
+        // Every line parses (samples() is strict) and the rest of the text is unchanged.
+        assert!(!samples(&text).is_empty());
+        assert!(
+            text.starts_with(&plain),
+            "the cluster families come after the rest"
+        );
+        assert!(!text.contains("# EOF"));
+
+        // Next scrape: a lease gone is gone, and without a snapshot the families go too.
+        let snapshot = LeaseSnapshot {
+            leases: vec![lease("beta", "me", 5_000)],
+            ..snapshot.clone()
+        };
+        let gauges = LeaseGauges {
+            snapshot: &snapshot,
+            ..gauges
+        };
+        let text = m.render_with_leases(&empty(), Timestamp(0), Some(gauges));
+        let info = |t, i| {
+            value_of(
+                &text,
+                "vppr_lease_holder_info",
+                &[("token", t), ("instance", i)],
+            )
+        };
+        assert_eq!(info("acme", "me"), None, "{text}");
+        assert_eq!(info("beta", "me"), Some(1.0));
+        assert!(!m.render(&empty(), Timestamp(0)).contains("vppr_lease"));
     }
 
     #[test]

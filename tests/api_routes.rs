@@ -238,6 +238,18 @@ async fn tokens_and_mirror_routes() {
     assert!(tokens[0]["expiresAt"].is_string());
     assert!(tokens[0]["health"].is_string());
     assert!(tokens[0]["lastSyncs"].is_array());
+    // Each token's lease: both fields present (null while no instance holds it).
+    for t in tokens {
+        let t = t.as_object().unwrap();
+        assert!(
+            t.contains_key("holder") && t.contains_key("leaseExpiresAt"),
+            "{t:?}"
+        );
+    }
+    let (status, body) = get(&c, &env, "/v1/instances").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["instances"].is_array(), "{body}");
+    assert!(body.as_object().unwrap().contains_key("me"), "{body}");
 
     for what in ["assets", "assignments", "users"] {
         let (status, body) = get(&c, &env, &format!("/v1/tokens/acme/{what}")).await;
@@ -316,6 +328,16 @@ fn token_config(name: &str) -> vpp_reconciler::config::TokenConfig {
 
 impl InProcess {
     async fn start(apple: Option<vpp_reconciler::apple::AppleClient>) -> InProcess {
+        InProcess::start_with(apple, &["acme"], None, None).await
+    }
+
+    /// With these configured tokens, this instance in a cluster (or alone), and an API token.
+    async fn start_with(
+        apple: Option<vpp_reconciler::apple::AppleClient>,
+        tokens: &[&str],
+        cluster: Option<vpp_reconciler::cluster::ClusterInfo>,
+        api_token: Option<&str>,
+    ) -> InProcess {
         use std::sync::Arc;
         use vpp_reconciler::api::{router, ApiState};
         use vpp_reconciler::core::{Core, Timings};
@@ -338,13 +360,16 @@ impl InProcess {
         let state = ApiState {
             store: store.clone(),
             executor: handle,
-            tokens: vpp_reconciler::tokens::Registry::new(&[token_config("acme")]),
+            tokens: vpp_reconciler::tokens::Registry::new(
+                &tokens.iter().map(|t| token_config(t)).collect::<Vec<_>>(),
+            ),
             timings: Timings::default(),
-            api_token: None,
+            api_token: api_token.map(vpp_reconciler::secret::Secret::new),
             writes: Arc::new(tokio::sync::Semaphore::new(8)),
             apple,
             metrics: Default::default(),
             push_configured: false,
+            cluster,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -371,6 +396,22 @@ impl InProcess {
             .await
             .unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GET `path` (with `bearer` if given): status and body text.
+    async fn get_text(&self, path: &str, bearer: Option<&str>) -> (u16, String) {
+        let mut req = client().get(format!("http://{}{path}", self.addr));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn get_json(&self, path: &str, bearer: Option<&str>) -> (u16, Value) {
+        let (status, text) = self.get_text(path, bearer).await;
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
+        (status, v)
     }
 
     async fn stop(self) {
@@ -571,8 +612,10 @@ async fn metrics_exposition_parses_and_counts_events() {
     let expiry = value("vppr_token_expiry_seconds", r#"token="acme""#).expect("expiry");
     assert!(expiry > 86_400.0 * 365.0, "{expiry}");
 
-    let r = c.get(env.api_url("/v1/changes")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 401, "new routes are guarded");
+    for route in ["/v1/changes", "/v1/instances"] {
+        let r = c.get(env.api_url(route)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{route} is guarded");
+    }
     let r = c
         .post(env.api_url("/v1/tokens/acme/sync"))
         .json(&json!({"kind": "users"}))
@@ -759,4 +802,236 @@ async fn submit_through_the_simulator_splits_tracks_and_settles() {
     assert_error(s, &a, 502, "apple_error", "create-users request 1 of 1");
     assert_eq!(a["errorNumber"], 9625, "{a}");
     assert_eq!(a["eventIds"], json!([]));
+}
+
+/// Records `names` as configured tokens in the store, as the daemon does at start.
+async fn record_tokens(store: &vpp_reconciler::store::Store, names: &[&str]) {
+    let rows = names
+        .iter()
+        .map(|n| vpp_reconciler::store::TokenRow {
+            name: n.to_string(),
+            org_name: Some(format!("Org {n}")),
+            expires_at: None,
+        })
+        .collect();
+    store
+        .upsert_tokens(rows, vpp_reconciler::time::Timestamp::now())
+        .await
+        .unwrap();
+}
+
+/// This instance ("i-1") among others: leases taken through the store's own operations, then
+/// `/v1/instances`, the holders in `/v1/tokens`, the lease series on `/metrics` and the
+/// "Instances" section of the status page; all behind the bearer but `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_and_lease_holders_on_the_api_metrics_and_status_page() {
+    use vpp_reconciler::cluster::ClusterInfo;
+    let ttl = Duration::from_secs(600);
+    let tokens = ["acme", "beta", "gamma", "<b>x</b>"];
+    let cluster = ClusterInfo {
+        me: "i-1".into(),
+        lease_ttl: ttl,
+    };
+    let api = InProcess::start_with(None, &tokens, Some(cluster), Some("sekret")).await;
+    record_tokens(&api.store, &tokens).await;
+    let s = &api.store;
+    s.heartbeat("i-1").await.unwrap();
+    s.heartbeat("i-2").await.unwrap();
+    s.heartbeat("\"i-3\"").await.unwrap();
+    assert!(s.acquire("i-1", "acme", ttl).await.unwrap());
+    assert!(s.acquire("i-2", "beta", ttl).await.unwrap());
+    assert!(s.acquire("\"i-3\"", "<b>x</b>", ttl).await.unwrap());
+    // Expired at once: gamma has no holder.
+    assert!(s.acquire("i-2", "gamma", Duration::ZERO).await.unwrap());
+    let bearer = Some("sekret");
+
+    // The bearer guards the new route like the others.
+    let (status, body) = api.get_json("/v1/instances", None).await;
+    assert_error(status, &body, 401, "unauthorized", "bearer");
+
+    let (status, body) = api.get_json("/v1/instances", bearer).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["me"], "i-1", "{body}");
+    let instances = body["instances"].as_array().expect("instances");
+    let ids: Vec<&str> = instances
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["\"i-3\"", "i-1", "i-2"], "by id");
+    assert_eq!(instances[1]["tokens"], json!(["acme"]));
+    assert_eq!(instances[2]["tokens"], json!(["beta"]), "gamma expired");
+    for i in instances {
+        assert_eq!(i["live"], true, "{i}");
+        let seen = i["lastSeen"].as_str().expect("lastSeen");
+        assert!(vpp_reconciler::time::Timestamp::parse_rfc3339(seen).is_some());
+        assert_eq!(
+            i.as_object().unwrap().len(),
+            4,
+            "id, lastSeen, live, tokens: {i}"
+        );
+    }
+
+    let (status, body) = api.get_json("/v1/tokens", bearer).await;
+    assert_eq!(status, 200, "{body}");
+    let by_name = |n: &str| {
+        body["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == n)
+            .unwrap_or_else(|| panic!("{n} in {body}"))
+            .clone()
+    };
+    let acme = by_name("acme");
+    assert_eq!(acme["holder"], "i-1");
+    let until = acme["leaseExpiresAt"].as_str().expect("leaseExpiresAt");
+    let until = vpp_reconciler::time::Timestamp::parse_rfc3339(until).unwrap();
+    assert!(until > vpp_reconciler::time::Timestamp::now());
+    assert_eq!(acme["orgName"], "Org acme", "the token's own fields stay");
+    assert_eq!(by_name("beta")["holder"], "i-2");
+    assert_eq!(by_name("gamma")["holder"], Value::Null);
+    assert_eq!(by_name("gamma")["leaseExpiresAt"], Value::Null);
+
+    // /metrics: unauthenticated, valid exposition, this instance's leases and the holders.
+    let (status, text) = api.get_text("/metrics", None).await;
+    assert_eq!(status, 200, "{text}");
+    let (types, samples) = parse_exposition(&text);
+    for name in [
+        "vppr_lease_held",
+        "vppr_lease_holder_info",
+        "vppr_instances_live",
+    ] {
+        assert!(
+            types.contains(&(name.to_string(), "gauge".to_string())),
+            "{name} in\n{text}"
+        );
+    }
+    let value = |name: &str, labels: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && l == labels)
+            .map(|s| s.2)
+    };
+    assert_eq!(
+        value("vppr_lease_held", r#"token="acme""#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(value("vppr_lease_held", r#"token="beta""#), Some(0.0));
+    assert_eq!(value("vppr_lease_held", r#"token="gamma""#), Some(0.0));
+    assert_eq!(
+        value("vppr_lease_holder_info", r#"token="beta",instance="i-2""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "vppr_lease_holder_info",
+            r#"token="<b>x</b>",instance="\"i-3\"""#
+        ),
+        Some(1.0),
+        "label values escaped: {text}"
+    );
+    assert_eq!(value("vppr_instances_live", ""), Some(3.0));
+
+    // The status page: the instances, this one marked, the holders, all escaped.
+    let (status, _) = api.get_text("/", None).await;
+    assert_eq!(status, 401);
+    let (status, page) = api.get_text("/", bearer).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<h2>Instances</h2>"), "{page}");
+    assert!(page
+        .contains("<td class=\"name\">i-1 <span class=\"badge muted\">this instance</span></td>"));
+    assert!(page.contains("<td class=\"name\">i-2</td>"));
+    assert!(page.contains("&quot;i-3&quot;"));
+    assert!(!page.contains("\"i-3\"") && !page.contains("<b>x</b>"));
+    assert!(page.contains("<th>holder</th>"));
+    assert!(page.contains("3 of 3 live"));
+
+    // An instance that leaves is gone from every view at once.
+    s.leave("i-2").await.unwrap();
+    let (_, body) = api.get_json("/v1/instances", bearer).await;
+    assert_eq!(body["instances"].as_array().unwrap().len(), 2, "{body}");
+    let (_, text) = api.get_text("/metrics", None).await;
+    assert!(!text.contains(r#"instance="i-2""#), "{text}");
+    assert!(text.contains("vppr_instances_live 2\n"), "{text}");
+    api.stop().await;
+}
+
+/// One daemon alone (no cluster, no lease rows): `/v1/instances` is empty with `me` null, the
+/// tokens' lease fields are null, and neither `/metrics` nor the status page shows leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alone_the_cluster_views_stay_empty() {
+    let api = InProcess::start_with(None, &["acme"], None, None).await;
+    record_tokens(&api.store, &["acme"]).await;
+    let (status, body) = api.get_json("/v1/instances", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"instances": [], "me": null}));
+    let (_, body) = api.get_json("/v1/tokens", None).await;
+    assert_eq!(body["tokens"][0]["name"], "acme", "{body}");
+    assert_eq!(body["tokens"][0]["holder"], Value::Null);
+    assert_eq!(body["tokens"][0]["leaseExpiresAt"], Value::Null);
+    let (_, text) = api.get_text("/metrics", None).await;
+    parse_exposition(&text);
+    assert!(
+        !text.contains("vppr_lease") && !text.contains("vppr_instances"),
+        "{text}"
+    );
+    let (_, page) = api.get_text("/", None).await;
+    assert!(
+        !page.contains("Instances") && !page.contains("<th>holder</th>"),
+        "{page}"
+    );
+
+    // Lease rows without a cluster (a keeper on this file): the page shows them, `me` stays
+    // null, /metrics still leaves the series out (they describe *this* instance's leases).
+    api.store.heartbeat("solo").await.unwrap();
+    assert!(api
+        .store
+        .acquire("solo", "acme", Duration::from_secs(600))
+        .await
+        .unwrap());
+    let (_, page) = api.get_text("/", None).await;
+    assert!(page.contains("<h2>Instances</h2>") && page.contains("<th>holder</th>"));
+    assert!(!page.contains("this instance"));
+    let (_, body) = api.get_json("/v1/instances", None).await;
+    assert_eq!(body["me"], Value::Null);
+    assert_eq!(body["instances"][0]["tokens"], json!(["acme"]));
+    let (_, body) = api.get_json("/v1/tokens", None).await;
+    assert_eq!(body["tokens"][0]["holder"], "solo");
+    api.stop().await;
+}
+
+/// A lease read that fails leaves the lease series out of `/metrics` (HELP and TYPE too); the
+/// rest of the scrape is served. `/v1/instances` answers 503 `store_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_leave_the_lease_series_out_when_the_lease_read_fails() {
+    let cluster = vpp_reconciler::cluster::ClusterInfo {
+        me: "i-1".into(),
+        lease_ttl: Duration::from_secs(600),
+    };
+    let api = InProcess::start_with(None, &["acme"], Some(cluster), None).await;
+    api.store.heartbeat("i-1").await.unwrap();
+    let (_, text) = api.get_text("/metrics", None).await;
+    assert!(text.contains("vppr_instances_live 1\n"), "{text}");
+    assert!(
+        text.contains("vppr_lease_held{token=\"acme\"} 0\n"),
+        "{text}"
+    );
+
+    // The lease table gone behind the store's back: the snapshot fails.
+    let db = rusqlite::Connection::open(api._dir.path().join("state.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute_batch("DROP TABLE leases").unwrap();
+    drop(db);
+    let (status, text) = api.get_text("/metrics", None).await;
+    assert_eq!(status, 200, "{text}");
+    parse_exposition(&text);
+    assert!(text.contains("# TYPE vppr_events gauge\n"), "{text}");
+    assert!(
+        !text.contains("vppr_lease") && !text.contains("vppr_instances"),
+        "{text}"
+    );
+    let (status, body) = api.get_json("/v1/instances", None).await;
+    assert_error(status, &body, 503, "store_unavailable", "leases");
+    api.stop().await;
 }

@@ -43,6 +43,7 @@ fn every_option_in_help_is_explained() {
         "events",
         "event",
         "tokens",
+        "instances",
         "syncs",
         "sync",
         "sim",

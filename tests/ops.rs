@@ -1,6 +1,6 @@
 //! Operations with the real binary: backups while the daemon runs, the WAL checkpointed on a
-//! clean stop, downgrades refused, read-only commands without secret files, and the
-//! check-config warnings about secret file permissions and a non-loopback webhook.
+//! clean stop, downgrades refused, read-only commands without secret files, lease holders and
+//! instances shown by `tokens` and `instances`, and the check-config warnings about secret file permissions and a non-loopback webhook.
 
 mod common;
 
@@ -186,6 +186,8 @@ async fn read_only_commands_work_without_the_secret_files() {
         &["event", &ids[0], "--json"],
         &["tokens"],
         &["tokens", "--json"],
+        &["instances"],
+        &["instances", "--json"],
         &["syncs"],
         &["syncs", "--json"],
         &["backup", &ro_backup],
@@ -214,6 +216,127 @@ async fn read_only_commands_work_without_the_secret_files() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The cell of a left-aligned `column` in `line`, by the header's offsets (ASCII tables).
+fn cell<'a>(header: &str, line: &'a str, column: &str) -> &'a str {
+    let at = header
+        .find(column)
+        .unwrap_or_else(|| panic!("{column} in {header:?}"));
+    line[at..].split("  ").next().unwrap().trim()
+}
+
+/// `tokens` and `instances` over a stopped daemon's database: without lease rows the tokens
+/// table is as before and no instance is listed; with lease rows (written by the store's own
+/// lease operations, as keepers do) a HOLDER column, the JSON fields, and the instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_instances_show_lease_holders_from_the_database() {
+    let env = TestEnv::new(EnvOptions {
+        tokens: &["acme", "beta"],
+        ..quiet()
+    });
+    let daemon = env.start_daemon();
+    assert!(daemon.terminate().success());
+    let run = |args: &[&str]| {
+        let out = env.cli(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}");
+        stdout(&out)
+    };
+    let json =
+        |args: &[&str]| -> Value { serde_json::from_str(&run(args)).expect("one JSON document") };
+
+    // No lease rows: the table without HOLDER, no instance.
+    let text = run(&["tokens"]);
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.starts_with("TOKEN") && !header.contains("HOLDER"),
+        "{text}"
+    );
+    assert!(header.ends_with("SYNCING  LAST SYNCS"), "{text}");
+    let v = json(&["tokens", "--json"]);
+    assert_eq!(v["tokens"][0]["holder"], Value::Null, "{v}");
+    assert_eq!(v["tokens"][0]["leaseExpiresAt"], Value::Null, "{v}");
+    assert_eq!(
+        run(&["instances"]),
+        "(no instances: no daemon keeps leases on this database)\n"
+    );
+    assert_eq!(
+        json(&["instances", "--json"]),
+        json!({"instances": [], "me": null})
+    );
+
+    let store = vpp_reconciler::store::Store::open(&env.path("state.db")).unwrap();
+    store.heartbeat("i-1").await.unwrap();
+    store.heartbeat("i-2").await.unwrap();
+    assert!(store
+        .acquire("i-1", "acme", Duration::from_secs(600))
+        .await
+        .unwrap());
+    // Expired at once: nobody holds beta.
+    assert!(store.acquire("i-2", "beta", Duration::ZERO).await.unwrap());
+    store.close().await.unwrap();
+
+    let text = run(&["tokens"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].ends_with("SYNCING  HOLDER  LAST SYNCS"), "{text}");
+    let row = |name: &str| {
+        *lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert_eq!(cell(lines[0], row("acme"), "HOLDER"), "i-1", "{text}");
+    assert_eq!(cell(lines[0], row("beta"), "HOLDER"), "-", "{text}");
+    let v = json(&["tokens", "--json"]);
+    let acme = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "acme")
+        .unwrap();
+    assert_eq!(acme["holder"], "i-1", "{v}");
+    assert!(
+        acme["leaseExpiresAt"].as_str().unwrap().ends_with('Z'),
+        "{v}"
+    );
+
+    let text = run(&["instances"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("INSTANCE  LAST SEEN"), "{text}");
+    assert_eq!(cell(lines[0], lines[1], "INSTANCE"), "i-1");
+    assert_eq!(cell(lines[0], lines[1], "LIVE"), "yes", "{text}");
+    assert_eq!(cell(lines[0], lines[1], "TOKENS"), "acme");
+    assert_eq!(cell(lines[0], lines[2], "TOKENS"), "-", "{text}");
+    assert!(
+        cell(lines[0], lines[1], "LAST SEEN").ends_with('Z'),
+        "{text}"
+    );
+    let v = json(&["instances", "--json"]);
+    assert_eq!(v["me"], Value::Null);
+    assert_eq!(v["instances"][0]["id"], "i-1");
+    assert_eq!(v["instances"][0]["tokens"], json!(["acme"]));
+    assert_eq!(v["instances"][0]["live"], true);
+    assert_eq!(v["instances"][1]["tokens"], json!([]));
+
+    // Leases that cannot be read (as in a database from before the lease tables): `tokens`
+    // still lists the tokens, without holders, and says why; `instances` fails.
+    let db = rusqlite::Connection::open(env.path("state.db")).unwrap();
+    db.execute_batch("DROP TABLE leases").unwrap();
+    drop(db);
+    let out = env.cli(&["tokens"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("HOLDER"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("acme"));
+    assert!(
+        stderr(&out).contains("leases not shown") && stderr(&out).contains("leases"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.cli(&["instances"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("leases"), "{}", stderr(&out));
 }
 
 fn check(env: &TestEnv, creds: Option<&Path>) -> (i32, String) {

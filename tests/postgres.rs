@@ -111,3 +111,82 @@ fn check_config_names_an_unreachable_server() {
     assert!(err.contains("store.url"), "{err}");
     assert!(err.contains("127.0.0.1:9"), "{err}");
 }
+
+/// Lease rows on PostgreSQL (written by the store's lease operations, as keepers do) shown by
+/// the running daemon's `/v1/instances` and `/v1/tokens` and by the `instances` and `tokens`
+/// commands, all on the database's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_and_holders_on_postgres() {
+    use std::time::Duration;
+    let env = TestEnv::new(EnvOptions {
+        backend: Backend::Postgres,
+        tokens: &["acme", "beta"],
+        reconcile: "notification_grace = \"1h\"",
+        ..Default::default()
+    });
+    let _daemon = env.start_daemon();
+    let url = &env.pg.as_ref().expect("a PostgreSQL database").url;
+    let store = vpp_reconciler::store::Store::connect_postgres(url, None)
+        .await
+        .unwrap();
+    store.heartbeat("pg-a").await.unwrap();
+    store.heartbeat("pg-b").await.unwrap();
+    let ttl = Duration::from_secs(600);
+    assert!(store.acquire("pg-a", "acme", ttl).await.unwrap());
+    assert!(store.acquire("pg-b", "beta", ttl).await.unwrap());
+    assert!(!store.acquire("pg-a", "beta", ttl).await.unwrap());
+    store.close().await.unwrap();
+
+    let c = reqwest::Client::new();
+    let get = |path: &str| {
+        let req = c.get(env.api_url(path));
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let v = get("/v1/instances").await;
+    let ids: Vec<&str> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"pg-a") && ids.contains(&"pg-b"), "{v}");
+    let a = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "pg-a")
+        .unwrap();
+    assert_eq!(a["tokens"], json!(["acme"]), "{v}");
+    assert_eq!(a["live"], true, "{v}");
+    assert!(a["lastSeen"].is_string(), "{v}");
+    let v = get("/v1/tokens").await;
+    let holder = |v: &Value, name: &str| {
+        v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["holder"].clone())
+    };
+    assert_eq!(holder(&v, "acme"), Some(json!("pg-a")), "{v}");
+    assert_eq!(holder(&v, "beta"), Some(json!("pg-b")), "{v}");
+
+    let o = env.cli(&["instances", "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["me"], Value::Null);
+    assert!(v.to_string().contains("pg-b"), "{v}");
+    let o = env.cli(&["tokens"]);
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    assert!(text.lines().next().unwrap().contains("HOLDER"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("acme ") && l.contains(" pg-a ")),
+        "{text}"
+    );
+}

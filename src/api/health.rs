@@ -59,21 +59,58 @@ pub(super) async fn healthz(State(state): State<ApiState>) -> Response {
     }
 }
 
+/// How long a scrape waits for the lease snapshot before leaving the cluster's series out.
+const LEASE_READ_LIMIT: Duration = Duration::from_secs(1);
+
 /// Prometheus text; unauthenticated like `/healthz` (scrapers rarely carry bearer tokens and
-/// nothing here is secret: token names only).
+/// nothing here is secret: token and instance names only).
 pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
-    let configured: HashSet<String> = state.tokens.names().into_iter().collect();
-    let snapshot = state.store.store_stats(configured).await;
-    match snapshot {
-        Ok(snapshot) => (
-            StatusCode::OK,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                crate::metrics::CONTENT_TYPE,
-            )],
-            state.metrics.render(&snapshot, Timestamp::now()),
-        )
-            .into_response(),
-        Err(e) => HttpError::from(e).into_response(),
-    }
+    let names = state.tokens.names();
+    let configured: HashSet<String> = names.iter().cloned().collect();
+    let snapshot = match state.store.store_stats(configured).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => return HttpError::from(e).into_response(),
+    };
+    // Among other instances: the lease series, read now, bounded; a failed or slow read
+    // leaves them out rather than failing the scrape.
+    let leases = match &state.cluster {
+        None => None,
+        Some(c) => {
+            match tokio::time::timeout(LEASE_READ_LIMIT, state.store.lease_snapshot(c.lease_ttl))
+                .await
+            {
+                Ok(Ok(leases)) => Some(leases),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "/metrics: lease snapshot failed; lease series left out");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        limit = ?LEASE_READ_LIMIT,
+                        "/metrics: lease snapshot too slow; lease series left out"
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let gauges = match (&state.cluster, &leases) {
+        (Some(c), Some(snapshot)) => Some(crate::metrics::LeaseGauges {
+            me: &c.me,
+            tokens: &names,
+            snapshot,
+        }),
+        _ => None,
+    };
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        state
+            .metrics
+            .render_with_leases(&snapshot, Timestamp::now(), gauges),
+    )
+        .into_response()
 }

@@ -5,13 +5,15 @@
 //!
 //! One module per behaviour: [`auth`] (the bearer check, one layer), [`events`] (track, list,
 //! get), [`submit`] (submitting through the daemon), [`feed`] (changes feed), [`syncs`],
-//! [`tokens`] (tokens and mirror reads), [`health`] (`/healthz`, `/metrics`), [`status`] (the
+//! [`tokens`] (tokens and mirror reads), [`instances`] (the cluster: instances and who holds
+//! which token), [`health`] (`/healthz`, `/metrics`), [`status`] (the
 //! HTML status page at `/`) and [`validate`] (input checks shared with the CLI).
 
 mod auth;
 mod events;
 mod feed;
 mod health;
+mod instances;
 mod push;
 mod status;
 mod submit;
@@ -57,6 +59,18 @@ pub struct ApiState {
     pub metrics: crate::metrics::Metrics,
     /// `[push]` is configured: the status page shows the outbox.
     pub push_configured: bool,
+    /// This instance's id and `[store] lease_ttl` when it runs among others on one database;
+    /// `None` when it runs alone (SQLite). Shown by `/v1/instances`, `/metrics` and `/`.
+    pub cluster: Option<crate::cluster::ClusterInfo>,
+}
+
+impl ApiState {
+    /// The lease TTL that tells live instances: `[store] lease_ttl`, else its default.
+    pub(crate) fn lease_ttl(&self) -> std::time::Duration {
+        self.cluster
+            .as_ref()
+            .map_or(crate::cluster::DEFAULT_LEASE_TTL, |c| c.lease_ttl)
+    }
 }
 
 /// An API error: status, machine code and one sentence.
@@ -110,6 +124,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events/{event_id}", get(events::get_event))
         .route("/v1/changes", get(feed::list_changes))
         .route("/v1/tokens", get(tokens::list_tokens))
+        .route("/v1/instances", get(instances::list_instances))
         .route(
             "/v1/tokens/{token}/requests/{kind}",
             post(submit::submit_request),

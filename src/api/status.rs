@@ -3,8 +3,11 @@
 //!
 //! The handler reads one [`StatusSnapshot`] from the store and hands it to [`render`], a pure
 //! function of the snapshot and `now` (every time shown is relative to that `now`), so the
-//! page is unit-tested without a daemon. Every value that comes from data (token names,
-//! Apple's error messages, sync errors, ...) goes through [`escape_html`].
+//! page is unit-tested without a daemon. Among several instances (or whenever the lease
+//! tables hold rows) the handler also reads a [`ClusterView`], from which [`render`] adds an
+//! "Instances" section and a holder column to the tokens table (their times relative to the
+//! database's clock). Every value that comes from data (token names, instance ids, Apple's
+//! error messages, sync errors, ...) goes through [`escape_html`].
 //!
 //! Access: the page sits behind the same bearer layer as `/v1` (see [`super::router`]). With
 //! no API token configured it is open, like the rest of the local API; with one, a browser
@@ -22,6 +25,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiState, HttpError};
+use crate::cluster::ClusterView;
 use crate::core::{Outcome, State as EventState};
 use crate::store::status::{HourBucket, StatusSnapshot, HOUR_MS};
 use crate::time::Timestamp;
@@ -38,6 +42,9 @@ pub(super) async fn status_page(State(state): State<ApiState>) -> Result<Respons
     if !state.push_configured {
         snapshot.push = None;
     }
+    let view = state.store.cluster_view(state.lease_ttl()).await?;
+    let me = state.cluster.as_ref().map(|c| c.me.as_str());
+    let cluster = (me.is_some() || !view.is_empty()).then_some(Cluster { view: &view, me });
     Ok((
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -51,9 +58,17 @@ pub(super) async fn status_page(State(state): State<ApiState>) -> Result<Respons
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::REFERRER_POLICY, "no-referrer"),
         ],
-        render(&snapshot, now),
+        render(&snapshot, now, cluster),
     )
         .into_response())
+}
+
+/// What the page shows of the cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Cluster<'a> {
+    pub view: &'a ClusterView,
+    /// This instance's id, when it runs among others.
+    pub me: Option<&'a str>,
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -116,8 +131,9 @@ fn duration(ms: i64) -> String {
     }
 }
 
-/// Renders the whole page from a snapshot as of `now`.
-pub fn render(s: &StatusSnapshot, now: Timestamp) -> String {
+/// Renders the whole page from a snapshot as of `now`; with `cluster`, also the "Instances"
+/// section and the tokens' holders.
+pub fn render(s: &StatusSnapshot, now: Timestamp, cluster: Option<Cluster<'_>>) -> String {
     let mut h = String::with_capacity(16 * 1024);
     let unhealthy = s
         .tokens
@@ -163,7 +179,10 @@ pub fn render(s: &StatusSnapshot, now: Timestamp) -> String {
         need_s = if unhealthy == 1 { "s" } else { "" },
         uns_s = plural(unsettled),
     );
-    tokens_section(&mut h, s, now);
+    tokens_section(&mut h, s, now, cluster);
+    if let Some(c) = cluster {
+        instances_section(&mut h, c);
+    }
     events_section(&mut h, s);
     chart_section(&mut h, &s.hours);
     failures_section(&mut h, s, now);
@@ -224,7 +243,80 @@ fn plural(n: u64) -> &'static str {
     }
 }
 
-fn tokens_section(h: &mut String, s: &StatusSnapshot, now: Timestamp) {
+/// The instances on the database: last heartbeat, live or not, the tokens each holds.
+fn instances_section(h: &mut String, c: Cluster<'_>) {
+    let v = c.view;
+    h.push_str("<section>\n<h2>Instances</h2>\n");
+    if v.instances.is_empty() {
+        h.push_str("<p class=\"empty\">No instance has sent a heartbeat yet.</p>\n");
+    } else {
+        h.push_str(
+            "<table id=\"instances\">\n<thead><tr><th>instance</th><th>last seen</th>\
+             <th>live</th><th>tokens held</th></tr></thead>\n<tbody>\n",
+        );
+        for i in &v.instances {
+            let mut name = escape_html(&i.id);
+            if c.me == Some(i.id.as_str()) {
+                name.push_str(" <span class=\"badge muted\">this instance</span>");
+            }
+            let seen = i
+                .last_seen
+                .map(|t| when(t, v.now))
+                .unwrap_or_else(|| "<span class=\"muted\">no heartbeat</span>".into());
+            let live = if i.live {
+                "<span class=\"badge ok\">live</span>"
+            } else {
+                "<span class=\"badge bad\">not live</span>"
+            };
+            let tokens = if i.tokens.is_empty() {
+                "<span class=\"muted\">none</span>".to_string()
+            } else {
+                i.tokens
+                    .iter()
+                    .map(|t| escape_html(t))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                h,
+                "<tr><td class=\"name\">{name}</td><td>{seen}</td><td>{live}</td><td>{tokens}</td></tr>"
+            );
+        }
+        h.push_str("</tbody>\n</table>\n");
+    }
+    let _ = writeln!(
+        h,
+        "<p class=\"note\">{} of {} live (heartbeat within the lease TTL); times on the \
+         database's clock.</p>\n</section>",
+        v.live(),
+        v.instances.len()
+    );
+}
+
+/// A token's holder cell: the instance holding its unexpired lease, until when.
+fn holder_cell(c: Cluster<'_>, token: &str) -> String {
+    let lease = c.view.lease_of(token);
+    let (Some(holder), Some(until)) = (lease.holder, lease.lease_expires_at) else {
+        return "<span class=\"muted\">none</span>".into();
+    };
+    let mine = if c.me == Some(holder.as_str()) {
+        " <span class=\"badge muted\">this instance</span>"
+    } else {
+        ""
+    };
+    format!(
+        "{}{mine} <small class=\"muted\">until {}</small>",
+        escape_html(&holder),
+        when(until, c.view.now)
+    )
+}
+
+fn tokens_section(
+    h: &mut String,
+    s: &StatusSnapshot,
+    now: Timestamp,
+    cluster: Option<Cluster<'_>>,
+) {
     h.push_str("<section>\n<h2>Tokens</h2>\n");
     if s.tokens.is_empty() {
         h.push_str("<p class=\"empty\">No tokens configured.</p>\n</section>\n");
@@ -233,8 +325,12 @@ fn tokens_section(h: &mut String, s: &StatusSnapshot, now: Timestamp) {
     h.push_str(
         "<table id=\"tokens\">\n<thead><tr><th>token</th><th>organisation</th><th>health</th>\
          <th>expires</th><th>MDM conflict</th><th class=\"num\">pending</th>\
-         <th class=\"num\">syncing</th></tr></thead>\n<tbody>\n",
+         <th class=\"num\">syncing</th>",
     );
+    if cluster.is_some() {
+        h.push_str("<th>holder</th>");
+    }
+    h.push_str("</tr></thead>\n<tbody>\n");
     for t in &s.tokens {
         let health_class = match t.health.as_str() {
             "healthy" => "ok",
@@ -282,10 +378,13 @@ fn tokens_section(h: &mut String, s: &StatusSnapshot, now: Timestamp) {
             .or(t.location.as_deref())
             .map(escape_html)
             .unwrap_or_default();
+        let holder = cluster
+            .map(|c| format!("<td>{}</td>", holder_cell(c, &t.name)))
+            .unwrap_or_default();
         let _ = writeln!(
             h,
             "<tr><td class=\"name\">{}</td><td>{org}</td><td>{health}</td><td class=\"nowrap\">{expires}</td>\
-             <td>{conflict}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+             <td>{conflict}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>{holder}</tr>",
             escape_html(&t.name),
             t.pending,
             t.syncing,
@@ -705,7 +804,7 @@ mod tests {
 
     #[test]
     fn every_value_from_data_is_escaped() {
-        let page = render(&snapshot(), NOW);
+        let page = render(&snapshot(), NOW, None);
         for raw in [
             "<script>",
             "<img src=x",
@@ -726,7 +825,7 @@ mod tests {
 
     #[test]
     fn page_shows_tokens_events_failures_syncs_and_refreshes() {
-        let page = render(&snapshot(), NOW);
+        let page = render(&snapshot(), NOW, None);
         assert!(page.starts_with("<!DOCTYPE html>"));
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"30\">"));
         assert!(page.contains("<td class=\"name\">acme</td>"));
@@ -761,7 +860,7 @@ mod tests {
 
     #[test]
     fn chart_is_inline_svg_with_a_bar_per_hour_and_panel() {
-        let page = render(&snapshot(), NOW);
+        let page = render(&snapshot(), NOW, None);
         assert!(page.contains("<svg id=\"chart\""));
         assert_eq!(page.matches("<rect class=\"settled\"").count(), CHART_HOURS);
         assert_eq!(page.matches("<rect class=\"calls\"").count(), CHART_HOURS);
@@ -782,7 +881,7 @@ mod tests {
             hours: hours(|_| (0, 0, 0)),
             ..Default::default()
         };
-        let page = render(&empty, NOW);
+        let page = render(&empty, NOW, None);
         assert!(page.ends_with("</html>\n"));
         assert!(page.contains("No tokens configured."));
         assert!(page.contains("No failures recorded."));
@@ -798,13 +897,103 @@ mod tests {
 
     #[test]
     fn push_outbox_shows_backlog_and_escapes_the_last_error() {
-        let page = render(&snapshot(), NOW);
+        let page = render(&snapshot(), NOW, None);
         assert!(page.contains("Push to the MDM"), "{page}");
         assert!(page.contains("2 changes"));
         assert!(page.contains("HTTP 503 &lt;from the MDM&gt;"));
         let mut s = snapshot();
         s.push = None;
-        assert!(!render(&s, NOW).contains("Push to the MDM"));
+        assert!(!render(&s, NOW, None).contains("Push to the MDM"));
+    }
+
+    fn cluster_view() -> ClusterView {
+        use crate::cluster::lease::Lease;
+        use crate::store::LeaseSnapshot;
+        let lease = |token: &str, holder: &str| Lease {
+            token: token.into(),
+            holder: holder.into(),
+            expires_at: Timestamp(NOW.0 + 10_000),
+        };
+        let snapshot = LeaseSnapshot {
+            now: NOW,
+            live: ["i-1".to_string(), "<i>2</i>".to_string()].into(),
+            leases: vec![
+                lease("acme", "i-1"),
+                lease("<script>alert(1)</script>", "<i>2</i>"),
+            ],
+        };
+        let seen = vec![
+            ("i-1".to_string(), Timestamp(NOW.0 - 2_000)),
+            ("<i>2</i>".to_string(), Timestamp(NOW.0 - 3_000)),
+            ("old".to_string(), Timestamp(NOW.0 - 3_600_000)),
+        ];
+        ClusterView::new(&snapshot, &seen)
+    }
+
+    #[test]
+    fn instances_and_holders_show_only_with_a_cluster_and_are_escaped() {
+        let plain = render(&snapshot(), NOW, None);
+        assert!(!plain.contains("Instances"), "no cluster, no section");
+        assert!(!plain.contains("<th>holder</th>"));
+
+        let view = cluster_view();
+        let c = Cluster {
+            view: &view,
+            me: Some("i-1"),
+        };
+        let page = render(&snapshot(), NOW, Some(c));
+        assert!(page.contains("<h2>Instances</h2>"), "{page}");
+        assert!(page.contains("<table id=\"instances\">"));
+        assert!(page.contains(
+            "<td class=\"name\">i-1 <span class=\"badge muted\">this instance</span></td>"
+        ));
+        assert!(
+            page.contains(">2s ago</time>"),
+            "last seen on the database's clock"
+        );
+        assert!(
+            page.contains("<span class=\"badge bad\">not live</span>"),
+            "old"
+        );
+        assert!(page.contains("2 of 3 live"));
+        // Every id and token name escaped, in both tables.
+        assert!(!page.contains("<i>2</i>"), "{page}");
+        assert!(page.contains("&lt;i&gt;2&lt;/i&gt;"));
+        assert!(page.contains("<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>"));
+        assert!(!page.to_lowercase().contains("<script"));
+        // The tokens table gains a holder column.
+        assert!(page.contains("<th>holder</th>"));
+        assert!(page.contains(
+            "<td>i-1 <span class=\"badge muted\">this instance</span> <small class=\"muted\">until"
+        ));
+        assert!(page.contains(">in 10s</time>"));
+
+        // Lease rows without this daemon in a cluster: holders shown, nobody is "this".
+        let page = render(
+            &snapshot(),
+            NOW,
+            Some(Cluster {
+                view: &view,
+                me: None,
+            }),
+        );
+        assert!(page.contains("<h2>Instances</h2>"));
+        assert!(!page.contains("this instance"));
+        // In a cluster with no heartbeat yet: the section says so.
+        let empty = ClusterView::default();
+        let page = render(
+            &snapshot(),
+            NOW,
+            Some(Cluster {
+                view: &empty,
+                me: Some("i-1"),
+            }),
+        );
+        assert!(page.contains("No instance has sent a heartbeat yet."));
+        assert!(
+            page.contains("<span class=\"muted\">none</span></td></tr>"),
+            "no holder"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Tokens and their mirror: `GET /v1/tokens` and `GET /v1/tokens/{token}/{assets,
+//! Tokens, their leases and their mirror: `GET /v1/tokens` and `GET /v1/tokens/{token}/{assets,
 //! assignments,users}`.
 
 use axum::extract::rejection::QueryRejection;
@@ -12,8 +12,13 @@ use super::validate::{known_token, page_query, parse_cursor, parse_limit, PageQu
 use super::{ApiState, HttpError};
 use crate::store::MirrorKind;
 
+/// Every token the store knows, each with its lease (`holder` and `leaseExpiresAt`, both
+/// `null` unless an instance holds an unexpired lease on it).
 pub(super) async fn list_tokens(State(state): State<ApiState>) -> Result<Response, HttpError> {
     let tokens = state.store.list_tokens().await?;
+    let snapshot = state.store.lease_snapshot(state.lease_ttl()).await?;
+    let holders = crate::cluster::view::holders(&snapshot);
+    let tokens = crate::cluster::view::tokens_with_leases(&tokens, &holders);
     Ok(Json(json!({ "tokens": tokens })).into_response())
 }
 

@@ -1,14 +1,14 @@
-//! Read-only inspection commands (`events`, `event`, `tokens`, `syncs`). They open the SQLite
-//! file read-only, so they work whether or not the daemon runs, and they load the configuration
-//! without opening any secret file (design §3): an operator needs only the configuration and
-//! read access to the database.
+//! Read-only inspection commands (`events`, `event`, `tokens`, `instances`, `syncs`). They
+//! open the SQLite file read-only, so they work whether or not the daemon runs, and they load
+//! the configuration without opening any secret file (design §3): an operator needs only the
+//! configuration and read access to the database.
 
 use std::future::Future;
 use std::path::Path;
 
 use super::{
-    load_public_config, store_error, CliError, CliResult, EventArgs, EventsArgs, SyncsArgs,
-    TokensArgs,
+    load_public_config, store_error, CliError, CliResult, EventArgs, EventsArgs, InstancesArgs,
+    SyncsArgs, TokensArgs,
 };
 use crate::api::ListQuery;
 use crate::config::PublicConfig;
@@ -267,24 +267,45 @@ pub fn event(config_path: &Path, args: EventArgs) -> CliResult {
     Ok(())
 }
 
+/// `[store] lease_ttl`, else its default: what tells live instances apart.
+fn lease_ttl(config: &PublicConfig) -> std::time::Duration {
+    config
+        .store
+        .as_ref()
+        .map_or(crate::cluster::DEFAULT_LEASE_TTL, |s| s.lease_ttl)
+}
+
 pub fn tokens(config_path: &Path, args: TokensArgs) -> CliResult {
-    let (_, db) = open(config_path)?;
+    let (config, db) = open(config_path)?;
     let tokens = db.get(db.store.list_tokens())?;
+    // The leases are extra: a database whose leases cannot be read (one from before the lease
+    // tables, opened read-only so not migrated) still lists its tokens, without holders.
+    let snapshot = match db.get(db.store.lease_snapshot(lease_ttl(&config))) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("vpp-reconciler: leases not shown: {}", e.message);
+            None
+        }
+    };
+    let holders = snapshot
+        .as_ref()
+        .map(crate::cluster::view::holders)
+        .unwrap_or_default();
     if args.json {
+        let tokens = crate::cluster::view::tokens_with_leases(&tokens, &holders);
         return print_json(&serde_json::json!({ "tokens": tokens }));
     }
-    let mut rows = vec![[
-        "TOKEN",
-        "UID",
-        "LOCATION",
-        "EXPIRES",
-        "HEALTH",
-        "PENDING",
-        "SYNCING",
-        "LAST SYNCS",
-    ]
-    .map(String::from)
-    .to_vec()];
+    // The HOLDER column only where leases exist (several instances): one instance alone on
+    // SQLite keeps no lease rows, and its table stays as it was.
+    let show_holder = snapshot.as_ref().is_some_and(|s| !s.leases.is_empty());
+    let mut header = vec![
+        "TOKEN", "UID", "LOCATION", "EXPIRES", "HEALTH", "PENDING", "SYNCING",
+    ];
+    if show_holder {
+        header.push("HOLDER");
+    }
+    header.push("LAST SYNCS");
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     // Reasons are long sentences: listed under the table, so the columns stay aligned.
     let mut notes = Vec::new();
     for t in &tokens {
@@ -307,7 +328,7 @@ pub fn tokens(config_path: &Path, args: TokensArgs) -> CliResult {
                 t.name
             ));
         }
-        rows.push(vec![
+        let mut row = vec![
             t.name.clone(),
             t.u_id.as_deref().unwrap_or("-").to_string(),
             t.location
@@ -321,12 +342,20 @@ pub fn tokens(config_path: &Path, args: TokensArgs) -> CliResult {
             health,
             t.pending.to_string(),
             t.syncing.to_string(),
-            if syncs.is_empty() {
-                "-".into()
-            } else {
-                syncs.join(", ")
-            },
-        ]);
+        ];
+        if show_holder {
+            row.push(
+                holders
+                    .get(&t.name)
+                    .map_or("-".to_string(), |l| l.holder.clone()),
+            );
+        }
+        row.push(if syncs.is_empty() {
+            "-".into()
+        } else {
+            syncs.join(", ")
+        });
+        rows.push(row);
     }
     print_table(&rows, &[5, 6]);
     if !notes.is_empty() {
@@ -335,6 +364,38 @@ pub fn tokens(config_path: &Path, args: TokensArgs) -> CliResult {
             println!("{n}");
         }
     }
+    Ok(())
+}
+
+/// `instances`: every instance with a heartbeat row or an unexpired lease, on the database's
+/// clock. `me` is always `null` in the JSON (the command is no instance), so the document has
+/// the shape of `GET /v1/instances`.
+pub fn instances(config_path: &Path, args: InstancesArgs) -> CliResult {
+    let (config, db) = open(config_path)?;
+    let view = db.get(db.store.cluster_view(lease_ttl(&config)))?;
+    if args.json {
+        return print_json(&serde_json::json!({ "instances": view.instances, "me": null }));
+    }
+    if view.instances.is_empty() {
+        println!("(no instances: no daemon keeps leases on this database)");
+        return Ok(());
+    }
+    let mut rows = vec![["INSTANCE", "LAST SEEN", "LIVE", "TOKENS"]
+        .map(String::from)
+        .to_vec()];
+    for i in &view.instances {
+        rows.push(vec![
+            i.id.clone(),
+            opt_ts(i.last_seen),
+            if i.live { "yes" } else { "no" }.to_string(),
+            if i.tokens.is_empty() {
+                "-".into()
+            } else {
+                i.tokens.join(", ")
+            },
+        ]);
+    }
+    print_table(&rows, &[]);
     Ok(())
 }
 

@@ -104,8 +104,10 @@ pub enum Command {
     Events(EventsArgs),
     /// Show one event with its history, notifications, polls and failures.
     Event(EventArgs),
-    /// Per token: uId, location, expiry, health, pending count, last syncs.
+    /// Per token: uId, location, expiry, health, pending count, lease holder, last syncs.
     Tokens(TokensArgs),
+    /// The instances on the database: last heartbeat, live or not, tokens held (read-only).
+    Instances(InstancesArgs),
     /// List sync runs.
     Syncs(SyncsArgs),
     /// Ask the daemon for a sync now.
@@ -191,6 +193,15 @@ pub enum PushAction {
 
 #[derive(Args, Debug)]
 pub struct TokensArgs {
+    /// Print exactly one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Args, Debug)]
+pub struct InstancesArgs {
     /// Print exactly one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -356,6 +367,7 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Events(args) => inspect::events(&path(&args.config), args),
         Command::Event(args) => inspect::event(&path(&args.config), args),
         Command::Tokens(args) => inspect::tokens(&path(&args.config), args),
+        Command::Instances(args) => inspect::instances(&path(&args.config), args),
         Command::Syncs(args) => inspect::syncs(&path(&args.config), args),
         Command::Sim(args) => sim::run(args),
         Command::Sync(args) => sync::run(&path(&args.config), args),

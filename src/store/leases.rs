@@ -14,6 +14,7 @@ use super::postgres::queries::leases as pq;
 use super::sqlite::queries::leases as q;
 use super::{Store, StoreError};
 use crate::cluster::lease::Lease;
+use crate::cluster::ClusterView;
 use crate::time::Timestamp;
 
 /// What [`Store::lease_snapshot`] read, in one snapshot, on the database's clock.
@@ -48,6 +49,38 @@ impl Store {
             }
         };
         Ok(LeaseSnapshot { now, live, leases })
+    }
+
+    /// What operators see of the cluster: [`Store::lease_snapshot`] and every instance's
+    /// last heartbeat, read together (in one read transaction), joined by [`ClusterView::new`].
+    pub async fn cluster_view(&self, lease_ttl: Duration) -> Result<ClusterView, StoreError> {
+        let ((now, live, leases), seen) = match self {
+            Store::Sqlite(s) => {
+                s.read(move |c| {
+                    // One read transaction: both reads see the same state of the file.
+                    let tx = c.unchecked_transaction()?;
+                    let read = (q::lease_snapshot(&tx, lease_ttl)?, q::instances_seen(&tx)?);
+                    tx.finish()?;
+                    Ok(read)
+                })
+                .await?
+            }
+            Store::Postgres(p) => {
+                p.read(move |tx| {
+                    Box::pin(async move {
+                        Ok((
+                            pq::lease_snapshot(tx, lease_ttl).await?,
+                            pq::instances_seen(tx).await?,
+                        ))
+                    })
+                })
+                .await?
+            }
+        };
+        Ok(ClusterView::new(
+            &LeaseSnapshot { now, live, leases },
+            &seen,
+        ))
     }
 
     /// Takes `token` for `ttl` if its lease is free, expired or already `me`'s; `false` when
@@ -166,6 +199,57 @@ mod tests {
         assert_eq!(snap.live, ["a".to_string()].into());
         assert!(snap.leases.iter().all(|l| l.holder == "a"));
         assert!(store.acquire("a", "t", LONG).await.unwrap());
+    }
+
+    /// What operators see: every instance with its last heartbeat and unexpired leases.
+    async fn cluster_view_lists_instances_and_holders(store: &Store) {
+        assert!(store.cluster_view(LONG).await.unwrap().is_empty());
+        store.heartbeat("a").await.unwrap();
+        store.heartbeat("b").await.unwrap();
+        assert!(store.acquire("a", "t2", LONG).await.unwrap());
+        assert!(store.acquire("a", "t1", LONG).await.unwrap());
+        assert!(store.acquire("b", "t3", Duration::ZERO).await.unwrap());
+        let v = store.cluster_view(LONG).await.unwrap();
+        let ids: Vec<&str> = v.instances.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(v.instances[0].tokens, ["t1", "t2"]);
+        assert!(
+            v.instances[1].tokens.is_empty(),
+            "t3's lease expired at once"
+        );
+        assert!(v.instances.iter().all(|i| i.live));
+        let seen = v.instances[0].last_seen.unwrap();
+        assert!(seen <= v.now && seen.0 > v.now.0 - 600_000);
+        assert_eq!(v.lease_rows, 3);
+        assert_eq!(v.lease_of("t1").holder.as_deref(), Some("a"));
+        assert!(v.lease_of("t1").lease_expires_at.unwrap() > v.now);
+        assert_eq!(v.lease_of("t3").holder, None);
+        // With a TTL of zero nobody's heartbeat is recent enough to be live.
+        let v = store.cluster_view(Duration::ZERO).await.unwrap();
+        assert!(v.instances.iter().all(|i| !i.live));
+        store.leave("a").await.unwrap();
+        let v = store.cluster_view(LONG).await.unwrap();
+        assert_eq!(v.instances.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn cluster_view_lists_instances_and_holders_postgres() {
+        let db = TempDb::new().await;
+        let store = Store::connect_postgres(&db.url, None).await.unwrap();
+        cluster_view_lists_instances_and_holders(&store).await;
+        store.close().await.unwrap();
+        db.drop_now().await;
+    }
+
+    #[tokio::test]
+    async fn cluster_view_lists_instances_and_holders_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        cluster_view_lists_instances_and_holders(&store).await;
+        // Read-only too, as the CLI opens it.
+        let ro = Store::open_read_only(&dir.path().join("s.db")).unwrap();
+        assert_eq!(ro.cluster_view(LONG).await.unwrap().instances.len(), 1);
+        store.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -56,6 +56,16 @@ pub async fn lease_snapshot(
     Ok((Timestamp(now), live, leases))
 }
 
+/// Every instance row: its id and last heartbeat, by id.
+pub async fn instances_seen(tx: &Transaction<'_>) -> Result<Vec<(String, Timestamp)>, StoreError> {
+    Ok(tx
+        .query("SELECT id, last_seen FROM instances ORDER BY id", &[])
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), Timestamp(r.get(1))))
+        .collect())
+}
+
 /// Takes `token` if it is free, expired or already ours: one conditional write, so of two
 /// instances racing for it at most one wins.
 pub async fn acquire(

@@ -50,6 +50,15 @@ pub fn lease_snapshot(
     Ok((Timestamp(now), live, leases))
 }
 
+/// Every instance row: its id and last heartbeat, by id.
+pub fn instances_seen(c: &Connection) -> Result<Vec<(String, Timestamp)>, StoreError> {
+    Ok(
+        c.prepare("SELECT id, last_seen FROM instances ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, Timestamp(r.get(1)?))))?
+            .collect::<Result<_, _>>()?,
+    )
+}
+
 pub fn acquire(
     c: &Connection,
     me: &str,
