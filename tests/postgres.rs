@@ -112,12 +112,11 @@ fn check_config_names_an_unreachable_server() {
     assert!(err.contains("127.0.0.1:9"), "{err}");
 }
 
-/// Lease rows on PostgreSQL (written by the store's lease operations, as keepers do) shown by
-/// the running daemon's `/v1/instances` and `/v1/tokens` and by the `instances` and `tokens`
-/// commands, all on the database's clock.
+/// The running daemon takes both tokens' leases on PostgreSQL; with another instance's
+/// heartbeat beside it, `/v1/instances`, `/v1/tokens`, `instances` and `tokens` show who
+/// holds what, on the database's clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_and_holders_on_postgres() {
-    use std::time::Duration;
     let env = TestEnv::new(EnvOptions {
         backend: Backend::Postgres,
         tokens: &["acme", "beta"],
@@ -129,12 +128,8 @@ async fn instances_and_holders_on_postgres() {
     let store = vpp_reconciler::store::Store::connect_postgres(url, None)
         .await
         .unwrap();
-    store.heartbeat("pg-a").await.unwrap();
+    // Another instance, alive but holding nothing (the daemon holds both tokens).
     store.heartbeat("pg-b").await.unwrap();
-    let ttl = Duration::from_secs(600);
-    assert!(store.acquire("pg-a", "acme", ttl).await.unwrap());
-    assert!(store.acquire("pg-b", "beta", ttl).await.unwrap());
-    assert!(!store.acquire("pg-a", "beta", ttl).await.unwrap());
     store.close().await.unwrap();
 
     let c = reqwest::Client::new();
@@ -146,24 +141,6 @@ async fn instances_and_holders_on_postgres() {
             r.json::<Value>().await.unwrap()
         }
     };
-    let v = get("/v1/instances").await;
-    let ids: Vec<&str> = v["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap())
-        .collect();
-    assert!(ids.contains(&"pg-a") && ids.contains(&"pg-b"), "{v}");
-    let a = v["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == "pg-a")
-        .unwrap();
-    assert_eq!(a["tokens"], json!(["acme"]), "{v}");
-    assert_eq!(a["live"], true, "{v}");
-    assert!(a["lastSeen"].is_string(), "{v}");
-    let v = get("/v1/tokens").await;
     let holder = |v: &Value, name: &str| {
         v["tokens"]
             .as_array()
@@ -172,8 +149,37 @@ async fn instances_and_holders_on_postgres() {
             .find(|t| t["name"] == name)
             .map(|t| t["holder"].clone())
     };
-    assert_eq!(holder(&v, "acme"), Some(json!("pg-a")), "{v}");
-    assert_eq!(holder(&v, "beta"), Some(json!("pg-b")), "{v}");
+    // The daemon's keeper takes both leases at its first steps.
+    let start = std::time::Instant::now();
+    let (me, v) = loop {
+        let v = get("/v1/instances").await;
+        let me = v["me"]
+            .as_str()
+            .expect("the daemon names itself")
+            .to_string();
+        let t = get("/v1/tokens").await;
+        if holder(&t, "acme") == Some(json!(me)) && holder(&t, "beta") == Some(json!(me)) {
+            break (me, v);
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{v} {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ids: Vec<&str> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&me.as_str()) && ids.contains(&"pg-b"), "{v}");
+    let mine = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == me.as_str())
+        .unwrap();
+    assert_eq!(mine["tokens"], json!(["acme", "beta"]), "{v}");
+    assert_eq!(mine["live"], true, "{v}");
+    assert!(mine["lastSeen"].is_string(), "{v}");
 
     let o = env.cli(&["instances", "--json"]);
     assert!(o.status.success(), "{o:?}");
@@ -186,7 +192,7 @@ async fn instances_and_holders_on_postgres() {
     assert!(text.lines().next().unwrap().contains("HOLDER"), "{text}");
     assert!(
         text.lines()
-            .any(|l| l.starts_with("acme ") && l.contains(" pg-a ")),
+            .any(|l| l.starts_with("acme ") && l.contains(&format!(" {me} "))),
         "{text}"
     );
 }
