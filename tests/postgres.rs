@@ -29,6 +29,14 @@ async fn check_config_and_read_only_commands_on_postgres() {
         out.contains("store: connected; the database is empty"),
         "{out}"
     );
+    // The test server has no TLS; prefer (the default) goes without.
+    assert!(
+        out.contains(
+            "store: no TLS; sslmode=prefer: encrypted if the server offers it, its certificate \
+             not checked"
+        ),
+        "{out}"
+    );
 
     let daemon = env.start_daemon();
     let c = reqwest::Client::new();
@@ -194,5 +202,117 @@ async fn instances_and_holders_on_postgres() {
         text.lines()
             .any(|l| l.starts_with("acme ") && l.contains(&format!(" {me} "))),
         "{text}"
+    );
+}
+
+/// `[store] url` with `sslmode=verify-full` and `sslrootcert`, and a password from
+/// `password_file`, against a server that takes TCP connections over TLS only
+/// (`scripts/pg-test-server --ssl`, a certificate made here for `localhost`): `check-config`
+/// says the connection is encrypted and what was checked, the daemon runs on it, and the
+/// password shows nowhere. `channel_binding=require`: SCRAM must bind to the TLS session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_and_the_daemon_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    common::pg_tls::write_certs(certs.path());
+    let (dir, url) = vpp_reconciler::store::postgres::start_test_server(&[
+        "--ssl".as_ref(),
+        certs.path().as_os_str(),
+    ]);
+    let port = url.rsplit_once(':').unwrap().1.split_once('/').unwrap().0;
+    // A role with a password and a database of its own, over the Unix socket (trusted).
+    let socket = dir.join("data").display().to_string().replace('/', "%2F");
+    let password = format!("pg-secret-{}", uuid::Uuid::new_v4().simple());
+    let (client, conn) = tokio_postgres::connect(
+        &format!("postgres://vppr@{socket}:{port}/postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for sql in [
+        format!("CREATE ROLE vppr_scram LOGIN PASSWORD '{password}'"),
+        "CREATE DATABASE vppr_scram OWNER vppr_scram".to_string(),
+    ] {
+        client.batch_execute(&sql).await.unwrap();
+    }
+
+    let env = TestEnv::new(EnvOptions::default());
+    std::fs::write(env.path("pg-password"), &password).unwrap();
+    std::fs::set_permissions(
+        env.path("pg-password"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let ca = certs.path().join("ca.crt");
+    let base = std::fs::read_to_string(&env.config).unwrap();
+    let store = |query: &str| {
+        format!(
+            "{base}\n[store]\nurl = \"postgres://vppr_scram@localhost:{port}/vppr_scram?{query}\"\n\
+             password_file = \"pg-password\"\n"
+        )
+    };
+    let verify_full = format!(
+        "sslmode=verify-full&sslrootcert={}&channel_binding=require",
+        ca.display()
+    );
+    std::fs::write(&env.config, store(&verify_full)).unwrap();
+    let o = env.cli(&["check-config"]);
+    let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr).into_owned());
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.contains("store: connected; the database is empty"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "store: TLS (TLSv1.3); sslmode=verify-full: encrypted, the server's certificate \
+             checked against the roots in {} and for the host name",
+            ca.display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains(&password) && !err.contains(&password));
+
+    let daemon = env.start_daemon();
+    let r = reqwest::Client::new()
+        .post(env.api_url("/v1/events"))
+        .json(&json!({"token": "acme", "eventId": "tls-1", "type": "ASSOCIATE"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let log = daemon.log_text();
+    assert!(log.contains("connected to PostgreSQL"), "{log}");
+    assert!(log.contains("sslmode=verify-full"), "{log}");
+    assert!(!log.contains(&password), "{log}");
+    drop(daemon);
+
+    // Without the test CA (the system's roots), refused and said why.
+    std::fs::write(&env.config, store("sslmode=verify-full")).unwrap();
+    let o = env.cli(&["check-config"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("store.url"), "{err}");
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer")
+            || err.contains("no CA certificates in the system's store"),
+        "{err}"
+    );
+    // Without TLS the server's pg_hba.conf has no entry.
+    std::fs::write(&env.config, store("sslmode=disable")).unwrap();
+    let o = env.cli(&["check-config"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no pg_hba.conf entry"), "{err}");
+    assert!(err.contains("no encryption"), "{err}");
+    assert!(!err.contains(&password), "{err}");
+    // An sslmode libpq does not have is a configuration error naming it.
+    std::fs::write(&env.config, store("sslmode=verify-fulll")).unwrap();
+    let o = env.cli(&["check-config"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("store.url") && err.contains("sslmode \"verify-fulll\" is not one of"),
+        "{err}"
     );
 }

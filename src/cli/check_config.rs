@@ -33,31 +33,39 @@ pub fn run(config: &Path) -> CliResult {
     Ok(())
 }
 
-/// Connects to the `[store]` database and compares its schema with this binary's.
+/// Connects to the `[store]` database, says whether the connection is encrypted and what
+/// `sslmode` checks, and compares its schema with this binary's.
 fn probe_store(s: &config::StoreConfig) -> Result<String, CliError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start a runtime: {e}")))?;
     let password = s.password.as_ref().map(|p| p.expose().to_string());
-    let found = runtime
+    let probe = runtime
         .block_on(crate::store::postgres::probe(&s.url, password.as_deref()))
         .map_err(|e| CliError::failed(format!("store.url: {e}")))?;
     let supported = crate::store::SCHEMA_VERSION;
-    match found {
-        0 => Ok(format!(
+    let schema = match probe.schema_version {
+        0 => format!(
             "store: connected; the database is empty (the daemon creates schema version \
              {supported} at start)"
-        )),
-        v if v < supported => Ok(format!(
+        ),
+        v if v < supported => format!(
             "store: connected; schema version {v}, migrated to {supported} at the daemon's start"
-        )),
-        v if v == supported => Ok(format!("store: connected; schema version {v} (current)")),
-        v => Err(CliError::failed(format!(
-            "store.url: the database has schema version {v}, newer than this binary's \
-             {supported}: it was written by a newer vpp-reconciler; run that version"
-        ))),
-    }
+        ),
+        v if v == supported => format!("store: connected; schema version {v} (current)"),
+        v => {
+            return Err(CliError::failed(format!(
+                "store.url: the database has schema version {v}, newer than this binary's \
+                 {supported}: it was written by a newer vpp-reconciler; run that version"
+            )))
+        }
+    };
+    let tls = match &probe.tls {
+        Some(version) => format!("store: TLS ({version}); {}", probe.tls_settings),
+        None => format!("store: no TLS; {}", probe.tls_settings),
+    };
+    Ok(format!("{schema}\n{tls}"))
 }
 
 /// Where the shipped unit's `LoadCredential=credentials:...` reads from.

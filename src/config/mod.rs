@@ -85,7 +85,8 @@ pub struct PublicConfig {
 /// `[store]`: shared state on PostgreSQL.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
-    /// `postgres://user@host:port/database`, without a password.
+    /// `postgres://user@host:port/database`, without a password; libpq's `sslmode` and
+    /// `sslrootcert` in its query (`crate::store::postgres::tls`).
     pub url: String,
     pub password_file: Option<SecretFile>,
     /// Read with the secrets; `None` for read-only commands or without a password file.

@@ -552,6 +552,33 @@ fn store_section_defaults_and_checks() {
         e.contains("store.lease_ttl") && e.contains("too short"),
         "{e}"
     );
+    // TLS: libpq's sslmode values and sslrootcert, checked here, read when connecting.
+    let url = "postgres://vppr@db/vppr?sslmode=verify-full&sslrootcert=/etc/ssl/pg-ca.pem";
+    let l = f
+        .load(&format!("[store]\nurl = \"{url}\"\n{TOKEN}"))
+        .unwrap();
+    assert_eq!(l.config.store.unwrap().url, url);
+    let e = f.err(&format!(
+        "[store]\nurl = \"postgres://db/vppr?sslmode=verify_full\"\n{TOKEN}"
+    ));
+    assert!(
+        e.contains(
+            "store.url sslmode \"verify_full\" is not one of disable, prefer, require, \
+             verify-ca, verify-full"
+        ),
+        "{e}"
+    );
+    let e = f.err(&format!(
+        "[store]\nurl = \"postgres://db/vppr?sslmode=require&sslrootcert=system\"\n{TOKEN}"
+    ));
+    assert!(
+        e.contains("store.url sslrootcert=system needs sslmode=verify-full"),
+        "{e}"
+    );
+    let e = f.err(&format!(
+        "[store]\nurl = \"postgres://db/vppr?sslmode=verify-ca&sslrootcert=ca.pem\"\n{TOKEN}"
+    ));
+    assert!(e.contains("\"ca.pem\" must be an absolute path"), "{e}");
     f.write("pg-password", "\n");
     let e = f.err(&format!(
         "[store]\nurl = \"postgres://db/vppr\"\npassword_file = \"pg-password\"\n{TOKEN}"

@@ -108,6 +108,9 @@ impl Validator<'_> {
         if parsed.host_str().map_or(true, str::is_empty) {
             return Err(self.err("store.url", format!("{} names no host", q(&url))));
         }
+        // sslmode and sslrootcert (read when connecting).
+        crate::store::postgres::tls::TlsSettings::from_url(&url)
+            .map_err(|e| self.err("store.url", e.to_string()))?;
         let password_file = match raw.password_file {
             Some(f) => Some(self.secret_file("store.password_file", f)?),
             None => None,

@@ -76,6 +76,13 @@ pub enum StoreError {
     Database(String),
     #[error("cannot open database {target}: {reason}")]
     Open { target: String, reason: String },
+    /// The TLS settings of a PostgreSQL URL (`sslmode`, `sslrootcert`) are wrong, or its
+    /// root certificates cannot be loaded.
+    #[error("cannot open database {target}: {error}")]
+    Tls {
+        target: String,
+        error: postgres::tls::TlsError,
+    },
     #[error("cannot create the database directory {path}: {source}")]
     CreateDir {
         path: std::path::PathBuf,

@@ -2,6 +2,8 @@
 //! as a child process, and HTTP helpers. Everything listens on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod pg_tls;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

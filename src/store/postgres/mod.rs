@@ -2,7 +2,8 @@
 //! migrations in PostgreSQL's dialect under SQLite's version numbers ([`migrations`]), the
 //! queries by table ([`queries`]) and the mirror's rows ([`mirror`], [`notify`]), each the
 //! counterpart of the SQLite function of the same name; `Store::Postgres` runs the store's
-//! operations on it. Not reachable from the configuration yet (`[store] url`). For several
+//! operations on it, chosen by `[store] url`; TLS as that URL's `sslmode` and
+//! `sslrootcert` ask ([`tls`]). For several
 //! instances there are token leases (`queries::leases`, driven by `crate::cluster::keeper`),
 //! not yet consulted by the executor; nothing yet for the stages of other instances' syncs.
 //!
@@ -20,11 +21,12 @@ pub mod migrations;
 pub mod mirror;
 pub mod notify;
 pub mod queries;
+pub mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::Transaction;
 
 use super::StoreError;
 
@@ -35,7 +37,7 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
         match e.as_db_error() {
             Some(db) => StoreError::Database(format!("{} ({})", db.message(), db.code().code())),
-            None => StoreError::Database(e.to_string()),
+            None => StoreError::Database(error_text(&e)),
         }
     }
 }
@@ -45,8 +47,34 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         match e {
             deadpool_postgres::PoolError::Closed => StoreError::Closed,
             deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => StoreError::Database(other.to_string()),
+            other => StoreError::Database(pool_error_text(&other)),
         }
+    }
+}
+
+/// The driver's error with its causes ("error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer"): its own words name only the kind.
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A pool's error with its causes (the connection's error when it could not make one).
+fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => error_text(e),
+        deadpool_postgres::PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(e)) => {
+            error_text(e)
+        }
+        other => error_text(other),
     }
 }
 
@@ -85,6 +113,8 @@ pub struct PgStore {
     /// that concern a token are then fenced by its lease (docs/architecture.md, "Several
     /// instances").
     instance: std::sync::Arc<std::sync::OnceLock<String>>,
+    /// The connector made from the URL's `sslmode`/`sslrootcert`.
+    connector: tls::Connector,
 }
 
 /// Runs `batch` in one transaction, each job in a savepoint of its own (a failed job is
@@ -100,7 +130,7 @@ async fn commit_batch(pool: &Pool, batch: &mut Vec<OrderedJob>) {
             tracing::error!(error = %e, "cannot get a database connection for a write");
             for job in batch.drain(..) {
                 let (_, done) = job(None).await;
-                done(Err(StoreError::Database(e.to_string())));
+                done(Err(StoreError::Database(pool_error_text(&e))));
             }
             return;
         }
@@ -110,7 +140,7 @@ async fn commit_batch(pool: &Pool, batch: &mut Vec<OrderedJob>) {
         Err(e) => {
             for job in batch.drain(..) {
                 let (_, done) = job(None).await;
-                done(Err(StoreError::Database(e.to_string())));
+                done(Err(StoreError::Database(error_text(&e))));
             }
             return;
         }
@@ -128,7 +158,7 @@ async fn commit_batch(pool: &Pool, batch: &mut Vec<OrderedJob>) {
         }
         completions.push(done);
     }
-    let commit = tx.commit().await.map_err(|e| e.to_string());
+    let commit = tx.commit().await.map_err(|e| error_text(&e));
     if let Err(e) = &commit {
         tracing::error!(error = %e, "commit failed; the batch is rolled back");
     }
@@ -154,20 +184,37 @@ const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn open_error(url: &str, reason: String) -> StoreError {
+    // What to do about a refused certificate (rustls's words name only the rule).
+    let hint = if reason.contains("invalid peer certificate: certificate not valid for name") {
+        " (sslmode=verify-full: connect by a name the certificate holds, or use verify-ca)"
+    } else if reason.contains("invalid peer certificate: UnknownIssuer")
+        || reason.contains("CaUsedAsEndEntity")
+    {
+        " (name the CA that signed the server's certificate, or that certificate itself, with \
+         sslrootcert=/path in store.url)"
+    } else {
+        ""
+    };
     StoreError::Open {
         target: redact(url),
-        reason,
+        reason: format!("{reason}{hint}"),
     }
 }
 
-/// The driver's settings from the URL, with the password from its secret file.
+/// The driver's settings from the URL, with the password from its secret file, and the
+/// URL's TLS settings ([`tls`]: `sslmode`, `sslrootcert`, which the driver does not read).
 fn connection_config(
     url: &str,
     password: Option<&str>,
-) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config = url
+) -> Result<(tokio_postgres::Config, tls::TlsSettings), StoreError> {
+    let (driver_url, tls) = tls::TlsSettings::from_url(url).map_err(|error| StoreError::Tls {
+        target: redact(url),
+        error,
+    })?;
+    let mut config: tokio_postgres::Config = driver_url
         .parse()
-        .map_err(|e: tokio_postgres::Error| open_error(url, e.to_string()))?;
+        .map_err(|e: tokio_postgres::Error| open_error(url, error_text(&e)))?;
+    config.ssl_mode(tls.driver_mode());
     if let Some(p) = password {
         config.password(p);
     }
@@ -187,25 +234,73 @@ fn connection_config(
     }
     config.keepalives(true);
     config.keepalives_idle(std::time::Duration::from_secs(10));
-    Ok(config)
+    Ok((config, tls))
 }
 
-/// Connects once, without migrating, and answers the schema version found (0: none yet):
-/// `check-config`'s test of the connection. Bounded: 10 s.
-pub async fn probe(url: &str, password: Option<&str>) -> Result<i64, StoreError> {
+/// The TLS connector for `settings` (reads `sslrootcert` or the system's roots).
+fn connector(url: &str, settings: &tls::TlsSettings) -> Result<tls::Connector, StoreError> {
+    settings.connector().map_err(|error| StoreError::Tls {
+        target: redact(url),
+        error,
+    })
+}
+
+/// What [`probe`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// The schema version (0: none yet).
+    pub schema_version: i64,
+    /// The TLS protocol of the connection (`TLSv1.3`), `None` when not encrypted, as the
+    /// server reports it (`pg_stat_ssl`); `Some("unknown")` if it would not say.
+    pub tls: Option<String>,
+    /// What the URL's `sslmode` asks for ([`tls::TlsSettings::describe`]).
+    pub tls_settings: String,
+}
+
+/// Connects once, without migrating, and answers the schema version found and whether the
+/// connection is encrypted: `check-config`'s test of the connection. Bounded: 10 s.
+pub async fn probe(url: &str, password: Option<&str>) -> Result<Probe, StoreError> {
     let open_error = |reason: String| open_error(url, reason);
-    let mut config = connection_config(url, password)?;
+    let (mut config, settings) = connection_config(url, password)?;
+    let connector = connector(url, &settings)?;
     config.connect_timeout(std::time::Duration::from_secs(10));
-    let (client, conn) =
-        tokio::time::timeout(std::time::Duration::from_secs(10), config.connect(NoTls))
-            .await
-            .map_err(|_| open_error("no answer within 10 s".into()))?
-            .map_err(|e| open_error(e.to_string()))?;
+    let (client, conn) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        config.connect(connector),
+    )
+    .await
+    .map_err(|_| open_error("no answer within 10 s".into()))?
+    .map_err(|e| open_error(error_text(&e)))?;
     let driver = tokio::spawn(conn);
+    let tls = session_tls(&client).await;
     let version = migrations::version(&client).await;
     drop(client);
     let _ = driver.await;
-    version
+    Ok(Probe {
+        schema_version: version?,
+        tls,
+        tls_settings: settings.describe(),
+    })
+}
+
+/// The TLS protocol of this session as the server sees it (`None`: not encrypted).
+async fn session_tls(client: &tokio_postgres::Client) -> Option<String> {
+    let row = client
+        .query_opt(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(Some(row)) => match row.get::<_, bool>(0) {
+            true => Some(
+                row.get::<_, Option<String>>(1)
+                    .unwrap_or_else(|| "unknown".into()),
+            ),
+            false => None,
+        },
+        _ => Some("unknown".into()),
+    }
 }
 
 impl PgStore {
@@ -214,10 +309,11 @@ impl PgStore {
     /// [`migrations::LATEST`].
     pub async fn connect(url: &str, password: Option<&str>) -> Result<PgStore, StoreError> {
         let open_error = |reason: String| open_error(url, reason);
-        let config = connection_config(url, password)?;
+        let (config, tls) = connection_config(url, password)?;
+        let connector = connector(url, &tls)?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -230,9 +326,13 @@ impl PgStore {
             .recycle_timeout(Some(CALL_TIMEOUT))
             .build()
             .map_err(|e| open_error(e.to_string()))?;
-        let mut client = pool.get().await.map_err(|e| open_error(e.to_string()))?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| open_error(pool_error_text(&e)))?;
         migrations::migrate(&mut client).await?;
         drop(client);
+        tracing::info!(database = %redact(url), tls = %tls.describe(), "connected to PostgreSQL");
         let (tx, mut rx) = mpsc::channel::<Ordered>(ORDERED_QUEUE);
         let batch_pool = pool.clone();
         tokio::spawn(async move {
@@ -265,6 +365,7 @@ impl PgStore {
             url: url.to_string(),
             password: password.map(crate::secret::Secret::new),
             instance: Default::default(),
+            connector,
         })
     }
 
@@ -398,11 +499,12 @@ impl PgStore {
     /// unexpired leases, at once.
     pub async fn claim_instance(&self, preferred: &str) -> Result<String, StoreError> {
         let password = self.password.as_ref().map(|p| p.expose());
-        let config = connection_config(&self.url, password)?;
-        let (client, conn) = tokio::time::timeout(CALL_TIMEOUT, config.connect(NoTls))
-            .await
-            .map_err(|_| open_error(&self.url, "no answer within 10 s".into()))?
-            .map_err(|e| open_error(&self.url, e.to_string()))?;
+        let (config, _) = connection_config(&self.url, password)?;
+        let (client, conn) =
+            tokio::time::timeout(CALL_TIMEOUT, config.connect(self.connector.clone()))
+                .await
+                .map_err(|_| open_error(&self.url, "no answer within 10 s".into()))?
+                .map_err(|e| open_error(&self.url, error_text(&e)))?;
         let driver = tokio::spawn(conn);
         let try_lock = |id: String| {
             let client = &client;
@@ -492,20 +594,30 @@ pub fn test_server_url() -> String {
         if let Ok(url) = std::env::var("VPPR_TEST_PG_URL") {
             return url;
         }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-test-server");
-        let out = std::process::Command::new(script)
-            .arg("--owner")
-            .arg(std::process::id().to_string())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-        let text = String::from_utf8_lossy(&out.stdout);
-        match text.split_whitespace().nth(1) {
-            Some(url) if out.status.success() => url.to_string(),
-            _ => panic!(
-                "the PostgreSQL tests need a server and {script} could not start one: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
+        start_test_server(&[]).1
     })
     .clone()
+}
+
+/// Starts a throwaway cluster with `scripts/pg-test-server --owner PID ARGS` (it stops once
+/// this process has ended) and answers its directory and URL; panics with the script's
+/// words when it cannot. `--ssl CERTDIR` starts one with TLS. For tests only.
+#[doc(hidden)]
+pub fn start_test_server(args: &[&std::ffi::OsStr]) -> (std::path::PathBuf, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-test-server");
+    let out = std::process::Command::new(script)
+        .arg("--owner")
+        .arg(std::process::id().to_string())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(dir), Some(url)) if out.status.success() => (dir.into(), url.to_string()),
+        _ => panic!(
+            "the PostgreSQL tests need a server and {script} could not start one: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }

@@ -10,6 +10,8 @@ use super::{migrations, redact, PgStore};
 use crate::store::sqlite;
 use crate::store::StoreError;
 
+mod tls;
+
 #[test]
 fn the_same_schema_versions_as_sqlite() {
     assert_eq!(migrations::LATEST, sqlite::migrations::LATEST);
