@@ -156,6 +156,8 @@ fn token_rows(config: &Config) -> Vec<TokenRow> {
 /// secrets. Listen addresses, the database and timings need a restart.
 struct Reloadable {
     apple: Option<AppleClient>,
+    /// The lease keeper's list of tokens to bid for (several instances).
+    lease_tokens: Option<Arc<tokio::sync::watch::Sender<Vec<String>>>>,
     registry: Registry,
     health: Option<Arc<HealthWriter>>,
     store: Store,
@@ -188,6 +190,11 @@ impl Reloadable {
             }
         }
         self.registry.replace(&new.tokens);
+        if let Some(list) = &self.lease_tokens {
+            let mut names = lease_names(&new);
+            names.sort();
+            list.send_replace(names);
+        }
         let now = Timestamp::now();
         let rows = token_rows(&new);
         let r = self.store.upsert_tokens(rows, now).await;
@@ -237,11 +244,7 @@ pub async fn serve_with_reload(
             // whoever acquires it next.
             store.upsert_tokens(token_rows, now).await?;
             let core = Core::new(timings.clone(), store.reserve_sync_ids().await?);
-            let mut names: Vec<String> = config.tokens.iter().map(|t| t.name.clone()).collect();
-            if config.push.is_some() {
-                // One instance pushes the feed: the holder of this lease.
-                names.push(crate::push::deliver::PUSH_LEASE.to_string());
-            }
+            let names = lease_names(&config);
             let keeper_stop = CancellationToken::new();
             let keeper = Keeper::spawn(
                 store.clone(),
@@ -266,6 +269,16 @@ pub async fn serve_with_reload(
         config, listeners, shutdown, reload, on_ready, store, core, keeper, leases, cluster,
     )
     .await
+}
+
+/// What the lease keeper bids for: every token, and with `[push]` the push lease (one
+/// instance pushes the feed).
+fn lease_names(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config.tokens.iter().map(|t| t.name.clone()).collect();
+    if config.push.is_some() {
+        names.push(crate::push::deliver::PUSH_LEASE.to_string());
+    }
+    names
 }
 
 /// The host's name: the instance id a daemon prefers (see `Store::claim_instance`).
@@ -459,6 +472,7 @@ async fn serve_core(
     on_ready(&running);
     let reloadable = Reloadable {
         apple: apple.clone(),
+        lease_tokens: keeper.as_ref().map(Keeper::tokens),
         registry,
         health,
         store: store.clone(),

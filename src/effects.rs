@@ -72,6 +72,10 @@ fn status_result(r: Result<crate::apple::model::StatusResponse, ApiError>) -> St
 }
 
 impl Effects for AppleEffects {
+    fn pause_until(&self, token: &str, until: Timestamp) {
+        self.client.pause_until(token, until);
+    }
+
     fn poll_status(&self, token: String, event_id: String) -> BoxFuture<'static, StatusResult> {
         let client = self.client.clone();
         Box::pin(async move {

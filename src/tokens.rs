@@ -130,6 +130,8 @@ pub struct HealthWriter {
     store: Store,
     registry: Registry,
     last: tokio::sync::Mutex<BTreeMap<String, Recorded>>,
+    /// The end of each token's last Retry-After as recorded.
+    paused: tokio::sync::Mutex<BTreeMap<String, Timestamp>>,
 }
 
 impl HealthWriter {
@@ -139,6 +141,7 @@ impl HealthWriter {
             store,
             registry,
             last: tokio::sync::Mutex::new(BTreeMap::new()),
+            paused: tokio::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -148,6 +151,12 @@ impl HealthWriter {
         let names = self.registry.names();
         last.retain(|n, _| names.contains(n));
         for name in names {
+            // Only the token's holder knows its health (several instances; with one, every
+            // token is held).
+            if !self.client.may_call(&name) {
+                continue;
+            }
+            self.record_pause(&name).await;
             let Some(health) = self.client.token_health(&name) else {
                 continue;
             };
@@ -179,6 +188,24 @@ impl HealthWriter {
                 }
                 Err(e) => tracing::error!(error = %e, "cannot record token health"),
             }
+        }
+    }
+
+    /// Records a Retry-After newer than the one recorded, so the next holder of the token's
+    /// lease honours it too (docs/architecture.md, "Several instances").
+    async fn record_pause(&self, name: &str) {
+        let Some(until) = self.client.retry_after_until(name) else {
+            return;
+        };
+        let mut paused = self.paused.lock().await;
+        if until <= Timestamp::now() || paused.get(name).is_some_and(|p| *p >= until) {
+            return;
+        }
+        match self.store.record_pause(name, until).await {
+            Ok(()) => {
+                paused.insert(name.to_string(), until);
+            }
+            Err(e) => tracing::warn!(token = %name, error = %e, "cannot record a Retry-After"),
         }
     }
 

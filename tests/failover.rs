@@ -148,6 +148,9 @@ fn location_body(name: &str) -> Value {
     ]})
 }
 
+/// A submitted write, as `POST /v1/events` takes it.
+type Submitted = Value;
+
 struct Cluster {
     sim: Sim,
     env: TestEnv,
@@ -168,50 +171,68 @@ impl Cluster {
             .collect()
     }
 
-    /// Submits a write at the simulator as the MDM would, and tracks its eventId through
-    /// the next live instance's API (round robin: mostly not the token's holder).
-    async fn submit(&self, token: usize, endpoint: &str, event_type: &str, body: Value) -> String {
+    /// Submits a write at the simulator as the MDM would; answers what to track.
+    async fn submit(
+        &self,
+        token: usize,
+        endpoint: &str,
+        event_type: &str,
+        body: Value,
+    ) -> Submitted {
         let t = &self.env.tokens[token];
+        // The MDM's own writes share each token's budget at Apple with the daemon: paced at
+        // 4/s, beside the daemons' 8/s, under the simulator's 15/s.
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let r = self.sim.apple_write(&t.stoken, endpoint, &body).await;
         let id = r["eventId"]
             .as_str()
             .unwrap_or_else(|| panic!("no eventId from {endpoint}: {r}"))
             .to_string();
-        let apis = self.live_apis();
-        let api = apis[self.next_api.fetch_add(1, Ordering::Relaxed) % apis.len()];
-        let tracked = self
-            .c
-            .post(format!("http://{api}/v1/events"))
-            .json(&json!({"token": t.name, "eventId": id, "type": event_type, "request": body}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(tracked.status().as_u16(), 201, "tracking {id} on {api}");
-        id
+        json!({"token": t.name, "eventId": id, "type": event_type, "request": body})
     }
 
-    async fn workload(&self, round: usize) -> Vec<String> {
+    /// Tracks submitted events, each through the next live instance's API (round robin:
+    /// mostly not the token's holder); answers their eventIds.
+    async fn track(&self, submitted: &[Submitted]) -> Vec<String> {
         let mut ids = Vec::new();
+        for s in submitted {
+            let apis = self.live_apis();
+            let api = apis[self.next_api.fetch_add(1, Ordering::Relaxed) % apis.len()];
+            let tracked = self
+                .c
+                .post(format!("http://{api}/v1/events"))
+                .json(s)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(tracked.status().as_u16(), 201, "tracking {s} on {api}");
+            ids.push(s["eventId"].as_str().unwrap().to_string());
+        }
+        ids
+    }
+
+    async fn workload(&self, round: usize) -> Vec<Submitted> {
+        let mut out = Vec::new();
         for token in 0..self.env.tokens.len() {
             for i in 0..4 {
                 let serials: Vec<String> = (0..2)
                     .map(|j| format!("R{round}-T{token}-D{i}-{j}"))
                     .collect();
                 let body = json!({"assets": [{"adamId": "361304891", "pricingParam": "STDQ"}], "serialNumbers": serials});
-                ids.push(
+                out.push(
                     self.submit(token, "assets/associate", "ASSOCIATE", body)
                         .await,
                 );
             }
             let users = json!({"users": [{"clientUserId": format!("n{round}"), "email": format!("n{round}@example.com")}]});
-            ids.push(self.submit(token, "users/create", "CREATE", users).await);
+            out.push(self.submit(token, "users/create", "CREATE", users).await);
             let gone = json!({"assets": [{"adamId": "361304891", "pricingParam": "STDQ"}], "serialNumbers": [format!("R{round}-T{token}-D0-0")]});
-            ids.push(
+            out.push(
                 self.submit(token, "assets/disassociate", "DISASSOCIATE", gone)
                     .await,
             );
         }
-        ids
+        out
     }
 
     async fn events(&self) -> Vec<Value> {
@@ -259,6 +280,7 @@ async fn killing_a_token_holder_hands_its_token_over_without_losing_anything() {
         reconcile: FAST,
         stokens,
         backend: Backend::Postgres,
+        token_extra: "max_requests_per_second = 8",
         ..Default::default()
     });
     let db = env.pg.as_ref().unwrap().url.clone();
@@ -329,7 +351,19 @@ async fn killing_a_token_holder_hands_its_token_over_without_losing_anything() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mut all = cl.workload(0).await;
+    let first = cl.workload(0).await;
+    let mut all = cl.track(&first).await;
+    // Submitted now, tracked after the kill (an MDM may track late).
+    let second = cl.workload(1).await;
+    // From now on Apple answers a fifth of the requests with 503 and Retry-After: the new
+    // holder must honour what the old one was told.
+    cl.sim
+        .put(
+            "/_sim/faults",
+            &json!({"processingDelay": "300ms", "dropNotificationRate": 0.3,
+                    "error5xxRate": 0.2, "retryAfter": "4s"}),
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Kill acme's holder mid-run.
@@ -361,7 +395,48 @@ async fn killing_a_token_holder_hands_its_token_over_without_losing_anything() {
         "took {taken_after:?}"
     );
 
-    all.extend(cl.workload(1).await);
+    all.extend(cl.track(&second).await);
+
+    // Submitting through the daemon: only beta's holder calls Apple for it; another
+    // instance says so and names the holder.
+    let now_held = holders(&cl.db).await;
+    let beta = now_held["beta"].clone();
+    let api_of = |id: &str| {
+        cl.daemons
+            .iter()
+            .find(|d| d.0 == id && d.2.is_some())
+            .map(|d| d.1)
+    };
+    let holder_api = api_of(&beta).expect("beta's holder is alive");
+    let other_api = cl
+        .daemons
+        .iter()
+        .find(|d| d.0 != beta && d.2.is_some())
+        .map(|d| d.1)
+        .unwrap();
+    let body = json!({"assets": [{"adamId": "361304891", "pricingParam": "STDQ"}], "serialNumbers": ["VIA-1", "VIA-2"]});
+    let path = "/v1/tokens/beta/requests/associate";
+    let r =
+        cl.c.post(format!("http://{other_api}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "not_holder", "{v}");
+    assert!(v["error"].as_str().unwrap().contains(&beta), "{v}");
+    let r =
+        cl.c.post(format!("http://{holder_api}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let v: Value = r.json().await.unwrap();
+    for id in v["eventIds"].as_array().unwrap() {
+        all.push(id.as_str().unwrap().to_string());
+    }
 
     // Every event settles with the simulator's true outcome.
     let start = Instant::now();

@@ -30,6 +30,32 @@ pub(super) async fn submit_request(
             "this daemon has no Apple client, so it cannot submit requests",
         ));
     };
+    if !apple.may_call(&token) {
+        // Several instances: only the holder of the token's lease calls Apple for it.
+        let holder = match &state.cluster {
+            Some(c) => state
+                .store
+                .lease_snapshot(c.lease_ttl)
+                .await
+                .ok()
+                .and_then(|s| {
+                    s.leases
+                        .into_iter()
+                        .find(|l| l.token == token && l.expires_at > s.now)
+                        .map(|l| l.holder)
+                }),
+            None => None,
+        };
+        return Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_holder",
+            format!(
+                "this instance does not hold the lease of token {token}, so it does not call \
+                 Apple for it; submit through the holder ({})",
+                holder.as_deref().unwrap_or("none right now; retry shortly")
+            ),
+        ));
+    }
     let body: Value = serde_json::from_slice(&body)
         .map_err(|e| HttpError::bad_request(format!("the {kind} request is not JSON: {e}")))?;
     if !body.is_object() {

@@ -749,20 +749,40 @@ impl AppleClient {
         };
         metrics.api_request(token, call.endpoint, &status);
         let now = self.inner.clock.now();
-        let became_unhealthy = {
+        let (became_unhealthy, paused) = {
             let mut st = lock(&slot.state);
             let was_healthy = st.gate.unhealthy().is_none();
+            let paused_before = st.gate.retry_after_until();
             st.gate.on_completed(sent, now);
             st.gate.on_outcome(now, &Outcome::from_result(&result));
-            was_healthy && st.gate.unhealthy().is_some()
+            (
+                was_healthy && st.gate.unhealthy().is_some(),
+                st.gate.retry_after_until() > paused_before,
+            )
         };
-        if became_unhealthy {
+        // A new Retry-After is recorded too (tokens::HealthWriter), for the next holder.
+        if became_unhealthy || paused {
             // Logged by the health writer, once per change.
             self.health_changed();
         }
         Attempt {
             result: result.map_err(|e| e.redact(stoken.expose())),
             connect_failed,
+        }
+    }
+
+    /// Until when Apple's last Retry-After for `token` asked for no request.
+    pub fn retry_after_until(&self, token: &str) -> Option<Timestamp> {
+        let slot = self.slot(token).ok()?;
+        let until = lock(&slot.state).gate.retry_after_until();
+        Some(until)
+    }
+
+    /// Honours a Retry-After that another instance was given for `token` (the previous
+    /// holder of its lease).
+    pub fn pause_until(&self, token: &str, until: Timestamp) {
+        if let Ok(slot) = self.slot(token) {
+            lock(&slot.state).gate.pause_until(until);
         }
     }
 

@@ -251,6 +251,16 @@ impl Gate {
         self.unhealthy.as_ref()
     }
 
+    /// Until when Apple's last Retry-After asked for no request (not the local backoff).
+    pub fn retry_after_until(&self) -> Timestamp {
+        self.paused_until
+    }
+
+    /// Honours a Retry-After another instance was given for this token.
+    pub fn pause_until(&mut self, until: Timestamp) {
+        self.paused_until = self.paused_until.max(until);
+    }
+
     pub fn paused_until(&self) -> Timestamp {
         self.paused_until.max(self.backoff_until)
     }

@@ -83,6 +83,7 @@ pub enum KeeperError {
 /// clean way.
 pub struct Keeper {
     held: watch::Receiver<HeldSet>,
+    tokens: std::sync::Arc<watch::Sender<Vec<String>>>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -92,10 +93,12 @@ impl Keeper {
     /// [`Keeper::stop`]), then gives them all back ([`Store::leave`]).
     pub fn spawn(store: Store, config: KeeperConfig, shutdown: CancellationToken) -> Keeper {
         let (tx, rx) = watch::channel(HeldSet::new());
+        let (tokens, tokens_rx) = watch::channel(config.tokens.clone());
         let stop = shutdown.child_token();
-        let task = tokio::spawn(run(store, config, tx, stop.clone()));
+        let task = tokio::spawn(run(store, config, tokens_rx, tx, stop.clone()));
         Keeper {
             held: rx,
+            tokens: std::sync::Arc::new(tokens),
             stop,
             task: Some(task),
         }
@@ -104,6 +107,12 @@ impl Keeper {
     /// The tokens held now; a token may be worked only while its `Held::may_call(local_now())`.
     pub fn held(&self) -> watch::Receiver<HeldSet> {
         self.held.clone()
+    }
+
+    /// Where to set the tokens to bid for from the next step on (a configuration reload): a
+    /// token no longer listed is not renewed, so its lease lapses.
+    pub fn tokens(&self) -> std::sync::Arc<watch::Sender<Vec<String>>> {
+        self.tokens.clone()
     }
 
     /// Stops keeping and waits until the leases are given back (or the attempt timed out).
@@ -123,9 +132,16 @@ impl Drop for Keeper {
     }
 }
 
-async fn run(store: Store, cfg: KeeperConfig, tx: watch::Sender<HeldSet>, stop: CancellationToken) {
+async fn run(
+    store: Store,
+    mut cfg: KeeperConfig,
+    tokens: watch::Receiver<Vec<String>>,
+    tx: watch::Sender<HeldSet>,
+    stop: CancellationToken,
+) {
     let mut held = HeldSet::new();
     loop {
+        cfg.tokens.clone_from(&tokens.borrow());
         let wait = match step(&store, &cfg, &mut held, &tx).await {
             Ok(wait) => wait,
             Err(e) => {
@@ -142,8 +158,9 @@ async fn run(store: Store, cfg: KeeperConfig, tx: watch::Sender<HeldSet>, stop: 
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    // Stop working before giving the leases back.
+    // Stop working before giving the leases back, a margin before (see `step`).
     tx.send_replace(HeldSet::new());
+    tokio::time::sleep(cfg.margin).await;
     match bounded(&cfg, "leave", store.leave(&cfg.me)).await {
         Ok(()) => tracing::info!(instance = %cfg.me, "left: leases given back"),
         Err(e) => {
@@ -177,6 +194,10 @@ async fn step(
             held.remove(t);
         }
         tx.send_replace(held.clone());
+        // The last request sent for these tokens and the next holder's first stay a margin
+        // (at least a second) apart, as when a lease expires: Apple's rate limit counts
+        // per second.
+        tokio::time::sleep(cfg.margin).await;
         bounded(cfg, "release", store.release(me, plan.release.clone())).await?;
     }
     // Ours by our record or by the database's (an acquire whose answer was lost).

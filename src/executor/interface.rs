@@ -120,6 +120,9 @@ pub trait Effects: Send + Sync + 'static {
     ) -> BoxFuture<'static, SyncOutcome>;
     /// Runs one periodic chore as of `now`.
     fn chore(&self, chore: Chore, now: Timestamp) -> BoxFuture<'static, ()>;
+    /// A token was just acquired whose previous holder was told by Apple (Retry-After) to
+    /// send nothing before `until`: honour it too.
+    fn pause_until(&self, _token: &str, _until: Timestamp) {}
 }
 
 /// Effects for a daemon without an Apple client: every call is answered "try later".

@@ -467,6 +467,10 @@ impl Executor {
                 return;
             }
         };
+        if let Some(until) = loaded.paused_until.filter(|u| *u > now) {
+            tracing::info!(token = %token, until = %until.to_rfc3339(), "honouring the previous holder's Retry-After");
+            self.effects.pause_until(&token, until);
+        }
         let events = loaded.events.len();
         self.core.reserve(events);
         self.core.begin_recovery();

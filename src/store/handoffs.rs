@@ -79,6 +79,8 @@ pub enum Taken {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub events: Vec<(EventRecord, Vec<NotificationInput>)>,
+    /// The end of the last Retry-After Apple gave for the token (to any holder).
+    pub paused_until: Option<Timestamp>,
 }
 
 /// What [`Store::track_elsewhere`] did.
@@ -204,6 +206,7 @@ impl Store {
                 s.write(move |c| {
                     let mut out = Loaded::default();
                     q::load_token(c, &token, now, |rec, notes| out.events.push((rec, notes)))?;
+                    out.paused_until = super::sqlite::queries::paused_until(c, &token)?;
                     Ok(out)
                 })
                 .await
@@ -214,7 +217,29 @@ impl Store {
                         let mut out = Loaded::default();
                         pq::load_token(tx, &token, now, |rec, notes| out.events.push((rec, notes)))
                             .await?;
+                        out.paused_until =
+                            super::postgres::queries::paused_until(tx, &token).await?;
                         Ok(out)
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    /// Records that Apple asked (Retry-After) for no request for `token` before `until`,
+    /// keeping the later end, for whichever instance holds the token next.
+    pub async fn record_pause(&self, token: &str, until: Timestamp) -> Result<(), StoreError> {
+        let token = token.to_string();
+        match self {
+            Store::Sqlite(s) => {
+                s.write(move |c| super::sqlite::queries::record_pause(c, &token, until))
+                    .await
+            }
+            Store::Postgres(p) => {
+                p.write(move |tx| {
+                    Box::pin(async move {
+                        super::postgres::queries::record_pause(tx, &token, until).await
                     })
                 })
                 .await

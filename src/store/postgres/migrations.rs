@@ -343,6 +343,11 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX handoffs_token ON handoffs (token, seq);
     CREATE SEQUENCE sync_id_blocks;
     "#,
+    // 10: until when Apple asked (Retry-After) that a token not be called, so the next
+    // holder of its lease waits too.
+    r#"
+    ALTER TABLE tokens ADD COLUMN paused_until BIGINT;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

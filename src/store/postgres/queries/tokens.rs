@@ -174,3 +174,29 @@ pub async fn list_tokens(tx: &Transaction<'_>) -> Result<Vec<TokenView>, StoreEr
     }
     Ok(tokens)
 }
+
+/// Keeps the later of the stored and the given end of a Retry-After for `token`.
+pub async fn record_pause(
+    tx: &Transaction<'_>,
+    token: &str,
+    until: Timestamp,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE tokens SET paused_until = GREATEST(COALESCE(paused_until, 0), $2) \
+         WHERE name = $1",
+        &[&token, &until.0],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn paused_until(
+    tx: &Transaction<'_>,
+    token: &str,
+) -> Result<Option<Timestamp>, StoreError> {
+    Ok(tx
+        .query_opt("SELECT paused_until FROM tokens WHERE name = $1", &[&token])
+        .await?
+        .and_then(|r| r.get::<_, Option<i64>>(0))
+        .map(Timestamp))
+}

@@ -176,3 +176,24 @@ pub fn list_tokens(conn: &Connection) -> Result<Vec<TokenView>, StoreError> {
     }
     Ok(tokens)
 }
+
+/// Keeps the later of the stored and the given end of a Retry-After for `token`.
+pub fn record_pause(conn: &Connection, token: &str, until: Timestamp) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE tokens SET paused_until = MAX(COALESCE(paused_until, 0), ?2) WHERE name = ?1",
+        params![token, until.0],
+    )?;
+    Ok(())
+}
+
+pub fn paused_until(conn: &Connection, token: &str) -> Result<Option<Timestamp>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT paused_until FROM tokens WHERE name = ?1",
+            [token],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .flatten()
+        .map(Timestamp))
+}
