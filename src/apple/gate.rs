@@ -299,6 +299,17 @@ impl Gate {
 mod tests {
 
     #[test]
+    fn a_retry_after_given_to_another_instance_holds_here_too() {
+        let mut g = Gate::new(GateConfig::new(5, 1));
+        let t0 = Timestamp(1_000_000);
+        assert_eq!(g.retry_after_until(), Timestamp::ZERO);
+        g.pause_until(Timestamp(t0.0 + 4_000));
+        g.pause_until(Timestamp(t0.0 + 1_000)); // an older one changes nothing
+        assert_eq!(g.retry_after_until(), Timestamp(t0.0 + 4_000));
+        assert_eq!(g.next_send_at(t0).unwrap(), Timestamp(t0.0 + 4_000));
+    }
+
+    #[test]
     fn a_slow_answer_pushes_the_window_to_its_arrival_bound() {
         let mut g = Gate::new(GateConfig::new(2, 1));
         let t0 = Timestamp(1_000_000);

@@ -354,7 +354,22 @@ mod tests {
             cause: "left running".into(),
         };
         store.sync_started(run, now).await.unwrap();
+        // A Retry-After passes to the next holder: the later end is kept.
+        store
+            .upsert_tokens(
+                vec![crate::store::TokenRow {
+                    name: "t".into(),
+                    org_name: None,
+                    expires_at: None,
+                }],
+                now,
+            )
+            .await
+            .unwrap();
+        store.record_pause("t", Timestamp(9_000)).await.unwrap();
+        store.record_pause("t", Timestamp(5_000)).await.unwrap();
         let loaded = store.load_token("t", now).await.unwrap();
+        assert_eq!(loaded.paused_until, Some(Timestamp(9_000)));
         assert_eq!(loaded.events.len(), 1);
         assert_eq!(loaded.events[0].0.event_id, "e1");
         assert!(store
