@@ -112,6 +112,16 @@ impl Tokens {
         }
     }
 
+    /// Keeps `input` until `token` is loaded (bounded: the store has it anyway); drops it
+    /// when the token is not loading.
+    fn wait_for_load(&mut self, token: &str, input: Input) {
+        if let Some(waiting) = self.loading.get_mut(token) {
+            if waiting.len() < MAX_BUFFERED {
+                waiting.push(input);
+            }
+        }
+    }
+
     /// Whether this executor works `token` now (its events are in the core).
     fn works(&self, token: &str) -> bool {
         match self.leases {
@@ -323,11 +333,8 @@ impl Executor {
             Input::Notification(n) if !self.tokens.works(&n.token) => {
                 // Committed, and handed off if another instance holds the token; a token
                 // still loading gets it once loaded.
-                if let Some(waiting) = self.tokens.loading.get_mut(&n.token) {
-                    if waiting.len() < MAX_BUFFERED {
-                        waiting.push(Input::Notification(n));
-                    }
-                }
+                let token = n.token.clone();
+                self.tokens.wait_for_load(&token, Input::Notification(n));
             }
             Input::Notification(n) => {
                 let id = n.event_id.clone();
@@ -342,16 +349,15 @@ impl Executor {
                 cause,
                 reply,
             } if !self.tokens.works(&token) => {
-                if let Some(waiting) = self.tokens.loading.get_mut(&token) {
-                    if waiting.len() < MAX_BUFFERED {
-                        waiting.push(Input::Sync {
-                            token,
-                            kind,
-                            full,
-                            cause,
-                            reply,
-                        });
-                    }
+                if self.tokens.loading.contains_key(&token) {
+                    let input = Input::Sync {
+                        token: token.clone(),
+                        kind,
+                        full,
+                        cause,
+                        reply,
+                    };
+                    self.tokens.wait_for_load(&token, input);
                 } else if let Some(reply) = reply {
                     // Asked through this instance's API: the holder runs it. (Schedules and
                     // starts are each holder's own; notifications hand theirs off when

@@ -388,8 +388,25 @@ impl PgStore {
         R: Send,
         F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>> + Send,
     {
+        self.write_at(tokio_postgres::IsolationLevel::ReadCommitted, f)
+            .await
+    }
+
+    async fn write_at<R, F>(
+        &self,
+        level: tokio_postgres::IsolationLevel,
+        f: F,
+    ) -> Result<R, StoreError>
+    where
+        R: Send,
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>> + Send,
+    {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(level)
+            .start()
+            .await?;
         match f(&tx).await {
             Ok(r) => {
                 tx.commit().await?;
@@ -421,22 +438,8 @@ impl PgStore {
         R: Send,
         F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>> + Send,
     {
-        let mut client = self.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .await?;
-        match f(&tx).await {
-            Ok(r) => {
-                tx.commit().await?;
-                Ok(r)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        self.write_at(tokio_postgres::IsolationLevel::RepeatableRead, f)
+            .await
     }
 
     /// Runs `f` in a read-only transaction (one snapshot for all its queries).
