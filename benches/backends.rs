@@ -11,6 +11,12 @@
 //! 3. tracking: `POST /v1/events` from 64 concurrent clients, 20,000 events (4,000 with
 //!    `--quick`): events/s.
 //!
+//! Then, PostgreSQL only, takeover (`support/takeover.rs`): two daemons on one database with
+//! `lease_ttl = "3s"` (and the default `"15s"` unless `--quick`), 20,000 unsettled events
+//! (2,000 with `--quick`) over the 4 tokens; the holder of `t000` is killed (SIGKILL), then,
+//! with a third instance joined, the next holder leaves cleanly (SIGTERM): seconds from the
+//! signal until another instance holds the lease, and until it has loaded the token's events.
+//!
 //! The notifications are for eventIds the daemon does not track: they are stored all the same
 //! (they wait for their event), which is the durable write measured. PostgreSQL is a
 //! throwaway cluster from `scripts/pg-test-server` (Debian's `postgresql`, fsync on), one
@@ -18,6 +24,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/takeover.rs"]
+mod takeover;
 #[path = "support/track.rs"]
 mod track;
 #[path = "support/webhook.rs"]
@@ -136,10 +144,25 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let s = measure(&rt, Backend::Sqlite, quick);
-    let p = measure(&rt, Backend::Postgres, quick);
+    // `--takeover-only`: the takeover figures alone.
+    let pair = (!std::env::args().any(|a| a == "--takeover-only")).then(|| {
+        (
+            measure(&rt, Backend::Sqlite, quick),
+            measure(&rt, Backend::Postgres, quick),
+        )
+    });
+    let takeovers = measure_takeover(&rt, quick);
+    println!("bench wall time: {:.0} s", wall.elapsed().as_secs_f64());
+    println!("| figure | SQLite | PostgreSQL | ratio (PG/SQLite) |");
+    println!("|---|---:|---:|---:|");
+    if let Some((s, p)) = &pair {
+        print_backends(s, p);
+    }
+    print_takeovers(&takeovers, quick);
+}
 
-    // (figure, SQLite, PostgreSQL, unit)
+/// The rows of the figures measured on both backends.
+fn print_backends(s: &Figures, p: &Figures) {
     let paced = format!("webhook at {}/s for {} s", s.paced_rate, s.paced_secs);
     let rows = [
         (
@@ -179,9 +202,6 @@ fn main() {
             " events/s",
         ),
     ];
-    println!("bench wall time: {:.0} s", wall.elapsed().as_secs_f64());
-    println!("| figure | SQLite | PostgreSQL | ratio (PG/SQLite) |");
-    println!("|---|---:|---:|---:|");
     for (figure, sq, pg, unit) in rows {
         // Rates to the unit, latencies to 0.1 ms.
         let prec = usize::from(unit == " ms");
@@ -190,4 +210,56 @@ fn main() {
             pg / sq
         );
     }
+}
+
+fn print_takeovers(takeovers: &[takeover::Takeover], quick: bool) {
+    let events = takeover_events(quick);
+    let na = "| n/a |";
+    for t in takeovers {
+        let ttl = t.ttl_s;
+        for (what, h) in [("SIGKILL", &t.killed), ("SIGTERM", &t.terminated)] {
+            println!(
+                "| takeover, lease_ttl {ttl} s: {what} of t000's holder → another holds its \
+                 lease {na} {:.2} s {na}",
+                h.lease_s
+            );
+            if let Some(d) = h.drain_s {
+                println!("|   of which the leaver's drain (SIGTERM → leases given back) {na} {d:.3} s {na}");
+            }
+            println!(
+                "|   → t000 loaded by the new holder ({} of {events} events; the load itself \
+                 {:.0} ms) {na} {:.2} s {na}",
+                h.events,
+                h.load_s * 1000.0,
+                h.loaded_s
+            );
+        }
+    }
+}
+
+fn takeover_events(quick: bool) -> usize {
+    if quick {
+        2_000
+    } else {
+        20_000
+    }
+}
+
+/// Takeover on PostgreSQL for each lease TTL, on one database: the events are tracked once.
+fn measure_takeover(rt: &tokio::runtime::Runtime, quick: bool) -> Vec<takeover::Takeover> {
+    let env = TestEnv::new(EnvOptions {
+        tokens: &TOKENS,
+        reconcile: "notification_grace = \"24h\"\ngive_up_after = \"48h\"",
+        log_level: "error",
+        backend: Backend::Postgres,
+        ..EnvOptions::default()
+    });
+    println!("== takeover (PostgreSQL, two instances) ==");
+    let ttls: &[u64] = if quick { &[3] } else { &[3, 15] };
+    let mut out = Vec::new();
+    for (i, ttl) in ttls.iter().enumerate() {
+        let track = if i == 0 { takeover_events(quick) } else { 0 };
+        out.push(rt.block_on(takeover::measure(&env, &TOKENS, *ttl, track, CONNS)));
+    }
+    out
 }

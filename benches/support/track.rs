@@ -38,8 +38,21 @@ pub async fn fill(
                     "eventId": event_id(k), "type": "ASSOCIATE",
                     "request": {"assets": [{"adamId": format!("{}", 100_000 + k % 500), "pricingParam": "STDQ"}],
                         "serialNumbers": [format!("S{k:08}A"), format!("S{k:08}B")]}});
-                let r = client.post(&url).json(&body).send().await.expect("track");
-                assert_eq!(r.status().as_u16(), 201, "track scale-{k:08}");
+                // 503 "try again": the event was not committed (e.g. the instance lost the
+                // token's lease meanwhile); a client tracks it again.
+                let mut tries = 0;
+                loop {
+                    let r = client.post(&url).json(&body).send().await.expect("track");
+                    let status = r.status().as_u16();
+                    if status == 503 && tries < 10 {
+                        tries += 1;
+                        eprintln!("track {k}: 503 ({}); again", r.text().await.unwrap_or_default());
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    assert_eq!(status, 201, "track scale-{k:08}");
+                    break;
+                }
             }
         }));
     }

@@ -175,6 +175,25 @@ impl Core {
         }
     }
 
+    /// The events of `token` whose insert is not committed yet and not on its way (still
+    /// among the actions to take, or waiting to be retried): [`Core::forget_token`] drops
+    /// those inserts, so whoever waits for them must be told they were not committed.
+    pub fn uncommitted_inserts(&self, token: &str) -> Vec<String> {
+        let queued = self.actions.iter().filter_map(|a| match a {
+            Action::Persist(c) if c.insert && c.event.token == token => Some(&c.event.event_id),
+            _ => None,
+        });
+        let retried = self
+            .unpersisted
+            .values()
+            .filter(|u| u.change.insert && u.change.event.token == token)
+            .map(|u| &u.change.event.event_id);
+        let mut ids: Vec<String> = queued.chain(retried).cloned().collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Gives up working `token` (another instance holds its lease now): its events, timers,
     /// sync runs and uncommitted changes leave memory; the store keeps what was committed for
     /// the next holder. Answers of effects still in flight for it are then ignored. Returns

@@ -433,6 +433,16 @@ impl Executor {
 
     /// The lease of `token` is lost (or its deadline passed): stop working it at once.
     fn let_go(&mut self, token: &str) {
+        // Events tracked a moment ago whose insert has not gone to the store yet: the core
+        // drops it with the token, so their trackers hear it was not committed (they try
+        // again, and the insert then goes to the new holder) instead of waiting forever.
+        for id in self.core.uncommitted_inserts(token) {
+            for (reply, _) in self.waiting_trackers.remove(&id).unwrap_or_default() {
+                let _ = reply.send(TrackReply::NotCommitted(format!(
+                    "this instance lost the lease of token {token} before committing it"
+                )));
+            }
+        }
         let events = self.core.forget_token(token);
         self.tokens.loaded.remove(token);
         self.tokens.loading.remove(token);

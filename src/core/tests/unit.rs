@@ -1418,3 +1418,35 @@ fn forgetting_a_token_drops_its_work_and_ignores_its_late_answers() {
     assert!(!drain(&mut core).is_empty());
     assert_eq!(core.forget_token("nobody"), 0);
 }
+
+/// An insert not yet taken by the executor is dropped with its token: the executor asks
+/// which, to tell their trackers (a tracker must never wait for a commit that will not come).
+#[test]
+fn uncommitted_inserts_are_those_forget_token_drops() {
+    let mut core = Core::new(timings(), 1);
+    let now = ts(0);
+    let track = |id: &str, token: &str| {
+        EventRecord::new_tracked(
+            now,
+            track_req(id, token, EventType::Associate, Some(1)),
+            &timings(),
+        )
+    };
+    for (id, token) in [("a1", "acme"), ("a2", "acme"), ("b1", "beta")] {
+        let rec = track(id, token);
+        assert!(matches!(
+            core.track(now, rec, None),
+            TrackDecision::Created(_)
+        ));
+    }
+    assert_eq!(core.uncommitted_inserts("acme"), vec!["a1", "a2"]);
+    assert_eq!(core.uncommitted_inserts("beta"), vec!["b1"]);
+    // Taken by the executor (on their way to the store): not dropped, answered on commit.
+    drain(&mut core);
+    assert!(core.uncommitted_inserts("acme").is_empty());
+    core.track(now, track("a3", "acme"), None);
+    assert_eq!(core.uncommitted_inserts("acme"), vec!["a3"]);
+    core.forget_token("acme");
+    assert!(core.uncommitted_inserts("acme").is_empty());
+    assert_eq!(core.uncommitted_inserts("beta"), Vec::<String>::new());
+}
