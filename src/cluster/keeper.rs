@@ -140,8 +140,19 @@ async fn run(
     stop: CancellationToken,
 ) {
     let mut held = HeldSet::new();
+    let mut next_step = tokio::time::Instant::now();
     loop {
         cfg.tokens.clone_from(&tokens.borrow());
+        let now = tokio::time::Instant::now();
+        // Between full steps, a look at the lease table: a lease another instance gave back
+        // (it stopped, or rebalanced) is taken at once, not at the next renewal.
+        if now < next_step && !matches!(look(&store, &cfg).await, Ok(true)) {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(LOOK_EVERY.min(next_step - now)) => {}
+            }
+            continue;
+        }
         let wait = match step(&store, &cfg, &mut held, &tx).await {
             Ok(wait) => wait,
             Err(e) => {
@@ -149,13 +160,14 @@ async fn run(
                 cfg.interval
             }
         };
+        next_step = tokio::time::Instant::now() + wait;
         // Keep nothing that could not be proved held.
         let now = local_now();
         held.retain(|_, h| h.may_call(now));
         tx.send_replace(held.clone());
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(wait.min(LOOK_EVERY)) => {}
         }
     }
     // Stop working before giving the leases back, a margin before (see `step`).
@@ -167,6 +179,22 @@ async fn run(
             tracing::warn!(instance = %cfg.me, error = %e, "leases not given back; they expire in lease_ttl")
         }
     }
+}
+
+/// How often the lease table is looked at between full steps.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether the plan would take or give back a token now (one read, no write).
+async fn look(store: &Store, cfg: &KeeperConfig) -> Result<bool, KeeperError> {
+    let snap = bounded(cfg, "snapshot", store.lease_snapshot(cfg.ttl)).await?;
+    let plan = lease::plan(&Snapshot {
+        me: &cfg.me,
+        now: snap.now,
+        tokens: &cfg.tokens,
+        live: &snap.live,
+        leases: &snap.leases,
+    });
+    Ok(!plan.acquire.is_empty() || !plan.release.is_empty())
 }
 
 /// One round: heartbeat, snapshot, plan, release, renew, acquire. Answers when to step
