@@ -17,6 +17,9 @@
 //! with a third instance joined, the next holder leaves cleanly (SIGTERM): seconds from the
 //! signal until another instance holds the lease, and until it has loaded the token's events.
 //!
+//! `--tracking-only`: step 3 alone, on both backends (no webhook load, no takeover), to
+//! iterate on the tracking path.
+//!
 //! The notifications are for eventIds the daemon does not track: they are stored all the same
 //! (they wait for their event), which is the durable write measured. PostgreSQL is a
 //! throwaway cluster from `scripts/pg-test-server` (Debian's `postgresql`, fsync on), one
@@ -92,7 +95,12 @@ struct Figures {
     track_rate: f64,
 }
 
-fn measure(rt: &tokio::runtime::Runtime, backend: Backend, quick: bool) -> Figures {
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    backend: Backend,
+    quick: bool,
+    tracking_only: bool,
+) -> Figures {
     let n = if quick { 4_000 } else { 20_000 };
     let secs = if quick { 3 } else { 10 };
     let env = TestEnv::new(EnvOptions {
@@ -112,8 +120,14 @@ fn measure(rt: &tokio::runtime::Runtime, backend: Backend, quick: bool) -> Figur
     println!("== {backend:?} ==");
     let (b, p, (tracked, took)) = rt.block_on(async {
         let http = webhook_load::client();
-        let b = webhook_load::burst(&http, &target, CONNS, n).await;
-        let p = webhook_load::paced(&http, &target, 1000, secs).await;
+        let (b, p) = if tracking_only {
+            Default::default()
+        } else {
+            (
+                webhook_load::burst(&http, &target, CONNS, n).await,
+                webhook_load::paced(&http, &target, 1000, secs).await,
+            )
+        };
         let t = track::fill(env.api, n, CONNS, TOKENS.len()).await;
         (b, p, t)
     });
@@ -145,24 +159,30 @@ fn main() {
         .build()
         .expect("runtime");
     // `--takeover-only`: the takeover figures alone.
+    // `--tracking-only`: the tracking figures alone.
+    let tracking_only = std::env::args().any(|a| a == "--tracking-only");
     let pair = (!std::env::args().any(|a| a == "--takeover-only")).then(|| {
         (
-            measure(&rt, Backend::Sqlite, quick),
-            measure(&rt, Backend::Postgres, quick),
+            measure(&rt, Backend::Sqlite, quick, tracking_only),
+            measure(&rt, Backend::Postgres, quick, tracking_only),
         )
     });
-    let takeovers = measure_takeover(&rt, quick);
+    let takeovers = if tracking_only {
+        Vec::new()
+    } else {
+        measure_takeover(&rt, quick)
+    };
     println!("bench wall time: {:.0} s", wall.elapsed().as_secs_f64());
     println!("| figure | SQLite | PostgreSQL | ratio (PG/SQLite) |");
     println!("|---|---:|---:|---:|");
     if let Some((s, p)) = &pair {
-        print_backends(s, p);
+        print_backends(s, p, tracking_only);
     }
     print_takeovers(&takeovers, quick);
 }
 
 /// The rows of the figures measured on both backends.
-fn print_backends(s: &Figures, p: &Figures) {
+fn print_backends(s: &Figures, p: &Figures, tracking_only: bool) {
     let paced = format!("webhook at {}/s for {} s", s.paced_rate, s.paced_secs);
     let rows = [
         (
@@ -202,7 +222,8 @@ fn print_backends(s: &Figures, p: &Figures) {
             " events/s",
         ),
     ];
-    for (figure, sq, pg, unit) in rows {
+    let skip = if tracking_only { rows.len() - 1 } else { 0 };
+    for (figure, sq, pg, unit) in rows.into_iter().skip(skip) {
         // Rates to the unit, latencies to 0.1 ms.
         let prec = usize::from(unit == " ms");
         println!(

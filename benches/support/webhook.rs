@@ -63,6 +63,7 @@ async fn post(http: &reqwest::Client, t: &Target, body: Vec<u8>) {
     assert_eq!(r.status().as_u16(), 200, "webhook answer");
 }
 
+#[derive(Default)]
 pub struct Paced {
     pub rate: usize,
     pub p50: f64,
@@ -111,6 +112,7 @@ pub async fn paced(http: &reqwest::Client, t: &Target, rate: usize, secs: usize)
     }
 }
 
+#[derive(Default)]
 pub struct Burst {
     pub conns: usize,
     pub total: usize,

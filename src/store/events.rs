@@ -143,15 +143,14 @@ impl Store {
                                 .await?;
                                 syncs_written.push(ok);
                             }
-                            let mut early = Vec::new();
-                            for (c, e) in changes.iter().zip(&errors) {
-                                if c.insert && e.is_none() {
-                                    early.extend(
-                                        pq::unapplied_notifications_for(tx, &c.event.event_id)
-                                            .await?,
-                                    );
-                                }
-                            }
+                            // One query for all the events inserted.
+                            let inserted: Vec<&str> = changes
+                                .iter()
+                                .zip(&errors)
+                                .filter(|(c, e)| c.insert && e.is_none())
+                                .map(|(c, _)| c.event.event_id.as_str())
+                                .collect();
+                            let early = pq::unapplied_notifications_for_all(tx, &inserted).await?;
                             Ok(TurnCommit {
                                 changes,
                                 errors,
@@ -287,7 +286,7 @@ impl Store {
 /// handed to its holder; any other change for another token is refused (a stale holder's
 /// write must not overwrite what the new holder does).
 async fn apply_fenced(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &super::postgres::Transaction<'_>,
     changes: &[Change],
     holds: &(dyn Fn(&str) -> bool + Sync),
     now: Timestamp,

@@ -23,10 +23,14 @@ pub mod notify;
 pub mod queries;
 pub mod tls;
 
+/// The transaction the store's operations run in: the pool's, which derefs to
+/// `tokio_postgres::Transaction` and adds the connection's statement cache
+/// (`prepare_cached`), so the hot statements are parsed once per connection, not once per
+/// use (each parse is a round trip of its own).
+pub use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::Transaction;
 
 use super::StoreError;
 
@@ -145,18 +149,25 @@ async fn commit_batch(pool: &Pool, batch: &mut Vec<OrderedJob>) {
             return;
         }
     };
+    // The end of one job's savepoint and the start of the next go in one round trip; a
+    // failure of either (the transaction is then aborted) fails the job that follows.
+    const BEGIN: &str = "SAVEPOINT job";
+    let mut ended = None;
     for job in batch.drain(..) {
-        let sp = tx.batch_execute("SAVEPOINT job").await;
+        let sp = match ended.take() {
+            Some(end) => tx.batch_execute(&format!("{end}; {BEGIN}")).await,
+            None => tx.batch_execute(BEGIN).await,
+        };
         let (ok, done) = job(sp.is_ok().then_some(&tx)).await;
-        if sp.is_ok() {
-            let end = if ok {
-                "RELEASE SAVEPOINT job"
-            } else {
-                "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"
-            };
-            let _ = tx.batch_execute(end).await;
-        }
+        ended = sp.is_ok().then_some(if ok {
+            "RELEASE SAVEPOINT job"
+        } else {
+            "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"
+        });
         completions.push(done);
+    }
+    if let Some(end) = ended {
+        let _ = tx.batch_execute(end).await;
     }
     let commit = tx.commit().await.map_err(|e| error_text(&e));
     if let Err(e) = &commit {

@@ -1563,3 +1563,51 @@ async fn the_executor_runs_on_the_postgres_store() {
     again.close().await.unwrap();
     db.drop_now().await;
 }
+
+/// The early notifications of a turn's inserted events, read in one query, come as the
+/// per-event reads would: the first event's in arrival order, then the next's; applied ones
+/// and other events' left out.
+#[tokio::test]
+async fn early_notifications_of_several_events_in_one_query() {
+    use crate::store::postgres::queries as pq;
+
+    let db = TempDb::new().await;
+    let pg = PgStore::connect(&db.url, None).await.unwrap();
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO notifications (notification_id, token, type, event_id, received_at, \
+             body, applied_at) VALUES \
+             ('a', 'acme', 'ASSET_MANAGEMENT', 'e2', 1, '{}', NULL), \
+             ('b', 'acme', 'ASSET_MANAGEMENT', 'e1', 2, '{}', NULL), \
+             ('c', 'acme', 'ASSET_MANAGEMENT', 'e3', 3, '{}', NULL), \
+             ('d', 'acme', 'ASSET_MANAGEMENT', 'e2', 4, '{}', NULL), \
+             ('e', 'acme', 'ASSET_MANAGEMENT', 'e1', 5, '{}', 6)",
+        )
+        .await
+        .unwrap();
+    let (one_by_one, at_once, none) = pg
+        .read(|tx| {
+            Box::pin(async move {
+                let mut one_by_one = pq::unapplied_notifications_for(tx, "e1").await?;
+                one_by_one.extend(pq::unapplied_notifications_for(tx, "e2").await?);
+                Ok((
+                    one_by_one,
+                    pq::unapplied_notifications_for_all(tx, &["e1", "e2"]).await?,
+                    pq::unapplied_notifications_for_all(tx, &[]).await?,
+                ))
+            })
+        })
+        .await
+        .unwrap();
+    let ids = |v: &[crate::core::NotificationInput]| {
+        v.iter()
+            .map(|n| n.notification_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&at_once), ["b", "a", "d"]);
+    assert_eq!(ids(&at_once), ids(&one_by_one));
+    assert!(none.is_empty());
+    pg.close().await.unwrap();
+    db.drop_now().await;
+}

@@ -7,6 +7,7 @@ use tokio_postgres::{Row, Transaction};
 
 use super::{parse, ts, u32_of};
 use crate::core::{Change, EventRecord, Failure, Outcome, State};
+use crate::store::postgres::Transaction as PoolTx;
 use crate::store::views::{EventDetail, EventView, HistoryView, NotificationView, PollView};
 use crate::store::{EventFilter, StoreError};
 use crate::time::Timestamp;
@@ -61,11 +62,51 @@ pub(super) fn event_at(r: &Row, o: usize) -> Result<EventRecord, StoreError> {
     })
 }
 
+/// Takes the next feed number in the statement that writes the event (see
+/// [`next_change_seq`]: the same counter row, locked until the transaction ends).
+macro_rules! take_seq {
+    () => {
+        "WITH seq AS (UPDATE counters SET value = value + 1 WHERE name = 'change_seq' \
+         RETURNING value) "
+    };
+}
+
+macro_rules! update_event {
+    () => {
+        "UPDATE events SET token = $2, type = $3, state = $4, outcome = $5, tracked_at = $6, \
+         submitted_at = $7, settled_at = $8, outcome_at = $9, num_requested = $10, \
+         num_completed = $11, notified_success = $12, notified_failure = $13, polls = $14, \
+         last_poll_at = $15, backoff_attempt = $16, next_check_at = $17, resubmitted = $18, \
+         superseded_by = $19, supersedes = $20, needs_full_sync = $21, \
+         request = COALESCE($22, request)"
+    };
+}
+
+const INSERT_EVENT: &str = concat!(
+    take_seq!(),
+    "INSERT INTO events (event_id, token, type, state, outcome, tracked_at, submitted_at, \
+     settled_at, outcome_at, num_requested, num_completed, notified_success, notified_failure, \
+     polls, last_poll_at, backoff_attempt, next_check_at, resubmitted, superseded_by, \
+     supersedes, needs_full_sync, request, change_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+     $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+     (SELECT value FROM seq))"
+);
+const UPDATE_EVENT_SEQ: &str = concat!(
+    take_seq!(),
+    update_event!(),
+    ", change_seq = (SELECT value FROM seq) WHERE event_id = $1"
+);
+const UPDATE_EVENT: &str = concat!(update_event!(), " WHERE event_id = $1");
+
+/// Writes an event, with its request body when `body` is set, in one statement; with
+/// `seq`, the statement also takes the next feed number (the counter's `NOT NULL` target
+/// makes a missing counter an error, as [`next_change_seq`] does).
 async fn write_event(
-    tx: &Transaction<'_>,
+    tx: &PoolTx<'_>,
     rec: &EventRecord,
     insert: bool,
-    seq: Option<i64>,
+    seq: bool,
+    body: Option<&String>,
 ) -> Result<(), StoreError> {
     let big = |n: u32| i64::from(n);
     let (num_requested, num_completed) = (rec.num_requested.map(big), big(rec.num_completed));
@@ -93,35 +134,18 @@ async fn write_event(
         &rec.superseded_by,
         &rec.supersedes,
         &rec.needs_full_sync,
-        &seq,
+        &body,
     ];
-    if insert {
-        tx.execute(
-            "INSERT INTO events (event_id, token, type, state, outcome, tracked_at, submitted_at, \
-             settled_at, outcome_at, num_requested, num_completed, notified_success, \
-             notified_failure, polls, last_poll_at, backoff_attempt, next_check_at, resubmitted, \
-             superseded_by, supersedes, needs_full_sync, change_seq) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-             $19, $20, $21, $22)",
-            &p,
-        )
-        .await?;
-    } else {
-        let n = tx
-            .execute(
-                "UPDATE events SET token = $2, type = $3, state = $4, outcome = $5, \
-                 tracked_at = $6, submitted_at = $7, settled_at = $8, outcome_at = $9, \
-                 num_requested = $10, num_completed = $11, notified_success = $12, \
-                 notified_failure = $13, polls = $14, last_poll_at = $15, backoff_attempt = $16, \
-                 next_check_at = $17, resubmitted = $18, superseded_by = $19, supersedes = $20, \
-                 needs_full_sync = $21, change_seq = COALESCE($22, change_seq) \
-                 WHERE event_id = $1",
-                &p,
-            )
-            .await?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("event {}", rec.event_id)));
-        }
+    // An insert always takes a number.
+    let sql = match (insert, seq) {
+        (true, _) => INSERT_EVENT,
+        (false, true) => UPDATE_EVENT_SEQ,
+        (false, false) => UPDATE_EVENT,
+    };
+    let stmt = tx.prepare_cached(sql).await?;
+    let n = tx.execute(&stmt, &p).await?;
+    if n == 0 && !insert {
+        return Err(StoreError::NotFound(format!("event {}", rec.event_id)));
     }
     Ok(())
 }
@@ -129,7 +153,7 @@ async fn write_event(
 /// Applies the core's changes of one executor turn, each in a savepoint of its own: a change
 /// that fails is undone alone and reported, the others stay (and commit with the turn).
 /// Returns, per change, `None` or why it failed.
-pub async fn apply_changes(tx: &Transaction<'_>, changes: &[Change]) -> Vec<Option<String>> {
+pub async fn apply_changes(tx: &PoolTx<'_>, changes: &[Change]) -> Vec<Option<String>> {
     let mut out = Vec::with_capacity(changes.len());
     for c in changes {
         if let Err(e) = tx.batch_execute("SAVEPOINT change").await {
@@ -152,80 +176,99 @@ pub async fn apply_changes(tx: &Transaction<'_>, changes: &[Change]) -> Vec<Opti
     out
 }
 
-async fn apply_change(tx: &Transaction<'_>, c: &Change) -> Result<(), StoreError> {
+/// One change: every statement prepared once per connection (the cache), the event with
+/// its feed number and request body in one.
+async fn apply_change(tx: &PoolTx<'_>, c: &Change) -> Result<(), StoreError> {
     let id = &c.event.event_id;
     if !c.rows_only {
-        let seq = if c.feed || c.insert {
-            Some(next_change_seq(tx).await?)
-        } else {
-            None
-        };
-        write_event(tx, &c.event, c.insert, seq).await?;
-        if let Some(body) = &c.request_body {
-            tx.execute(
-                "UPDATE events SET request = $2 WHERE event_id = $1",
-                &[id, body],
-            )
-            .await?;
-        }
-        if let Some(from) = &c.copy_request_from {
-            tx.execute(
-                "UPDATE events SET request = (SELECT request FROM events WHERE event_id = $2) \
-                 WHERE event_id = $1",
-                &[id, from],
-            )
-            .await?;
-        }
-    }
-    for h in &c.history {
-        tx.execute(
-            "INSERT INTO event_history (event_id, at, from_state, to_state, outcome, cause) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                id,
-                &h.at.0,
-                &h.from.map(State::as_str),
-                &h.to.as_str(),
-                &h.outcome.map(Outcome::as_str),
-                &h.cause,
-            ],
+        write_event(
+            tx,
+            &c.event,
+            c.insert,
+            c.feed || c.insert,
+            c.request_body.as_ref(),
         )
         .await?;
+        if let Some(from) = &c.copy_request_from {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE events SET request = (SELECT request FROM events WHERE event_id = $2) \
+                     WHERE event_id = $1",
+                )
+                .await?;
+            tx.execute(&stmt, &[id, from]).await?;
+        }
+    }
+    if !c.history.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO event_history (event_id, at, from_state, to_state, outcome, cause) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await?;
+        for h in &c.history {
+            tx.execute(
+                &stmt,
+                &[
+                    id,
+                    &h.at.0,
+                    &h.from.map(State::as_str),
+                    &h.to.as_str(),
+                    &h.outcome.map(Outcome::as_str),
+                    &h.cause,
+                ],
+            )
+            .await?;
+        }
     }
     let at = c
         .history
         .last()
         .map(|h| h.at.0)
         .unwrap_or(c.event.tracked_at.0);
-    for (source, f) in &c.failures {
-        tx.execute(
-            "INSERT INTO failures (event_id, at, source, error_number, error_message, error_info) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                id,
-                &at,
-                &source.as_str(),
-                &f.error_number,
-                &f.error_message,
-                &f.error_info.as_ref().map(|v| v.to_string()),
-            ],
-        )
-        .await?;
+    if !c.failures.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO failures (event_id, at, source, error_number, error_message, \
+                 error_info) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await?;
+        for (source, f) in &c.failures {
+            tx.execute(
+                &stmt,
+                &[
+                    id,
+                    &at,
+                    &source.as_str(),
+                    &f.error_number,
+                    &f.error_message,
+                    &f.error_info.as_ref().map(|v| v.to_string()),
+                ],
+            )
+            .await?;
+        }
     }
-    for n in &c.applied_notifications {
-        tx.execute(
-            "UPDATE notifications SET applied_at = $2 WHERE notification_id = $1 \
-             AND applied_at IS NULL",
-            &[n, &at],
-        )
-        .await?;
+    if !c.applied_notifications.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE notifications SET applied_at = $2 WHERE notification_id = $1 \
+                 AND applied_at IS NULL",
+            )
+            .await?;
+        for n in &c.applied_notifications {
+            tx.execute(&stmt, &[n, &at]).await?;
+        }
     }
-    for p in &c.polls {
-        tx.execute(
-            "INSERT INTO polls (event_id, at, result, detail) VALUES ($1, $2, $3, $4)",
-            &[id, &p.at.0, &p.result, &p.detail],
-        )
-        .await?;
+    if !c.polls.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO polls (event_id, at, result, detail) VALUES ($1, $2, $3, $4)",
+            )
+            .await?;
+        for p in &c.polls {
+            tx.execute(&stmt, &[id, &p.at.0, &p.result, &p.detail])
+                .await?;
+        }
     }
     Ok(())
 }

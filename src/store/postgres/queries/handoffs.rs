@@ -15,27 +15,32 @@ use crate::time::Timestamp;
 
 /// The server's clock at the statement (not the transaction's start: a batch may have begun
 /// a while ago), in Unix milliseconds.
-const CLOCK_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+macro_rules! clock_now {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
+}
 
 /// Which of `tokens` instance `me` holds an unexpired lease of, locking those lease rows
 /// until the transaction ends: an instance taking one over waits for this commit, so what
 /// this transaction writes is in the database before the next holder loads the token.
 pub async fn fence(
-    tx: &Transaction<'_>,
+    tx: &crate::store::postgres::Transaction<'_>,
     me: &str,
     tokens: &[String],
 ) -> Result<BTreeSet<String>, StoreError> {
     if tokens.is_empty() {
         return Ok(BTreeSet::new());
     }
+    // Once per turn: prepared once per connection.
+    const FENCE: &str = concat!(
+        "SELECT token FROM leases WHERE holder = $1 AND token = ANY($2) AND expires_at > ",
+        clock_now!(),
+        " FOR SHARE"
+    );
+    let stmt = tx.prepare_cached(FENCE).await?;
     Ok(tx
-        .query(
-            &format!(
-                "SELECT token FROM leases WHERE holder = $1 AND token = ANY($2) \
-                 AND expires_at > {CLOCK_NOW} FOR SHARE"
-            ),
-            &[&me, &tokens],
-        )
+        .query(&stmt, &[&me, &tokens])
         .await?
         .into_iter()
         .map(|r| r.get(0))

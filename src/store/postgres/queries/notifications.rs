@@ -88,6 +88,30 @@ pub async fn unapplied_notifications_for(
         .collect())
 }
 
+/// [`unapplied_notifications_for`] for several events in one query: those of the first
+/// event, then the next, each in arrival order.
+pub async fn unapplied_notifications_for_all(
+    tx: &crate::store::postgres::Transaction<'_>,
+    event_ids: &[&str],
+) -> Result<Vec<NotificationInput>, StoreError> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "SELECT notification_id, token, event_id, result, entities, error FROM notifications \
+             WHERE event_id = ANY($1) AND applied_at IS NULL \
+             ORDER BY array_position($1, event_id), id",
+        )
+        .await?;
+    Ok(tx
+        .query(&stmt, &[&event_ids])
+        .await?
+        .iter()
+        .map(notification_input)
+        .collect())
+}
+
 /// Bodies of the notifications that change the mirror, received for `token` at or after
 /// `since`, in arrival order (for the replay after a sync).
 pub async fn mirror_notification_bodies_since(
