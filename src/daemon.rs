@@ -261,14 +261,23 @@ pub async fn serve_with_reload(
             (recover(&store, &timings, now).await?, None)
         }
     };
-    let leases = keeper
-        .as_ref()
-        .map_or(Leases::All, |k| Leases::Kept(k.held()));
-    let cluster = shared.map(|(me, lease_ttl)| ClusterInfo { me, lease_ttl });
-    serve_core(
-        config, listeners, shutdown, reload, on_ready, store, core, keeper, leases, cluster,
-    )
-    .await
+    let cluster = shared
+        .zip(keeper)
+        .map(|((me, lease_ttl), k)| (k, ClusterInfo { me, lease_ttl }));
+    let opened = Opened {
+        store,
+        core,
+        cluster,
+    };
+    serve_core(config, listeners, shutdown, reload, on_ready, opened).await
+}
+
+/// What start-up prepared: the store, the core, and with several instances the lease
+/// keeper with this instance's id.
+struct Opened {
+    store: Store,
+    core: Core,
+    cluster: Option<(Keeper, ClusterInfo)>,
 }
 
 /// What the lease keeper bids for: every token, and with `[push]` the push lease (one
@@ -322,19 +331,26 @@ async fn recover(store: &Store, timings: &Timings, now: Timestamp) -> Result<Cor
     Ok(core)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_core(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
     mut reload: tokio::sync::mpsc::Receiver<Config>,
     on_ready: impl FnOnce(&Running) + Send,
-    store: Store,
-    core: Core,
-    keeper: Option<Keeper>,
-    leases: Leases,
-    cluster: Option<ClusterInfo>,
+    opened: Opened,
 ) -> Result<(), DaemonError> {
+    let Opened {
+        store,
+        core,
+        cluster,
+    } = opened;
+    let leases = cluster
+        .as_ref()
+        .map_or(Leases::All, |(k, _)| Leases::Kept(k.held()));
+    let (keeper, cluster) = match cluster {
+        Some((k, info)) => (Some(k), Some(info)),
+        None => (None, None),
+    };
     let now = Timestamp::now();
     let timings = timings(&config);
 

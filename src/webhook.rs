@@ -215,6 +215,7 @@ async fn receive(
     // another instance holds the token (store::handoffs).
     let handoffs: Vec<Handoff> = input
         .iter()
+        .filter(|_| state.store.fences_writes())
         .chain(recount.iter())
         .filter_map(|i| match i {
             Input::Notification(n) => Some(Handoff::Notification {

@@ -4,11 +4,11 @@
 //! from the lease keeper's published set.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::keeper::{local_now, HeldSet};
+use crate::time::Timestamp;
 
 #[derive(Clone, Debug)]
 pub enum Leases {
@@ -47,8 +47,9 @@ impl Leases {
         }
     }
 
-    /// How long until the first held token's deadline passes (to wake and let it go).
-    pub fn next_deadline(&self) -> Option<Duration> {
+    /// The first held token's deadline on the keeper's clock ([`local_now`]), to wake and
+    /// let it go then.
+    pub fn first_deadline(&self) -> Option<Timestamp> {
         match self {
             Leases::All => None,
             Leases::Kept(rx) => {
@@ -56,7 +57,7 @@ impl Leases {
                 rx.borrow()
                     .values()
                     .filter(|h| h.may_call(now))
-                    .map(|h| h.calls_until.since(now))
+                    .map(|h| h.calls_until)
                     .min()
             }
         }

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use super::{Executor, Input, SyncTicket, TrackReply};
 use crate::cluster::held::Leases;
+use crate::cluster::keeper::local_now;
 use crate::core::{Core, EventRecord, SyncKind};
 use crate::store::{Handoff, Loaded, StoreError, Taken, TrackedElsewhere};
 use crate::time::Timestamp;
@@ -35,6 +36,11 @@ pub(super) struct Tokens {
     in_flight: BTreeMap<String, Vec<tokio::task::AbortHandle>>,
     taking: bool,
     next_take: Option<tokio::time::Instant>,
+    /// The keeper published a new set since the last review.
+    changed: bool,
+    /// The first held token's deadline as of the last review (keeper's clock): the set
+    /// needs no review before it, unless it changes (so a turn costs nothing per token).
+    deadline: Option<Timestamp>,
 }
 
 impl Tokens {
@@ -47,6 +53,8 @@ impl Tokens {
             in_flight: BTreeMap::new(),
             taking: false,
             next_take: None,
+            changed: true,
+            deadline: None,
         }
     }
 
@@ -66,15 +74,22 @@ impl Tokens {
         let take = self
             .next_take
             .map(|t| t.saturating_duration_since(tokio::time::Instant::now()));
-        [self.leases.next_deadline(), take]
-            .into_iter()
-            .flatten()
-            .min()
+        let deadline = self.deadline.map(|d| d.since(local_now()));
+        [deadline, take].into_iter().flatten().min()
     }
 
     /// Resolves when the keeper publishes a new set of held tokens.
     pub(super) async fn changed(&mut self) {
-        self.leases.changed().await
+        self.leases.changed().await;
+        self.changed = true;
+    }
+
+    /// Whether the held set must be compared with the tokens worked: it changed, a
+    /// deadline passed, or a failed load is due again.
+    fn needs_review(&self, now: Timestamp) -> bool {
+        self.changed
+            || self.deadline.is_some_and(|d| local_now() >= d)
+            || self.load_retry.values().any(|at| now >= *at)
     }
 
     pub(super) fn is_loading(&self, token: &str) -> bool {
@@ -103,9 +118,23 @@ impl Executor {
     /// Loads the tokens newly acquired and lets go of those lost (several instances); takes
     /// the handoffs of the tokens worked every [`TAKE_EVERY`].
     pub(super) fn follow_leases(&mut self, now: Timestamp) {
+        if matches!(self.tokens.leases, Leases::All) {
+            return;
+        }
+        self.maybe_take();
+        if !self.tokens.needs_review(now) {
+            return;
+        }
         let Some(held) = self.tokens.leases.held() else {
             return;
         };
+        self.tokens.changed = false;
+        self.tokens.deadline = self.tokens.leases.first_deadline();
+        // Retries due now are made below (the token is not busy then); those of tokens no
+        // longer held go.
+        self.tokens
+            .load_retry
+            .retain(|t, at| held.contains(t) && now < *at);
         let lost: Vec<String> = self
             .tokens
             .loaded
@@ -129,7 +158,6 @@ impl Executor {
                 self.start_loading(now, token);
             }
         }
-        self.maybe_take();
     }
 
     /// The lease of `token` is lost (or its deadline passed): stop working it at once.

@@ -104,6 +104,12 @@ impl Store {
         }
     }
 
+    /// Whether writes are fenced by this instance's leases (PostgreSQL, several instances):
+    /// only then is anything handed off.
+    pub fn fences_writes(&self) -> bool {
+        matches!(self, Store::Postgres(p) if p.instance().is_some())
+    }
+
     /// Inserts a newly tracked event (the core's insert `change`) for a token this instance
     /// does not work, and hands it to the holder, in one transaction.
     pub async fn track_elsewhere(

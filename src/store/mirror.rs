@@ -123,9 +123,8 @@ impl Store {
                         // A previous holder finishing late must not overwrite the mirror
                         // the new holder is keeping.
                         if let Some(me) = me {
-                            let token = [sync.token.clone()];
-                            let held = super::postgres::queries::handoffs::fence(tx, &me, &token);
-                            if held.await?.is_empty() {
+                            use super::postgres::queries::handoffs;
+                            if !handoffs::holds(tx, &me, &sync.token).await? {
                                 return Err(StoreError::LeaseLost(sync.token));
                             }
                         }

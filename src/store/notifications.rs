@@ -59,8 +59,7 @@ impl Store {
                         if new {
                             pn::apply_notification(tx, &row.token, &note, now).await?;
                             if let (Some(me), false) = (me, handoffs.is_empty()) {
-                                let token = [row.token.clone()];
-                                if pq::handoffs::fence(tx, &me, &token).await?.is_empty() {
+                                if !pq::handoffs::holds(tx, &me, &row.token).await? {
                                     pq::handoffs::hand_off(tx, &row.token, &handoffs, now).await?;
                                 }
                             }

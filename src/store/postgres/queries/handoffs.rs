@@ -47,6 +47,16 @@ pub async fn fence(
         .collect())
 }
 
+/// [`fence`] for one token: whether `me` holds its lease (locked until the transaction
+/// ends).
+pub async fn holds(
+    tx: &crate::store::postgres::Transaction<'_>,
+    me: &str,
+    token: &str,
+) -> Result<bool, StoreError> {
+    Ok(!fence(tx, me, &[token.to_string()]).await?.is_empty())
+}
+
 pub async fn hand_off(
     tx: &Transaction<'_>,
     token: &str,
