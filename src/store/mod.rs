@@ -30,6 +30,7 @@
 pub mod events;
 pub mod feed;
 pub mod handoffs;
+pub mod health;
 pub mod leases;
 pub mod licences;
 pub mod mirror;
@@ -107,6 +108,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("backup failed: {0}")]
     Backup(String),
+    /// A database or backup file could not be made readable by its owner only (0600).
+    #[error(transparent)]
+    PrivateFile(#[from] crate::files::PrivateFileError),
 }
 
 /// Handle to the database. Cheap to clone; one variant per backend.
@@ -183,6 +187,16 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.ping().await,
             Store::Postgres(p) => p.ping().await,
+        }
+    }
+
+    /// `Some` while the writer's transactions fail (disk full, I/O errors; see [`health`]),
+    /// which [`Store::ping`] does not show. Kept by SQLite's writer; PostgreSQL answers each
+    /// write's error to its caller and is not tracked here (`None`).
+    pub fn writes_failing(&self) -> Option<health::WritesFailing> {
+        match self {
+            Store::Sqlite(s) => s.writes_failing(),
+            Store::Postgres(_) => None,
         }
     }
 }
