@@ -257,18 +257,22 @@ impl SqliteStore {
     }
 
     /// Queues a write without waiting for it; `on_commit` gets the result after commit. Used
-    /// by the executor so that its loop never waits on disk.
+    /// by the executor so that its loop never waits on disk. When the work succeeded and its
+    /// transaction then did not commit, `undone` makes the answer of the result and the
+    /// error (the executor's turn hands every change back as failed, to be retried, rather
+    /// than losing them with the error).
     pub(in crate::store) async fn write_detached<R, F>(
         &self,
         f: F,
         on_commit: oneshot::Sender<Result<R, StoreError>>,
+        undone: fn(R, StoreError) -> Result<R, StoreError>,
     ) -> Result<(), StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         self.writer()?
-            .send(Msg::Job(detached_job(f, on_commit)))
+            .send(Msg::Job(detached_job(f, on_commit, undone)))
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -347,8 +351,13 @@ fn job_result<R>(result: &Result<R, StoreError>) -> Result<(), String> {
     result.as_ref().map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// A job answering `on_commit` with its result once committed (or the commit's error).
-fn detached_job<R, F>(f: F, on_commit: oneshot::Sender<Result<R, StoreError>>) -> Job
+/// A job answering `on_commit` with its result once committed; when its work succeeded but
+/// the transaction did not commit, with what `undone` makes of the two.
+fn detached_job<R, F>(
+    f: F,
+    on_commit: oneshot::Sender<Result<R, StoreError>>,
+    undone: fn(R, StoreError) -> Result<R, StoreError>,
+) -> Job
 where
     R: Send + 'static,
     F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
@@ -357,7 +366,12 @@ where
         let result = run_job(f, conn);
         let ok = job_result(&result);
         let done: Completion = Box::new(move |commit| {
-            let _ = on_commit.send(commit.and(result));
+            let answer = match (commit, result) {
+                (Ok(()), result) => result,
+                (Err(e), Ok(r)) => undone(r, e),
+                (Err(e), Err(_)) => Err(e),
+            };
+            let _ = on_commit.send(answer);
         });
         (ok, done)
     })

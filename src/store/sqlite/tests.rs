@@ -884,6 +884,7 @@ fn insert_jobs(
                     Ok(())
                 },
                 tx,
+                |_, e| Err(e),
             );
             (job, rx)
         })
@@ -952,6 +953,7 @@ fn writes_failing_until_a_write_commits() {
     let mut ping = vec![super::detached_job(
         |c| Ok(c.execute_batch("SELECT 1")?),
         tx,
+        |_, e| Err(e),
     )];
     super::commit_batch(&c, &mut ping, &health);
     assert!(rx.try_recv().unwrap().is_ok());
