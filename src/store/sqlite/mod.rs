@@ -346,9 +346,13 @@ where
     }
 }
 
-/// What the writer learns of a job's result: success, or the error's text.
+/// What the writer learns of a job's result: success, or the error's text (the engine's own
+/// words for an engine error, to be wrapped again).
 fn job_result<R>(result: &Result<R, StoreError>) -> Result<(), String> {
-    result.as_ref().map(|_| ()).map_err(|e| e.to_string())
+    result.as_ref().map(|_| ()).map_err(|e| match e {
+        StoreError::Database(m) => m.clone(),
+        e => e.to_string(),
+    })
 }
 
 /// A job answering `on_commit` with its result once committed; when its work succeeded but
@@ -495,15 +499,12 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, health: &WriteHealth) {
                 let why = result
                     .err()
                     .unwrap_or_else(|| "the transaction ended inside a write".into());
-                done(Err(StoreError::Database(format!(
-                    "{why} (SQLite rolled back the whole transaction)"
-                ))));
-                rolled_back = Some(why);
+                rolled_back = Some((why, done));
                 break;
             }
             ran.push(done);
         }
-        if let Some(why) = rolled_back {
+        if let Some((why, failed)) = rolled_back {
             tracing::error!(
                 error = %why,
                 undone = ran.len(),
@@ -516,6 +517,9 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, health: &WriteHealth) {
                      it failed ({why})"
                 ))));
             }
+            failed(Err(StoreError::Database(format!(
+                "{why} (SQLite rolled back the whole transaction)"
+            ))));
             continue;
         }
         match conn.execute_batch("COMMIT") {
