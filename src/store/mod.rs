@@ -20,8 +20,9 @@
 //! - a write answers only once committed (an acknowledged notification or a tracked event
 //!   is durable before the answer);
 //! - each operation is one transaction of its own, whole or not at all: a failing operation
-//!   never undoes another one, and [`Store::commit_turn`] hands its result back in the order
-//!   the turns were queued;
+//!   never undoes another one answered done (when SQLite rolls a whole group commit back by
+//!   itself, every operation it undid is answered failed), and [`Store::commit_turn`] hands
+//!   its result back in the order the turns were queued;
 //! - the changes feed's `seq` only grows, in commit order;
 //! - no blocking database call runs on a tokio runtime thread;
 //! - [`Store::close`] commits what was queued before it and leaves the database complete on
