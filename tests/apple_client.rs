@@ -468,6 +468,42 @@ async fn oversized_bodies_are_a_typed_error_naming_endpoint_and_cap() {
     .await;
 }
 
+/// Over HTTP: a server whose `totalPages` says 1000 while page 1 is the last (no
+/// `nextPageIndex`) gets no request past what was in flight, and a record on page 1 that does
+/// not decode is counted, not dropped silently.
+#[tokio::test]
+async fn pager_stops_at_the_last_real_page_and_counts_undecodable_records() {
+    bounded(20, async {
+        let f = fake(|_, s| {
+            let page: u32 = s
+                .query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("pageIndex="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            match page {
+                0 => ok(json!({"assignments": [{"adamId": "1", "pricingParam": "STDQ", "serialNumber": "a"}],
+                    "currentPageIndex": 0, "nextPageIndex": 1, "totalPages": 1000, "size": 1, "versionId": "v"})),
+                1 => ok(json!({"assignments": [{"adamId": "1", "pricingParam": "STDQ", "serialNumber": "b"},
+                        {"adamId": "2", "pricingParam": "STDQ", "serialNumber": {"odd": true}}],
+                    "currentPageIndex": 1, "totalPages": 1000, "size": 2, "versionId": "v"})),
+                _ => apple_err(400, 9650),
+            }
+        })
+        .await;
+        let c = client(&f.base);
+        let t = c.get_assignments("acme", None).await.unwrap();
+        assert_eq!(t.records.len(), 2);
+        assert_eq!(t.pages, 2);
+        assert_eq!(t.undecodable, 1);
+        assert!(t.consistent);
+        let asked = f.seen().len();
+        // Page 0, then pages 1..=5 in flight at most (5 concurrent requests).
+        assert!(asked <= 6, "{asked} requests for 2 real pages");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn retry_after_is_honoured_by_retries_and_queued_requests() {
     bounded(30, async {

@@ -595,7 +595,7 @@ impl AppleClient {
             let url = page_url(&base, page, since_version);
             async move {
                 let r: R = self.json(token, endpoint, Method::GET, url, None).await?;
-                Ok(r.into())
+                Ok(self.redact_page(token, r.into()))
             }
         };
         traverse(
@@ -623,7 +623,7 @@ impl AppleClient {
             let url = page_url(&base, page, since_version);
             async move {
                 let r: R = self.json(token, endpoint, Method::GET, url, None).await?;
-                Ok(r.into())
+                Ok(self.redact_page(token, r.into()))
             }
         };
         traverse_into(
@@ -633,6 +633,16 @@ impl AppleClient {
             sink,
         )
         .await
+    }
+
+    fn redact_page<T>(&self, token: &str, page: Page<T>) -> Page<T> {
+        if page.undecodable_samples.is_empty() {
+            return page;
+        }
+        match self.slot(token) {
+            Ok(slot) => page.redact(lock(&slot.state).stoken.expose()),
+            Err(_) => page,
+        }
     }
 
     // ---- transport ------------------------------------------------------------------------
