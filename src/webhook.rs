@@ -65,7 +65,7 @@ const STAND_IN_SECRET: &str = "vpp-reconciler stand-in for an unknown token name
 /// Why a body could not be read.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
-    #[error("the body is over the {max} bytes of webhook.max_body_bytes")]
+    #[error("the body is over the limit of {max} bytes")]
     TooLarge { max: usize },
     #[error("the body could not be read: {0}")]
     Broken(String),

@@ -926,7 +926,7 @@ mod sim {
     /// Submits `body` split by the Service Config limits; waits for every part.
     async fn submit_all(c: &AppleClient, token: &str, kind: RequestKind, body: Value) {
         let parts = split_request(kind, &body, &c.limits().unwrap()).unwrap();
-        for p in parts {
+        for p in parts.iter() {
             let e = c.submit(token, kind, &p).await.unwrap();
             wait_complete(c, token, &e.event_id).await;
         }
