@@ -5,7 +5,8 @@
 //! it takes and returns: [`events`] (tracking, the core's turns, retention, listing),
 //! [`notifications`] (the webhook), [`syncs`] (sync runs), [`mirror`] (Apple's data per
 //! token, the stage of a streamed sync), [`tokens`], [`feed`] (the changes feed), [`push`]
-//! (the outbox), [`licences`] (the licence report), [`status`] (the status page) and
+//! (the outbox), [`licences`] (the licence report), [`submissions`] (idempotency keys of
+//! submissions through the daemon), [`status`] (the status page) and
 //! [`stats`] (the metrics); [`views`] holds the JSON shapes the API and the CLI print. No
 //! code outside this module sees a database connection or SQL.
 //!
@@ -41,6 +42,7 @@ pub mod push;
 pub mod sqlite;
 pub mod stats;
 pub mod status;
+pub mod submissions;
 pub mod syncs;
 pub mod tokens;
 pub mod views;
@@ -60,6 +62,7 @@ pub use push::{InFlightView, ParkedView, PushRow, PushStatusView, ReplayRefused}
 pub use sqlite::{backup, migrations, open_read_only, open_write_connection};
 pub use stats::{EventCount, StoreStats, TokenExpiry};
 pub use status::StatusSnapshot;
+pub use submissions::{SubmissionClaim, SubmissionRow};
 pub use syncs::{SyncCommit, SyncEnd, SyncStart};
 pub use tokens::{TokenRow, UnhealthyToken};
 pub use views::{

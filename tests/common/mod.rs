@@ -284,6 +284,30 @@ impl TestEnv {
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}{}", self.api, path)
     }
+
+    /// A request to the local API with whatever credentials it needs (the one place tests
+    /// add them).
+    pub fn api_request(
+        &self,
+        c: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let req = c.request(method, self.api_url(path));
+        match &self.api_token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// The credential header lines (each ending in CRLF) of a hand-written request to the
+    /// local API, as [`TestEnv::api_request`] adds them.
+    pub fn api_auth_lines(&self) -> String {
+        match &self.api_token {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
+        }
+    }
 }
 
 pub struct Daemon {

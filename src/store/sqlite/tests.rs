@@ -587,6 +587,7 @@ fn streamed(consistent: bool) -> crate::apple::Streamed {
         records: 2,
         consistent,
         incremental: false,
+        ..Default::default()
     }
 }
 
