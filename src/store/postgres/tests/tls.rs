@@ -57,7 +57,7 @@ impl TlsServer {
     async fn database(&self, owner: &str) -> String {
         let name = format!("vppr_tls_{}", uuid::Uuid::new_v4().simple());
         let admin = self.url("vppr", "127.0.0.1", "postgres", "sslmode=require");
-        let (config, settings) = super::super::connection_config(&admin, None).unwrap();
+        let (config, settings) = super::super::connection_config(&admin, None, &limits()).unwrap();
         let (client, conn) = config.connect(settings.connector().unwrap()).await.unwrap();
         tokio::spawn(conn);
         client
@@ -68,9 +68,13 @@ impl TlsServer {
     }
 }
 
+fn limits() -> super::super::SessionLimits {
+    super::super::SessionLimits::new(crate::cluster::DEFAULT_LEASE_TTL)
+}
+
 /// `probe`'s answer, or its error as text.
 async fn try_probe(url: &str) -> Result<super::super::Probe, String> {
-    probe(url, None).await.map_err(|e| e.to_string())
+    probe(url, None, crate::cluster::DEFAULT_LEASE_TTL).await.map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -184,7 +188,11 @@ async fn tls_verify_full_without_the_servers_ca_fails_clearly() {
     assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
     // A root file that is not there.
     let missing = format!("sslmode=verify-full&sslrootcert={}", s.ca("missing.crt"));
-    let e = probe(&s.url("vppr", "localhost", "postgres", &missing), None)
+    let e = probe(
+        &s.url("vppr", "localhost", "postgres", &missing),
+        None,
+        crate::cluster::DEFAULT_LEASE_TTL,
+    )
         .await
         .unwrap_err();
     assert!(
@@ -202,6 +210,7 @@ async fn tls_verify_full_without_the_servers_ca_fails_clearly() {
     let e = probe(
         &s.url("vppr", "localhost", "postgres", "sslmode=verify"),
         None,
+        crate::cluster::DEFAULT_LEASE_TTL,
     )
     .await
     .unwrap_err();
@@ -259,7 +268,7 @@ async fn tls_scram_with_channel_binding() {
     let s = server();
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
     let admin = s.url("vppr", "127.0.0.1", "postgres", "sslmode=require");
-    let (config, settings) = super::super::connection_config(&admin, None).unwrap();
+    let (config, settings) = super::super::connection_config(&admin, None, &limits()).unwrap();
     let (client, conn) = config.connect(settings.connector().unwrap()).await.unwrap();
     tokio::spawn(conn);
     client
