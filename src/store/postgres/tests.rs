@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::NoTls;
 
-use super::{migrations, redact, PgStore};
+use super::{migrations, url::redact, PgStore};
 use crate::store::sqlite;
 use crate::store::StoreError;
 
+mod fake_server;
 mod tls;
 
 #[test]
@@ -22,7 +23,7 @@ fn the_same_schema_versions_as_sqlite() {
 fn a_password_never_shows_in_messages() {
     assert_eq!(
         redact("postgres://vppr:s3cret@db.example.com:5432/vppr"),
-        "postgres://vppr@db.example.com:5432/vppr"
+        "postgres://vppr:(not shown)@db.example.com:5432/vppr"
     );
     assert_eq!(
         redact("postgres://vppr@db.example.com/vppr"),

@@ -720,7 +720,7 @@ enum Hash {
 /// RSA-PSS the hash named in its parameters (SHA-1 when absent, so SHA-256). None for a
 /// signature with no hash of its own (Ed25519, Ed448): RFC 5929 leaves the binding
 /// undefined, and PostgreSQL cannot bind such a session either.
-fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
     use sha2::Digest as _;
     use x509_cert::der::Decode as _;
     let cert = x509_cert::Certificate::from_der(der).ok()?;
