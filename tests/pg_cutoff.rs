@@ -86,8 +86,7 @@ async fn pipe(
         if f.frozen.load(Ordering::SeqCst) {
             break;
         }
-        let n = match tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await
-        {
+        let n = match tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await {
             Err(_) => continue,
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => n,
@@ -237,11 +236,7 @@ async fn a_holder_cut_off_mid_transaction_loses_its_token_within_the_bound() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let b_api = common::free_addr();
-    let b = env.spawn_daemon_with(
-        &config(1, &db, b_api, common::free_addr()),
-        b_api,
-        "b.log",
-    );
+    let b = env.spawn_daemon_with(&config(1, &db, b_api, common::free_addr()), b_api, "b.log");
     b.wait_healthy(Duration::from_secs(30));
     let b_id = instance_of(&b);
     assert_ne!(a_id, b_id);

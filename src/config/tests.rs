@@ -613,9 +613,14 @@ fn store_section_defaults_and_checks() {
         ("postgres://vppr@10.1.2.3/vppr?sslmode=disable", true),
         ("postgres://vppr@localhost/vppr?sslmode=disable", false),
         ("postgres://vppr@127.0.0.1:5432/vppr", false),
-        ("postgres://vppr@db.example.com/vppr?sslmode=verify-full", false),
+        (
+            "postgres://vppr@db.example.com/vppr?sslmode=verify-full",
+            false,
+        ),
     ] {
-        let l = f.load(&format!("[store]\nurl = \"{url}\"\n{TOKEN}")).unwrap();
+        let l = f
+            .load(&format!("[store]\nurl = \"{url}\"\n{TOKEN}"))
+            .unwrap();
         let w: Vec<&String> = l
             .warnings
             .iter()
@@ -623,7 +628,10 @@ fn store_section_defaults_and_checks() {
             .collect();
         assert_eq!(w.len(), usize::from(warned), "{url}: {w:?}");
         if warned {
-            assert!(w[0].contains("use sslmode=verify-full with sslrootcert"), "{w:?}");
+            assert!(
+                w[0].contains("use sslmode=verify-full with sslrootcert"),
+                "{w:?}"
+            );
         }
     }
     f.write("pg-password", "\n");

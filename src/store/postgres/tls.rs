@@ -304,7 +304,9 @@ impl TlsSettings {
             Binding::Require => {
                 "channel_binding=require: SCRAM bound to the TLS session, nothing else accepted"
             }
-            Binding::Prefer => "channel_binding=prefer: SCRAM bound to the TLS session when offered",
+            Binding::Prefer => {
+                "channel_binding=prefer: SCRAM bound to the TLS session when offered"
+            }
             Binding::Disable => "channel_binding=disable",
         };
         format!("{}; {binding}", self.describe())
@@ -938,7 +940,9 @@ mod tests {
         assert!(settings("postgres://db/v?sslmode=require")
             .1
             .describe_with(true)
-            .ends_with("channel_binding=require: SCRAM bound to the TLS session, nothing else accepted"));
+            .ends_with(
+                "channel_binding=require: SCRAM bound to the TLS session, nothing else accepted"
+            ));
     }
 
     #[test]
@@ -951,15 +955,28 @@ mod tests {
             ("verify-full", false),
         ] {
             assert_eq!(
-                settings(&format!("postgres://db/v?sslmode={mode}")).1.weak(),
+                settings(&format!("postgres://db/v?sslmode={mode}"))
+                    .1
+                    .weak(),
                 weak,
                 "{mode}"
             );
         }
-        for host in ["localhost", "127.0.0.1", "127.0.0.53", "[::1]", "%2Frun%2Fpostgresql"] {
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "127.0.0.53",
+            "[::1]",
+            "%2Frun%2Fpostgresql",
+        ] {
             assert!(is_local_host(host), "{host}");
         }
-        for host in ["db.example.com", "10.0.0.1", "[2001:db8::1]", "localhost.example.com"] {
+        for host in [
+            "db.example.com",
+            "10.0.0.1",
+            "[2001:db8::1]",
+            "localhost.example.com",
+        ] {
             assert!(!is_local_host(host), "{host}");
         }
     }
@@ -978,9 +995,15 @@ mod tests {
             0x04, 0x02, 0x02, 0x05, 0x00,
         ];
         let pss = "1.2.840.113549.1.1.10";
-        assert_eq!(signature_hash(&alg(pss, Some(sha384_params))), Some(Hash::Sha384));
+        assert_eq!(
+            signature_hash(&alg(pss, Some(sha384_params))),
+            Some(Hash::Sha384)
+        );
         // No hashAlgorithm: SHA-1, which becomes SHA-256.
-        assert_eq!(signature_hash(&alg(pss, Some(&[0x30, 0x00]))), Some(Hash::Sha256));
+        assert_eq!(
+            signature_hash(&alg(pss, Some(&[0x30, 0x00]))),
+            Some(Hash::Sha256)
+        );
         assert_eq!(signature_hash(&alg(pss, None)), Some(Hash::Sha256));
         // Ed25519: no hash of its own, no binding.
         assert_eq!(signature_hash(&alg("1.3.101.112", None)), None);

@@ -41,7 +41,9 @@ fn redact_url(scheme: &str, rest: &str) -> String {
                 .split('&')
                 .map(|pair| {
                     let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-                    if is_password_key(&percent_encoding::percent_decode_str(key).decode_utf8_lossy()) {
+                    if is_password_key(
+                        &percent_encoding::percent_decode_str(key).decode_utf8_lossy(),
+                    ) {
                         format!("{key}={HIDDEN}")
                     } else {
                         pair.to_string()

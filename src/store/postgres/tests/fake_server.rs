@@ -94,10 +94,7 @@ fn tls_config() -> Arc<rustls::ServerConfig> {
 }
 
 /// Starts the impostor for one connection; answers its port and what it will have seen.
-async fn impostor(
-    tls: bool,
-    ask: Ask,
-) -> (u16, tokio::task::JoinHandle<Seen>) {
+async fn impostor(tls: bool, ask: Ask) -> (u16, tokio::task::JoinHandle<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = tokio::spawn(async move {

@@ -79,7 +79,9 @@ fn limits() -> super::super::SessionLimits {
 
 /// `probe`'s answer, or its error as text.
 async fn try_probe(url: &str) -> Result<super::super::Probe, String> {
-    probe(url, None, crate::cluster::DEFAULT_LEASE_TTL).await.map_err(|e| e.to_string())
+    probe(url, None, crate::cluster::DEFAULT_LEASE_TTL)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -96,8 +98,9 @@ async fn tls_require_encrypts_without_checking_the_certificate() {
          channel_binding=prefer: SCRAM bound to the TLS session when offered"
     );
     assert!(
-        p.limits
-            .starts_with("statement_timeout 2m, lock_timeout 30s, idle_in_transaction_session_timeout 5s"),
+        p.limits.starts_with(
+            "statement_timeout 2m, lock_timeout 30s, idle_in_transaction_session_timeout 5s"
+        ),
         "{p:?}"
     );
     // prefer (the default) takes the TLS the server offers.
@@ -204,8 +207,8 @@ async fn tls_verify_full_without_the_servers_ca_fails_clearly() {
         None,
         crate::cluster::DEFAULT_LEASE_TTL,
     )
-        .await
-        .unwrap_err();
+    .await
+    .unwrap_err();
     assert!(
         matches!(
             &e,
@@ -308,7 +311,11 @@ async fn a_unix_socket_still_connects_without_tls() {
     let p = probe(&url, Some("pw-unused"), crate::cluster::DEFAULT_LEASE_TTL)
         .await
         .unwrap();
-    assert!(p.tls_settings.ends_with("channel_binding=prefer: SCRAM bound to the TLS session when offered"), "{p:?}");
+    assert!(
+        p.tls_settings
+            .ends_with("channel_binding=prefer: SCRAM bound to the TLS session when offered"),
+        "{p:?}"
+    );
 }
 
 /// A password over TLS: SCRAM with channel binding (`channel_binding=require` fails unless
@@ -360,7 +367,15 @@ async fn tls_scram_with_channel_binding() {
 /// (postgresql-common needs ssl-cert, which needs openssl).
 fn openssl_certificate(dir: &std::path::Path, args: &[&str]) {
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
         .args(args)
         .arg("-keyout")
         .arg(dir.join("server.key"))
@@ -368,14 +383,16 @@ fn openssl_certificate(dir: &std::path::Path, args: &[&str]) {
         .arg(dir.join("server.crt"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A server with TLS from the certificate `write` makes, and the role vppr_scram with a
 /// password on it; answers the server and the password.
-async fn scram_server(
-    write: impl FnOnce(&std::path::Path),
-) -> (TlsServer, String) {
+async fn scram_server(write: impl FnOnce(&std::path::Path)) -> (TlsServer, String) {
     let s = start_tls_server(write, &[]);
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
     let admin = s.url("vppr", "127.0.0.1", "postgres", "sslmode=require");
@@ -400,13 +417,21 @@ async fn tls_an_rsa_pss_certificate_binds_the_channel() {
         openssl_certificate(
             dir,
             &[
-                "-newkey", "rsa:2048", "-sha384", "-sigopt", "rsa_padding_mode:pss",
-                "-sigopt", "rsa_pss_saltlen:48",
+                "-newkey",
+                "rsa:2048",
+                "-sha384",
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:48",
             ],
         );
         let pem = std::fs::read(dir.join("server.crt")).unwrap();
         let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
-        assert_eq!(super::super::tls::end_point_hash(&der).map(|h| h.len()), Some(48));
+        assert_eq!(
+            super::super::tls::end_point_hash(&der).map(|h| h.len()),
+            Some(48)
+        );
     })
     .await;
     let url = s.url("vppr_scram", "127.0.0.1", "postgres", "sslmode=require");
