@@ -480,7 +480,16 @@ impl PgStore {
             .get()
             .await
             .map_err(|e| open_error(pool_error_text(&e)))?;
-        migrations::migrate(&mut client).await?;
+        // Bounded as every operation is; a connection left mid-way is closed, not reused.
+        let migrated =
+            tokio::time::timeout(limits.operation_timeout, migrations::migrate(&mut client)).await;
+        match migrated {
+            Ok(r) => r?,
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                return Err(StoreError::Timeout(limits.operation_timeout));
+            }
+        }
         drop(client);
         tracing::info!(
             database = %redact(url),
