@@ -210,7 +210,7 @@ fn workload(n: usize) -> Vec<Job> {
             let token = i % TOKENS.len();
             let j = i / TOKENS.len();
             let asset = json!([{"adamId": adam_id(token, j % ASSETS_PER_TOKEN), "pricingParam": "STDQ"}]);
-            let body = if j % FAIL_EVERY == 0 {
+            let body = if j.is_multiple_of(FAIL_EVERY) {
                 json!({"assets": asset, "clientUserIds": [format!("ghost-{j}")]})
             } else {
                 json!({"assets": asset, "serialNumbers": [format!("T{token}S{j:06}A"), format!("T{token}S{j:06}B")]})

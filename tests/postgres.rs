@@ -33,8 +33,16 @@ async fn check_config_and_read_only_commands_on_postgres() {
     assert!(
         out.contains(
             "store: no TLS; sslmode=prefer: encrypted if the server offers it, its certificate \
-             not checked"
+             not checked; channel_binding=prefer"
         ),
+        "{out}"
+    );
+    // The sessions' limits, and the takeover bound they give.
+    assert!(
+        out.contains(
+            "store: statement_timeout 2m, lock_timeout 30s, idle_in_transaction_session_timeout \
+             5s, tcp_user_timeout 5s"
+        ) && out.contains("a holder cut off loses its tokens within 17s (lease_ttl + 2s)"),
         "{out}"
     );
 
@@ -104,6 +112,31 @@ async fn check_config_and_read_only_commands_on_postgres() {
         .await
         .unwrap();
     assert_eq!(v["state"], "pending", "{v}");
+}
+
+/// A password in `[store] url`, in the userinfo or the query, is a configuration error that
+/// does not show it, before anything connects.
+#[test]
+fn check_config_refuses_a_password_in_the_url_without_showing_it() {
+    let env = TestEnv::new(EnvOptions::default());
+    let base = std::fs::read_to_string(&env.config).unwrap();
+    for url in [
+        "postgres://vppr@127.0.0.1:9/vppr?sslmode=require&password=hunter2",
+        "postgres://vppr:hunter2@127.0.0.1:9/vppr",
+    ] {
+        std::fs::write(&env.config, format!("{base}\n[store]\nurl = \"{url}\"\n")).unwrap();
+        let o = env.cli(&["check-config"]);
+        let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr).into_owned());
+        assert_eq!(o.status.code(), Some(2), "{out}{err}");
+        assert!(
+            err.contains("store.url") && err.contains("must not contain a password"),
+            "{err}"
+        );
+        assert!(
+            !out.contains("hunter2") && !err.contains("hunter2"),
+            "{out}{err}"
+        );
+    }
 }
 
 #[test]
@@ -266,7 +299,8 @@ async fn check_config_and_the_daemon_over_tls() {
     assert!(
         out.contains(&format!(
             "store: TLS (TLSv1.3); sslmode=verify-full: encrypted, the server's certificate \
-             checked against the roots in {} and for the host name",
+             checked against the roots in {} and for the host name; channel_binding=require: \
+             SCRAM bound to the TLS session, nothing else accepted",
             ca.display()
         )),
         "{out}"
@@ -284,6 +318,7 @@ async fn check_config_and_the_daemon_over_tls() {
     let log = daemon.log_text();
     assert!(log.contains("connected to PostgreSQL"), "{log}");
     assert!(log.contains("sslmode=verify-full"), "{log}");
+    assert!(log.contains("idle_in_transaction_session_timeout"), "{log}");
     assert!(!log.contains(&password), "{log}");
     drop(daemon);
 

@@ -13,7 +13,7 @@ pub fn run(config_path: &Path, args: BackupArgs) -> CliResult {
         return Err(CliError::failed(format!(
             "the state is in PostgreSQL ({}); back it up with PostgreSQL's own tools \
              (pg_dump): `backup` copies the SQLite file",
-            store.url
+            crate::store::postgres::url::redact(&store.url)
         )));
     }
     let db = &loaded.config.daemon.database;

@@ -42,7 +42,11 @@ fn probe_store(s: &config::StoreConfig) -> Result<String, CliError> {
         .map_err(|e| CliError::failed(format!("cannot start a runtime: {e}")))?;
     let password = s.password.as_ref().map(|p| p.expose().to_string());
     let probe = runtime
-        .block_on(crate::store::postgres::probe(&s.url, password.as_deref()))
+        .block_on(crate::store::postgres::probe(
+            &s.url,
+            password.as_deref(),
+            s.lease_ttl,
+        ))
         .map_err(|e| CliError::failed(format!("store.url: {e}")))?;
     let supported = crate::store::SCHEMA_VERSION;
     let schema = match probe.schema_version {
@@ -65,7 +69,7 @@ fn probe_store(s: &config::StoreConfig) -> Result<String, CliError> {
         Some(version) => format!("store: TLS ({version}); {}", probe.tls_settings),
         None => format!("store: no TLS; {}", probe.tls_settings),
     };
-    Ok(format!("{schema}\n{tls}"))
+    Ok(format!("{schema}\n{tls}\nstore: {}", probe.limits))
 }
 
 /// Where the shipped unit's `LoadCredential=credentials:...` reads from.
@@ -138,7 +142,11 @@ pub(crate) fn summary(c: &Config, now: Timestamp) -> String {
     let _ = writeln!(s, "daemon:");
     match &c.store {
         Some(st) => {
-            let _ = writeln!(s, "  store:          {} (PostgreSQL)", st.url);
+            let _ = writeln!(
+                s,
+                "  store:          {} (PostgreSQL)",
+                crate::store::postgres::url::redact(&st.url)
+            );
             let _ = writeln!(
                 s,
                 "  password_file:  {}",

@@ -332,17 +332,17 @@ fn io_reason(e: &std::io::Error) -> String {
 /// using the largest unit that divides it exactly, so values round-trip through the parser.
 pub fn display_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = d.as_secs();
     if s == 0 {
         "0s".to_string()
-    } else if s % 86_400 == 0 && s >= 2 * 86_400 {
+    } else if s.is_multiple_of(86_400) && s >= 2 * 86_400 {
         format!("{}d", s / 86_400)
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

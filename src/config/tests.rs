@@ -536,6 +536,21 @@ fn store_section_defaults_and_checks() {
         "{e}"
     );
     assert!(!e.contains("hunter2"), "{e}");
+    // Nor as a query parameter, nor anywhere in a URL that is refused for another reason.
+    for url in [
+        "postgres://vppr@db/vppr?sslmode=verify-full&password=hunter2",
+        "postgres://vppr@db/vppr?Password=hunter2",
+        "postgres://vppr:hunter2@/vppr",
+        "mysql://vppr:hunter2@db/vppr",
+    ] {
+        let e = f.err(&format!("[store]\nurl = \"{url}\"\n{TOKEN}"));
+        assert!(
+            e.contains("store.url") && e.contains("must not contain a password"),
+            "{e}"
+        );
+        assert!(e.contains("(not shown)"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
     let e = f.err(&format!("[store]\nurl = \"mysql://db/vppr\"\n{TOKEN}"));
     assert!(
         e.contains("store.url \"mysql://db/vppr\" must start with postgres://"),
@@ -579,6 +594,46 @@ fn store_section_defaults_and_checks() {
         "[store]\nurl = \"postgres://db/vppr?sslmode=verify-ca&sslrootcert=ca.pem\"\n{TOKEN}"
     ));
     assert!(e.contains("\"ca.pem\" must be an absolute path"), "{e}");
+    // libpq would read ~/.postgresql/root.crt; refused instead.
+    let e = f.err(&format!(
+        "[store]\nurl = \"postgres://db/vppr?sslmode=verify-ca\"\n{TOKEN}"
+    ));
+    assert!(
+        e.contains("store.url sslmode=verify-ca needs sslrootcert=/path/to/ca.pem"),
+        "{e}"
+    );
+    let e = f.err(&format!(
+        "[store]\nurl = \"postgres://db/vppr?channel_binding=maybe\"\n{TOKEN}"
+    ));
+    assert!(e.contains("channel_binding \"maybe\" is not one of"), "{e}");
+    // Weak TLS to another machine is worth a warning; to this one, or verified, it is not.
+    for (url, warned) in [
+        ("postgres://vppr@db.example.com/vppr", true),
+        ("postgres://vppr@db.example.com/vppr?sslmode=require", true),
+        ("postgres://vppr@10.1.2.3/vppr?sslmode=disable", true),
+        ("postgres://vppr@localhost/vppr?sslmode=disable", false),
+        ("postgres://vppr@127.0.0.1:5432/vppr", false),
+        (
+            "postgres://vppr@db.example.com/vppr?sslmode=verify-full",
+            false,
+        ),
+    ] {
+        let l = f
+            .load(&format!("[store]\nurl = \"{url}\"\n{TOKEN}"))
+            .unwrap();
+        let w: Vec<&String> = l
+            .warnings
+            .iter()
+            .filter(|w| w.starts_with("store.url: sslmode="))
+            .collect();
+        assert_eq!(w.len(), usize::from(warned), "{url}: {w:?}");
+        if warned {
+            assert!(
+                w[0].contains("use sslmode=verify-full with sslrootcert"),
+                "{w:?}"
+            );
+        }
+    }
     f.write("pg-password", "\n");
     let e = f.err(&format!(
         "[store]\nurl = \"postgres://db/vppr\"\npassword_file = \"pg-password\"\n{TOKEN}"

@@ -98,7 +98,7 @@ impl Core {
     }
 
     pub(super) fn retry_persists(&mut self, now: Timestamp) {
-        if !self.persist_retry_at.is_some_and(|r| r <= now) {
+        if self.persist_retry_at.is_none_or(|r| r > now) {
             return;
         }
         self.persist_retry_at = None;

@@ -242,7 +242,7 @@ impl Syncs {
                         // Held back only while its token was busy: once the polls are done
                         // it goes on the next turn, not at the staleness bound.
                         || (s.deferred_until.is_some()
-                            && !s.retry_at.is_some_and(|r| r > now)
+                            && s.retry_at.is_none_or(|r| r <= now)
                             && !busy(&k.0)))
             })
             .map(|(k, _)| k.clone())

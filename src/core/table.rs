@@ -142,7 +142,7 @@ fn pack_uuid(s: &str) -> Option<([u8; 16], bool)> {
         let v = hex(c)?;
         lower |= c.is_ascii_lowercase();
         upper |= c.is_ascii_uppercase();
-        out[nibbles / 2] |= if nibbles % 2 == 0 { v << 4 } else { v };
+        out[nibbles / 2] |= if nibbles.is_multiple_of(2) { v << 4 } else { v };
         nibbles += 1;
     }
     if lower && upper {

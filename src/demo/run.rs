@@ -368,7 +368,8 @@ pub(super) async fn drive(
         still = if row == last_row { still + 1 } else { 0 };
         last_row = row;
         // Stalled for a few seconds: say what the demo is waiting for (again every 10s).
-        if still == STALL_TICKS || (still > STALL_TICKS && (still - STALL_TICKS) % 10 == 0) {
+        if still == STALL_TICKS || (still > STALL_TICKS && (still - STALL_TICKS).is_multiple_of(10))
+        {
             if let Ok(events) = &events {
                 let why = waiting_for(done, total, finished, events, chrono::Utc::now());
                 say!("{:w$}waiting for {why}", "", w = PROGRESS_TIME_WIDTH + 2);

@@ -400,7 +400,7 @@ impl Executor {
                 }
                 Action::StartSync { .. } => syncs.next().unwrap_or(false),
                 Action::Persist(_) => false,
-            } && action_token(&action).map_or(true, |t| self.tokens.works(t));
+            } && action_token(&action).is_none_or(|t| self.tokens.works(t));
             if go {
                 self.dispatch(action);
             } else {

@@ -199,7 +199,7 @@ pub fn after_attempt(
 
 /// Whether an attempt is due (`next_at` unset means now).
 pub fn due(next_at: Option<Timestamp>, now: Timestamp) -> bool {
-    next_at.map_or(true, |at| at <= now)
+    next_at.is_none_or(|at| at <= now)
 }
 
 #[cfg(test)]

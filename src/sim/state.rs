@@ -688,15 +688,15 @@ impl Location {
         let items: Vec<&Asset> = self
             .assets
             .iter()
-            .filter(|a| product_type.map_or(true, |v| a.product_type == v))
-            .filter(|a| pricing.map_or(true, |v| a.pricing_param == v))
-            .filter(|a| revocable.map_or(true, |v| a.revocable == v))
-            .filter(|a| device.map_or(true, |v| a.device_assignable == v))
-            .filter(|a| adam.map_or(true, |v| a.adam_id == v))
-            .filter(|a| max_av.map_or(true, |v| a.available_count() <= v))
-            .filter(|a| min_av.map_or(true, |v| a.available_count() >= v))
-            .filter(|a| max_as.map_or(true, |v| a.assigned <= v))
-            .filter(|a| min_as.map_or(true, |v| a.assigned >= v))
+            .filter(|a| product_type.is_none_or(|v| a.product_type == v))
+            .filter(|a| pricing.is_none_or(|v| a.pricing_param == v))
+            .filter(|a| revocable.is_none_or(|v| a.revocable == v))
+            .filter(|a| device.is_none_or(|v| a.device_assignable == v))
+            .filter(|a| adam.is_none_or(|v| a.adam_id == v))
+            .filter(|a| max_av.is_none_or(|v| a.available_count() <= v))
+            .filter(|a| min_av.is_none_or(|v| a.available_count() >= v))
+            .filter(|a| max_as.is_none_or(|v| a.assigned <= v))
+            .filter(|a| min_as.is_none_or(|v| a.assigned >= v))
             .filter(|a| unlimited != Some(false) || a.total.is_some())
             .collect();
         let (page, mut m) = paginate(items, self.page_size, page_index)?;
@@ -733,14 +733,14 @@ impl Location {
         let items: Vec<&AssignKey> = self
             .assignments
             .iter()
-            .filter(|(_, &m)| since.map_or(true, |s| m > s))
+            .filter(|(_, &m)| since.is_none_or(|s| m > s))
             .map(|(k, _)| k)
-            .filter(|k| adam.map_or(true, |v| k.adam_id == v))
-            .filter(|k| pricing.map_or(true, |v| k.pricing_param == v))
+            .filter(|k| adam.is_none_or(|v| k.adam_id == v))
+            .filter(|k| pricing.is_none_or(|v| k.pricing_param == v))
             // Filters combine with AND; an assignment has either a user or a serial number.
             .filter(|k| match &k.target {
-                Target::User(u) => serial.is_none() && user.map_or(true, |v| u == v),
-                Target::Serial(s) => user.is_none() && serial.map_or(true, |v| s == v),
+                Target::User(u) => serial.is_none() && user.is_none_or(|v| u == v),
+                Target::Serial(s) => user.is_none() && serial.is_none_or(|v| s == v),
             })
             .filter(|k| match &k.target {
                 Target::User(u) if exclude_inactive => self.active_user(u).is_some(),
@@ -821,8 +821,8 @@ impl Location {
         let items: Vec<&User> = self
             .users
             .iter()
-            .filter(|u| since.map_or(true, |s| u.modified > s))
-            .filter(|u| id.map_or(true, |v| u.client_user_id == v))
+            .filter(|u| since.is_none_or(|s| u.modified > s))
+            .filter(|u| id.is_none_or(|v| u.client_user_id == v))
             .filter(|u| !active_only || u.status != UserStatus::Retired)
             .filter(|u| !retired_only || u.status == UserStatus::Retired)
             .collect();
@@ -920,7 +920,7 @@ impl Location {
                         })
                         .filter(|k| {
                             self.asset(&k.adam_id, &k.pricing_param)
-                                .map_or(true, |a| a.revocable)
+                                .is_none_or(|a| a.revocable)
                         })
                         .cloned()
                         .collect();

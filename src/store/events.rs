@@ -136,7 +136,7 @@ impl Store {
                                 }
                                 None => None,
                             };
-                            let holds = |t: &str| held.as_ref().map_or(true, |h| h.contains(t));
+                            let holds = |t: &str| held.as_ref().is_none_or(|h| h.contains(t));
                             let errors = apply_fenced(tx, &changes, &holds, now).await;
                             let mut syncs_written = Vec::with_capacity(syncs.len());
                             for s in &syncs {

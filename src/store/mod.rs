@@ -88,6 +88,13 @@ pub enum StoreError {
         target: String,
         error: postgres::tls::TlsError,
     },
+    /// A PostgreSQL operation (its whole transaction) took longer than its limit; its
+    /// connection was closed rather than returned to the pool.
+    #[error(
+        "the database did not finish the operation within {} (connection closed)",
+        crate::time::format_duration(*.0)
+    )]
+    Timeout(std::time::Duration),
     #[error("cannot create the database directory {path}: {source}")]
     CreateDir {
         path: std::path::PathBuf,
@@ -155,7 +162,10 @@ impl Store {
         match store {
             Some(s) => {
                 let password = s.password.as_ref().map(|p| p.expose().to_string());
-                Store::connect_postgres(&s.url, password.as_deref()).await
+                Ok(Store::Postgres(
+                    postgres::PgStore::connect_with(&s.url, password.as_deref(), s.lease_ttl)
+                        .await?,
+                ))
             }
             None => {
                 let db = database.to_path_buf();

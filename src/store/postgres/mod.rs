@@ -2,8 +2,10 @@
 //! migrations in PostgreSQL's dialect under SQLite's version numbers ([`migrations`]), the
 //! queries by table ([`queries`]) and the mirror's rows ([`mirror`], [`notify`]), each the
 //! counterpart of the SQLite function of the same name; `Store::Postgres` runs the store's
-//! operations on it, chosen by `[store] url`; TLS as that URL's `sslmode` and
-//! `sslrootcert` ask ([`tls`]). For several
+//! operations on it, chosen by `[store] url`; TLS as that URL's `sslmode`, `sslrootcert`
+//! and `channel_binding` ask ([`tls`]); a URL is shown only redacted and may hold no
+//! password ([`url`]); every connection runs under the timeouts of [`session`], and every
+//! operation is bounded on the client too (a frozen connection is closed, not reused). For several
 //! instances there are token leases (`queries::leases`, driven by `crate::cluster::keeper`),
 //! not yet consulted by the executor; nothing yet for the stages of other instances' syncs.
 //!
@@ -21,17 +23,25 @@ pub mod migrations;
 pub mod mirror;
 pub mod notify;
 pub mod queries;
+pub mod session;
 pub mod tls;
+pub mod url;
 
 /// The transaction the store's operations run in: the pool's, which derefs to
 /// `tokio_postgres::Transaction` and adds the connection's statement cache
 /// (`prepare_cached`), so the hot statements are parsed once per connection, not once per
 /// use (each parse is a round trip of its own).
 pub use deadpool_postgres::Transaction;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::session::SessionLimits;
+use self::session::CONNECT_TIMEOUT;
+use self::url::redact;
 use super::StoreError;
 
 /// Connections in the pool at most.
@@ -85,8 +95,15 @@ fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
 /// Work for the ordered writer: a job (its own transaction), or the request to stop after
 /// the jobs before it.
 enum Ordered {
-    Job(OrderedJob),
+    Job(Queued),
     Close(oneshot::Sender<()>),
+}
+
+/// A job and what answers its caller if the job never gets to (the batch timed out while
+/// it ran, or before): a no-op once the job answered.
+struct Queued {
+    run: OrderedJob,
+    abort: Box<dyn FnOnce(StoreError) + Send>,
 }
 
 /// Answers a job's caller once its batch committed (or did not).
@@ -119,41 +136,84 @@ pub struct PgStore {
     instance: std::sync::Arc<std::sync::OnceLock<String>>,
     /// The connector made from the URL's `sslmode`/`sslrootcert`.
     connector: tls::Connector,
+    limits: SessionLimits,
 }
 
 /// Runs `batch` in one transaction, each job in a savepoint of its own (a failed job is
-/// rolled back alone, as on SQLite), commits once, then answers every job in order.
-async fn commit_batch(pool: &Pool, batch: &mut Vec<OrderedJob>) {
+/// rolled back alone, as on SQLite), commits once, then answers every job in order. The
+/// whole batch gets `limit`: past it, every job fails with [`StoreError::Timeout`] and the
+/// connection is closed.
+async fn commit_batch(pool: &Pool, batch: &mut Vec<Queued>, limit: std::time::Duration) {
     if batch.is_empty() {
         return;
     }
-    let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
-    let mut client = match pool.get().await {
-        Ok(c) => c,
+    let mut jobs: VecDeque<OrderedJob> = VecDeque::with_capacity(batch.len());
+    let mut aborts = Vec::with_capacity(batch.len());
+    for q in batch.drain(..) {
+        jobs.push_back(q.run);
+        aborts.push(q.abort);
+    }
+    let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
+    let ran = tokio::time::timeout(limit, run_batch(pool, &mut jobs, &mut completions)).await;
+    match ran {
+        Ok(commit) => {
+            for done in completions {
+                done(commit.clone().map_err(StoreError::Database));
+            }
+        }
+        Err(_) => {
+            tracing::error!(
+                limit = %crate::time::format_duration(limit),
+                "a batch of writes did not finish in time; it is rolled back and its \
+                 connection closed"
+            );
+            for done in completions {
+                done(Err(StoreError::Timeout(limit)));
+            }
+        }
+    }
+    // The jobs that did not answer above: the one running when time ran out, and those
+    // after it.
+    for abort in aborts {
+        abort(StoreError::Timeout(limit));
+    }
+}
+
+/// [`commit_batch`]'s transaction: answers the commit's outcome (`Err`: why it failed, for
+/// every job) once each job pushed its completion.
+async fn run_batch(
+    pool: &Pool,
+    jobs: &mut VecDeque<OrderedJob>,
+    completions: &mut Vec<Completion>,
+) -> Result<(), String> {
+    let mut lent = match pool.get().await {
+        Ok(c) => Lent::new(c),
         Err(e) => {
             tracing::error!(error = %e, "cannot get a database connection for a write");
-            for job in batch.drain(..) {
+            while let Some(job) = jobs.pop_front() {
                 let (_, done) = job(None).await;
-                done(Err(StoreError::Database(pool_error_text(&e))));
+                completions.push(done);
             }
-            return;
+            return Err(pool_error_text(&e));
         }
     };
-    let tx = match client.transaction().await {
+    let finished = lent.finished();
+    let tx = match lent.client().transaction().await {
         Ok(tx) => tx,
         Err(e) => {
-            for job in batch.drain(..) {
+            while let Some(job) = jobs.pop_front() {
                 let (_, done) = job(None).await;
-                done(Err(StoreError::Database(error_text(&e))));
+                completions.push(done);
             }
-            return;
+            finished.set();
+            return Err(error_text(&e));
         }
     };
     // The end of one job's savepoint and the start of the next go in one round trip; a
     // failure of either (the transaction is then aborted) fails the job that follows.
     const BEGIN: &str = "SAVEPOINT job";
     let mut ended = None;
-    for job in batch.drain(..) {
+    while let Some(job) = jobs.pop_front() {
         let sp = match ended.take() {
             Some(end) => tx.batch_execute(&format!("{end}; {BEGIN}")).await,
             None => tx.batch_execute(BEGIN).await,
@@ -170,15 +230,64 @@ async fn commit_batch(pool: &Pool, batch: &mut Vec<OrderedJob>) {
         let _ = tx.batch_execute(end).await;
     }
     let commit = tx.commit().await.map_err(|e| error_text(&e));
+    finished.set();
     if let Err(e) = &commit {
         tracing::error!(error = %e, "commit failed; the batch is rolled back");
     }
-    for done in completions {
-        done(
-            commit
-                .clone()
-                .map_err(|e| StoreError::Database(format!("commit failed: {e}"))),
-        );
+    commit.map_err(|e| format!("commit failed: {e}"))
+}
+
+/// A pooled connection lent to one operation. Dropped before its [`Finished`] was set (the
+/// operation timed out, or its caller dropped it mid-way: the keeper's own timeouts do), it
+/// is taken out of the pool and closed, its driver task aborted: it may be frozen inside a
+/// transaction, and whoever got it next would wait behind it. The pool makes a new one.
+struct Lent {
+    client: Option<deadpool_postgres::Object>,
+    finished: Finished,
+}
+
+/// Set once the operation on a [`Lent`] connection ran to its end (committed, rolled back
+/// or failed): the connection may go back to the pool (which drops it if it is closed). A
+/// handle of its own, so it can be set while the connection is borrowed.
+#[derive(Clone)]
+struct Finished(Arc<std::sync::atomic::AtomicBool>);
+
+impl Finished {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Lent {
+    fn new(client: deadpool_postgres::Object) -> Lent {
+        Lent {
+            client: Some(client),
+            finished: Finished(Default::default()),
+        }
+    }
+
+    fn finished(&self) -> Finished {
+        self.finished.clone()
+    }
+
+    fn client(&mut self) -> &mut deadpool_postgres::Object {
+        match self.client.as_mut() {
+            Some(c) => c,
+            None => unreachable!("a lent connection is there until dropped"),
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let (false, Some(client)) = (self.finished.get(), self.client.take()) {
+            // Dropping the pool's wrapper aborts the connection's task: the socket closes.
+            drop(deadpool_postgres::Object::take(client));
+        }
     }
 }
 
@@ -189,11 +298,6 @@ const INSTANCE_LOCK_CLASS: i32 = 0x7670_7072;
 /// that was just killed) before taking another.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(1500);
 
-/// Longest wait to connect or for a pooled connection.
-const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Longest a statement may run on the server (the biggest is a full sync's final step).
-const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
-
 fn open_error(url: &str, reason: String) -> StoreError {
     // What to do about a refused certificate (rustls's words name only the rule).
     let hint = if reason.contains("invalid peer certificate: certificate not valid for name") {
@@ -203,6 +307,12 @@ fn open_error(url: &str, reason: String) -> StoreError {
     {
         " (name the CA that signed the server's certificate, or that certificate itself, with \
          sslrootcert=/path in store.url)"
+    } else if reason.contains("server did not use channel binding") {
+        " (with a password, channel_binding=require is the default: the server must sign in \
+         with SCRAM-SHA-256-PLUS over TLS, which a Unix socket, sslmode=disable, a server \
+         without TLS, a password_encryption=md5 password, trust authentication or an \
+         Ed25519 certificate cannot give; if that is intended, say channel_binding=prefer \
+         in store.url)"
     } else {
         ""
     };
@@ -212,12 +322,20 @@ fn open_error(url: &str, reason: String) -> StoreError {
     }
 }
 
-/// The driver's settings from the URL, with the password from its secret file, and the
-/// URL's TLS settings ([`tls`]: `sslmode`, `sslrootcert`, which the driver does not read).
+/// The driver's settings from the URL, with the password from its secret file, the URL's
+/// TLS settings ([`tls`]: `sslmode`, `sslrootcert`, `channel_binding`, which the driver does
+/// not read as libpq does) and the session's limits ([`session`]).
 fn connection_config(
     url: &str,
     password: Option<&str>,
+    limits: &SessionLimits,
 ) -> Result<(tokio_postgres::Config, tls::TlsSettings), StoreError> {
+    if url::has_password(url) {
+        return Err(open_error(
+            url,
+            "the URL holds a password (not shown); put it in store.password_file".into(),
+        ));
+    }
     let (driver_url, tls) = tls::TlsSettings::from_url(url).map_err(|error| StoreError::Tls {
         target: redact(url),
         error,
@@ -226,25 +344,26 @@ fn connection_config(
         .parse()
         .map_err(|e: tokio_postgres::Error| open_error(url, error_text(&e)))?;
     config.ssl_mode(tls.driver_mode());
+    config.channel_binding(tls.channel_binding(password.is_some()).driver());
     if let Some(p) = password {
         config.password(p);
     }
     if config.get_application_name().is_none() {
         config.application_name("vpp-reconciler");
     }
-    // Every network call is bounded: connecting, each statement (server side), and a
-    // server that vanished without closing the connection (keepalives).
+    // Every network call is bounded: connecting, each statement and lock wait and idle
+    // transaction (server side, merged before the URL's own options), and a link that died
+    // (TCP user timeout and keepalives, on both ends).
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CALL_TIMEOUT);
+        config.connect_timeout(CONNECT_TIMEOUT);
     }
-    if config.get_options().is_none() {
-        config.options(format!(
-            "-c statement_timeout={}",
-            STATEMENT_TIMEOUT.as_millis()
-        ));
-    }
+    let options = limits.merged_options(config.get_options());
+    config.options(options);
     config.keepalives(true);
-    config.keepalives_idle(std::time::Duration::from_secs(10));
+    config.keepalives_idle(limits.keepalive_idle);
+    config.keepalives_interval(limits.keepalive_interval);
+    config.keepalives_retries(limits.keepalive_retries);
+    config.tcp_user_timeout(limits.tcp_user_timeout);
     Ok((config, tls))
 }
 
@@ -264,15 +383,24 @@ pub struct Probe {
     /// The TLS protocol of the connection (`TLSv1.3`), `None` when not encrypted, as the
     /// server reports it (`pg_stat_ssl`); `Some("unknown")` if it would not say.
     pub tls: Option<String>,
-    /// What the URL's `sslmode` asks for ([`tls::TlsSettings::describe`]).
+    /// What the URL's `sslmode` and `channel_binding` ask for
+    /// ([`tls::TlsSettings::describe_with`]).
     pub tls_settings: String,
+    /// The session's limits ([`SessionLimits::describe`]).
+    pub limits: String,
 }
 
 /// Connects once, without migrating, and answers the schema version found and whether the
-/// connection is encrypted: `check-config`'s test of the connection. Bounded: 10 s.
-pub async fn probe(url: &str, password: Option<&str>) -> Result<Probe, StoreError> {
+/// connection is encrypted: `check-config`'s test of the connection, with the limits of
+/// `lease_ttl`. Bounded: 10 s.
+pub async fn probe(
+    url: &str,
+    password: Option<&str>,
+    lease_ttl: std::time::Duration,
+) -> Result<Probe, StoreError> {
     let open_error = |reason: String| open_error(url, reason);
-    let (mut config, settings) = connection_config(url, password)?;
+    let limits = SessionLimits::new(lease_ttl);
+    let (mut config, settings) = connection_config(url, password, &limits)?;
     let connector = connector(url, &settings)?;
     config.connect_timeout(std::time::Duration::from_secs(10));
     let (client, conn) = tokio::time::timeout(
@@ -290,7 +418,8 @@ pub async fn probe(url: &str, password: Option<&str>) -> Result<Probe, StoreErro
     Ok(Probe {
         schema_version: version?,
         tls,
-        tls_settings: settings.describe(),
+        tls_settings: settings.describe_with(password.is_some()),
+        limits: limits.describe(),
     })
 }
 
@@ -317,10 +446,20 @@ async fn session_tls(client: &tokio_postgres::Client) -> Option<String> {
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user@host:port/db`; the password, when
     /// one is needed, comes from a secret file, not the URL) and migrates it to
-    /// [`migrations::LATEST`].
+    /// [`migrations::LATEST`]; the sessions' limits are those of the default lease TTL.
     pub async fn connect(url: &str, password: Option<&str>) -> Result<PgStore, StoreError> {
+        PgStore::connect_with(url, password, crate::cluster::DEFAULT_LEASE_TTL).await
+    }
+
+    /// [`PgStore::connect`] with the limits of `lease_ttl` ([`SessionLimits`]).
+    pub async fn connect_with(
+        url: &str,
+        password: Option<&str>,
+        lease_ttl: std::time::Duration,
+    ) -> Result<PgStore, StoreError> {
         let open_error = |reason: String| open_error(url, reason);
-        let (config, tls) = connection_config(url, password)?;
+        let limits = SessionLimits::new(lease_ttl);
+        let (config, tls) = connection_config(url, password, &limits)?;
         let connector = connector(url, &tls)?;
         let manager = Manager::from_config(
             config,
@@ -332,22 +471,37 @@ impl PgStore {
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(CALL_TIMEOUT))
-            .create_timeout(Some(CALL_TIMEOUT))
-            .recycle_timeout(Some(CALL_TIMEOUT))
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| open_error(e.to_string()))?;
         let mut client = pool
             .get()
             .await
             .map_err(|e| open_error(pool_error_text(&e)))?;
-        migrations::migrate(&mut client).await?;
+        // Bounded as every operation is; a connection left mid-way is closed, not reused.
+        let migrated =
+            tokio::time::timeout(limits.operation_timeout, migrations::migrate(&mut client)).await;
+        match migrated {
+            Ok(r) => r?,
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                return Err(StoreError::Timeout(limits.operation_timeout));
+            }
+        }
         drop(client);
-        tracing::info!(database = %redact(url), tls = %tls.describe(), "connected to PostgreSQL");
+        tracing::info!(
+            database = %redact(url),
+            tls = %tls.describe_with(password.is_some()),
+            limits = %limits.describe(),
+            "connected to PostgreSQL"
+        );
         let (tx, mut rx) = mpsc::channel::<Ordered>(ORDERED_QUEUE);
         let batch_pool = pool.clone();
+        let batch_limit = limits.operation_timeout;
         tokio::spawn(async move {
-            let mut batch: Vec<OrderedJob> = Vec::with_capacity(ORDERED_BATCH);
+            let mut batch: Vec<Queued> = Vec::with_capacity(ORDERED_BATCH);
             while let Some(msg) = rx.recv().await {
                 let mut close = None;
                 match msg {
@@ -362,7 +516,7 @@ impl PgStore {
                         Err(_) => break,
                     }
                 }
-                commit_batch(&batch_pool, &mut batch).await;
+                commit_batch(&batch_pool, &mut batch, batch_limit).await;
                 if let Some(done) = close {
                     rx.close();
                     let _ = done.send(());
@@ -377,6 +531,7 @@ impl PgStore {
             password: password.map(crate::secret::Secret::new),
             instance: Default::default(),
             connector,
+            limits,
         })
     }
 
@@ -387,8 +542,38 @@ impl PgStore {
 
     /// The schema version of the database.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        let client = self.pool.get().await?;
-        migrations::version(&client).await
+        self.bounded(async {
+            let mut lent = Lent::new(self.pool.get().await?);
+            let finished = lent.finished();
+            let version = migrations::version(lent.client()).await;
+            finished.set();
+            version
+        })
+        .await
+    }
+
+    /// The session's limits.
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    /// `op` within the operation timeout ([`SessionLimits::operation_timeout`]); past it,
+    /// [`StoreError::Timeout`] (and `op`'s connection, dropped unfinished, is closed).
+    async fn bounded<R>(
+        &self,
+        op: impl std::future::Future<Output = Result<R, StoreError>>,
+    ) -> Result<R, StoreError> {
+        let limit = self.limits.operation_timeout;
+        match tokio::time::timeout(limit, op).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!(
+                    limit = %crate::time::format_duration(limit),
+                    "a database operation did not finish in time; its connection is closed"
+                );
+                Err(StoreError::Timeout(limit))
+            }
+        }
     }
 
     /// Runs `f` in a transaction of its own on a pooled connection and returns its result
@@ -412,23 +597,31 @@ impl PgStore {
         R: Send,
         F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>> + Send,
     {
-        let mut client = self.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(level)
-            .start()
-            .await?;
-        match f(&tx).await {
-            Ok(r) => {
-                tx.commit().await?;
-                Ok(r)
-            }
-            Err(e) => {
-                // Dropping the transaction rolls it back too; saying so frees the server now.
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        self.bounded(async {
+            let mut lent = Lent::new(self.pool.get().await?);
+            let finished = lent.finished();
+            let tx = lent
+                .client()
+                .build_transaction()
+                .isolation_level(level)
+                .start()
+                .await;
+            let r = match tx {
+                Err(e) => Err(e.into()),
+                Ok(tx) => match f(&tx).await {
+                    Ok(r) => tx.commit().await.map(|()| r).map_err(StoreError::from),
+                    Err(e) => {
+                        // Dropping the transaction rolls it back too; saying so frees the
+                        // server now.
+                        let _ = tx.rollback().await;
+                        Err(e)
+                    }
+                },
+            };
+            finished.set();
+            r
+        })
+        .await
     }
 
     /// Makes this handle fence its writes by the leases of instance `me` (once; later calls
@@ -459,16 +652,28 @@ impl PgStore {
         R: Send,
         F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>> + Send,
     {
-        let mut client = self.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .read_only(true)
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .await?;
-        let r = f(&tx).await;
-        let _ = tx.rollback().await;
-        r
+        self.bounded(async {
+            let mut lent = Lent::new(self.pool.get().await?);
+            let finished = lent.finished();
+            let tx = lent
+                .client()
+                .build_transaction()
+                .read_only(true)
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .await;
+            let r = match tx {
+                Err(e) => Err(e.into()),
+                Ok(tx) => {
+                    let r = f(&tx).await;
+                    let _ = tx.rollback().await;
+                    r
+                }
+            };
+            finished.set();
+            r
+        })
+        .await
     }
 
     /// Queues `f` behind every job queued before it and returns without waiting; the jobs
@@ -486,6 +691,16 @@ impl PgStore {
             + Send
             + 'static,
     {
+        // Whoever answers first, the job or the batch's abort, takes the sender.
+        let answer = Arc::new(Mutex::new(Some(on_commit)));
+        let send = |answer: &Mutex<Option<oneshot::Sender<_>>>, r| {
+            let sender = answer.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(s) = sender {
+                let _ = s.send(r);
+            }
+        };
+        let for_abort = answer.clone();
+        let abort = Box::new(move |e: StoreError| send(&for_abort, Err(e)));
         let job: OrderedJob = Box::new(move |tx| {
             Box::pin(async move {
                 let result = match tx {
@@ -494,13 +709,13 @@ impl PgStore {
                 };
                 let ok = result.is_ok();
                 let done: Completion = Box::new(move |commit: Result<(), StoreError>| {
-                    let _ = on_commit.send(commit.and(result));
+                    send(&answer, commit.and(result));
                 });
                 (ok, done)
             })
         });
         self.ordered
-            .send(Ordered::Job(job))
+            .send(Ordered::Job(Queued { run: job, abort }))
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -513,9 +728,9 @@ impl PgStore {
     /// unexpired leases, at once.
     pub async fn claim_instance(&self, preferred: &str) -> Result<String, StoreError> {
         let password = self.password.as_ref().map(|p| p.expose());
-        let (config, _) = connection_config(&self.url, password)?;
+        let (config, _) = connection_config(&self.url, password, &self.limits)?;
         let (client, conn) =
-            tokio::time::timeout(CALL_TIMEOUT, config.connect(self.connector.clone()))
+            tokio::time::timeout(CONNECT_TIMEOUT, config.connect(self.connector.clone()))
                 .await
                 .map_err(|_| open_error(&self.url, "no answer within 10 s".into()))?
                 .map_err(|e| open_error(&self.url, error_text(&e)))?;
@@ -563,9 +778,14 @@ impl PgStore {
 
     /// A cheap liveness probe: one round trip on a pooled connection.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client.batch_execute("SELECT 1").await?;
-        Ok(())
+        self.bounded(async {
+            let mut lent = Lent::new(self.pool.get().await?);
+            let finished = lent.finished();
+            let r = lent.client().batch_execute("SELECT 1").await;
+            finished.set();
+            Ok(r?)
+        })
+        .await
     }
 
     /// Waits for the ordered jobs queued before it, then closes the pool: later operations
@@ -579,19 +799,6 @@ impl PgStore {
         self.pool.close();
         Ok(())
     }
-}
-
-/// `url` without a password (`postgres://user:secret@host/db` → `postgres://user@host/db`).
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((auth, host)) => (auth, host),
-        None => return url.to_string(),
-    };
-    let user = auth.split_once(':').map_or(auth, |(u, _)| u);
-    format!("{scheme}://{user}@{host}")
 }
 
 #[cfg(test)]

@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::NoTls;
 
-use super::{migrations, redact, PgStore};
+use super::{migrations, url::redact, PgStore};
 use crate::store::sqlite;
 use crate::store::StoreError;
 
+mod fake_server;
 mod tls;
 
 #[test]
@@ -22,13 +23,129 @@ fn the_same_schema_versions_as_sqlite() {
 fn a_password_never_shows_in_messages() {
     assert_eq!(
         redact("postgres://vppr:s3cret@db.example.com:5432/vppr"),
-        "postgres://vppr@db.example.com:5432/vppr"
+        "postgres://vppr:(not shown)@db.example.com:5432/vppr"
     );
     assert_eq!(
         redact("postgres://vppr@db.example.com/vppr"),
         "postgres://vppr@db.example.com/vppr"
     );
     assert_eq!(redact("host=db user=vppr"), "host=db user=vppr");
+}
+
+/// A password in the URL is refused, as the configuration refuses it, and not shown.
+#[tokio::test]
+async fn a_password_in_the_url_is_refused_and_not_shown() {
+    for url in [
+        "postgres://vppr@127.0.0.1:1/vppr?password=hunter2",
+        "postgres://vppr:hunter2@127.0.0.1:1/vppr",
+        "host=127.0.0.1 port=1 user=vppr password=hunter2",
+    ] {
+        let e = PgStore::connect(url, None).await.err().unwrap();
+        assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains("the URL holds a password (not shown)"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}
+
+/// Every pooled connection runs under the session's limits, and the URL's own `options`
+/// are kept beside them (and win where they say the same).
+#[tokio::test]
+async fn sessions_run_under_the_limits_with_the_urls_options() {
+    use futures::FutureExt as _;
+    let db = TempDb::new().await;
+    let url = format!(
+        "{}?options=-c%20work_mem%3D8MB%20-c%20lock_timeout%3D7s",
+        db.url
+    );
+    let store = PgStore::connect_with(&url, None, std::time::Duration::from_secs(6))
+        .await
+        .unwrap();
+    let shown: Vec<String> = store
+        .read(|tx| {
+            async move {
+                let mut v = Vec::new();
+                for name in [
+                    "statement_timeout",
+                    "lock_timeout",
+                    "idle_in_transaction_session_timeout",
+                    "tcp_user_timeout",
+                    "tcp_keepalives_idle",
+                    "tcp_keepalives_interval",
+                    "tcp_keepalives_count",
+                    "work_mem",
+                ] {
+                    let row = tx.query_one(&format!("SHOW {name}"), &[]).await?;
+                    v.push(row.get::<_, String>(0));
+                }
+                Ok(v)
+            }
+            .boxed()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        shown,
+        ["2min", "7s", "2s", "2000", "2", "1", "3", "8MB"],
+        "statement, lock (the URL's), idle in transaction, TCP user timeout, keepalives, \
+         the URL's work_mem"
+    );
+    store.close().await.unwrap();
+    db.drop_now().await;
+}
+
+/// An operation that outlives its limit fails with `StoreError::Timeout`, and its
+/// connection is closed (the server sees its session end), not handed to the next caller;
+/// the pool makes a new one.
+#[tokio::test]
+async fn an_operation_past_its_limit_fails_and_its_connection_is_closed() {
+    use futures::FutureExt as _;
+    let db = TempDb::new().await;
+    let mut store = PgStore::connect(&db.url, None).await.unwrap();
+    store.limits.operation_timeout = std::time::Duration::from_millis(500);
+    let (pid_tx, pid_rx) = tokio::sync::oneshot::channel::<i32>();
+    let e = store
+        .write(|tx| {
+            async move {
+                let pid: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                let _ = pid_tx.send(pid);
+                // A link that stops answering: the transaction never ends on its own.
+                futures::future::pending::<()>().await;
+                Ok(())
+            }
+            .boxed()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Timeout(_)), "{e:?}");
+    assert!(e.to_string().contains("(connection closed)"), "{e}");
+    let pid = pid_rx.await.unwrap();
+    let admin = db.client().await;
+    let start = std::time::Instant::now();
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the timed-out session {pid} is still there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The next operations get a working connection.
+    for _ in 0..3 {
+        store.ping().await.unwrap();
+    }
+    store.close().await.unwrap();
+    db.drop_now().await;
 }
 
 /// A database of its own on the test server, dropped by [`TempDb::drop_now`]. (Also used by

@@ -1,26 +1,42 @@
 //! TLS to the PostgreSQL server, read from `[store] url` the way libpq reads it: `sslmode`
-//! (`disable`, `prefer` (the default), `require`, `verify-ca`, `verify-full`) and
-//! `sslrootcert` (a PEM file of CA certificates, or `system`). The driver (tokio-postgres)
-//! knows only `disable`, `prefer` and `require` and no `sslrootcert`, so both are taken out
-//! of the URL here ([`TlsSettings::from_url`]) and become a rustls configuration
-//! ([`TlsSettings::connector`]) that checks what the mode asks:
+//! (`disable`, `prefer` (the default), `require`, `verify-ca`, `verify-full`),
+//! `sslrootcert` (a PEM file of CA certificates, or `system`) and `channel_binding`
+//! (`disable`, `prefer`, `require`). The driver (tokio-postgres) knows only `disable`,
+//! `prefer` and `require` and no `sslrootcert`, so these are taken out of the URL here
+//! ([`TlsSettings::from_url`]) and become a rustls configuration ([`TlsSettings::connector`])
+//! that checks what the mode asks:
 //!
 //! | sslmode | encrypted | the server's certificate |
 //! | --- | --- | --- |
 //! | `disable` | never | - |
 //! | `prefer` | when the server offers it | not checked, unless `sslrootcert` is given: chain |
 //! | `require` | always | not checked, unless `sslrootcert` is given: chain |
-//! | `verify-ca` | always | chain to a root of `sslrootcert` (default: the system's) |
-//! | `verify-full` | always | chain, and the host name of the URL in the certificate |
+//! | `verify-ca` | always | chain to a root of `sslrootcert` (required) |
+//! | `verify-full` | always | chain (`sslrootcert`, default: the system's), and the host name |
 //!
 //! As in libpq, naming a root certificate with `prefer` or `require` checks the chain as
 //! `verify-ca` does (libpq does so when its root file exists), and `sslrootcert=system`
-//! needs `verify-full`. Unlike libpq, `verify-ca`/`verify-full` without `sslrootcert` trust
-//! the system's roots (libpq wants `~/.postgresql/root.crt`), and `prefer` does not retry
-//! without TLS after a failed handshake: it fails. Where webpki alone is stricter than libpq
-//! (OpenSSL), the checks follow libpq: a server certificate named in `sslrootcert` itself is
-//! trusted even when marked a CA (as `openssl req -x509` makes it), and without
-//! subjectAltName the common name is the host name ([`Checked`]).
+//! needs `verify-full`. Unlike libpq, `verify-ca` without `sslrootcert` is refused (libpq
+//! reads `~/.postgresql/root.crt`; the system's roots would vouch for any server they signed,
+//! with no host name checked), `verify-full` without it trusts the system's roots, and
+//! `prefer` does not retry without TLS after a failed handshake: it fails. Where webpki alone
+//! is stricter than libpq (OpenSSL), the checks follow libpq: a server certificate named in
+//! `sslrootcert` itself is trusted even when marked a CA (as `openssl req -x509` makes it),
+//! and without subjectAltName the common name is the host name ([`Checked`]).
+//!
+//! A password is never sent to a server that has not proved it knows it: with a password,
+//! `channel_binding` is `require` unless the URL says otherwise
+//! ([`TlsSettings::channel_binding`]), and the driver then refuses a cleartext or MD5
+//! password request, SCRAM without channel binding, and a server that lets it in without a
+//! password, before it sends anything derived from the password. The handshake offers ALPN
+//! `postgresql` (PostgreSQL 17's direct TLS needs it; the older servers ignore it).
+//!
+//! Not tokio-postgres-rustls (0.14 binds the channel, unlike 0.13): it hashes the
+//! certificate for `tls-server-end-point` by the signature's OID only, so an RSA-PSS
+//! certificate (whose hash is in the OID's parameters) gets no binding and an Ed25519 one
+//! gets SHA-512, which PostgreSQL (OpenSSL finds no digest for Ed25519) never computes; and
+//! its connector fails on a host that is no DNS name, a Unix socket's directory, before the
+//! driver can go without TLS there. [`end_point_hash`] and [`Connector`] are ours for that.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -47,6 +63,14 @@ pub enum TlsError {
          vouch for any name they signed, so the host name must be checked too"
     )]
     SystemRootsNeedVerifyFull(SslMode),
+    #[error(
+        "sslmode=verify-ca needs sslrootcert=/path/to/ca.pem in store.url: the CA that signed \
+         the server's certificate (verify-ca checks no host name, so the system's roots, which \
+         vouch for any server they signed, are not enough; or use sslmode=verify-full)"
+    )]
+    VerifyCaNeedsRootCert,
+    #[error("channel_binding \"{0}\" is not one of disable, prefer, require")]
+    UnknownChannelBinding(String),
     #[error("sslrootcert \"{0}\" must be an absolute path (or \"system\")")]
     RelativeRootCert(String),
     #[error("cannot read sslrootcert {path}: {error}")]
@@ -106,6 +130,41 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// libpq's `channel_binding`: whether SCRAM must bind itself to the TLS session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    Disable,
+    Prefer,
+    Require,
+}
+
+impl Binding {
+    fn parse(s: &str) -> Result<Binding, TlsError> {
+        Ok(match s {
+            "disable" => Binding::Disable,
+            "prefer" => Binding::Prefer,
+            "require" => Binding::Require,
+            other => return Err(TlsError::UnknownChannelBinding(other.to_string())),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Binding::Disable => "disable",
+            Binding::Prefer => "prefer",
+            Binding::Require => "require",
+        }
+    }
+
+    pub(super) fn driver(self) -> tokio_postgres::config::ChannelBinding {
+        match self {
+            Binding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            Binding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            Binding::Require => tokio_postgres::config::ChannelBinding::Require,
+        }
+    }
+}
+
 /// Where the trusted roots come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Roots {
@@ -130,16 +189,19 @@ pub struct TlsSettings {
     pub mode: SslMode,
     /// `sslrootcert`, when given.
     pub root_cert: Option<Roots>,
+    /// `channel_binding`, when given (see [`TlsSettings::channel_binding`]).
+    pub binding: Option<Binding>,
 }
 
 impl TlsSettings {
-    /// Takes `sslmode` and `sslrootcert` out of a `postgres://` URL's query (libpq's
+    /// Takes `sslmode`, `sslrootcert` and `channel_binding` out of a `postgres://` URL's query (libpq's
     /// names, percent-decoded; the last one of a name counts) and answers the URL without
     /// them, for the driver, and the settings. Other strings (libpq's `key=value` form) are
     /// left to the driver, with the defaults here.
     pub fn from_url(url: &str) -> Result<(String, TlsSettings), TlsError> {
         let mut mode = None;
         let mut root_cert = None;
+        let mut binding = None;
         let rest = match url.split_once("://").and_then(|_| url.split_once('?')) {
             None => url.to_string(),
             Some((base, query)) => {
@@ -149,6 +211,7 @@ impl TlsSettings {
                     match &*decode(key) {
                         "sslmode" => mode = Some(SslMode::parse(&decode(value))?),
                         "sslrootcert" => root_cert = Some(decode(value).into_owned()),
+                        "channel_binding" => binding = Some(Binding::parse(&decode(value))?),
                         _ => kept.push(pair),
                     }
                 }
@@ -171,7 +234,17 @@ impl TlsSettings {
             }
             Some(path) => Some(Roots::File(PathBuf::from(path))),
         };
-        Ok((rest, TlsSettings { mode, root_cert }))
+        if mode == SslMode::VerifyCa && root_cert.is_none() {
+            return Err(TlsError::VerifyCaNeedsRootCert);
+        }
+        Ok((
+            rest,
+            TlsSettings {
+                mode,
+                root_cert,
+                binding,
+            },
+        ))
     }
 
     /// The driver's mode: it asks for TLS (`prefer`) or insists (`require`); what is
@@ -184,6 +257,26 @@ impl TlsSettings {
                 tokio_postgres::config::SslMode::Require
             }
         }
+    }
+
+    /// The `channel_binding` in force: the URL's, else `require` when a password is sent
+    /// (SCRAM must then prove the server knows the password, over this very TLS session,
+    /// before the password's proof counts), else `prefer`.
+    pub fn channel_binding(&self, password: bool) -> Binding {
+        match (self.binding, password) {
+            (Some(b), _) => b,
+            (None, true) => Binding::Require,
+            (None, false) => Binding::Prefer,
+        }
+    }
+
+    /// Whether this mode leaves the server unauthenticated by TLS (`disable`, `prefer`,
+    /// `require`): worth a warning unless the host is this machine ([`is_local_host`]).
+    pub fn weak(&self) -> bool {
+        matches!(
+            self.mode,
+            SslMode::Disable | SslMode::Prefer | SslMode::Require
+        )
     }
 
     /// What the server's certificate is checked for.
@@ -199,6 +292,24 @@ impl TlsSettings {
     /// The roots a check trusts: `sslrootcert`, else the system's.
     fn roots(&self) -> Roots {
         self.root_cert.clone().unwrap_or(Roots::System)
+    }
+
+    /// Says what this setting does, for `check-config` and the log, with the channel
+    /// binding in force when a password is (`password`) or is not sent.
+    pub fn describe_with(&self, password: bool) -> String {
+        let binding = match self.channel_binding(password) {
+            Binding::Require if self.mode == SslMode::Disable => {
+                "channel_binding=require (no TLS: sign-in cannot succeed)"
+            }
+            Binding::Require => {
+                "channel_binding=require: SCRAM bound to the TLS session, nothing else accepted"
+            }
+            Binding::Prefer => {
+                "channel_binding=prefer: SCRAM bound to the TLS session when offered"
+            }
+            Binding::Disable => "channel_binding=disable",
+        };
+        format!("{}; {binding}", self.describe())
     }
 
     /// Says what this setting does, for `check-config` and the log.
@@ -231,12 +342,13 @@ impl TlsSettings {
     /// The driver's TLS connector for these settings (reads the root certificates now).
     pub fn connector(&self) -> Result<Connector, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Setup(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(self.verifier(provider)?)
             .with_no_client_auth();
+        config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Connector(Arc::new(config)))
     }
 
@@ -257,6 +369,21 @@ impl TlsSettings {
             provider,
         }))
     }
+}
+
+/// PostgreSQL's ALPN protocol name.
+pub const ALPN: &[u8] = b"postgresql";
+
+/// Whether `host` (a URL's host, as written) is this machine: `localhost`, a loopback
+/// address, or a Unix socket's directory.
+pub fn is_local_host(host: &str) -> bool {
+    let host = decode(host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn decode(s: &str) -> std::borrow::Cow<'_, str> {
@@ -565,10 +692,9 @@ impl<S> tokio_postgres::tls::TlsStream for TlsStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    /// `tls-server-end-point` (RFC 5929), for SCRAM-SHA-256-PLUS: the server certificate's
-    /// hash by its signature's hash algorithm (MD5 and SHA-1 become SHA-256). None for a
-    /// signature without one of those (Ed25519, RSA-PSS): then SCRAM goes unbound, and
-    /// `channel_binding=require` refuses.
+    /// `tls-server-end-point` (RFC 5929), for SCRAM-SHA-256-PLUS ([`end_point_hash`]).
+    /// None when the certificate's signature names no single hash (Ed25519): then SCRAM
+    /// goes unbound, and `channel_binding=require` refuses.
     fn channel_binding(&self) -> ChannelBinding {
         let (_, session) = self.0.get_ref();
         let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
@@ -581,25 +707,82 @@ where
     }
 }
 
-/// The `tls-server-end-point` hash of a DER certificate (see [`TlsStream::channel_binding`]).
-fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
+/// The hash functions `tls-server-end-point` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hash {
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// The `tls-server-end-point` hash of a DER certificate, as PostgreSQL's server computes
+/// it (`be_tls_get_certificate_hash`, OpenSSL's `X509_get_signature_info`): the hash of the
+/// certificate's signature algorithm, SHA-256 in place of MD5 and SHA-1 (RFC 5929 4.1); for
+/// RSA-PSS the hash named in its parameters (SHA-1 when absent, so SHA-256). None for a
+/// signature with no hash of its own (Ed25519, Ed448): RFC 5929 leaves the binding
+/// undefined, and PostgreSQL cannot bind such a session either.
+pub(super) fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
     use sha2::Digest as _;
     use x509_cert::der::Decode as _;
     let cert = x509_cert::Certificate::from_der(der).ok()?;
-    let oid = cert.signature_algorithm.oid.to_string();
-    Some(match oid.as_str() {
-        // md5, sha1, sha256 WithRSAEncryption; ecdsa-with-SHA1, -SHA256
+    Some(match signature_hash(&cert.signature_algorithm)? {
+        Hash::Sha224 => sha2::Sha224::digest(der).to_vec(),
+        Hash::Sha256 => sha2::Sha256::digest(der).to_vec(),
+        Hash::Sha384 => sha2::Sha384::digest(der).to_vec(),
+        Hash::Sha512 => sha2::Sha512::digest(der).to_vec(),
+    })
+}
+
+/// The hash [`end_point_hash`] uses for a signature algorithm.
+fn signature_hash(alg: &x509_cert::spki::AlgorithmIdentifierOwned) -> Option<Hash> {
+    Some(match alg.oid.to_string().as_str() {
+        // md5, sha1, sha256 WithRSAEncryption; ecdsa-with-SHA1, -SHA256; dsa-with-sha1,
+        // -sha256
         "1.2.840.113549.1.1.4"
         | "1.2.840.113549.1.1.5"
         | "1.2.840.113549.1.1.11"
         | "1.2.840.10045.4.1"
-        | "1.2.840.10045.4.3.2" => sha2::Sha256::digest(der).to_vec(),
+        | "1.2.840.10045.4.3.2"
+        | "1.2.840.10040.4.3"
+        | "2.16.840.1.101.3.4.3.2" => Hash::Sha256,
         // sha224WithRSAEncryption, ecdsa-with-SHA224
-        "1.2.840.113549.1.1.14" | "1.2.840.10045.4.3.1" => sha2::Sha224::digest(der).to_vec(),
+        "1.2.840.113549.1.1.14" | "1.2.840.10045.4.3.1" => Hash::Sha224,
         // sha384WithRSAEncryption, ecdsa-with-SHA384
-        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => sha2::Sha384::digest(der).to_vec(),
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Hash::Sha384,
         // sha512WithRSAEncryption, ecdsa-with-SHA512
-        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => sha2::Sha512::digest(der).to_vec(),
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Hash::Sha512,
+        // id-RSASSA-PSS: the hash is in its parameters.
+        "1.2.840.113549.1.1.10" => pss_hash(alg.parameters.as_ref())?,
+        // Ed25519, Ed448 and anything else: none.
+        _ => return None,
+    })
+}
+
+/// The `hashAlgorithm` of RSASSA-PSS-params (RFC 4055: `[0] EXPLICIT`, SHA-1 by default,
+/// which counts as SHA-256 here).
+fn pss_hash(params: Option<&x509_cert::der::Any>) -> Option<Hash> {
+    use x509_cert::der::asn1::ContextSpecific;
+    use x509_cert::der::{SliceReader, TagNumber};
+    let Some(params) = params else {
+        return Some(Hash::Sha256);
+    };
+    let mut reader = SliceReader::new(params.value()).ok()?;
+    let hash = ContextSpecific::<x509_cert::spki::AlgorithmIdentifierOwned>::decode_explicit(
+        &mut reader,
+        TagNumber::N0,
+    )
+    .ok()?;
+    let Some(hash) = hash else {
+        return Some(Hash::Sha256);
+    };
+    // The rest (mask generation, salt length) is not needed.
+    Some(match hash.value.oid.to_string().as_str() {
+        // id-sha1, id-sha256
+        "1.3.14.3.2.26" | "2.16.840.1.101.3.4.2.1" => Hash::Sha256,
+        "2.16.840.1.101.3.4.2.2" => Hash::Sha384,
+        "2.16.840.1.101.3.4.2.3" => Hash::Sha512,
+        "2.16.840.1.101.3.4.2.4" => Hash::Sha224,
         _ => return None,
     })
 }
@@ -673,9 +856,12 @@ mod tests {
         assert_eq!(s.root_cert, Some(Roots::File("/etc/ca.pem".into())));
         assert_eq!(s.check(), Check::ChainAndHost);
 
-        let (rest, s) = settings("postgres://vppr@db/vppr?sslmode=verify-ca");
+        let (rest, s) = settings(
+            "postgres://vppr@db/vppr?sslmode=verify-ca&sslrootcert=/ca.pem&channel_binding=disable",
+        );
         assert_eq!(rest, "postgres://vppr@db/vppr");
         assert_eq!((s.mode, s.check()), (SslMode::VerifyCa, Check::Chain));
+        assert_eq!(s.binding, Some(Binding::Disable));
 
         // libpq: a root certificate named with require checks the chain.
         let (_, s) = settings("postgres://db/v?sslmode=require&sslrootcert=/ca.pem");
@@ -713,6 +899,139 @@ mod tests {
                 .contains("\"ca.pem\" must be an absolute path"),
             "{e}"
         );
+    }
+
+    /// libpq would read ~/.postgresql/root.crt; the system's roots would vouch for any
+    /// server they ever signed, with no host name checked.
+    #[test]
+    fn verify_ca_without_sslrootcert_is_refused() {
+        let e = TlsSettings::from_url("postgres://vppr@db/vppr?sslmode=verify-ca").unwrap_err();
+        assert!(matches!(e, TlsError::VerifyCaNeedsRootCert), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("sslmode=verify-ca needs sslrootcert=/path/to/ca.pem in store.url"),
+            "{e}"
+        );
+        // verify-full checks the host name: the system's roots may vouch.
+        let (_, s) = settings("postgres://vppr@db/vppr?sslmode=verify-full");
+        assert_eq!(s.check(), Check::ChainAndHost);
+    }
+
+    #[test]
+    fn channel_binding_is_required_with_a_password_unless_the_url_says_otherwise() {
+        let (rest, s) = settings("postgres://vppr@db/vppr?sslmode=verify-full");
+        assert_eq!(rest, "postgres://vppr@db/vppr");
+        assert_eq!(s.channel_binding(true), Binding::Require);
+        assert_eq!(s.channel_binding(false), Binding::Prefer);
+        for (given, b) in [
+            ("disable", Binding::Disable),
+            ("prefer", Binding::Prefer),
+            ("require", Binding::Require),
+        ] {
+            let (rest, s) = settings(&format!("postgres://db/v?channel_binding={given}&x=1"));
+            assert_eq!(rest, "postgres://db/v?x=1");
+            assert_eq!((s.channel_binding(true), s.channel_binding(false)), (b, b));
+        }
+        let e = TlsSettings::from_url("postgres://db/v?channel_binding=yes").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "channel_binding \"yes\" is not one of disable, prefer, require"
+        );
+        assert!(settings("postgres://db/v?sslmode=require")
+            .1
+            .describe_with(true)
+            .ends_with(
+                "channel_binding=require: SCRAM bound to the TLS session, nothing else accepted"
+            ));
+    }
+
+    #[test]
+    fn weak_modes_and_local_hosts() {
+        for (mode, weak) in [
+            ("disable", true),
+            ("prefer", true),
+            ("require", true),
+            ("verify-ca&sslrootcert=/ca.pem", false),
+            ("verify-full", false),
+        ] {
+            assert_eq!(
+                settings(&format!("postgres://db/v?sslmode={mode}"))
+                    .1
+                    .weak(),
+                weak,
+                "{mode}"
+            );
+        }
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "127.0.0.53",
+            "[::1]",
+            "%2Frun%2Fpostgresql",
+        ] {
+            assert!(is_local_host(host), "{host}");
+        }
+        for host in [
+            "db.example.com",
+            "10.0.0.1",
+            "[2001:db8::1]",
+            "localhost.example.com",
+        ] {
+            assert!(!is_local_host(host), "{host}");
+        }
+    }
+
+    /// RFC 5929 4.1 as PostgreSQL's server computes it.
+    #[test]
+    fn the_end_point_hash_follows_the_signature() {
+        use x509_cert::der::{Any, Decode as _};
+        let alg = |oid: &str, params: Option<&[u8]>| x509_cert::spki::AlgorithmIdentifierOwned {
+            oid: oid.parse().unwrap(),
+            parameters: params.map(|p| Any::from_der(p).unwrap()),
+        };
+        // RSASSA-PSS-params { hashAlgorithm [0] { sha384, NULL } }.
+        let sha384_params: &[u8] = &[
+            0x30, 0x11, 0xa0, 0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03,
+            0x04, 0x02, 0x02, 0x05, 0x00,
+        ];
+        let pss = "1.2.840.113549.1.1.10";
+        assert_eq!(
+            signature_hash(&alg(pss, Some(sha384_params))),
+            Some(Hash::Sha384)
+        );
+        // No hashAlgorithm: SHA-1, which becomes SHA-256.
+        assert_eq!(
+            signature_hash(&alg(pss, Some(&[0x30, 0x00]))),
+            Some(Hash::Sha256)
+        );
+        assert_eq!(signature_hash(&alg(pss, None)), Some(Hash::Sha256));
+        // Ed25519: no hash of its own, no binding.
+        assert_eq!(signature_hash(&alg("1.3.101.112", None)), None);
+        assert_eq!(
+            signature_hash(&alg("1.2.840.113549.1.1.5", None)),
+            Some(Hash::Sha256)
+        );
+
+        // Real certificates, as rcgen signs them.
+        for (algorithm, hash) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, Some(32)),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, Some(48)),
+            (&rcgen::PKCS_ED25519, None),
+        ] {
+            let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["db".to_string()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            assert_eq!(end_point_hash(cert.der()).map(|h| h.len()), hash);
+        }
+    }
+
+    #[test]
+    fn the_handshake_offers_alpn_postgresql() {
+        let (_, s) = settings("postgres://db/v?sslmode=require");
+        let Connector(config) = s.connector().unwrap();
+        assert_eq!(config.alpn_protocols, [b"postgresql".to_vec()]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use futures::FutureExt as _;
+use rustls::pki_types::pem::PemObject as _;
 
 use super::super::{probe, start_test_server, PgStore};
 use crate::store::StoreError;
@@ -24,24 +25,28 @@ struct TlsServer {
 
 fn server() -> &'static TlsServer {
     static SERVER: OnceLock<TlsServer> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let made = tempfile::tempdir().unwrap();
-        pg_tls::write_certs(made.path());
-        let (dir, url) = start_test_server(&["--ssl".as_ref(), made.path().as_os_str()]);
-        // The CA files are read at every connection: kept in the cluster's directory, which
-        // goes when the server stops.
-        let certs = dir.join("test-cas");
-        std::fs::create_dir(&certs).unwrap();
-        for name in ["ca.crt", "other-ca.crt"] {
-            std::fs::copy(made.path().join(name), certs.join(name)).unwrap();
-        }
-        let port = url
-            .rsplit_once(':')
-            .and_then(|(_, rest)| rest.split_once('/'))
-            .and_then(|(port, _)| port.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {url}"));
-        TlsServer { port, dir, certs }
-    })
+    SERVER.get_or_init(|| start_tls_server(pg_tls::write_certs, &["ca.crt", "other-ca.crt"]))
+}
+
+/// A server with TLS from the `server.crt` and `server.key` that `write` puts in a
+/// directory; the files named in `keep` are kept beside the cluster.
+fn start_tls_server(write: impl FnOnce(&std::path::Path), keep: &[&str]) -> TlsServer {
+    let made = tempfile::tempdir().unwrap();
+    write(made.path());
+    let (dir, url) = start_test_server(&["--ssl".as_ref(), made.path().as_os_str()]);
+    // The CA files are read at every connection: kept in the cluster's directory, which
+    // goes when the server stops.
+    let certs = dir.join("test-cas");
+    std::fs::create_dir(&certs).unwrap();
+    for name in keep {
+        std::fs::copy(made.path().join(name), certs.join(name)).unwrap();
+    }
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .and_then(|(port, _)| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"));
+    TlsServer { port, dir, certs }
 }
 
 impl TlsServer {
@@ -57,7 +62,7 @@ impl TlsServer {
     async fn database(&self, owner: &str) -> String {
         let name = format!("vppr_tls_{}", uuid::Uuid::new_v4().simple());
         let admin = self.url("vppr", "127.0.0.1", "postgres", "sslmode=require");
-        let (config, settings) = super::super::connection_config(&admin, None).unwrap();
+        let (config, settings) = super::super::connection_config(&admin, None, &limits()).unwrap();
         let (client, conn) = config.connect(settings.connector().unwrap()).await.unwrap();
         tokio::spawn(conn);
         client
@@ -68,9 +73,15 @@ impl TlsServer {
     }
 }
 
+fn limits() -> super::super::SessionLimits {
+    super::super::SessionLimits::new(crate::cluster::DEFAULT_LEASE_TTL)
+}
+
 /// `probe`'s answer, or its error as text.
 async fn try_probe(url: &str) -> Result<super::super::Probe, String> {
-    probe(url, None).await.map_err(|e| e.to_string())
+    probe(url, None, crate::cluster::DEFAULT_LEASE_TTL)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -83,7 +94,14 @@ async fn tls_require_encrypts_without_checking_the_certificate() {
     assert_eq!(p.tls.as_deref(), Some("TLSv1.3"), "{p:?}");
     assert_eq!(
         p.tls_settings,
-        "sslmode=require: encrypted, the server's certificate not checked"
+        "sslmode=require: encrypted, the server's certificate not checked; \
+         channel_binding=prefer: SCRAM bound to the TLS session when offered"
+    );
+    assert!(
+        p.limits.starts_with(
+            "statement_timeout 2m, lock_timeout 30s, idle_in_transaction_session_timeout 5s"
+        ),
+        "{p:?}"
     );
     // prefer (the default) takes the TLS the server offers.
     let p = try_probe(&s.url("vppr", "127.0.0.1", "postgres", "application_name=x"))
@@ -103,7 +121,7 @@ async fn tls_verify_full_checks_the_chain_and_the_host_name() {
     assert_eq!(p.tls.as_deref(), Some("TLSv1.3"), "{p:?}");
     assert!(
         p.tls_settings.contains("checked against the roots in")
-            && p.tls_settings.ends_with("and for the host name"),
+            && p.tls_settings.contains("and for the host name; "),
         "{p:?}"
     );
 
@@ -184,9 +202,13 @@ async fn tls_verify_full_without_the_servers_ca_fails_clearly() {
     assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
     // A root file that is not there.
     let missing = format!("sslmode=verify-full&sslrootcert={}", s.ca("missing.crt"));
-    let e = probe(&s.url("vppr", "localhost", "postgres", &missing), None)
-        .await
-        .unwrap_err();
+    let e = probe(
+        &s.url("vppr", "localhost", "postgres", &missing),
+        None,
+        crate::cluster::DEFAULT_LEASE_TTL,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(
             &e,
@@ -202,6 +224,7 @@ async fn tls_verify_full_without_the_servers_ca_fails_clearly() {
     let e = probe(
         &s.url("vppr", "localhost", "postgres", "sslmode=verify"),
         None,
+        crate::cluster::DEFAULT_LEASE_TTL,
     )
     .await
     .unwrap_err();
@@ -230,6 +253,30 @@ async fn tls_verify_ca_checks_the_chain_not_the_host_name() {
     assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
 }
 
+/// libpq would read ~/.postgresql/root.crt; the system's roots would take any certificate
+/// they signed, whatever its name. Refused before connecting.
+#[tokio::test]
+async fn tls_verify_ca_without_sslrootcert_is_a_configuration_error() {
+    let s = server();
+    let e = probe(
+        &s.url("vppr", "127.0.0.1", "postgres", "sslmode=verify-ca"),
+        None,
+        crate::cluster::DEFAULT_LEASE_TTL,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            StoreError::Tls {
+                error: super::super::tls::TlsError::VerifyCaNeedsRootCert,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
 #[tokio::test]
 async fn tls_disable_is_refused_by_a_server_that_takes_tls_only() {
     let s = server();
@@ -249,6 +296,26 @@ async fn a_unix_socket_still_connects_without_tls() {
         .await
         .unwrap();
     assert_eq!(p.tls, None, "{p:?}");
+
+    // With a password, binding is required by default, and a Unix socket has no TLS to bind
+    // to (the server lets it in without a password: refused all the same, before anything
+    // is sent); the URL may say otherwise.
+    let url = s.url("vppr", &socket, "postgres", "application_name=x");
+    let e = probe(&url, Some("pw-unused"), crate::cluster::DEFAULT_LEASE_TTL)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server did not use channel binding"), "{e}");
+    assert!(e.contains("say channel_binding=prefer in store.url"), "{e}");
+    let url = s.url("vppr", &socket, "postgres", "channel_binding=prefer");
+    let p = probe(&url, Some("pw-unused"), crate::cluster::DEFAULT_LEASE_TTL)
+        .await
+        .unwrap();
+    assert!(
+        p.tls_settings
+            .ends_with("channel_binding=prefer: SCRAM bound to the TLS session when offered"),
+        "{p:?}"
+    );
 }
 
 /// A password over TLS: SCRAM with channel binding (`channel_binding=require` fails unless
@@ -259,7 +326,7 @@ async fn tls_scram_with_channel_binding() {
     let s = server();
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
     let admin = s.url("vppr", "127.0.0.1", "postgres", "sslmode=require");
-    let (config, settings) = super::super::connection_config(&admin, None).unwrap();
+    let (config, settings) = super::super::connection_config(&admin, None, &limits()).unwrap();
     let (client, conn) = config.connect(settings.connector().unwrap()).await.unwrap();
     tokio::spawn(conn);
     client
@@ -270,14 +337,21 @@ async fn tls_scram_with_channel_binding() {
         .await
         .unwrap();
     let db = s.database("vppr_scram").await;
-    let query = format!(
-        "sslmode=verify-full&sslrootcert={}&channel_binding=require",
-        s.ca("ca.crt")
-    );
+    // channel_binding=require is the default with a password.
+    let query = format!("sslmode=verify-full&sslrootcert={}", s.ca("ca.crt"));
     let url = s.url("vppr_scram", "localhost", &db, &query);
     let store = PgStore::connect(&url, Some(&password)).await.unwrap();
     store.ping().await.unwrap();
     store.close().await.unwrap();
+    let p = probe(&url, Some(&password), crate::cluster::DEFAULT_LEASE_TTL)
+        .await
+        .unwrap();
+    assert!(
+        p.tls_settings.ends_with(
+            "channel_binding=require: SCRAM bound to the TLS session, nothing else accepted"
+        ),
+        "{p:?}"
+    );
 
     let e = PgStore::connect(&url, Some("wrong-password"))
         .await
@@ -286,4 +360,115 @@ async fn tls_scram_with_channel_binding() {
         .to_string();
     assert!(e.contains("password authentication failed"), "{e}");
     assert!(!e.contains("wrong-password"), "{e}");
+}
+
+/// A self-signed certificate for localhost by `openssl req -x509 ARGS` into `dir`
+/// (`server.crt`, `server.key`). openssl is there wherever Debian's PostgreSQL is
+/// (postgresql-common needs ssl-cert, which needs openssl).
+fn openssl_certificate(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(args)
+        .arg("-keyout")
+        .arg(dir.join("server.key"))
+        .arg("-out")
+        .arg(dir.join("server.crt"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A server with TLS from the certificate `write` makes, and the role vppr_scram with a
+/// password on it; answers the server and the password.
+async fn scram_server(write: impl FnOnce(&std::path::Path)) -> (TlsServer, String) {
+    let s = start_tls_server(write, &[]);
+    let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let admin = s.url("vppr", "127.0.0.1", "postgres", "sslmode=require");
+    let (config, settings) = super::super::connection_config(&admin, None, &limits()).unwrap();
+    let (client, conn) = config.connect(settings.connector().unwrap()).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE vppr_scram LOGIN PASSWORD '{password}'"
+        ))
+        .await
+        .unwrap();
+    (s, password)
+}
+
+/// An RSA-PSS signed certificate (SHA-384, as openssl makes it; the server's key is plain
+/// RSA): the binding hash is the one in the signature's parameters, SHA-384, as the server
+/// computes it; SHA-256 (the default for PSS without parameters) would fail the sign-in.
+#[tokio::test]
+async fn tls_an_rsa_pss_certificate_binds_the_channel() {
+    let (s, password) = scram_server(|dir| {
+        openssl_certificate(
+            dir,
+            &[
+                "-newkey",
+                "rsa:2048",
+                "-sha384",
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:48",
+            ],
+        );
+        let pem = std::fs::read(dir.join("server.crt")).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        assert_eq!(
+            super::super::tls::end_point_hash(&der).map(|h| h.len()),
+            Some(48)
+        );
+    })
+    .await;
+    let url = s.url("vppr_scram", "127.0.0.1", "postgres", "sslmode=require");
+    let p = probe(&url, Some(&password), crate::cluster::DEFAULT_LEASE_TTL)
+        .await
+        .unwrap();
+    assert_eq!(p.tls.as_deref(), Some("TLSv1.3"), "{p:?}");
+    assert!(p.tls_settings.contains("channel_binding=require"), "{p:?}");
+}
+
+/// An Ed25519 certificate: RFC 5929 defines no binding for it and PostgreSQL computes
+/// none, so the default (require) refuses before sending anything, and `prefer` signs in
+/// with SCRAM unbound.
+#[tokio::test]
+async fn tls_an_ed25519_certificate_cannot_bind_and_says_so() {
+    let (s, password) = scram_server(|dir| {
+        openssl_certificate(dir, &["-newkey", "ed25519"]);
+        let pem = std::fs::read(dir.join("server.crt")).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        assert_eq!(super::super::tls::end_point_hash(&der), None);
+    })
+    .await;
+    let url = s.url("vppr_scram", "127.0.0.1", "postgres", "sslmode=require");
+    let e = probe(&url, Some(&password), crate::cluster::DEFAULT_LEASE_TTL)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server did not use channel binding"), "{e}");
+    assert!(e.contains("Ed25519 certificate"), "{e}");
+    let url = s.url(
+        "vppr_scram",
+        "127.0.0.1",
+        "postgres",
+        "sslmode=require&channel_binding=prefer",
+    );
+    let p = probe(&url, Some(&password), crate::cluster::DEFAULT_LEASE_TTL)
+        .await
+        .unwrap();
+    assert_eq!(p.tls.as_deref(), Some("TLSv1.3"), "{p:?}");
 }
