@@ -1,5 +1,5 @@
 //! HTTP serving that holds up on the open internet (the webhook faces it, behind a proxy at
-//! best): every connection must send its request headers within `header_read_timeout`
+//! best; the local API uses it too, as any local process or browser page may connect): every connection must send its request headers within `header_read_timeout`
 //! (also between keep-alive requests, so idle connections are closed), a whole request must
 //! be handled within `request_timeout` (a body trickled byte by byte gets 408), and at most
 //! `max_connections` are open at once (more are closed at accept, before they cost a task).
@@ -29,6 +29,15 @@ impl Limits {
         header_read_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(30),
         max_connections: 4096,
+    };
+
+    /// For the local API (loopback, the CLI and the MDM): fewer connections; a request may
+    /// take long (a submission split into many chunks waits on Apple's rate limit and
+    /// Retry-After for each; the work goes on when the answer times out).
+    pub const LOCAL_API: Limits = Limits {
+        header_read_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(300),
+        max_connections: 256,
     };
 }
 

@@ -1,4 +1,4 @@
-//! `GET /healthz` and `GET /metrics`, both unauthenticated.
+//! `GET /healthz` and `GET /metrics`, both without a token (the `Host` check still applies).
 
 use std::collections::HashSet;
 use std::time::Duration;
