@@ -144,6 +144,9 @@ fn basic(user: &str, password: &str) -> String {
     )
 }
 
+/// Request headers, the status and the error code they should get.
+type Case<'a> = (Vec<(&'a str, &'a str)>, u16, &'a str);
+
 /// Requests to a successful associate made through the daemon, per the simulator.
 async fn associates(sim: &Sim, uid: &str) -> u64 {
     let stats = sim.get("/_sim/stats").await;
@@ -194,7 +197,7 @@ async fn refusals_leave_apple_untouched() {
     let post = reqwest::Method::POST;
 
     // (headers, expected status, expected code) for a write that would assign a licence.
-    let cases: Vec<(Vec<(&str, &str)>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         // What a DNS-rebinding page sends: refused on its Host before anything else.
         (
             vec![
