@@ -147,11 +147,11 @@ pub enum Refusal {
     #[error("the request has no Host header")]
     NoHost,
     #[error(
-        "the local API needs Authorization: Bearer <api token> (the file daemon.api_token_file, \
-         else api-token beside the database)"
+        "the local API needs its bearer token, Authorization: Bearer <api token> (the file \
+         daemon.api_token_file, else api-token beside the database)"
     )]
     NoCredentials,
-    #[error("wrong API token")]
+    #[error("wrong bearer token for the local API")]
     WrongCredentials,
     #[error("HTTP Basic is accepted only by the status page; send Authorization: Bearer")]
     BasicNotHere,
