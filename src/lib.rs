@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod demo;
 pub mod effects;
 pub mod executor;
+pub mod files;
 pub mod fuzzing;
 pub mod metrics;
 pub mod mirror;

@@ -1,6 +1,12 @@
 //! Apple's notifications in (docs/architecture.md, "Webhook"): `POST {path_prefix}/{token}`
 //! with `Authorization: Bearer <notification auth token>`.
 //!
+//! Nothing is read from the body before the caller is authenticated: the token name comes from
+//! the path and the bearer from the headers, and only then is the body read, up to
+//! `max_body_bytes` (a declared `Content-Length` over it is refused without reading). An
+//! unknown token name gets the same 401 as a wrong bearer (so names cannot be probed), after
+//! a constant-time comparison against a stand-in secret.
+//!
 //! A notification is acknowledged (200) only after it is committed, together with its effect
 //! on the mirror, in the store's next group commit; it is then handed to the executor.
 //! Handling is at-least-once from Apple's side and exactly-once here: a duplicate
@@ -9,8 +15,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -41,10 +47,51 @@ pub struct WebhookState {
 }
 
 pub fn router(state: WebhookState, path_prefix: &str, max_body_bytes: usize) -> Router {
+    // The body is the last extractor and a raw stream: axum reads none of it before the
+    // handler has checked the token name and the bearer.
+    let handler =
+        move |state: State<WebhookState>, token: Path<String>, headers: HeaderMap, body: Body| {
+            receive(state, token, headers, body, max_body_bytes)
+        };
     Router::new()
-        .route(&format!("{path_prefix}/{{token}}"), post(receive))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .route(&format!("{path_prefix}/{{token}}"), post(handler))
         .with_state(state)
+}
+
+/// Compared with the bearer of a request for a token name that is not configured, so that
+/// answer takes as long as a wrong bearer's.
+const STAND_IN_SECRET: &str = "vpp-reconciler stand-in for an unknown token name";
+
+/// Why a body could not be read.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is over the limit of {max} bytes")]
+    TooLarge { max: usize },
+    #[error("the body could not be read: {0}")]
+    Broken(String),
+}
+
+/// Reads `body` into memory, stopping as soon as it passes `max` bytes; a declared
+/// `Content-Length` over `max` is refused before anything is read.
+pub async fn read_capped(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, BodyError> {
+    use futures::StreamExt;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge { max });
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(max));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
+        if buf.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge { max });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
 }
 
 fn reply(status: StatusCode, message: &str) -> Response {
@@ -146,25 +193,38 @@ async fn receive(
     State(state): State<WebhookState>,
     Path(token): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
+    max_body_bytes: usize,
 ) -> Response {
     let started = Instant::now();
-    let Some(known) = state.tokens.get(&token) else {
-        return reply(StatusCode::NOT_FOUND, "unknown token");
-    };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::secret::bearer)
         .unwrap_or("");
-    if !known
-        .config
-        .notification_auth_token
-        .matches(given.as_bytes())
-    {
-        tracing::warn!(token = %token, "notification with a missing or wrong bearer token refused");
+    let known = state.tokens.get(&token);
+    let authorized = match &known {
+        Some(k) => k.config.notification_auth_token.matches(given.as_bytes()),
+        None => {
+            // Same work and same answer as a wrong bearer: the token list stays private.
+            let _ = crate::secret::Secret::new(STAND_IN_SECRET).matches(given.as_bytes());
+            false
+        }
+    };
+    let Some(known) = known.filter(|_| authorized) else {
+        // The name is the caller's text: bounded before it reaches the log.
+        let name: String = token.chars().take(64).collect();
+        tracing::warn!(token = %name, "notification with an unknown token name or a missing or wrong bearer token refused");
         return reply(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    }
+    };
+    let body = match read_capped(&headers, body, max_body_bytes).await {
+        Ok(b) => b,
+        Err(e @ BodyError::TooLarge { .. }) => {
+            tracing::warn!(token = %token, error = %e, "notification refused");
+            return reply(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+        }
+        Err(e) => return reply(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
     let Ok(_permit) = state.writes.acquire().await else {
         return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };

@@ -1063,3 +1063,221 @@ async fn metrics_leave_the_lease_series_out_when_the_lease_read_fails() {
     assert_error(status, &body, 503, "store_unavailable", "leases");
     api.stop().await;
 }
+
+/// Each scenario runs on both backends: `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::common::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(submissions_are_bounded_and_idempotent);
+
+/// A submission with its headers and an optional `Idempotency-Key`: (status, answer,
+/// replayed header).
+async fn submit(
+    c: &reqwest::Client,
+    env: &TestEnv,
+    kind: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> (u16, Value, bool) {
+    let mut req = env
+        .api_request(
+            c,
+            reqwest::Method::POST,
+            &format!("/v1/tokens/acme/requests/{kind}"),
+        )
+        .json(body);
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let r = req.send().await.expect("submit");
+    let status = r.status().as_u16();
+    let replayed = r.headers().get("idempotent-replayed").is_some();
+    (status, r.json().await.unwrap_or(Value::Null), replayed)
+}
+
+/// On PostgreSQL, waits (bounded) until this daemon holds the lease of `acme`: only the
+/// holder submits to Apple.
+async fn wait_holding(c: &reqwest::Client, env: &TestEnv, backend: common::Backend) {
+    if backend != common::Backend::Postgres {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = env
+            .api_request(c, reqwest::Method::GET, "/v1/tokens")
+            .send()
+            .await
+            .expect("tokens");
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        let held = v["tokens"].as_array().is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t["name"] == "acme" && t["holder"].is_string())
+        });
+        if held {
+            return;
+        }
+        assert!(Instant::now() < deadline, "acme's lease not taken: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Apple requests the simulator counted for the location, by endpoint.
+async fn apple_requests(sim: &common::Sim, uid: &str, endpoint: &str) -> u64 {
+    let stats = sim.get("/_sim/stats").await;
+    stats["tokens"][uid]["requests"][endpoint]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Submissions are bounded and idempotent, against the real binary and simulator:
+/// - a 2 MB body is refused (413) from its Content-Length before it is sent, and bodies that
+///   would make more than 100 Apple requests or name more than 100,000 entities are refused
+///   (413, naming the limit and the value), all before any request reaches Apple;
+/// - with an `Idempotency-Key`, the same submission twice makes one set of Apple requests
+///   and answers the same eventIds, also after a restart (the key is in the store); the same
+///   key with another body is refused (422); and two at once with one key never submit
+///   twice.
+async fn submissions_are_bounded_and_idempotent(backend: common::Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = common::Sim::start(21);
+    let loc = sim
+        .post(
+            "/_sim/locations",
+            &json!({"name": "Acme", "assets": [{"adamId": "361304891", "pricingParam": "STDQ",
+                "productType": "App", "total": 10, "deviceAssignable": true, "revocable": true}],
+                "users": [], "pageSize": 100}),
+        )
+        .await;
+    let uid = loc["uId"].as_str().expect("uId").to_string();
+    let env = TestEnv::new(EnvOptions {
+        tokens: &["acme"],
+        apple_base_url: Some(sim.base.clone()),
+        // Nothing becomes due during the test.
+        reconcile: "notification_grace = \"1h\"",
+        stokens: vec![loc["sToken"].as_str().expect("sToken").to_string()],
+        log_level: "warn",
+        backend,
+        ..Default::default()
+    });
+    let daemon = env.start_daemon();
+    let c = client();
+    wait_holding(&c, &env, backend).await;
+
+    // 2 MB announced: 413 without the body being sent (the read never starts).
+    let mut s = tokio::net::TcpStream::connect(env.api).await.unwrap();
+    let head = format!(
+        "POST /v1/tokens/acme/requests/associate HTTP/1.1\r\nHost: 127.0.0.1\r\n{}Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n",
+        env.api_auth_lines()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("answered before the body was sent")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("\"too_large\"") && answer.contains("1048576"),
+        "{answer}"
+    );
+    drop(s);
+
+    // Under the byte cap but 104 Apple requests (2,600 assets at maxAssets 25).
+    let assets: Vec<Value> = (0..2_600)
+        .map(|i| json!({"adamId": format!("{}", 1_000_000 + i), "pricingParam": "STDQ"}))
+        .collect();
+    let (st, a, _) = submit(
+        &c,
+        &env,
+        "associate",
+        None,
+        &json!({"assets": assets, "serialNumbers": ["SN1"]}),
+    )
+    .await;
+    assert_error(st, &a, 413, "too_large", "104");
+    assert!(a["error"].as_str().unwrap().contains("100"), "{a}");
+    // 5 requests but 125,000 entities.
+    let assets: Vec<Value> = (0..25)
+        .map(|i| json!({"adamId": format!("{}", 1_000_000 + i), "pricingParam": "STDQ"}))
+        .collect();
+    let serials: Vec<String> = (0..5_000).map(|i| format!("SN{i:05}")).collect();
+    let (st, a, _) = submit(
+        &c,
+        &env,
+        "associate",
+        None,
+        &json!({"assets": assets, "serialNumbers": serials}),
+    )
+    .await;
+    assert_error(st, &a, 413, "too_large", "125000");
+    assert_eq!(apple_requests(&sim, &uid, "associateAssets").await, 0);
+
+    // A bad key is refused, naming it.
+    let users = |prefix: &str, n: usize| -> Value {
+        let users: Vec<Value> = (0..n)
+            .map(|i| json!({"clientUserId": format!("{prefix}{i:03}")}))
+            .collect();
+        json!({ "users": users })
+    };
+    let (st, a, _) = submit(&c, &env, "create-users", Some("has space"), &users("x", 1)).await;
+    assert_error(st, &a, 400, "invalid_request", "has space");
+
+    // One key, the same body twice: one set of Apple requests, the same eventIds.
+    let body = users("u", 150);
+    let (st, first, replayed) = submit(&c, &env, "create-users", Some("k-1"), &body).await;
+    assert_eq!(st, 201, "{first}");
+    assert!(!replayed);
+    assert_eq!(first["eventIds"].as_array().unwrap().len(), 2, "{first}");
+    let (st, again, replayed) = submit(&c, &env, "create-users", Some("k-1"), &body).await;
+    assert_eq!(st, 201, "{again}");
+    assert!(replayed);
+    assert_eq!(again["eventIds"], first["eventIds"]);
+    assert_eq!(apple_requests(&sim, &uid, "createUsers").await, 2);
+    // The same key with another body: refused, naming the key.
+    let (st, a, _) = submit(&c, &env, "create-users", Some("k-1"), &users("v", 3)).await;
+    assert_error(st, &a, 422, "idempotency_mismatch", "\"k-1\"");
+    // Another kind is another key space.
+    assert_eq!(apple_requests(&sim, &uid, "createUsers").await, 2);
+
+    // Durable: after a restart the key still answers the first submission.
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let daemon = env.start_daemon();
+    wait_holding(&c, &env, backend).await;
+    let (st, after, replayed) = submit(&c, &env, "create-users", Some("k-1"), &body).await;
+    assert_eq!(st, 201, "{after}");
+    assert!(replayed);
+    assert_eq!(after["eventIds"], first["eventIds"]);
+    assert_eq!(apple_requests(&sim, &uid, "createUsers").await, 2);
+
+    // Two at once with one key: Apple sees one submission; the other waits its turn (409)
+    // or, if it came after, gets the same answer.
+    let body = users("w", 150);
+    let (a, b) = tokio::join!(
+        submit(&c, &env, "create-users", Some("k-2"), &body),
+        submit(&c, &env, "create-users", Some("k-2"), &body),
+    );
+    assert_eq!(apple_requests(&sim, &uid, "createUsers").await, 4);
+    let winners: Vec<&(u16, Value, bool)> = [&a, &b].into_iter().filter(|r| r.0 == 201).collect();
+    assert!(!winners.is_empty(), "{a:?} {b:?}");
+    for r in [&a, &b] {
+        match r.0 {
+            201 => assert_eq!(r.1["eventIds"], winners[0].1["eventIds"]),
+            409 => assert_eq!(r.1["code"], "idempotency_in_progress", "{:?}", r.1),
+            other => panic!("unexpected {other}: {:?}", r.1),
+        }
+    }
+    assert_eq!(daemon.terminate().code(), Some(0));
+}

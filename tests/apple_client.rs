@@ -372,6 +372,138 @@ async fn simple_errors_classified() {
     .await;
 }
 
+/// A server that answers every request with status 200 and a body without
+/// `Content-Length` that never ends (chunks of 64 KiB until the client hangs up), or with a
+/// `Content-Length` larger than any cap and no body at all. Returns the base URL and the
+/// bytes it managed to send.
+async fn endless(declared: bool) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                if declared {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1099511627776\r\n\r\n")
+                        .await;
+                    // Holds the connection; the client must not wait for the body.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = format!("{:x}\r\n{}\r\n", 65536, " ".repeat(65536));
+                while s.write_all(chunk.as_bytes()).await.is_ok() {
+                    counter.fetch_add(65536, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/mdm/v2/"), sent)
+}
+
+/// Every Apple answer is read with a cap: a page body that never ends stops at 16 MiB with
+/// a typed error naming the endpoint and the cap (no growing buffer), a declared length over
+/// the cap is refused unread, and the cap of a small endpoint is 1 MiB. Not retried, and the
+/// token stays healthy (a bad answer, not a token problem).
+#[tokio::test]
+async fn oversized_bodies_are_a_typed_error_naming_endpoint_and_cap() {
+    use vpp_reconciler::apple::{LARGE_BODY_CAP, SMALL_BODY_CAP};
+    bounded(60, async {
+        let (base, sent) = endless(false).await;
+        let c = client(&base);
+        let e = c.get_assets("acme").await.unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::TooLarge {
+                endpoint: "assets".into(),
+                cap: LARGE_BODY_CAP
+            }
+        );
+        assert!(
+            e.to_string().contains("assets") && e.to_string().contains("16777216"),
+            "{e}"
+        );
+        let e = c.client_config("acme").await.unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::TooLarge {
+                endpoint: "client/config".into(),
+                cap: SMALL_BODY_CAP
+            }
+        );
+        assert_eq!(c.token_health("acme"), Some(TokenHealth::Healthy));
+        // The server could push only what the client read plus the socket buffers: far
+        // less than an endless body (this would grow without bound otherwise).
+        let pushed = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(pushed < 64 * 1024 * 1024, "{pushed} bytes pushed");
+
+        let (base, _) = endless(true).await;
+        let c = client(&base);
+        let started = Instant::now();
+        let e = c.get_users("acme", None).await.unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::TooLarge {
+                endpoint: "users".into(),
+                cap: LARGE_BODY_CAP
+            }
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refused without waiting for the body"
+        );
+    })
+    .await;
+}
+
+/// Over HTTP: a server whose `totalPages` says 1000 while page 1 is the last (no
+/// `nextPageIndex`) gets no request past what was in flight, and a record on page 1 that does
+/// not decode is counted, not dropped silently.
+#[tokio::test]
+async fn pager_stops_at_the_last_real_page_and_counts_undecodable_records() {
+    bounded(20, async {
+        let f = fake(|_, s| {
+            let page: u32 = s
+                .query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("pageIndex="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            match page {
+                0 => ok(json!({"assignments": [{"adamId": "1", "pricingParam": "STDQ", "serialNumber": "a"}],
+                    "currentPageIndex": 0, "nextPageIndex": 1, "totalPages": 1000, "size": 1, "versionId": "v"})),
+                1 => ok(json!({"assignments": [{"adamId": "1", "pricingParam": "STDQ", "serialNumber": "b"},
+                        {"adamId": "2", "pricingParam": "STDQ", "serialNumber": {"odd": true}}],
+                    "currentPageIndex": 1, "totalPages": 1000, "size": 2, "versionId": "v"})),
+                _ => apple_err(400, 9650),
+            }
+        })
+        .await;
+        let c = client(&f.base);
+        let t = c.get_assignments("acme", None).await.unwrap();
+        assert_eq!(t.records.len(), 2);
+        assert_eq!(t.pages, 2);
+        assert_eq!(t.undecodable, 1);
+        assert!(t.consistent);
+        let asked = f.seen().len();
+        // Page 0, then pages 1..=5 in flight at most (5 concurrent requests).
+        assert!(asked <= 6, "{asked} requests for 2 real pages");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn retry_after_is_honoured_by_retries_and_queued_requests() {
     bounded(30, async {
@@ -794,7 +926,7 @@ mod sim {
     /// Submits `body` split by the Service Config limits; waits for every part.
     async fn submit_all(c: &AppleClient, token: &str, kind: RequestKind, body: Value) {
         let parts = split_request(kind, &body, &c.limits().unwrap()).unwrap();
-        for p in parts {
+        for p in parts.iter() {
             let e = c.submit(token, kind, &p).await.unwrap();
             wait_complete(c, token, &e.event_id).await;
         }

@@ -82,14 +82,18 @@ async fn webhook_rules() {
         401,
         "Bearer prefix required"
     );
-    // Unknown token route.
-    let r = c
-        .post(format!("http://{}/apple/notifications/other", env.webhook))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    // Unknown token name: the same 401 as a wrong bearer (names cannot be probed), even
+    // with this token's own bearer.
+    for auth in [None, Some(format!("Bearer {secret}"))] {
+        let mut r = c
+            .post(format!("http://{}/apple/notifications/other", env.webhook))
+            .body("{}");
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
 
     // Accepted (the scheme name is case-insensitive), committed, then a duplicate with no
     // second effect.

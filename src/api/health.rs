@@ -1,4 +1,9 @@
 //! `GET /healthz` and `GET /metrics`, both without a token (the `Host` check still applies).
+//!
+//! `/healthz`: 200 `ok`; 200 `degraded` with `tokens` (tokens Apple refused, expired...)
+//! and/or `store` (`{"writes":"failing","since":...,"error":...}` while the database takes
+//! no writes, e.g. a full disk; it clears by itself once a write commits); 503 `unhealthy`
+//! when the store's writer does not answer or the executor loop stalled.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -29,15 +34,25 @@ pub(super) async fn healthz(State(state): State<ApiState>) -> Response {
                     (name, serde_json::to_value(t).unwrap_or(Value::Null))
                 })
                 .collect();
-            if tokens.is_empty() {
-                (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
-            } else {
-                (
-                    StatusCode::OK,
-                    Json(json!({"status": "degraded", "tokens": tokens})),
-                )
-                    .into_response()
+            // The ping commits an empty transaction, which a full disk lets through: the
+            // writer's own record says whether data can be written.
+            let writes = state.store.writes_failing();
+            if tokens.is_empty() && writes.is_none() {
+                return (StatusCode::OK, Json(json!({"status": "ok"}))).into_response();
             }
+            let mut body = serde_json::Map::new();
+            body.insert("status".into(), "degraded".into());
+            if !tokens.is_empty() {
+                body.insert("tokens".into(), Value::Object(tokens));
+            }
+            if let Some(f) = writes {
+                let mut store = serde_json::to_value(f).unwrap_or(Value::Null);
+                if let Some(o) = store.as_object_mut() {
+                    o.insert("writes".into(), "failing".into());
+                }
+                body.insert("store".into(), store);
+            }
+            (StatusCode::OK, Json(Value::Object(body))).into_response()
         }
         (db, alive) => {
             let why = match db {

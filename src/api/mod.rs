@@ -42,6 +42,7 @@ use crate::tokens::Registry;
 pub use access::{AllowedHosts, ApiTokens, Authority};
 pub use auth::{Access, AccessPolicy};
 pub use events::commit_track;
+pub use submit::{idempotency_key, MAX_IDEMPOTENCY_KEY_LEN, MAX_SUBMIT_BODY_BYTES};
 pub use validate::{
     validate_event_id, validate_track, ListQuery, PageQuery, TrackFields, ValidTrack,
 };

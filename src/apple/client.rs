@@ -9,6 +9,10 @@
 //!   error, a 429/9646, or a 5xx that came with an ErrorResponse body.
 //! - A token problem (expired, revoked, unauthorized) marks the token unhealthy; every later
 //!   call is refused locally until `set_token` is called again.
+//! - Every response body is read with a cap ([`body_cap`]: 16 MiB for a page or an Event
+//!   Status, 1 MiB for the rest): a larger `Content-Length` is refused unread, and a body
+//!   without one is read in chunks only up to the cap; past it the answer is
+//!   [`ApiError::TooLarge`], never a growing buffer.
 //! - The sToken only ever leaves through the `Authorization` header (reqwest marks it
 //!   sensitive); errors are scrubbed of it.
 
@@ -50,6 +54,21 @@ const USED_URL_KEYS: [&str; 11] = [
     "retireUsers",
     "eventStatus",
 ];
+
+/// Largest body accepted from a paginated read or Event Status (a page is "on the order of
+/// several hundred" records; an event's failures are bounded by its entities).
+pub const LARGE_BODY_CAP: usize = 16 * 1024 * 1024;
+/// Largest body accepted from every other endpoint (Service Config, Client Config, a
+/// write's answer: a few kilobytes each).
+pub const SMALL_BODY_CAP: usize = 1024 * 1024;
+
+/// The body size cap of `endpoint` (the client's endpoint labels).
+pub fn body_cap(endpoint: &str) -> usize {
+    match endpoint {
+        "assets" | "assignments" | "users" | "status" => LARGE_BODY_CAP,
+        _ => SMALL_BODY_CAP,
+    }
+}
 
 /// Attempts for a write whose earlier attempt provably never reached Apple's processing.
 const WRITE_ATTEMPTS: u32 = 3;
@@ -576,7 +595,7 @@ impl AppleClient {
             let url = page_url(&base, page, since_version);
             async move {
                 let r: R = self.json(token, endpoint, Method::GET, url, None).await?;
-                Ok(r.into())
+                Ok(self.redact_page(token, r.into()))
             }
         };
         traverse(
@@ -604,7 +623,7 @@ impl AppleClient {
             let url = page_url(&base, page, since_version);
             async move {
                 let r: R = self.json(token, endpoint, Method::GET, url, None).await?;
-                Ok(r.into())
+                Ok(self.redact_page(token, r.into()))
             }
         };
         traverse_into(
@@ -614,6 +633,16 @@ impl AppleClient {
             sink,
         )
         .await
+    }
+
+    fn redact_page<T>(&self, token: &str, page: Page<T>) -> Page<T> {
+        if page.undecodable_samples.is_empty() {
+            return page;
+        }
+        match self.slot(token) {
+            Ok(slot) => page.redact(lock(&slot.state).stoken.expose()),
+            Err(_) => page,
+        }
     }
 
     // ---- transport ------------------------------------------------------------------------
@@ -734,7 +763,7 @@ impl AppleClient {
         let sent_at = std::time::Instant::now();
         let (result, connect_failed) = match rb.send().await {
             Err(e) => transport_error(e),
-            Ok(resp) => read_response(resp).await,
+            Ok(resp) => read_response(resp, call.endpoint).await,
         };
         let metrics = &self.inner.opts.metrics;
         metrics.observe_api_latency(call.endpoint, sent_at.elapsed().as_secs_f64());
@@ -742,6 +771,7 @@ impl AppleClient {
             Ok(_) => "ok".to_string(),
             Err(ApiError::Timeout) => "timeout".to_string(),
             Err(ApiError::Transport(_)) => "transport".to_string(),
+            Err(ApiError::TooLarge { .. }) => "too_large".to_string(),
             Err(e) => e
                 .error_number()
                 .map(|n| n.to_string())
@@ -808,7 +838,7 @@ impl AppleClient {
     async fn send_unauthenticated(&self, url: Url) -> Result<Vec<u8>, ApiError> {
         match self.inner.http.get(url).send().await {
             Err(e) => transport_error(e).0,
-            Ok(resp) => read_response(resp).await.0,
+            Ok(resp) => read_response(resp, "service/config").await.0,
         }
     }
 }
@@ -848,11 +878,48 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn read_response(resp: reqwest::Response) -> Flagged {
+/// Why a body was not read whole.
+enum BodyRead {
+    TooLarge(usize),
+    Failed(reqwest::Error),
+}
+
+/// Reads a body up to `cap` bytes: a larger `Content-Length` is refused before reading, and
+/// a streamed body is dropped (the connection with it) as soon as it passes the cap.
+async fn read_body(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, BodyRead> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(BodyRead::TooLarge(cap));
+    }
+    let mut buf = Vec::with_capacity(resp.content_length().map_or(0, |n| n as usize));
+    while let Some(chunk) = resp.chunk().await.map_err(BodyRead::Failed)? {
+        if buf.len() + chunk.len() > cap {
+            return Err(BodyRead::TooLarge(cap));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+async fn read_response(resp: reqwest::Response, endpoint: &str) -> Flagged {
     let status = resp.status().as_u16();
     let retry_after = retry_after_header(resp.headers());
-    match resp.bytes().await {
-        Err(e) => {
+    match read_body(resp, body_cap(endpoint)).await {
+        Err(BodyRead::TooLarge(cap)) => {
+            // A 5xx/429 status still tells us what happened; otherwise a bad answer.
+            match ApiError::classify(status, b"", retry_after) {
+                Some(err @ (ApiError::Unavailable { .. } | ApiError::RateLimited { .. })) => {
+                    (Err(err), false)
+                }
+                _ => (
+                    Err(ApiError::TooLarge {
+                        endpoint: endpoint.to_string(),
+                        cap,
+                    }),
+                    false,
+                ),
+            }
+        }
+        Err(BodyRead::Failed(e)) => {
             // The body failed mid-way; a 5xx/429 status still tells us what happened.
             match ApiError::classify(status, b"", retry_after) {
                 Some(err @ (ApiError::Unavailable { .. } | ApiError::RateLimited { .. })) => {
@@ -863,7 +930,7 @@ async fn read_response(resp: reqwest::Response) -> Flagged {
         }
         Ok(body) => match ApiError::classify(status, &body, retry_after) {
             Some(err) => (Err(err), false),
-            None => (Ok(body.to_vec()), false),
+            None => (Ok(body), false),
         },
     }
 }

@@ -59,6 +59,10 @@ pub enum ApiError {
     /// A response that is neither an ErrorResponse nor the documented shape.
     #[error("could not decode Apple's {endpoint} response: {detail}")]
     Decode { endpoint: String, detail: String },
+    /// The response body passed the size cap of its endpoint (the read stopped there): a bad
+    /// answer, like one that does not decode.
+    #[error("Apple's {endpoint} response is larger than the {cap} bytes accepted for it")]
+    TooLarge { endpoint: String, cap: usize },
     /// Refused locally: the token was marked unhealthy by an earlier token error and stays so
     /// until it is set again (config reload).
     #[error("token {token:?} is marked unhealthy after a token error; reload it to retry")]

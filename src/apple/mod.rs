@@ -16,7 +16,10 @@ pub mod gate;
 pub mod model;
 pub mod pagination;
 
-pub use client::{decode_response, AppleClient, ClientOptions, TokenHealth};
+pub use client::{
+    body_cap, decode_response, AppleClient, ClientOptions, TokenHealth, LARGE_BODY_CAP,
+    SMALL_BODY_CAP,
+};
 pub use error::{parse_retry_after, ApiError};
 pub use gate::{Gate, GateConfig, Outcome as GateOutcome, Refused};
 pub use model::{

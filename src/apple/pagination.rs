@@ -1,9 +1,16 @@
 //! Paginated traversal of Get Assets / Get Assignments / Get Users (docs/apple-api.md#pagination-and-versionid).
 //!
 //! Invariants:
-//! - The end of data is the absence of `nextPageIndex`; `totalPages` is only a hint for which
-//!   pages to fetch in parallel (at most 5 in flight, Apple's limit), after which the traversal
-//!   keeps following `nextPageIndex` from the last page fetched (`totalPages` can grow).
+//! - The end of data is the absence of `nextPageIndex` (apple-api.md §4: Apple's stop
+//!   condition) or an empty page after page 0: the pager stops there, whatever `totalPages`
+//!   said. `totalPages` is only a hint for which pages to fetch in parallel (at most 5 in
+//!   flight, Apple's limit): requests past the last real page that are already in flight are
+//!   dropped, none is started after it. Beyond the hint the traversal keeps following
+//!   `nextPageIndex` from the last page fetched (`totalPages` can grow).
+//! - A record that does not decode is never silently dropped: the pass counts it (and keeps
+//!   the first few, [`Undecodable`], with page and index), logs a warning naming it, and
+//!   [`Streamed::undecodable`] tells the caller, whose sync must then remove nothing (it
+//!   cannot know that record is gone).
 //! - `version_id` is page 0's, the one Apple says to store as the next `sinceVersionId`.
 //! - A traversal is `consistent` only if every page carried that same versionId and no page
 //!   vanished underneath us (9650 after a shrink). Inconsistent traversals are re-run, up to
@@ -29,7 +36,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::error::ApiError;
 use super::model::{
     Assignee, Assignment, GetAssetsResponse, GetAssignmentsResponse, GetUsersResponse, PageInfo,
-    PricingParam, ResponseAsset, ResponseUser, UserStatus,
+    PageRecords, PricingParam, ResponseAsset, ResponseUser, Undecodable, UserStatus,
+    UNDECODABLE_SAMPLES,
 };
 
 /// Whole traversals attempted before settling for an inconsistent one.
@@ -51,10 +59,14 @@ pub struct Traversal<T> {
     pub consistent: bool,
     /// Fetched with `sinceVersionId`: `records` are changes, not the whole set.
     pub incremental: bool,
+    /// Records of the returned attempt that did not decode (not in `records`).
+    pub undecodable: u64,
+    /// The returned attempt stopped before Apple's end of data (see [`Streamed::cut_short`]).
+    pub cut_short: bool,
 }
 
 /// The result of one streamed traversal ([`traverse_into`]): the records went to the sink.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Streamed {
     /// Page 0's versionId of the last pass (store it as the next `sinceVersionId`).
     pub version_id: Option<String>,
@@ -67,6 +79,21 @@ pub struct Streamed {
     pub consistent: bool,
     /// Fetched with `sinceVersionId`: the records are changes, not the whole set.
     pub incremental: bool,
+    /// Records of the last pass that did not decode (not handed to the sink): the read is
+    /// incomplete, so it proves no removals.
+    pub undecodable: u64,
+    /// The first of them, with their page.
+    pub undecodable_samples: Vec<Undecodable>,
+    /// The last pass stopped before Apple's end of data (an empty page pointing further, a
+    /// `nextPageIndex` that does not advance): it may not hold every record.
+    pub cut_short: bool,
+}
+
+impl Streamed {
+    /// Every record Apple had was read (so the read may prove removals, if consistent).
+    pub fn complete(&self) -> bool {
+        self.undecodable == 0 && !self.cut_short
+    }
 }
 
 /// An order-independent digest of a set of record keys: two passes that delivered the same
@@ -156,34 +183,76 @@ pub struct Page<T> {
     pub next_page_index: Option<u32>,
     pub total_pages: Option<u32>,
     pub version_id: Option<String>,
+    /// Records of the page that did not decode.
+    pub undecodable: u64,
+    /// The first of them.
+    pub undecodable_samples: Vec<Undecodable>,
 }
 
 impl<T> Page<T> {
-    fn new(records: Vec<T>, info: PageInfo) -> Page<T> {
+    fn new(records: PageRecords<T>, info: PageInfo) -> Page<T> {
         let idx = |v: Option<i64>| v.and_then(|n| u32::try_from(n).ok());
         Page {
-            records,
+            records: records.records,
             current_page_index: info.current_page_index,
             next_page_index: idx(info.next_page_index),
             total_pages: idx(info.total_pages),
             version_id: info.version_id,
+            undecodable: records.undecodable,
+            undecodable_samples: records.samples,
         }
+    }
+
+    /// A page with these records and nothing undecodable (tests, fakes).
+    pub fn of(
+        records: Vec<T>,
+        current: u32,
+        next: Option<u32>,
+        total: Option<u32>,
+        version_id: Option<String>,
+    ) -> Page<T> {
+        Page {
+            records,
+            current_page_index: Some(i64::from(current)),
+            next_page_index: next,
+            total_pages: total,
+            version_id,
+            undecodable: 0,
+            undecodable_samples: Vec::new(),
+        }
+    }
+
+    /// Scrubs `secret` out of the descriptions of undecodable records (a server echoing the
+    /// token into a record must not put it in a log).
+    pub fn redact(mut self, secret: &str) -> Page<T> {
+        if !secret.is_empty() {
+            for u in &mut self.undecodable_samples {
+                u.detail = u.detail.replace(secret, "<redacted>");
+                u.id = u.id.take().map(|id| id.replace(secret, "<redacted>"));
+            }
+        }
+        self
+    }
+
+    /// Nothing on it, decoded or not.
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.undecodable == 0
     }
 }
 
 impl From<GetAssetsResponse> for Page<ResponseAsset> {
     fn from(r: GetAssetsResponse) -> Self {
-        Page::new(r.assets.into(), r.page)
+        Page::new(r.assets, r.page)
     }
 }
 impl From<GetAssignmentsResponse> for Page<Assignment> {
     fn from(r: GetAssignmentsResponse) -> Self {
-        Page::new(r.assignments.into(), r.page)
+        Page::new(r.assignments, r.page)
     }
 }
 impl From<GetUsersResponse> for Page<ResponseUser> {
     fn from(r: GetUsersResponse) -> Self {
-        Page::new(r.users.into(), r.page)
+        Page::new(r.users, r.page)
     }
 }
 
@@ -236,6 +305,34 @@ struct Pass {
     pages: u32,
     records: u64,
     stable: bool,
+    undecodable: u64,
+    samples: Vec<Undecodable>,
+    cut_short: bool,
+}
+
+impl Pass {
+    /// Counts page `index`'s records, decoded or not, warning about each undecodable one
+    /// kept as a sample (the count covers the rest).
+    fn count<T>(&mut self, index: u32, page: &mut Page<T>) {
+        self.records += page.records.len() as u64;
+        if page.undecodable == 0 {
+            return;
+        }
+        self.undecodable += page.undecodable;
+        tracing::warn!(
+            page = index,
+            undecodable = page.undecodable,
+            "records of Apple's answer could not be decoded; this sync removes nothing"
+        );
+        for mut u in std::mem::take(&mut page.undecodable_samples) {
+            u.page = Some(index);
+            tracing::warn!(page = index, index = u.index, id = u.id.as_deref().unwrap_or("-"),
+                detail = %u.detail, "undecodable record");
+            if self.samples.len() < UNDECODABLE_SAMPLES {
+                self.samples.push(u);
+            }
+        }
+    }
 }
 
 /// Pages fetched and not yet written, beyond those in flight.
@@ -300,8 +397,11 @@ where
         pages: 0,
         records: 0,
         stable: true,
+        undecodable: 0,
+        samples: Vec::new(),
+        cut_short: false,
     };
-    let Some((first, slot)) = fetch_slotted(0).await? else {
+    let Some((mut first, slot)) = fetch_slotted(0).await? else {
         return Ok(pass);
     };
     let version = first.version_id.clone();
@@ -312,12 +412,14 @@ where
     let total = first.total_pages.unwrap_or(1).min(MAX_PAGES as u32);
     let mut last_index = 0u32;
     let mut pages = 1usize;
-    pass.records = first.records.len() as u64;
+    pass.count(0, &mut first);
     if tx.unbounded_send((first.records, slot)).is_err() {
         return Ok(pass);
     }
 
     if next.is_some() && total > 1 {
+        // Lazily fetched, at most `concurrency` ahead; dropped (with what is in flight) as
+        // soon as a page says it is the last: totalPages never makes us read past it.
         let mut s = stream::iter(1..total)
             .map(fetch_slotted)
             .buffered(concurrency.clamp(1, MAX_PAGE_CONCURRENCY));
@@ -326,23 +428,26 @@ where
             index += 1;
             match r {
                 Ok(None) => return Ok(pass),
-                Ok(Some((p, slot))) => {
-                    if next.is_none() {
-                        // An earlier page said it was the last, yet more came: data moved.
-                        pass.stable = false;
-                    }
+                Ok(Some((mut p, slot))) => {
                     next = p.next_page_index;
                     last_index = index;
                     pages += 1;
                     pass.stable &= p.version_id == version;
-                    pass.records += p.records.len() as u64;
+                    pass.count(index, &mut p);
+                    let empty = p.is_empty();
                     if tx.unbounded_send((p.records, slot)).is_err() {
                         return Ok(pass);
                     }
+                    if empty {
+                        next = stop_at_empty(index, next, &mut pass);
+                    }
+                    if next.is_none() {
+                        break;
+                    }
                 }
                 Err(e) if is_out_of_range(&e) => {
-                    // The set shrank under us: totalPages promised a page that no longer
-                    // exists. What we have is real data but not a snapshot.
+                    // The set shrank under us: the previous page promised this one, and it
+                    // no longer exists. What we have is real data but not a snapshot.
                     tracing::info!(
                         page = index,
                         "page out of range during traversal; data shrank"
@@ -365,18 +470,23 @@ where
                 "nextPageIndex does not advance"
             );
             pass.stable = false;
+            pass.cut_short = true;
             break;
         }
         match fetch_slotted(n).await {
             Ok(None) => return Ok(pass),
-            Ok(Some((p, slot))) => {
+            Ok(Some((mut p, slot))) => {
                 next = p.next_page_index;
                 last_index = n;
                 pages += 1;
                 pass.stable &= p.version_id == version;
-                pass.records += p.records.len() as u64;
+                pass.count(n, &mut p);
+                let empty = p.is_empty();
                 if tx.unbounded_send((p.records, slot)).is_err() {
                     return Ok(pass);
+                }
+                if empty {
+                    next = stop_at_empty(n, next, &mut pass);
                 }
             }
             Err(e) if is_out_of_range(&e) => {
@@ -389,6 +499,21 @@ where
     }
     pass.pages = u32::try_from(pages).unwrap_or(u32::MAX);
     Ok(pass)
+}
+
+/// An empty page after page 0 ends the traversal: Apple's pages are full up to the last, so
+/// a server that keeps pointing further past an empty page is not followed (it could make
+/// us read forever). Since that pass may then miss records, it proves no removals.
+fn stop_at_empty(index: u32, next: Option<u32>, pass: &mut Pass) -> Option<u32> {
+    if let Some(n) = next {
+        tracing::warn!(
+            page = index,
+            next = n,
+            "an empty page points to a next page; stopping there"
+        );
+        pass.cut_short = true;
+    }
+    None
 }
 
 /// Deduplicates by [`Record::key`], keeping first-seen order.
@@ -439,6 +564,8 @@ where
         pages: t.pages,
         consistent: t.consistent,
         incremental,
+        undecodable: t.undecodable,
+        cut_short: t.cut_short,
     })
 }
 
@@ -486,6 +613,9 @@ where
                 records: pass.records,
                 consistent,
                 incremental,
+                undecodable: pass.undecodable,
+                undecodable_samples: pass.samples,
+                cut_short: pass.cut_short,
             });
         }
         attempt += 1;
@@ -556,13 +686,13 @@ mod tests {
                 .take(self.size)
                 .map(|&n| R(n, "x"))
                 .collect();
-            Ok(Page {
-                records: recs,
-                current_page_index: Some(i64::from(i)),
-                next_page_index: (i + 1 < total).then_some(i + 1),
-                total_pages: Some(total),
-                version_id: Some(format!("v{churns}")),
-            })
+            Ok(Page::of(
+                recs,
+                i,
+                (i + 1 < total).then_some(i + 1),
+                Some(total),
+                Some(format!("v{churns}")),
+            ))
         }
     }
 
@@ -655,6 +785,122 @@ mod tests {
         .unwrap();
         assert!(t.consistent);
         assert_eq!(t.records.len(), 150);
+    }
+
+    /// Three real pages, then a server that claims `totalPages` 1000: pages past the last
+    /// answer as `beyond` says. The pager stops at the page without `nextPageIndex`.
+    fn bogus_total(
+        beyond: fn(u32) -> Result<Page<R>, ApiError>,
+    ) -> impl Fn(u32) -> Result<Page<R>, ApiError> {
+        move |i| match i {
+            0..=2 => Ok(Page::of(
+                (i * 10..i * 10 + 10).map(|n| R(n, "x")).collect(),
+                i,
+                (i < 2).then_some(i + 1),
+                Some(1000),
+                Some("v".into()),
+            )),
+            _ => beyond(i),
+        }
+    }
+
+    #[test]
+    fn the_pager_stops_at_the_last_real_page_not_at_total_pages() {
+        let empty = |i| {
+            Ok(Page::of(
+                vec![],
+                i,
+                Some(i + 1),
+                Some(1000),
+                Some("v".into()),
+            ))
+        };
+        let out_of_range = |_| {
+            Err(ApiError::Apple {
+                number: 9650,
+                message: "out of range".into(),
+                http_status: 400,
+            })
+        };
+        for beyond in [empty as fn(u32) -> _, out_of_range] {
+            for concurrency in [1, 5] {
+                let calls = AtomicU32::new(0);
+                let page = bogus_total(beyond);
+                let t = run(traverse(
+                    |i| {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        std::future::ready(page(i))
+                    },
+                    concurrency,
+                    false,
+                ))
+                .unwrap();
+                assert_eq!(t.records.len(), 30);
+                assert_eq!(t.pages, 3);
+                assert!(t.consistent, "the last page is not a sign of churn");
+                let calls = calls.load(Ordering::SeqCst) as usize;
+                // One pass; past the last page only what was already in flight.
+                assert!(
+                    calls < 3 + concurrency,
+                    "{calls} calls at concurrency {concurrency}"
+                );
+                if concurrency == 1 {
+                    assert_eq!(calls, 3);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_page_ends_the_traversal() {
+        // Page 1 is empty yet points further: nothing past it is read, and the pass proves
+        // no removals.
+        let calls = AtomicU32::new(0);
+        let t = run(traverse(
+            |i| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let recs = if i == 0 { vec![R(1, "x")] } else { vec![] };
+                std::future::ready(Ok(Page::of(recs, i, Some(i + 1), None, Some("v".into()))))
+            },
+            5,
+            false,
+        ))
+        .unwrap();
+        assert_eq!(t.records, vec![R(1, "x")]);
+        assert!(t.cut_short, "the read may be incomplete");
+        // One pass of two pages: a re-run would not read further.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn undecodable_records_are_counted_and_named_with_their_page() {
+        let body = |page: u32, next: Option<u32>| {
+            serde_json::json!({
+                "assignments": [
+                    {"adamId": "1", "pricingParam": "STDQ", "serialNumber": format!("ok-{page}")},
+                    {"adamId": "2", "pricingParam": "STDQ", "serialNumber": ["not", "a", "string"]},
+                ],
+                "currentPageIndex": page, "nextPageIndex": next, "totalPages": 2, "versionId": "v"
+            })
+        };
+        let fetch = |i: u32| {
+            let r: GetAssignmentsResponse =
+                serde_json::from_value(body(i, (i == 0).then_some(1))).unwrap();
+            std::future::ready(Ok(Page::from(r)))
+        };
+        let mut sink = Collect {
+            records: Vec::new(),
+        };
+        let t = run(traverse_into(fetch, 5, false, &mut sink)).unwrap();
+        assert_eq!(sink.records.len(), 2, "the good records are read");
+        assert!(t.consistent, "undecodable is not churn: no re-run");
+        assert!(!t.complete());
+        assert_eq!(t.undecodable, 2);
+        let first = &t.undecodable_samples[0];
+        assert_eq!((first.page, first.index), (Some(0), 1));
+        assert_eq!(first.id.as_deref(), Some("adamId=2"));
+        assert!(first.detail.contains("serialNumber"), "{}", first.detail);
+        assert_eq!(t.undecodable_samples[1].page, Some(1));
     }
 
     /// A sink that keeps only counts: what a streamed traversal holds is the pages in flight.

@@ -340,6 +340,11 @@ fn parse_limit(s: &str) -> Result<u32, String> {
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
+    // First, before any command reads or generates a secret: no core file may hold one.
+    if let Err(e) = crate::secret::disable_core_dumps() {
+        eprintln!("vpp-reconciler: cannot disable core dumps: {e}");
+        return ExitCode::from(1);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -25,6 +25,11 @@ pub fn run(config_path: &Path) -> CliResult {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    // A file size limit (systemd's LimitFSIZE=, a test's RLIMIT_FSIZE) then fails the write
+    // with EFBIG, which the store reports on /healthz, instead of killing the daemon
+    // mid-commit with SIGXFSZ.
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     if let Some((before, now)) = crate::serve::raise_fd_limit() {
         tracing::debug!(before, now, "open files limit");
     }

@@ -283,8 +283,8 @@ pub enum Action {
 pub enum SyncOutcome {
     /// The mirror holds what Apple had when the run started.
     Ok,
-    /// Data kept changing under a full read: what was read is kept, but it proves no
-    /// removals; retried with backoff.
+    /// Data kept changing under a full read, or a record of Apple's answer did not decode:
+    /// what was read is kept, but it proves no removals; retried with backoff.
     Unreliable,
     /// Apple refused the token (expired, revoked, unauthorized): no point retrying soon.
     TokenProblem(String),

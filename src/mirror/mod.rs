@@ -3,7 +3,8 @@
 //! - [`plan`]: which read a sync makes (full or incremental from the stored versionId, and
 //!   full again when Apple refuses that versionId with 9721);
 //! - [`judge`]: whether what was read replaces the mirror or is upserted, and whether the
-//!   run counts (a full read whose pages kept changing proves no removals);
+//!   run counts (a full read whose pages kept changing proves no removals, and no read with
+//!   a record that did not decode does: that record may well still be at Apple);
 //! - [`outcome_of`]: the typed outcome the core gets for a failed read;
 //! - `run` applies a read and replays the notifications received meanwhile, `notify`
 //!   decides what one notification does to the mirror (the store writes it).
@@ -64,18 +65,21 @@ pub struct Judgement {
 }
 
 /// Judges a completed read. `incremental`: Apple answered from a versionId. `consistent`:
-/// the pages of a full read described one version of the data. Assets have no incremental
-/// read, so a consistent assets read always replaces.
-pub fn judge(incremental: bool, consistent: bool) -> Judgement {
-    let write = if !incremental && consistent {
+/// the pages of a full read described one version of the data. `complete`: every record
+/// Apple sent decoded. Assets have no incremental read, so a consistent, complete assets
+/// read always replaces.
+pub fn judge(incremental: bool, consistent: bool, complete: bool) -> Judgement {
+    let write = if !incremental && consistent && complete {
         Write::Replace
     } else {
         Write::Upsert
     };
     Judgement {
         write,
-        // An incremental read is complete by construction; a full read only if consistent.
-        reliable: incremental || write == Write::Replace,
+        // An incremental read holds every change by construction, a full read only if
+        // consistent; neither if a record was lost to decoding (an incremental one would
+        // store a versionId past a change it never applied).
+        reliable: complete && (incremental || write == Write::Replace),
     }
 }
 
@@ -119,30 +123,45 @@ mod tests {
     }
 
     #[test]
+    fn a_record_that_did_not_decode_makes_any_read_unreliable_and_removes_nothing() {
+        for incremental in [false, true] {
+            for consistent in [false, true] {
+                assert_eq!(
+                    judge(incremental, consistent, false),
+                    Judgement {
+                        write: Write::Upsert,
+                        reliable: false
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
     fn only_consistent_full_reads_replace_and_unreliable_reads_do_not_count() {
         assert_eq!(
-            judge(false, true),
+            judge(false, true, true),
             Judgement {
                 write: Write::Replace,
                 reliable: true
             }
         );
         assert_eq!(
-            judge(false, false),
+            judge(false, false, true),
             Judgement {
                 write: Write::Upsert,
                 reliable: false
             }
         );
         assert_eq!(
-            judge(true, true),
+            judge(true, true, true),
             Judgement {
                 write: Write::Upsert,
                 reliable: true
             }
         );
         assert_eq!(
-            judge(true, false),
+            judge(true, false, true),
             Judgement {
                 write: Write::Upsert,
                 reliable: true

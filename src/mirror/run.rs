@@ -164,7 +164,7 @@ pub fn sync_commit(
     started: Timestamp,
     read: &Streamed,
 ) -> SyncCommit {
-    let judgement = judge(read.incremental, read.consistent);
+    let judgement = judge(read.incremental, read.consistent, read.complete());
     SyncCommit {
         token: token.to_string(),
         sync_id,
@@ -177,10 +177,30 @@ pub fn sync_commit(
             pages: read.pages,
             records: 0,
             ok: judgement.reliable,
-            error: (!judgement.reliable)
-                .then(|| "Apple's data kept changing during the read; retrying".to_string()),
+            error: (!judgement.reliable).then(|| unreliable_reason(read)),
             version_id: read.version_id.clone(),
         },
+    }
+}
+
+/// Why a read did not count, for the run row: the first record that did not decode (no
+/// secret: Apple's ids), else data that kept changing.
+fn unreliable_reason(read: &Streamed) -> String {
+    match read.undecodable_samples.first() {
+        Some(first) if read.undecodable > 0 => format!(
+            "{} record(s) of Apple's answer could not be decoded, first {first}; nothing was \
+             removed and the versionId was kept; retrying",
+            read.undecodable
+        ),
+        _ if read.undecodable > 0 => format!(
+            "{} record(s) of Apple's answer could not be decoded; nothing was removed and the \
+             versionId was kept; retrying",
+            read.undecodable
+        ),
+        _ if read.cut_short => "Apple's pages ended early (an empty page pointing to a next \
+             one, or a nextPageIndex that does not advance); nothing was removed; retrying"
+            .to_string(),
+        _ => "Apple's data kept changing during the read; retrying".to_string(),
     }
 }
 
@@ -231,13 +251,18 @@ pub async fn run(
             return outcome;
         }
     };
-    let judgement = judge(data.incremental, data.consistent);
+    let judgement = judge(data.incremental, data.consistent, data.complete());
     let written = finish(store, token, sync_id, kind, started, &data).await;
     discard_later(store, sync_id, kind);
     match written {
         Ok(records) => {
             tracing::info!(token = %token, sync_id, kind = %kind, pages = data.pages, records,
                 incremental = data.incremental, reliable = judgement.reliable, "sync finished");
+            if !data.complete() {
+                tracing::warn!(token = %token, sync_id, kind = %kind,
+                    undecodable = data.undecodable, reason = %unreliable_reason(&data),
+                    "sync unreliable: records of Apple's answer could not be decoded");
+            }
             if judgement.reliable {
                 SyncOutcome::Ok
             } else {
@@ -262,6 +287,30 @@ mod tests {
             records: 10,
             consistent,
             incremental,
+            ..Streamed::default()
+        }
+    }
+
+    /// A full read that lost one record to decoding removes nothing, keeps the old versionId,
+    /// does not count as a sync, and its run row names the record.
+    #[test]
+    fn an_undecodable_record_makes_the_sync_unreliable_and_named() {
+        for incremental in [false, true] {
+            let mut r = read(incremental, true);
+            r.undecodable = 1;
+            r.undecodable_samples = vec![crate::apple::model::Undecodable {
+                page: Some(2),
+                index: 7,
+                id: Some("adamId=361304891, serialNumber=SN7".into()),
+                detail: "at pricingParam: invalid type".into(),
+            }];
+            let c = sync_commit("acme", 1, SyncKind::Assignments, Timestamp(0), &r);
+            assert!(!c.replace && !c.store_version && !c.end.ok, "{c:?}");
+            let e = c.end.error.unwrap();
+            assert!(
+                e.contains("record 7 of page 2") && e.contains("serialNumber=SN7"),
+                "{e}"
+            );
         }
     }
 

@@ -43,6 +43,22 @@ pub struct TurnCommit {
     pub early: Vec<NotificationInput>,
 }
 
+impl TurnCommit {
+    /// The turn's work was done but its transaction did not commit (a full disk, an I/O
+    /// error, SQLite rolling the batch back): every change is answered failed, so the core
+    /// retries it and a tracker waiting for an insert hears the error, rather than the
+    /// changes being lost with the turn.
+    fn undone(self, e: StoreError) -> Result<TurnCommit, StoreError> {
+        let why = e.to_string();
+        Ok(TurnCommit {
+            errors: vec![Some(why); self.changes.len()],
+            syncs_written: vec![false; self.syncs_written.len()],
+            early: Vec::new(),
+            changes: self.changes,
+        })
+    }
+}
+
 /// What the core needs at start before its events: the notifications not yet applied to
 /// unsettled events, the next sync id, and how many unsettled events follow.
 #[derive(Debug, Default)]
@@ -95,6 +111,7 @@ impl Store {
                         })
                     },
                     on_commit,
+                    TurnCommit::undone,
                 )
                 .await
             }

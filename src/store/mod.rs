@@ -5,7 +5,8 @@
 //! it takes and returns: [`events`] (tracking, the core's turns, retention, listing),
 //! [`notifications`] (the webhook), [`syncs`] (sync runs), [`mirror`] (Apple's data per
 //! token, the stage of a streamed sync), [`tokens`], [`feed`] (the changes feed), [`push`]
-//! (the outbox), [`licences`] (the licence report), [`status`] (the status page) and
+//! (the outbox), [`licences`] (the licence report), [`submissions`] (idempotency keys of
+//! submissions through the daemon), [`status`] (the status page) and
 //! [`stats`] (the metrics); [`views`] holds the JSON shapes the API and the CLI print. No
 //! code outside this module sees a database connection or SQL.
 //!
@@ -20,8 +21,9 @@
 //! - a write answers only once committed (an acknowledged notification or a tracked event
 //!   is durable before the answer);
 //! - each operation is one transaction of its own, whole or not at all: a failing operation
-//!   never undoes another one, and [`Store::commit_turn`] hands its result back in the order
-//!   the turns were queued;
+//!   never undoes another one answered done (when SQLite rolls a whole group commit back by
+//!   itself, every operation it undid is answered failed), and [`Store::commit_turn`] hands
+//!   its result back in the order the turns were queued;
 //! - the changes feed's `seq` only grows, in commit order;
 //! - no blocking database call runs on a tokio runtime thread;
 //! - [`Store::close`] commits what was queued before it and leaves the database complete on
@@ -30,6 +32,7 @@
 pub mod events;
 pub mod feed;
 pub mod handoffs;
+pub mod health;
 pub mod leases;
 pub mod licences;
 pub mod mirror;
@@ -39,6 +42,7 @@ pub mod push;
 pub mod sqlite;
 pub mod stats;
 pub mod status;
+pub mod submissions;
 pub mod syncs;
 pub mod tokens;
 pub mod views;
@@ -58,6 +62,7 @@ pub use push::{InFlightView, ParkedView, PushRow, PushStatusView, ReplayRefused}
 pub use sqlite::{backup, migrations, open_read_only, open_write_connection};
 pub use stats::{EventCount, StoreStats, TokenExpiry};
 pub use status::StatusSnapshot;
+pub use submissions::{SubmissionClaim, SubmissionRow};
 pub use syncs::{SyncCommit, SyncEnd, SyncStart};
 pub use tokens::{TokenRow, UnhealthyToken};
 pub use views::{
@@ -107,6 +112,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("backup failed: {0}")]
     Backup(String),
+    /// A database or backup file could not be made readable by its owner only (0600).
+    #[error(transparent)]
+    PrivateFile(#[from] crate::files::PrivateFileError),
 }
 
 /// Handle to the database. Cheap to clone; one variant per backend.
@@ -183,6 +191,16 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.ping().await,
             Store::Postgres(p) => p.ping().await,
+        }
+    }
+
+    /// `Some` while the writer's transactions fail (disk full, I/O errors; see [`health`]),
+    /// which [`Store::ping`] does not show. Kept by SQLite's writer; PostgreSQL answers each
+    /// write's error to its caller and is not tracked here (`None`).
+    pub fn writes_failing(&self) -> Option<health::WritesFailing> {
+        match self {
+            Store::Sqlite(s) => s.writes_failing(),
+            Store::Postgres(_) => None,
         }
     }
 }

@@ -318,6 +318,24 @@ impl TestEnv {
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}{}", self.api, path)
     }
+
+    /// A request to the local API with whatever credentials it needs (the one place tests
+    /// add them).
+    pub fn api_request(
+        &self,
+        c: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        c.request(method, self.api_url(path))
+            .bearer_auth(self.token())
+    }
+
+    /// The credential header lines (each ending in CRLF) of a hand-written request to the
+    /// local API, as [`TestEnv::api_request`] adds them.
+    pub fn api_auth_lines(&self) -> String {
+        format!("Authorization: Bearer {}\r\n", self.token())
+    }
 }
 
 pub struct Daemon {

@@ -86,6 +86,131 @@ impl<'a, T> IntoIterator for &'a LenientVec<T> {
     }
 }
 
+/// Undecodable records kept as samples per page, at most (the count covers them all).
+pub const UNDECODABLE_SAMPLES: usize = 10;
+
+/// A record of a page that did not decode: where it was, which record it names (its ids, if
+/// it carries any), and why. Apple's data, never a secret of ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undecodable {
+    /// The page's index, when the pager knows it (set by the pager, `None` when decoded).
+    pub page: Option<u32>,
+    /// Position of the record in the page's list, 0-based.
+    pub index: usize,
+    /// `adamId=…`, `clientUserId=…`, `serialNumber=…` as present in the record.
+    pub id: Option<String>,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Undecodable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "record {}", self.index)?;
+        if let Some(p) = self.page {
+            write!(f, " of page {p}")?;
+        }
+        if let Some(id) = &self.id {
+            write!(f, " ({id})")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// The records of one page of a paginated read. Like [`LenientVec`], a record that does not
+/// decode does not fail the page, but unlike it nothing is dropped silently: every such
+/// record is counted (and the first [`UNDECODABLE_SAMPLES`] described), because a sync that
+/// could not read a record must not conclude that the record is gone. Reads like a slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRecords<T> {
+    pub records: Vec<T>,
+    /// Records that did not decode, in all.
+    pub undecodable: u64,
+    /// The first of them.
+    pub samples: Vec<Undecodable>,
+}
+
+/// The ids a record carries, for naming it when it does not decode.
+fn record_id(v: &Value) -> Option<String> {
+    let obj = v.as_object()?;
+    let parts: Vec<String> = ["adamId", "clientUserId", "serialNumber"]
+        .iter()
+        .filter_map(|k| {
+            let v = match obj.get(*k)? {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some(format!("{k}={}", truncate_chars(&v, 64)))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for PageRecords<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Option::<Vec<Value>>::deserialize(d)?.unwrap_or_default();
+        let mut out = PageRecords::default();
+        for (index, x) in v.into_iter().enumerate() {
+            match serde_path_to_error::deserialize::<_, T>(&x) {
+                Ok(r) => out.records.push(r),
+                Err(e) => {
+                    out.undecodable += 1;
+                    if out.samples.len() < UNDECODABLE_SAMPLES {
+                        let at = e.path().to_string();
+                        let detail = if at == "." {
+                            e.inner().to_string()
+                        } else {
+                            format!("at {at}: {}", e.inner())
+                        };
+                        out.samples.push(Undecodable {
+                            page: None,
+                            index,
+                            id: record_id(&x),
+                            detail: truncate_chars(&detail, 200),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl<T: Serialize> Serialize for PageRecords<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.records.serialize(s)
+    }
+}
+
+impl<T> Default for PageRecords<T> {
+    fn default() -> Self {
+        PageRecords {
+            records: Vec::new(),
+            undecodable: 0,
+            samples: Vec::new(),
+        }
+    }
+}
+
+impl<T> Deref for PageRecords<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.records
+    }
+}
+
+impl<T> From<Vec<T>> for PageRecords<T> {
+    fn from(records: Vec<T>) -> Self {
+        PageRecords {
+            records,
+            ..PageRecords::default()
+        }
+    }
+}
+
 /// `Option<Secret>` on the wire: the value is exposed only when serialising a request to Apple.
 pub(super) mod secret_opt {
     use super::*;

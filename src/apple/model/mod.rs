@@ -10,7 +10,8 @@
 //! [`config`] (Service Config and Client Config), [`reads`] (assets, assignments, users pages),
 //! [`events`] (write answers and Event Status), [`requests`] (write bodies, counting and
 //! splitting by Service Config limits), [`notification`] (webhook bodies), [`dates`] and
-//! [`lenient`] (the lenient decoding helpers, including [`LenientVec`]).
+//! [`lenient`] (the lenient decoding helpers, including [`LenientVec`] and the page lists
+//! [`PageRecords`], which count what they could not decode).
 
 pub mod common;
 pub mod config;
@@ -30,7 +31,7 @@ pub use config::*;
 pub use dates as apple_date;
 pub use enums::*;
 pub use events::*;
-pub use lenient::LenientVec;
+pub use lenient::{LenientVec, PageRecords, Undecodable, UNDECODABLE_SAMPLES};
 pub use notification::*;
 pub use reads::*;
 pub use requests::*;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::lenient::{
-    lenient_count, lenient_i64, null_as_empty, opt_string_or_number, string_or_number, LenientVec,
+    lenient_count, lenient_i64, null_as_empty, opt_string_or_number, string_or_number, PageRecords,
 };
 use super::{apple_date, MdmInfo, Platform, PricingParam, ProductType, UserStatus};
 use crate::time::Timestamp;
@@ -82,7 +82,7 @@ pub struct UnlimitedResponseAsset {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GetAssetsResponse {
-    pub assets: LenientVec<ResponseAsset>,
+    pub assets: PageRecords<ResponseAsset>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub unlimited_assets: Vec<UnlimitedResponseAsset>,
     #[serde(flatten)]
@@ -133,7 +133,7 @@ impl Assignment {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GetAssignmentsResponse {
-    pub assignments: LenientVec<Assignment>,
+    pub assignments: PageRecords<Assignment>,
     #[serde(flatten)]
     pub page: PageInfo,
 }
@@ -161,7 +161,7 @@ fn unknown_status() -> UserStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GetUsersResponse {
-    pub users: LenientVec<ResponseUser>,
+    pub users: PageRecords<ResponseUser>,
     #[serde(flatten)]
     pub page: PageInfo,
 }

@@ -1,5 +1,7 @@
 //! Write request bodies, counting the entities Apple reports on, and splitting a body into
-//! bodies that respect Service Config limits.
+//! bodies that respect Service Config limits: lazily ([`Split`]), with the daemon's own caps
+//! per submission ([`MAX_SUBMIT_REQUESTS`], [`MAX_SUBMIT_ENTITIES`]) checked before any
+//! request is built.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -254,35 +256,201 @@ fn clean_ids(kind: RequestKind, field: &str, ids: Vec<String>) -> Result<Vec<Str
     Ok(out)
 }
 
-fn chunks_of<T: Clone>(v: &[T], n: u32) -> Vec<Vec<T>> {
-    v.chunks(n.max(1) as usize).map(<[T]>::to_vec).collect()
+/// Most Apple requests one submission through the daemon may split into (documented in
+/// README's API section): each spends Apple's rate budget and, for associations, licences, so
+/// a caller's mistake must not become thousands of them.
+pub const MAX_SUBMIT_REQUESTS: usize = 100;
+/// Most entities one submission may name (associate/disassociate: assets × (serial numbers +
+/// users); revoke: serial numbers + users; user requests: users).
+pub const MAX_SUBMIT_ENTITIES: u64 = 100_000;
+
+/// A submission over a cap of the daemon's (not Apple's): refused before any request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the {kind} request would {what} {value}, over the limit of {limit} per submission; split it into smaller submissions")]
+pub struct OverCap {
+    pub kind: RequestKind,
+    /// "make Apple requests" or "name entities".
+    pub what: &'static str,
+    pub limit: u64,
+    pub value: u64,
 }
 
-/// Pairs user-id chunks with serial-number chunks: request i carries chunk i of each.
-fn zip_chunks(
-    users: Vec<Vec<String>>,
-    serials: Vec<Vec<String>>,
-) -> Vec<(Vec<String>, Vec<String>)> {
-    let n = users.len().max(serials.len());
-    (0..n)
-        .map(|i| {
-            (
-                users.get(i).cloned().unwrap_or_default(),
-                serials.get(i).cloned().unwrap_or_default(),
-            )
+/// A write body split within Service Config limits, built lazily: the deduplicated ids are
+/// held once, and each Apple request is cut from them only when asked for (no list of copies
+/// up front), so how many requests and entities a body makes is known before any is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Split {
+    kind: RequestKind,
+    body: Parts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Parts {
+    /// Associate/disassociate: request (a, p) carries asset chunk a with id chunk p of each list.
+    Assets {
+        assets: Vec<AssetRef>,
+        users: Vec<String>,
+        serials: Vec<String>,
+        max_assets: usize,
+        max_users: usize,
+        max_serials: usize,
+    },
+    Revoke {
+        users: Vec<String>,
+        serials: Vec<String>,
+        max_users: usize,
+        max_serials: usize,
+    },
+    Users {
+        users: Vec<RequestUser>,
+        max: usize,
+    },
+}
+
+fn chunk_count(len: usize, max: usize) -> usize {
+    len.div_ceil(max)
+}
+
+fn chunk<T: Clone>(v: &[T], max: usize, i: usize) -> Vec<T> {
+    v.chunks(max).nth(i).map(<[T]>::to_vec).unwrap_or_default()
+}
+
+fn limit(v: Option<u32>, default: u32) -> usize {
+    v.unwrap_or(default).max(1) as usize
+}
+
+impl Split {
+    pub fn kind(&self) -> RequestKind {
+        self.kind
+    }
+
+    /// How many Apple requests the body makes.
+    pub fn len(&self) -> usize {
+        match &self.body {
+            Parts::Assets {
+                assets,
+                users,
+                serials,
+                max_assets,
+                max_users,
+                max_serials,
+            } => chunk_count(assets.len(), *max_assets).saturating_mul(
+                chunk_count(users.len(), *max_users).max(chunk_count(serials.len(), *max_serials)),
+            ),
+            Parts::Revoke {
+                users,
+                serials,
+                max_users,
+                max_serials,
+            } => chunk_count(users.len(), *max_users).max(chunk_count(serials.len(), *max_serials)),
+            Parts::Users { users, max } => chunk_count(users.len(), *max),
+        }
+    }
+
+    /// Never true for a split that [`split_request`] returned.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entities the body names (see [`MAX_SUBMIT_ENTITIES`]).
+    pub fn entities(&self) -> u64 {
+        match &self.body {
+            Parts::Assets {
+                assets,
+                users,
+                serials,
+                ..
+            } => (assets.len() as u64).saturating_mul((users.len() + serials.len()) as u64),
+            Parts::Revoke { users, serials, .. } => (users.len() + serials.len()) as u64,
+            Parts::Users { users, .. } => users.len() as u64,
+        }
+    }
+
+    /// Refuses a body over [`MAX_SUBMIT_REQUESTS`] or [`MAX_SUBMIT_ENTITIES`].
+    pub fn within_caps(&self) -> Result<(), OverCap> {
+        let requests = self.len() as u64;
+        if requests > MAX_SUBMIT_REQUESTS as u64 {
+            return Err(OverCap {
+                kind: self.kind,
+                what: "make Apple requests",
+                limit: MAX_SUBMIT_REQUESTS as u64,
+                value: requests,
+            });
+        }
+        let entities = self.entities();
+        if entities > MAX_SUBMIT_ENTITIES {
+            return Err(OverCap {
+                kind: self.kind,
+                what: "name entities",
+                limit: MAX_SUBMIT_ENTITIES,
+                value: entities,
+            });
+        }
+        Ok(())
+    }
+
+    /// The body of Apple request `i` (0-based), built now.
+    pub fn get(&self, i: usize) -> Option<Value> {
+        if i >= self.len() {
+            return None;
+        }
+        Some(match &self.body {
+            Parts::Assets {
+                assets,
+                users,
+                serials,
+                max_assets,
+                max_users,
+                max_serials,
+            } => {
+                let pairs = chunk_count(users.len(), *max_users)
+                    .max(chunk_count(serials.len(), *max_serials));
+                let (a, p) = (i / pairs, i % pairs);
+                to_value(&ManageAssetsRequest {
+                    assets: chunk(assets, *max_assets, a),
+                    client_user_ids: chunk(users, *max_users, p),
+                    serial_numbers: chunk(serials, *max_serials, p),
+                })
+            }
+            Parts::Revoke {
+                users,
+                serials,
+                max_users,
+                max_serials,
+            } => to_value(&RevokeAssetsRequest {
+                client_user_ids: chunk(users, *max_users, i),
+                serial_numbers: chunk(serials, *max_serials, i),
+            }),
+            Parts::Users { users, max } => to_value(&ManageUsersRequest {
+                users: chunk(users, *max, i),
+            }),
         })
-        .collect()
+    }
+
+    /// The Apple requests in order, each built when reached.
+    pub fn iter(&self) -> impl Iterator<Item = Value> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+impl<'a> IntoIterator for &'a Split {
+    type Item = Value;
+    type IntoIter = Box<dyn Iterator<Item = Value> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
 }
 
 /// Splits a write body into bodies that each respect Service Config `limits`, after removing
 /// duplicate ids (Apple rejects duplicates with 9703–9705 / 9715). Errors name the offending
-/// field or value.
+/// field or value. The bodies are built lazily ([`Split::iter`]); check [`Split::within_caps`]
+/// before submitting them.
 pub fn split_request(
     kind: RequestKind,
     body: &Value,
     limits: &Limits,
-) -> Result<Vec<Value>, SplitError> {
-    match kind {
+) -> Result<Split, SplitError> {
+    let body = match kind {
         RequestKind::Associate | RequestKind::Disassociate => {
             let req: ManageAssetsRequest = parse_body(kind, body)?;
             if req.assets.is_empty() {
@@ -312,28 +480,14 @@ pub fn split_request(
                     what: "clientUserIds or serialNumbers",
                 });
             }
-            let pairs = zip_chunks(
-                chunks_of(
-                    &users,
-                    limits.max_client_user_ids().unwrap_or(DEFAULT_MAX_IDS),
-                ),
-                chunks_of(
-                    &serials,
-                    limits.max_serial_numbers().unwrap_or(DEFAULT_MAX_IDS),
-                ),
-            );
-            let mut out = vec![];
-            for asset_chunk in chunks_of(&assets, limits.max_assets().unwrap_or(DEFAULT_MAX_ASSETS))
-            {
-                for (u, s) in &pairs {
-                    out.push(to_value(&ManageAssetsRequest {
-                        assets: asset_chunk.clone(),
-                        client_user_ids: u.clone(),
-                        serial_numbers: s.clone(),
-                    }));
-                }
+            Parts::Assets {
+                assets,
+                users,
+                serials,
+                max_assets: limit(limits.max_assets(), DEFAULT_MAX_ASSETS),
+                max_users: limit(limits.max_client_user_ids(), DEFAULT_MAX_IDS),
+                max_serials: limit(limits.max_serial_numbers(), DEFAULT_MAX_IDS),
             }
-            Ok(out)
         }
         RequestKind::Revoke => {
             let req: RevokeAssetsRequest = parse_body(kind, body)?;
@@ -345,29 +499,12 @@ pub fn split_request(
                     what: "clientUserIds or serialNumbers",
                 });
             }
-            let pairs = zip_chunks(
-                chunks_of(
-                    &users,
-                    limits
-                        .max_revoke_client_user_ids()
-                        .unwrap_or(DEFAULT_MAX_REVOKE_IDS),
-                ),
-                chunks_of(
-                    &serials,
-                    limits
-                        .max_revoke_serial_numbers()
-                        .unwrap_or(DEFAULT_MAX_REVOKE_IDS),
-                ),
-            );
-            Ok(pairs
-                .into_iter()
-                .map(|(u, s)| {
-                    to_value(&RevokeAssetsRequest {
-                        client_user_ids: u,
-                        serial_numbers: s,
-                    })
-                })
-                .collect())
+            Parts::Revoke {
+                users,
+                serials,
+                max_users: limit(limits.max_revoke_client_user_ids(), DEFAULT_MAX_REVOKE_IDS),
+                max_serials: limit(limits.max_revoke_serial_numbers(), DEFAULT_MAX_REVOKE_IDS),
+            }
         }
         RequestKind::CreateUsers | RequestKind::UpdateUsers | RequestKind::RetireUsers => {
             let req: ManageUsersRequest = parse_body(kind, body)?;
@@ -400,14 +537,13 @@ pub fn split_request(
                     }
                 }
             }
-            Ok(
-                chunks_of(&users, limits.max_users().unwrap_or(DEFAULT_MAX_USERS))
-                    .into_iter()
-                    .map(|users| to_value(&ManageUsersRequest { users }))
-                    .collect(),
-            )
+            Parts::Users {
+                users,
+                max: limit(limits.max_users(), DEFAULT_MAX_USERS),
+            }
         }
-    }
+    };
+    Ok(Split { kind, body })
 }
 
 /// Serialises the request structs; cannot fail for them (strings and lists only).

@@ -76,11 +76,11 @@ fn split_assets_by_limits_with_dedupe() {
     assert_eq!(parts.len(), 9);
     let total: u32 = parts
         .iter()
-        .map(|p| count_entities(RequestKind::Associate, p).unwrap())
+        .map(|p| count_entities(RequestKind::Associate, &p).unwrap())
         .sum();
     assert_eq!(total, 5 * (7 + 1));
     for p in &parts {
-        let r: ManageAssetsRequest = serde_json::from_value(p.clone()).unwrap();
+        let r: ManageAssetsRequest = serde_json::from_value(p).unwrap();
         assert!(r.assets.len() <= 2 && r.client_user_ids.len() <= 3);
     }
 }
@@ -127,7 +127,7 @@ fn split_users_and_revoke() {
     )
     .unwrap();
     assert_eq!(parts.len(), 3);
-    assert_eq!(parts[2]["users"].as_array().unwrap().len(), 50);
+    assert_eq!(parts.get(2).unwrap()["users"].as_array().unwrap().len(), 50);
     let serials: Vec<String> = (0..150).map(|i| format!("s{i}")).collect();
     let parts = split_request(
         RequestKind::Revoke,
@@ -136,8 +136,67 @@ fn split_users_and_revoke() {
     )
     .unwrap();
     assert_eq!(parts.len(), 2);
-    assert_eq!(parts[0]["clientUserIds"], json!(["u1"]));
-    assert!(parts[1].get("clientUserIds").is_none());
+    assert_eq!(parts.get(0).unwrap()["clientUserIds"], json!(["u1"]));
+    assert!(parts.get(1).unwrap().get("clientUserIds").is_none());
+    assert_eq!(parts.get(2), None);
+}
+
+/// The split is lazy: its size is known from the deduplicated lists alone, each request is
+/// cut when asked for, and the caps refuse a body before any request is built.
+#[test]
+fn split_is_lazy_and_capped() {
+    // 2,600 assets × 1 serial at maxAssets 25: 104 requests, over the cap of 100.
+    let assets: Vec<Value> = (0..2_600)
+        .map(|i| json!({"adamId": i.to_string(), "pricingParam": "STDQ"}))
+        .collect();
+    let body = json!({"assets": assets, "serialNumbers": ["s1"]});
+    let split = split_request(RequestKind::Associate, &body, &Limits::default()).unwrap();
+    assert_eq!((split.len(), split.entities()), (104, 2_600));
+    let e = split.within_caps().unwrap_err();
+    assert_eq!(
+        (e.what, e.limit, e.value),
+        ("make Apple requests", MAX_SUBMIT_REQUESTS as u64, 104)
+    );
+    assert!(
+        e.to_string().contains("104") && e.to_string().contains("100"),
+        "{e}"
+    );
+    // The last request holds the last 25 assets; past it there is none.
+    let last: ManageAssetsRequest = serde_json::from_value(split.get(103).unwrap()).unwrap();
+    assert_eq!(last.assets.len(), 25);
+    assert_eq!(last.assets[24].adam_id, "2599");
+    assert_eq!(split.get(104), None);
+    assert_eq!(split.iter().count(), 104);
+
+    // 25 assets × 5,000 serial numbers: 5 requests but 125,000 entities.
+    let assets: Vec<Value> = (0..25)
+        .map(|i| json!({"adamId": i.to_string(), "pricingParam": "STDQ"}))
+        .collect();
+    let serials: Vec<String> = (0..5_000).map(|i| format!("s{i}")).collect();
+    let body = json!({"assets": assets, "serialNumbers": serials});
+    let split = split_request(RequestKind::Associate, &body, &Limits::default()).unwrap();
+    assert_eq!(split.len(), 5);
+    let e = split.within_caps().unwrap_err();
+    assert_eq!((e.what, e.value), ("name entities", 125_000));
+    assert!(
+        e.to_string().contains(&MAX_SUBMIT_ENTITIES.to_string()),
+        "{e}"
+    );
+
+    // At the caps exactly: accepted. 100 requests of 1,000 serial numbers for one asset.
+    let serials: Vec<String> = (0..100_000).map(|i| format!("s{i}")).collect();
+    let body =
+        json!({"assets": [{"adamId": "1", "pricingParam": "STDQ"}], "serialNumbers": serials});
+    let split = split_request(RequestKind::Associate, &body, &Limits::default()).unwrap();
+    assert_eq!((split.len(), split.entities()), (100, 100_000));
+    split.within_caps().unwrap();
+    // Requests are cut in order: ids 1000..2000 in the second.
+    let second: ManageAssetsRequest = serde_json::from_value(split.get(1).unwrap()).unwrap();
+    assert_eq!(
+        second.serial_numbers.first().map(String::as_str),
+        Some("s1000")
+    );
+    assert_eq!(second.serial_numbers.len(), 1000);
 }
 
 #[test]

@@ -348,6 +348,21 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tokens ADD COLUMN paused_until BIGINT;
     "#,
+    // 11: idempotency keys of submissions through the daemon (`Idempotency-Key`), as SQLite's.
+    r#"
+    CREATE TABLE submissions (
+        token TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        idem_key TEXT NOT NULL,
+        body_hash TEXT NOT NULL,
+        status BIGINT,
+        answer TEXT,
+        created_at BIGINT NOT NULL,
+        finished_at BIGINT,
+        PRIMARY KEY (token, kind, idem_key)
+    );
+    CREATE INDEX submissions_created ON submissions (created_at);
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

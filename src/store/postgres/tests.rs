@@ -1180,6 +1180,7 @@ async fn mirror_answers_as_sqlites() {
         records: 0,
         consistent: true,
         incremental: false,
+        ..Streamed::default()
     };
     let note = |id: &str, ty: &str, body: serde_json::Value| {
         let body = json!({"notificationId": id, "notificationType": ty, "uId": "1",

@@ -1,6 +1,6 @@
 //! `vpp-reconciler backup PATH`: a consistent copy of the state with SQLite's online backup
 //! API, taken while the daemon runs (WAL readers never block the writer), then checked with
-//! `PRAGMA integrity_check`.
+//! `PRAGMA integrity_check`. The copy is 0600 whatever the umask, like the database.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,6 +63,10 @@ fn temp_path(dest: &Path) -> PathBuf {
 
 fn copy_and_check(src: &Connection, tmp: &Path) -> Result<BackupSummary, StoreError> {
     let _ = std::fs::remove_file(tmp);
+    // The copy holds what the database does: 0600 from the start, whatever the umask (SQLite
+    // would create it at 0644 minus the umask; its -journal takes this file's mode). The
+    // rename to the destination keeps the mode.
+    crate::files::create_private(tmp)?;
     let mut dst = Connection::open(tmp).map_err(|e| super::open_error(tmp, e))?;
     {
         // All pages in one step: one read snapshot of the source, never restarted by the

@@ -325,6 +325,23 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tokens ADD COLUMN paused_until INTEGER;
     "#,
+    // 11: idempotency keys of submissions through the daemon (`Idempotency-Key`): the first
+    // submission's body hash and, once it ended, its answer. Self-contained: a new table
+    // only, safe to renumber against another branch's migration when merging.
+    r#"
+    CREATE TABLE submissions (
+        token TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        idem_key TEXT NOT NULL,
+        body_hash TEXT NOT NULL,                    -- SHA-256 hex of the parsed body
+        status INTEGER,                             -- NULL while the first submission runs
+        answer TEXT,                                -- its JSON answer
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        PRIMARY KEY (token, kind, idem_key)
+    );
+    CREATE INDEX submissions_created ON submissions(created_at);
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

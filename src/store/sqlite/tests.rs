@@ -587,6 +587,7 @@ fn streamed(consistent: bool) -> crate::apple::Streamed {
         records: 2,
         consistent,
         incremental: false,
+        ..Default::default()
     }
 }
 
@@ -863,4 +864,153 @@ fn token_items_share_the_seq_counter_and_skip_unchanged_states() {
     assert_eq!(f[0].2["eventId"], "e1");
     let (n, top) = queries::backlog(&c, 0).unwrap();
     assert_eq!((n, top), (3, f[2].0));
+}
+
+/// A batch as the writer runs it: each job inserts into `t` and answers on its channel.
+fn insert_jobs(
+    rows: &[(i64, usize)],
+) -> (
+    Vec<super::Job>,
+    Vec<tokio::sync::oneshot::Receiver<Result<(), StoreError>>>,
+) {
+    rows.iter()
+        .map(|&(id, size)| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let job = super::detached_job(
+                move |c| {
+                    c.execute(
+                        "INSERT INTO t (id, b) VALUES (?1, zeroblob(?2))",
+                        rusqlite::params![id, size as i64],
+                    )?;
+                    Ok(())
+                },
+                tx,
+                |_, e| Err(e),
+            );
+            (job, rx)
+        })
+        .unzip()
+}
+
+fn ids_in_t(c: &rusqlite::Connection) -> Vec<i64> {
+    let mut stmt = c.prepare("SELECT id FROM t ORDER BY id").unwrap();
+    let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+/// A database that is full beyond its current pages: SQLITE_FULL for a write needing more,
+/// after which SQLite rolls the whole transaction back by itself (a real automatic
+/// rollback, as on a full disk, without filling one).
+fn nearly_full() -> (tempfile::TempDir, rusqlite::Connection) {
+    let (d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB); INSERT INTO t VALUES (0, x'00');",
+    )
+    .unwrap();
+    let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+    c.pragma_update(None, "max_page_count", pages).unwrap();
+    (d, c)
+}
+
+#[test]
+fn an_automatic_rollback_mid_batch_fails_exactly_the_jobs_it_undid() {
+    let (_d, c) = nearly_full();
+    let health = crate::store::health::WriteHealth::default();
+    // 1 fits; 2 needs pages the database may not grow by: SQLITE_FULL, and SQLite rolls
+    // back the transaction, 1 with it; 3 and 4 come after.
+    let (mut batch, answers) = insert_jobs(&[(1, 10), (2, 100_000), (3, 10), (4, 10)]);
+    super::commit_batch(&c, &mut batch, &health);
+    let answers: Vec<Result<(), StoreError>> = answers
+        .into_iter()
+        .map(|mut rx| rx.try_recv().expect("every job answered"))
+        .collect();
+    let e1 = answers[0].as_ref().unwrap_err().to_string();
+    assert!(e1.contains("not written") && e1.contains("full"), "{e1}");
+    let e2 = answers[1].as_ref().unwrap_err().to_string();
+    assert!(
+        e2.contains("database or disk is full") && !e2.contains("error: database error"),
+        "{e2}"
+    );
+    assert!(answers[2].is_ok() && answers[3].is_ok(), "{answers:?}");
+    // What was answered done is there, what was answered failed is not.
+    assert_eq!(ids_in_t(&c), vec![0, 3, 4]);
+    assert!(c.is_autocommit(), "no transaction left open");
+    // The fresh transaction's commit wrote rows: writes work again.
+    assert_eq!(health.failing(), None);
+}
+
+#[test]
+fn writes_failing_until_a_write_commits() {
+    let (_d, c) = nearly_full();
+    let health = crate::store::health::WriteHealth::default();
+    let (mut batch, answers) = insert_jobs(&[(1, 10), (2, 100_000)]);
+    super::commit_batch(&c, &mut batch, &health);
+    for mut rx in answers {
+        assert!(rx.try_recv().unwrap().is_err());
+    }
+    let failing = health.failing().expect("writes failing");
+    assert!(failing.error.contains("full"), "{failing:?}");
+    assert_eq!(failing.failed_commits, 1);
+    // The ping (an empty commit) does not clear it: it wrote nothing.
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let mut ping = vec![super::detached_job(
+        |c| Ok(c.execute_batch("SELECT 1")?),
+        tx,
+        |_, e| Err(e),
+    )];
+    super::commit_batch(&c, &mut ping, &health);
+    assert!(rx.try_recv().unwrap().is_ok());
+    assert_eq!(health.failing().map(|f| f.since), Some(failing.since));
+    // A write that commits does.
+    let (mut batch, answers) = insert_jobs(&[(5, 10)]);
+    super::commit_batch(&c, &mut batch, &health);
+    assert!(answers
+        .into_iter()
+        .all(|mut rx| rx.try_recv().unwrap().is_ok()));
+    assert_eq!(health.failing(), None);
+    assert_eq!(ids_in_t(&c), vec![0, 5]);
+}
+
+#[test]
+fn a_job_failing_on_its_own_is_not_a_write_failure() {
+    let (_d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)")
+        .unwrap();
+    let health = crate::store::health::WriteHealth::default();
+    // 1 twice: the second breaks the primary key, is undone alone; the others commit.
+    let (mut batch, answers) = insert_jobs(&[(1, 1), (1, 1), (2, 1)]);
+    super::commit_batch(&c, &mut batch, &health);
+    let ok: Vec<bool> = answers
+        .into_iter()
+        .map(|mut rx| rx.try_recv().unwrap().is_ok())
+        .collect();
+    assert_eq!(ok, vec![true, false, true]);
+    assert_eq!(ids_in_t(&c), vec![1, 2]);
+    assert_eq!(health.failing(), None);
+}
+
+#[test]
+fn database_wal_and_shm_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let (d, path) = temp();
+    let c = super::open_write_connection(&path).unwrap();
+    let wal = super::beside(&path, "-wal");
+    let shm = super::beside(&path, "-shm");
+    assert_eq!((mode(&path), mode(&wal), mode(&shm)), (0o600, 0o600, 0o600));
+    c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    // Left looser by an earlier version, with data in the WAL: tightened at the next open.
+    for p in [&path, &wal, &shm] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let c2 = super::open_write_connection(&path).unwrap();
+    assert_eq!((mode(&path), mode(&wal), mode(&shm)), (0o600, 0o600, 0o600));
+    drop((c, c2));
+    // A backup is private too.
+    let dest = d.path().join("copy.db");
+    super::backup::backup(&path, &dest, false).unwrap();
+    assert_eq!(mode(&dest), 0o600);
 }

@@ -581,5 +581,6 @@ pub async fn prune(
     )
     .await?;
     super::feed::prune_items(tx, before, batch).await?;
+    super::submissions::prune_submissions(tx, before, batch).await?;
     Ok(ids.len())
 }

@@ -12,6 +12,7 @@ pub mod notifications;
 pub mod push;
 pub mod stats;
 pub mod status;
+pub mod submissions;
 pub mod syncs;
 pub mod tokens;
 
@@ -20,6 +21,7 @@ pub use feed::*;
 pub use licences::*;
 pub use notifications::*;
 pub use push::*;
+pub use submissions::*;
 pub use syncs::*;
 pub use tokens::*;
 

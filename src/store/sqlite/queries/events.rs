@@ -447,5 +447,6 @@ pub fn prune(conn: &Connection, before: Timestamp, batch: u32) -> Result<usize, 
         params![before.0, batch],
     )?;
     super::feed::prune_items(conn, before, batch)?;
+    super::submissions::prune_submissions(conn, before, batch)?;
     Ok(ids.len())
 }

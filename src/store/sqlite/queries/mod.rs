@@ -13,6 +13,7 @@ pub mod licences;
 pub mod notifications;
 pub mod push;
 pub mod status;
+pub mod submissions;
 pub mod syncs;
 pub mod tokens;
 
@@ -21,6 +22,7 @@ pub use feed::*;
 pub use licences::*;
 pub use notifications::*;
 pub use push::*;
+pub use submissions::*;
 pub use syncs::*;
 pub use tokens::*;
 
