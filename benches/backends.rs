@@ -128,7 +128,7 @@ fn measure(
                 webhook_load::paced(&http, &target, 1000, secs).await,
             )
         };
-        let t = track::fill(env.api, n, CONNS, TOKENS.len()).await;
+        let t = track::fill(env.api, env.token(), n, CONNS, TOKENS.len()).await;
         (b, p, t)
     });
     let track_rate = tracked as f64 / took.as_secs_f64();

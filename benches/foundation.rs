@@ -62,6 +62,11 @@ async fn api_throughput(clients: usize, total: usize) -> f64 {
         },
     ));
     ready_rx.await.unwrap();
+    // The daemon created its API token beside the database.
+    let token = vpp_reconciler::api::token_file::read(&dir.path().join("api-token"))
+        .unwrap()
+        .expose()
+        .to_string();
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/events");
     let start = Instant::now();
@@ -70,12 +75,19 @@ async fn api_throughput(clients: usize, total: usize) -> f64 {
     for c in 0..clients {
         let client = client.clone();
         let url = url.clone();
+        let token = token.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
                 let body = serde_json::json!({"token": "acme", "eventId": format!("b-{c}-{i}"),
                     "type": "ASSOCIATE", "request": {"assets": [{"adamId": "1", "pricingParam": "STDQ"}],
                     "serialNumbers": ["S1", "S2"]}});
-                let r = client.post(&url).json(&body).send().await.unwrap();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status().as_u16(), 201);
             }
         }));

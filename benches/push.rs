@@ -381,6 +381,22 @@ fn main() {
             .build()
             .unwrap();
         let daemon = start_daemon(dir.path(), &config, api, &http).await;
+        // The daemon created its API token beside the database: every request carries it.
+        let token = vpp_reconciler::api::token_file::read(&dir.path().join("api-token"))
+            .expect("the API token");
+        let mut auth =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose())).unwrap();
+        auth.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(1024)
+            .timeout(Duration::from_secs(30))
+            .default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::AUTHORIZATION,
+                auth,
+            )]))
+            .build()
+            .unwrap();
         let url = format!("http://{api}/v1/events");
         println!("daemon: {BIN}");
         throughput(&rx, &http, &url, n).await;

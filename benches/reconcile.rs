@@ -232,7 +232,7 @@ async fn submit(
     sim: &SimHandle,
     locs: &[Location],
     jobs: &[Job],
-    api: Option<SocketAddr>,
+    api: Option<(SocketAddr, &str)>,
 ) -> (Vec<Submitted>, Duration) {
     sim.put("/_sim/limits", json!({"maxRequestPerSecond": 100_000}))
         .await;
@@ -258,9 +258,10 @@ async fn submit(
                     .as_str()
                     .unwrap_or_else(|| panic!("associate refused: {v}"))
                     .to_string();
-                if let Some(api) = api {
+                if let Some((api, token)) = api {
                     let r = http
                         .post(format!("http://{api}/v1/events"))
+                        .bearer_auth(token)
                         .json(&json!({"token": TOKENS[job.token], "eventId": event_id,
                             "type": "ASSOCIATE", "submittedAt": submitted_at, "request": job.body}))
                         .send()
@@ -459,6 +460,11 @@ async fn run_daemon(n: usize, quick: bool) -> DaemonResult {
         },
     ));
     ready_rx.await.expect("daemon ready");
+    // The daemon created its API token beside the database.
+    let api_token = vpp_reconciler::api::token_file::read(&dir.path().join("api-token"))
+        .expect("the API token")
+        .expose()
+        .to_string();
     for (t, name) in TOKENS.iter().enumerate() {
         sim.put(
             "/_sim/notify",
@@ -489,7 +495,7 @@ async fn run_daemon(n: usize, quick: bool) -> DaemonResult {
     let jobs = workload(n);
     let before = Calls::from(&sim.get("/_sim/stats").await);
     let start = Instant::now();
-    let (_submitted, submit_time) = submit(&sim, &locs, &jobs, Some(api_addr)).await;
+    let (_submitted, submit_time) = submit(&sim, &locs, &jobs, Some((api_addr, &api_token))).await;
     let last = start + submit_time;
     let limit = Duration::from_secs(if quick { 300 } else { 900 });
     let settle = loop {

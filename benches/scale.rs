@@ -226,7 +226,7 @@ pub fn run(quick: bool) -> ScaleFigures {
     );
 
     // 1. Fill.
-    let (filled, fill_time) = rt.block_on(track::fill(env.api, n, CLIENTS, TOKENS));
+    let (filled, fill_time) = rt.block_on(track::fill(env.api, env.token(), n, CLIENTS, TOKENS));
     let fill_rate = filled as f64 / fill_time.as_secs_f64();
     let rss_filled = proc_status_kib(d.child.id(), "VmRSS:");
     eprintln!(
@@ -285,7 +285,7 @@ pub fn run(quick: bool) -> ScaleFigures {
     by_thread.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.2.total_cmp(&a.2)));
 
     // 5. Latencies at this size.
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = env.http();
     let mut lat = Vec::new();
     for path in ["/v1/tokens", "/metrics", "/healthz"] {
         let url = env.api_url(path);

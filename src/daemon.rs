@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState};
+use crate::api::token_file::{self, ApiTokenError};
+use crate::api::{self, Access, AccessPolicy, AllowedHosts, ApiState, ApiTokens};
 use crate::apple::{AppleClient, ClientOptions};
 use crate::cluster::held::Leases;
 use crate::cluster::keeper::{Keeper, KeeperConfig};
@@ -41,6 +42,34 @@ pub enum DaemonError {
     Serve(std::io::Error),
     #[error("a background task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    ApiToken(#[from] ApiTokenError),
+}
+
+/// The local API's tokens and accepted hosts (design §12): the configured token file, else
+/// `api-token` beside the database, created at the first start and reused afterwards.
+pub fn api_policy(config: &Config) -> Result<AccessPolicy, ApiTokenError> {
+    let (full, created) = token_file::for_daemon(config)?;
+    if let Some(path) = created {
+        tracing::info!(path = %path.display(), "created the local API token file (mode 0600)");
+    } else if config.daemon.api_token_file.is_none() {
+        let path = token_file::generated_path(&config.daemon.database);
+        if token_file::readable_by_others(&path) {
+            tracing::warn!(
+                path = %path.display(),
+                "the local API token file is readable by group or others; chmod 600 it"
+            );
+        }
+    }
+    Ok(AccessPolicy {
+        tokens: ApiTokens {
+            full,
+            read: config.daemon.api_read_token.clone(),
+        },
+        hosts: AllowedHosts {
+            extra: config.daemon.api_hosts.clone(),
+        },
+    })
 }
 
 /// Everything stops within this after shutdown is asked for (systemd allows 30 s).
@@ -153,8 +182,10 @@ fn token_rows(config: &Config) -> Vec<TokenRow> {
 }
 
 /// What a configuration reload (SIGHUP) may change while running: the tokens and their
-/// secrets. Listen addresses, the database and timings need a restart.
+/// secrets, the local API's tokens and `api_hosts`. Listen addresses, the database and
+/// timings need a restart.
 struct Reloadable {
+    access: Access,
     apple: Option<AppleClient>,
     /// The lease keeper's list of tokens to bid for (several instances).
     lease_tokens: Option<Arc<tokio::sync::watch::Sender<Vec<String>>>>,
@@ -171,7 +202,27 @@ impl Reloadable {
             || new.reconcile != running.reconcile
             || new.apple != running.apple
         {
-            tracing::warn!("only [[tokens]] are reloaded; other changes need a restart");
+            tracing::warn!(
+                "only [[tokens]] and the local API's tokens and api_hosts are reloaded; other \
+                 changes need a restart"
+            );
+        }
+        // A token file that cannot be read keeps the running tokens, loudly.
+        match api_policy(&new) {
+            Ok(policy) => {
+                let before = self.access.current();
+                let changed = before.tokens.full != policy.tokens.full
+                    || before.tokens.read != policy.tokens.read
+                    || before.hosts != policy.hosts;
+                self.access.replace(policy);
+                if changed {
+                    tracing::info!("local API tokens or api_hosts reloaded");
+                }
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "the local API's token is not reloaded; the running one stays"
+            ),
         }
         if let Some(client) = &self.apple {
             for name in self.registry.names() {
@@ -227,6 +278,8 @@ pub async fn serve_with_reload(
     reload: tokio::sync::mpsc::Receiver<Config>,
     on_ready: impl FnOnce(&Running) + Send,
 ) -> Result<(), DaemonError> {
+    // Before the store: a token that cannot be created is a deployment error, found at once.
+    let access = Access::new(api_policy(&config)?);
     let store = Store::open_configured(&config.daemon.database, config.store.as_ref()).await?;
     let now = Timestamp::now();
     let token_rows = token_rows(&config);
@@ -268,6 +321,7 @@ pub async fn serve_with_reload(
         store,
         core,
         cluster,
+        access,
     };
     serve_core(config, listeners, shutdown, reload, on_ready, opened).await
 }
@@ -278,6 +332,7 @@ struct Opened {
     store: Store,
     core: Core,
     cluster: Option<(Keeper, ClusterInfo)>,
+    access: Access,
 }
 
 /// What the lease keeper bids for: every token, and with `[push]` the push lease (one
@@ -343,6 +398,7 @@ async fn serve_core(
         store,
         core,
         cluster,
+        access,
     } = opened;
     let leases = cluster
         .as_ref()
@@ -401,7 +457,7 @@ async fn serve_core(
         executor: handle.clone(),
         tokens: registry.clone(),
         timings,
-        api_token: config.daemon.api_token.clone(),
+        access: access.clone(),
         writes: Arc::new(Semaphore::new(512)),
         apple: apple.clone(),
         metrics: metrics.clone(),
@@ -461,12 +517,13 @@ async fn serve_core(
         Err(e) => tracing::error!(error = %e, "scheduled full syncs are off"),
     }
     let exec_task = tokio::spawn(executor.run(shutdown.clone(), Duration::from_secs(10)));
-    let api_shutdown = shutdown.clone();
-    let api_task = tokio::spawn(async move {
-        axum::serve(listeners.api, api::router(api_state))
-            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
-            .await
-    });
+    let api_task = tokio::spawn(crate::serve::serve(
+        listeners.api,
+        api::router(api_state),
+        crate::serve::Limits::LOCAL_API,
+        shutdown.clone(),
+        Duration::from_secs(5),
+    ));
     // Fill or refresh the mirror at start: incremental where a versionId is stored. (With
     // leases, each token's holder does so when it acquires the token.)
     if apple.is_some() && matches!(leases, Leases::All) {
@@ -487,6 +544,7 @@ async fn serve_core(
     }
     on_ready(&running);
     let reloadable = Reloadable {
+        access,
         apple: apple.clone(),
         lease_tokens: keeper.as_ref().map(Keeper::tokens),
         registry,
@@ -504,10 +562,8 @@ async fn serve_core(
     // One deadline for the whole shutdown, inside systemd's TimeoutStopSec (30 s).
     let deadline = tokio::time::Instant::now() + SHUTDOWN_BOUND;
     let bound = SHUTDOWN_BOUND;
-    match tokio::time::timeout_at(deadline, api_task).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
-        Err(_) => tracing::warn!("API server did not stop within {bound:?}"),
-        _ => {}
+    if tokio::time::timeout_at(deadline, api_task).await.is_err() {
+        tracing::warn!("API server did not stop within {bound:?}");
     }
     let _ = tokio::time::timeout_at(deadline, async {
         while background.join_next().await.is_some() {}

@@ -28,10 +28,11 @@ async fn send(
     if let Some(b) = body {
         req = req.json(b);
     }
-    if let Some(t) = &env.api_token {
-        req = req.bearer_auth(t);
-    }
-    let r = req.send().await.expect("request to the local API");
+    let r = req
+        .bearer_auth(env.token())
+        .send()
+        .await
+        .expect("request to the local API");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -296,8 +297,13 @@ async fn submit_checks_kind_token_and_body_and_answers_502_when_apple_is_unreach
 }
 
 /// The API served in-process over a temp store, with the given Apple client (or none).
+/// The API token of an in-process API whose test chose none (every API has one).
+const IN_PROCESS_TOKEN: &str = "in-process-api-token";
+
 struct InProcess {
     addr: std::net::SocketAddr,
+    /// Sent when the test passes no bearer: the token it did not choose.
+    auto_bearer: Option<String>,
     store: vpp_reconciler::store::Store,
     shutdown: tokio_util::sync::CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -364,7 +370,15 @@ impl InProcess {
                 &tokens.iter().map(|t| token_config(t)).collect::<Vec<_>>(),
             ),
             timings: Timings::default(),
-            api_token: api_token.map(vpp_reconciler::secret::Secret::new),
+            access: vpp_reconciler::api::Access::new(vpp_reconciler::api::AccessPolicy {
+                tokens: vpp_reconciler::api::ApiTokens {
+                    full: vpp_reconciler::secret::Secret::new(
+                        api_token.unwrap_or(IN_PROCESS_TOKEN),
+                    ),
+                    read: None,
+                },
+                hosts: Default::default(),
+            }),
             writes: Arc::new(tokio::sync::Semaphore::new(8)),
             apple,
             metrics: Default::default(),
@@ -381,6 +395,7 @@ impl InProcess {
         });
         InProcess {
             addr,
+            auto_bearer: api_token.is_none().then(|| IN_PROCESS_TOKEN.to_string()),
             store,
             shutdown,
             tasks: vec![exec, server],
@@ -391,6 +406,7 @@ impl InProcess {
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = client()
             .post(format!("http://{}{path}", self.addr))
+            .bearer_auth(self.auto_bearer.as_deref().unwrap_or_default())
             .json(body)
             .send()
             .await
@@ -398,10 +414,11 @@ impl InProcess {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
-    /// GET `path` (with `bearer` if given): status and body text.
+    /// GET `path` (with `bearer` if given, else the token the test did not choose): status
+    /// and body text.
     async fn get_text(&self, path: &str, bearer: Option<&str>) -> (u16, String) {
         let mut req = client().get(format!("http://{}{path}", self.addr));
-        if let Some(b) = bearer {
+        if let Some(b) = bearer.or(self.auto_bearer.as_deref()) {
             req = req.bearer_auth(b);
         }
         let r = req.send().await.unwrap();
@@ -634,7 +651,18 @@ fn cli_sync_exit_codes() {
     let out = env.cli(&["sync", "--token", "acme", "--kind", "apps"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("\"apps\""), "{}", stderr(&out));
-    // Daemon down: one clear sentence, exit 1.
+    // The daemon never ran: no API token yet, one clear sentence naming the file, exit 1.
+    let out = env.cli(&["sync", "--token", "acme", "--kind", "users"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&env.path("api-token").display().to_string()) && err.contains("first start"),
+        "{err}"
+    );
+
+    // Daemon down (it ran once, so the token exists): one clear sentence, exit 1.
+    let daemon = env.start_daemon();
+    daemon.terminate();
     let out = env.cli(&["sync", "--token", "acme", "--kind", "users"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not reachable"), "{}", stderr(&out));

@@ -19,9 +19,7 @@ fn client() -> reqwest::Client {
 
 async fn post(c: &reqwest::Client, env: &TestEnv, body: &Value) -> (u16, Value) {
     let mut req = c.post(env.api_url("/v1/events")).json(body);
-    if let Some(t) = &env.api_token {
-        req = req.bearer_auth(t);
-    }
+    req = req.bearer_auth(env.token());
     let r = req.send().await.expect("POST /v1/events");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
@@ -29,9 +27,7 @@ async fn post(c: &reqwest::Client, env: &TestEnv, body: &Value) -> (u16, Value) 
 
 async fn get(c: &reqwest::Client, env: &TestEnv, path: &str) -> (u16, Value) {
     let mut req = c.get(env.api_url(path));
-    if let Some(t) = &env.api_token {
-        req = req.bearer_auth(t);
-    }
+    req = req.bearer_auth(env.token());
     let r = req.send().await.expect("GET");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
@@ -58,6 +54,7 @@ async fn thousand_events_survive_kill_9_and_read_back_with_daemon_down() {
     for w in 0..16 {
         let c = c.clone();
         let api = env.api_url("/v1/events");
+        let bearer = env.token();
         handles.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for i in (w..980).step_by(16) {
@@ -65,7 +62,13 @@ async fn thousand_events_survive_kill_9_and_read_back_with_daemon_down() {
                 let token = if i % 2 == 0 { "acme" } else { "beta" };
                 let body = json!({"token": token, "eventId": id, "type": "ASSOCIATE",
                     "request": associate_body(1 + i % 3)});
-                let r = c.post(&api).json(&body).send().await.unwrap();
+                let r = c
+                    .post(&api)
+                    .bearer_auth(&bearer)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status().as_u16(), 201, "track {id}");
                 ids.push(id);
             }

@@ -323,16 +323,15 @@ async fn killing_a_token_holder_hands_its_token_over_without_losing_anything() {
         )
         .await;
     }
+    // The instances share the directory, so the first one's generated API token.
+    let c = env.http();
     let mut cl = Cluster {
         sim,
         env,
         db,
         uids,
         daemons,
-        c: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
+        c,
         next_api: AtomicUsize::new(0),
     };
 

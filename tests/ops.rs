@@ -33,11 +33,12 @@ async fn track(env: &TestEnv, prefix: &str, n: usize) -> Vec<String> {
         let body = json!({"token": "acme", "eventId": id, "type": "ASSOCIATE",
             "request": {"assets": [{"adamId": "361304891", "pricingParam": "STDQ"}],
                         "serialNumbers": [format!("SN{i}")]}});
-        let mut req = c.post(env.api_url("/v1/events")).json(&body);
-        if let Some(t) = &env.api_token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await.expect("POST /v1/events");
+        let req = c.post(env.api_url("/v1/events")).json(&body);
+        let r = req
+            .bearer_auth(env.token())
+            .send()
+            .await
+            .expect("POST /v1/events");
         assert_eq!(r.status().as_u16(), 201, "track {id}");
         ids.push(id);
     }

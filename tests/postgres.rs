@@ -47,7 +47,7 @@ async fn check_config_and_read_only_commands_on_postgres() {
     );
 
     let daemon = env.start_daemon();
-    let c = reqwest::Client::new();
+    let c = env.http();
     let r = c
         .post(env.api_url("/v1/events"))
         .json(&json!({"token": "acme", "eventId": "pg-1", "type": "ASSOCIATE"}))
@@ -173,7 +173,7 @@ async fn instances_and_holders_on_postgres() {
     store.heartbeat("pg-b").await.unwrap();
     store.close().await.unwrap();
 
-    let c = reqwest::Client::new();
+    let c = env.http();
     let get = |path: &str| {
         let req = c.get(env.api_url(path));
         async move {
@@ -308,7 +308,8 @@ async fn check_config_and_the_daemon_over_tls() {
     assert!(!out.contains(&password) && !err.contains(&password));
 
     let daemon = env.start_daemon();
-    let r = reqwest::Client::new()
+    let r = env
+        .http()
         .post(env.api_url("/v1/events"))
         .json(&json!({"token": "acme", "eventId": "tls-1", "type": "ASSOCIATE"}))
         .send()

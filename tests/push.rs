@@ -251,6 +251,7 @@ async fn track(c: &reqwest::Client, env: &TestEnv, n: usize) {
         let id = uuid::Uuid::new_v4().to_string();
         let r = c
             .post(env.api_url("/v1/events"))
+            .bearer_auth(env.token())
             .json(&json!({"token": "acme", "eventId": id, "type": "ASSOCIATE"}))
             .send()
             .await
@@ -262,6 +263,7 @@ async fn track(c: &reqwest::Client, env: &TestEnv, n: usize) {
 async fn feed_seqs(c: &reqwest::Client, env: &TestEnv) -> BTreeSet<i64> {
     let v: Value = c
         .get(env.api_url("/v1/changes?limit=1000"))
+        .bearer_auth(env.token())
         .send()
         .await
         .unwrap()
@@ -563,6 +565,7 @@ async fn settle(c: &reqwest::Client, env: &TestEnv, ids: &[String]) -> Vec<Value
         for id in ids {
             let v: Value = c
                 .get(env.api_url(&format!("/v1/events/{id}")))
+                .bearer_auth(env.token())
                 .send()
                 .await
                 .unwrap()
@@ -585,6 +588,7 @@ async fn settle(c: &reqwest::Client, env: &TestEnv, ids: &[String]) -> Vec<Value
 async fn submit(c: &reqwest::Client, env: &TestEnv, kind: &str, body: Value) -> Vec<String> {
     let r = c
         .post(env.api_url(&format!("/v1/tokens/acme/requests/{kind}")))
+        .bearer_auth(env.token())
         .json(&body)
         .send()
         .await
@@ -677,6 +681,7 @@ async fn licences_run_out_and_free_up_tokens_get_revoked_and_the_report_matches_
     // The daemon learns it from the notification or a sync.
     for kind in ["assignments", "assets"] {
         c.post(env.api_url("/v1/tokens/acme/sync"))
+            .bearer_auth(env.token())
             .json(&json!({"kind": kind, "full": true}))
             .send()
             .await
@@ -751,6 +756,7 @@ async fn licences_run_out_and_free_up_tokens_get_revoked_and_the_report_matches_
     state.insert(uid.clone(), json!("revoked"));
     sim.put("/_sim/faults", &json!({"tokenState": state})).await;
     c.post(env.api_url("/v1/tokens/acme/sync"))
+        .bearer_auth(env.token())
         .json(&json!({"kind": "assets", "full": true}))
         .send()
         .await
@@ -815,6 +821,7 @@ async fn wait_for_json(
     loop {
         let v: Value = c
             .get(env.api_url(path))
+            .bearer_auth(env.token())
             .send()
             .await
             .unwrap()

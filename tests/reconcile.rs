@@ -127,6 +127,7 @@ impl World {
         let tracked = self
             .c
             .post(self.env.api_url("/v1/events"))
+            .bearer_auth(self.env.token())
             .json(&json!({"token": t.name, "eventId": id, "type": event_type, "request": body}))
             .send()
             .await
@@ -145,6 +146,7 @@ impl World {
                 self.env
                     .api_url(&format!("/v1/tokens/{}/requests/{kind}", t.name)),
             )
+            .bearer_auth(self.env.token())
             .json(&body)
             .send()
             .await
@@ -164,6 +166,7 @@ impl World {
         let r: Value = self
             .c
             .get(self.env.api_url("/v1/events?limit=10000"))
+            .bearer_auth(self.env.token())
             .send()
             .await
             .unwrap()
@@ -255,7 +258,16 @@ impl World {
         let url = self
             .env
             .api_url(&format!("/v1/tokens/{token}/{what}?limit=10000"));
-        let v: Value = self.c.get(url).send().await.unwrap().json().await.unwrap();
+        let v: Value = self
+            .c
+            .get(url)
+            .bearer_auth(self.env.token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         v[what].as_array().cloned().unwrap_or_default()
     }
 
@@ -500,6 +512,7 @@ async fn notifications_arriving_before_tracking(backend: Backend) {
         let r = w
             .c
             .post(w.env.api_url("/v1/events"))
+            .bearer_auth(w.env.token())
             .json(&json!({"token": t.name, "eventId": id, "type": "ASSOCIATE", "request": body}))
             .send()
             .await
@@ -845,6 +858,7 @@ async fn gives_up_after_give_up_after_and_unknown_events_are_not_found(backend: 
     ] {
         let r =
             w.c.post(w.env.api_url("/v1/events"))
+                .bearer_auth(w.env.token())
                 .json(&json!({"token": "acme", "eventId": id, "type": ty}))
                 .send()
                 .await
@@ -863,6 +877,7 @@ async fn gives_up_after_give_up_after_and_unknown_events_are_not_found(backend: 
     assert_eq!(outcome("00000000-dead-beef-0000-000000000000"), "not_found");
     let detail: Value =
         w.c.get(w.env.api_url(&format!("/v1/events/{slow}")))
+            .bearer_auth(w.env.token())
             .send()
             .await
             .unwrap()
@@ -969,6 +984,7 @@ async fn crash_harness_kill_9_at_random_points() {
                 let ok = w
                     .c
                     .post(w.env.api_url("/v1/events"))
+                    .bearer_auth(w.env.token())
                     .json(&json!({"token": t.name, "eventId": id, "type": "ASSOCIATE", "request": body}))
                     .send()
                     .await
@@ -981,6 +997,7 @@ async fn crash_harness_kill_9_at_random_points() {
             let r = w
                 .c
                 .post(w.env.api_url(&format!("/v1/tokens/{}/requests/create-users", t.name)))
+                .bearer_auth(w.env.token())
                 .json(&json!({"users": [{"clientUserId": user_id, "email": format!("{user_id}@example.com")}]}))
                 .send()
                 .await;

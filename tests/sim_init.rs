@@ -106,6 +106,41 @@ fn sim_init_writes_a_config_the_daemon_runs_with() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // README's "Trying it by hand": the daemon made its API token beside the database; a
+    // submission with it (curl's extra header) is tracked, one without it is refused.
+    let token_file = dir.join("api-token");
+    assert!(
+        printed.contains(&format!("$(cat {})", token_file.display())),
+        "{printed}"
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let submit = |auth: Option<&str>| {
+        use std::io::{Read, Write};
+        let body = r#"{"assets":[{"adamId":"361304891","pricingParam":"STDQ"}],"clientUserIds":["u01","u02"]}"#;
+        let auth = auth.map_or(String::new(), |t| {
+            format!("Authorization: Bearer {}\r\n", t.trim())
+        });
+        let mut s = std::net::TcpStream::connect(api).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "POST /v1/tokens/acme/requests/associate HTTP/1.1\r\nHost: {api}\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    let refused = submit(None);
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let answer = submit(Some(&token));
+    assert!(
+        answer.starts_with("HTTP/1.1 201"),
+        "{answer}\n{}",
+        daemon.log_text()
+    );
     // The human-readable table too.
     let out = Command::new(BIN)
         .arg("--config")

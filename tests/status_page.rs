@@ -2,8 +2,9 @@
 //! loaded in headless Chromium: the rendered DOM shows the tokens, the events table, Apple's
 //! failures and the SVG chart, and a screenshot is taken (kept as `target/status-page.png`).
 //! Chromium is required: `.ci/run` installs Debian's `chromium` when it is missing, and this
-//! test fails (never skips) without it. Also: the bearer guards the page when an API token is
-//! configured, and a `?token=` query is not accepted in its place.
+//! test fails (never skips) without it (it opens the page with the API token as HTTP Basic's
+//! password). Also: the token guards the page, as a bearer or Basic's password, and a
+//! `?token=` query is not accepted in its place.
 
 mod common;
 
@@ -120,10 +121,7 @@ async fn status_page_renders_in_headless_chromium() {
         .await;
     }
     let _daemon = env.start_daemon();
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let c = env.http();
 
     // Apple writes as the MDM sends them, tracked through the daemon: successes on both
     // tokens, a partial failure (9709: 4 devices, 2 licences) and an unknown user (9609).
@@ -188,7 +186,9 @@ async fn status_page_renders_in_headless_chromium() {
         .starts_with("default-src 'none'"));
 
     let tmp = tempfile::tempdir().unwrap();
-    let url = env.api_url("/");
+    // The token as HTTP Basic's password: Chromium answers the page's Basic challenge with
+    // the credentials of the URL, as a person would type them into its prompt.
+    let url = format!("http://status:{}@{}/", env.token(), env.api);
     let (ok, dom) = chromium(
         &tmp.path().join("profile-dom"),
         &["--dump-dom".into()],
@@ -246,7 +246,7 @@ async fn status_page_renders_in_headless_chromium() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_page_needs_the_bearer_when_an_api_token_is_configured() {
+async fn status_page_needs_the_api_token_as_bearer_or_basic() {
     let env = TestEnv::new(EnvOptions {
         api_token: true,
         reconcile: "notification_grace = \"1h\"",
@@ -257,6 +257,31 @@ async fn status_page_needs_the_bearer_when_an_api_token_is_configured() {
     let secret = env.api_token.clone().unwrap();
     let r = c.get(env.api_url("/")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    // The challenge makes a browser prompt for the token.
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Basic realm=\"vpp-reconciler\", charset=\"UTF-8\""
+    );
+    for (user, ok) in [("anyone", 200), ("", 200)] {
+        let r = c
+            .get(env.api_url("/"))
+            .basic_auth(user, Some(&secret))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), ok, "Basic as {user:?}");
+    }
+    let r = c
+        .get(env.api_url("/"))
+        .basic_auth(&secret, Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "the token is the password, not the user"
+    );
     // No query-string token: it would leak into history and logs.
     let r = c
         .get(env.api_url(&format!("/?token={secret}")))

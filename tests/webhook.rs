@@ -123,7 +123,8 @@ async fn webhook_rules() {
 
     // The event tracked after its notification arrived: applied on tracking, settled without
     // a poll (1 entity requested, 1 SUCCESS).
-    let r = c
+    let api = env.http();
+    let r = api
         .post(env.api_url("/v1/events"))
         .json(&json!({"token": "acme", "eventId": "ev-1", "type": "ASSOCIATE",
             "request": {"assets": [{"adamId": "1", "pricingParam": "STDQ"}], "serialNumbers": ["S1"]}}))
@@ -133,7 +134,7 @@ async fn webhook_rules() {
     assert_eq!(r.status(), 201);
     let start = Instant::now();
     loop {
-        let e: Value = c
+        let e: Value = api
             .get(env.api_url("/v1/events/ev-1"))
             .send()
             .await

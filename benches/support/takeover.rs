@@ -305,7 +305,8 @@ pub async fn measure(
     let mut members = vec![Member::start(env, &base, ttl_s as usize * 10)];
     until_settled(&db, &mut members, tokens, settle).await;
     if track > 0 {
-        let (n, took) = crate::track::fill(members[0].api(), track, clients, tokens.len()).await;
+        let (n, took) =
+            crate::track::fill(members[0].api(), env.token(), track, clients, tokens.len()).await;
         println!(
             "takeover: {n} events tracked through one instance in {:.1} s",
             took.as_secs_f64()

@@ -10,9 +10,11 @@ pub fn event_id(k: usize) -> String {
 }
 
 /// Tracks `n` ASSOCIATE events spread over the
-/// tokens `t000`, `t001`, ... (`tokens` of them); returns how many and how long it took.
+/// tokens `t000`, `t001`, ... (`tokens` of them), with the API's bearer `token`; returns how
+/// many and how long it took.
 pub async fn fill(
     api: std::net::SocketAddr,
+    token: String,
     n: usize,
     clients: usize,
     tokens: usize,
@@ -29,6 +31,7 @@ pub async fn fill(
     for c in 0..clients {
         let client = client.clone();
         let url = url.clone();
+        let token = token.clone();
         // Client `c`'s share: `n / clients`, and one more for the first `n % clients`.
         let (per, rem) = (n / clients, n % clients);
         let (first, count) = (c * per + c.min(rem), per + usize::from(c < rem));
@@ -42,7 +45,13 @@ pub async fn fill(
                 // token's lease meanwhile); a client tracks it again.
                 let mut tries = 0;
                 loop {
-                    let r = client.post(&url).json(&body).send().await.expect("track");
+                    let r = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("track");
                     let status = r.status().as_u16();
                     if status == 503 && tries < 10 {
                         tries += 1;

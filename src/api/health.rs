@@ -1,4 +1,4 @@
-//! `GET /healthz` and `GET /metrics`, both unauthenticated.
+//! `GET /healthz` and `GET /metrics`, both without a token (the `Host` check still applies).
 //!
 //! `/healthz`: 200 `ok`; 200 `degraded` with `tokens` (tokens Apple refused, expired...)
 //! and/or `store` (`{"writes":"failing","since":...,"error":...}` while the database takes

@@ -3,12 +3,14 @@
 //! to the executor; they hold no business logic and read no clock beyond stamping what they
 //! receive.
 //!
-//! One module per behaviour: [`auth`] (the bearer check, one layer), [`events`] (track, list,
+//! One module per behaviour: [`access`] (who may: Host, token, Origin, Content-Type; pure),
+//! [`auth`] (its layers), [`token_file`] (the API token's file), [`events`] (track, list,
 //! get), [`submit`] (submitting through the daemon), [`feed`] (changes feed), [`syncs`],
 //! [`tokens`] (tokens and mirror reads), [`instances`] (the cluster: instances and who holds
 //! which token), [`health`] (`/healthz`, `/metrics`), [`status`] (the
 //! HTML status page at `/`) and [`validate`] (input checks shared with the CLI).
 
+pub mod access;
 mod auth;
 mod events;
 mod feed;
@@ -18,6 +20,7 @@ mod push;
 mod status;
 mod submit;
 mod syncs;
+pub mod token_file;
 mod tokens;
 mod validate;
 
@@ -32,11 +35,12 @@ use tokio::sync::Semaphore;
 
 use crate::core::Timings;
 use crate::executor::ExecutorHandle;
-use crate::secret::Secret;
 use crate::store::MirrorKind;
 use crate::store::{Store, StoreError};
 use crate::tokens::Registry;
 
+pub use access::{AllowedHosts, ApiTokens, Authority};
+pub use auth::{Access, AccessPolicy};
 pub use events::commit_track;
 pub use submit::{idempotency_key, MAX_IDEMPOTENCY_KEY_LEN, MAX_SUBMIT_BODY_BYTES};
 pub use validate::{
@@ -51,7 +55,8 @@ pub struct ApiState {
     /// The configured tokens (replaced on reload).
     pub tokens: Registry,
     pub timings: Timings,
-    pub api_token: Option<Secret>,
+    /// The API's tokens and accepted `Host` names (replaced on reload).
+    pub access: Access,
     /// Bounds track requests waiting on the executor.
     pub writes: Arc<Semaphore>,
     /// The Apple client, for submitting requests through the daemon.
@@ -120,7 +125,7 @@ impl IntoResponse for HttpError {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/v1/events", post(events::track).get(events::list_events))
         .route("/v1/events/{event_id}", get(events::get_event))
         .route("/v1/changes", get(feed::list_changes))
@@ -144,19 +149,33 @@ pub fn router(state: ApiState) -> Router {
             tokens::mirror_route(MirrorKind::Users),
         )
         .route("/v1/syncs", get(syncs::list_syncs))
-        // The status page shows token names, eventIds and Apple's messages: behind the
-        // bearer like `/v1` when a token is configured (no `?token=`: see `status`).
-        .route("/", get(status::status_page))
         .route("/v1/tokens/{token}/licences", get(push::licences))
         .route("/v1/push", get(push::status))
         .route("/v1/push/replay", post(push::replay))
-        // The bearer check guards the routes above only: a route layer wraps the routes
-        // added before it, so the two below stay unauthenticated.
+        // A route layer wraps the routes added before it: every `/v1` route needs the bearer.
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_bearer,
-        ))
+            (state.access.clone(), access::Guarded::Api),
+            auth::require_access,
+        ));
+    // The status page shows token names, eventIds and Apple's messages: behind the token like
+    // `/v1`, also as HTTP Basic so a browser can prompt (no `?token=`: see `status`).
+    let page = Router::new()
+        .route("/", get(status::status_page))
+        .route_layer(axum::middleware::from_fn_with_state(
+            (state.access.clone(), access::Guarded::StatusPage),
+            auth::require_access,
+        ));
+    let open = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/metrics", get(health::metrics))
+        .route("/metrics", get(health::metrics));
+    Router::new()
+        .merge(api)
+        .merge(page)
+        .merge(open)
+        // Outermost, so it runs first on every route and on unknown paths.
+        .layer(axum::middleware::from_fn_with_state(
+            state.access.clone(),
+            auth::require_host,
+        ))
         .with_state(state)
 }

@@ -9,13 +9,13 @@
 //! database's clock). Every value that comes from data (token names, instance ids, Apple's
 //! error messages, sync errors, ...) goes through [`escape_html`].
 //!
-//! Access: the page sits behind the same bearer layer as `/v1` (see [`super::router`]). With
-//! no API token configured it is open, like the rest of the local API; with one, a browser
-//! cannot show it directly (it cannot send the header) and there is deliberately no
-//! `?token=` alternative: that token also authorises writes (submitting and revoking through
-//! Apple), and a query string ends up in browser history, proxy logs and the page's own
-//! refresh URL. Use a header, e.g. through an SSH tunnel:
-//! `curl -H "Authorization: Bearer $(cat api-token)" http://127.0.0.1:PORT/ > status.html`.
+//! Access: the page needs the API token like `/v1` (see [`super::router`]), either as
+//! `Authorization: Bearer` or as the password of HTTP Basic (any user name): a 401 here carries
+//! `WWW-Authenticate: Basic`, so a browser prompts for it. Only this read-only page takes Basic
+//! (a browser replays Basic credentials on cross-site requests, which must never authorise a
+//! write), and the read-only token is accepted too. There is deliberately no `?token=`
+//! alternative: a query string ends up in browser history, proxy logs and the page's own
+//! refresh URL.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;

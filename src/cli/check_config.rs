@@ -164,10 +164,28 @@ pub(crate) fn summary(c: &Config, now: Timestamp) -> String {
     let _ = writeln!(
         s,
         "  api_token_file: {}",
-        c.daemon.api_token_file.as_ref().map_or(
-            "(none: the local API is unauthenticated)".to_string(),
-            |p| { p.display().to_string() }
+        c.daemon.api_token_file.as_ref().map_or_else(
+            || {
+                format!(
+                    "(none) the daemon's own token, {} (created at its first start, mode 0600)",
+                    crate::api::token_file::generated_path(&c.daemon.database).display()
+                )
+            },
+            |p| p.display().to_string()
         )
+    );
+    if let Some(p) = &c.daemon.api_read_token_file {
+        let _ = writeln!(s, "  api_read_token_file: {} (read-only)", p.display());
+    }
+    let _ = writeln!(
+        s,
+        "  api_hosts:      {}",
+        if c.daemon.api_hosts.is_empty() {
+            "(loopback names and addresses only)".to_string()
+        } else {
+            let hosts: Vec<String> = c.daemon.api_hosts.iter().map(|h| h.to_string()).collect();
+            format!("{} and loopback", hosts.join(", "))
+        }
     );
     let _ = writeln!(
         s,

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::inspect::{open, print_json};
-use super::track::post_json;
+use super::track::{api_token, post_json};
 use super::{load_config, CliError, CliResult, PushAction, PushArgs, ReportArgs, ReportWhat};
 use crate::store::AssetLicences;
 
@@ -196,11 +196,7 @@ fn replay(config_path: &Path, after: i64, as_json: bool) -> CliResult {
     }
     let config = load_config(config_path)?.config;
     let url = format!("http://{}/v1/push/replay", config.daemon.api_listen);
-    let (status, answer) = post_json(
-        &url,
-        config.daemon.api_token.as_ref(),
-        &json!({"after": after}),
-    )?;
+    let (status, answer) = post_json(&url, &api_token(&config)?, &json!({"after": after}))?;
     if as_json {
         println!("{answer}");
     }

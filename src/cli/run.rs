@@ -61,6 +61,8 @@ pub fn run(config_path: &Path) -> CliResult {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         result.map_err(|e| match e {
             daemon::DaemonError::Store(e) => super::store_error(e),
+            // A token file that cannot be made or read: restarting will not fix it (exit 2).
+            e @ daemon::DaemonError::ApiToken(_) => CliError::usage(e.to_string()),
             e => CliError::failed(e.to_string()),
         })
     })

@@ -162,6 +162,8 @@ async fn init(addr: SocketAddr, dir: &Path) -> Result<(), CliError> {
          (notification auth token)\n\
          next, in another terminal:\n\
          \x20 vpp-reconciler --config {d}/config.toml run\n\
+         the daemon creates the local API's token in {d}/api-token at its first start; the CLI\n\
+         reads it, curl sends it: -H \"Authorization: Bearer $(cat {d}/api-token)\"\n\
          serving until Ctrl-C"
     );
     let _ = out.flush();

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::track::post_json;
+use super::track::{api_token, post_json};
 use super::{load_config, CliError, CliResult, SyncArgs};
 use crate::core::SyncKind;
 
@@ -14,7 +14,7 @@ pub fn run(config_path: &Path, args: SyncArgs) -> CliResult {
     let config = load_config(config_path)?.config;
     let url = sync_url(&config.daemon.api_listen.to_string(), &args.token)?;
     let body = json!({"kind": kind.as_str(), "full": args.full});
-    let (status, answer) = post_json(&url, config.daemon.api_token.as_ref(), &body)?;
+    let (status, answer) = post_json(&url, &api_token(&config)?, &body)?;
     if args.json {
         println!("{answer}");
     }

@@ -30,7 +30,7 @@ pub fn run(config_path: &Path, args: TrackArgs) -> CliResult {
         body["request"] = r;
     }
     let url = format!("http://{}/v1/events", config.daemon.api_listen);
-    let (status, answer) = post_json(&url, config.daemon.api_token.as_ref(), &body)?;
+    let (status, answer) = post_json(&url, &api_token(&config)?, &body)?;
     if args.json {
         println!("{answer}");
     }
@@ -62,10 +62,16 @@ fn error_text(answer: &Value) -> String {
         .to_string()
 }
 
-/// POSTs JSON to the local API; (status, body).
+/// The local API's token as the daemon uses it: `daemon.api_token_file`, else the `api-token`
+/// the daemon created beside the database.
+pub fn api_token(config: &crate::config::Config) -> Result<crate::secret::Secret, CliError> {
+    crate::api::token_file::for_client(config).map_err(|e| CliError::failed(e.to_string()))
+}
+
+/// POSTs JSON to the local API with its bearer token; (status, body).
 pub fn post_json(
     url: &str,
-    token: Option<&crate::secret::Secret>,
+    token: &crate::secret::Secret,
     body: &Value,
 ) -> Result<(u16, Value), CliError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -77,10 +83,7 @@ pub fn post_json(
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| CliError::failed(format!("cannot build the HTTP client: {e}")))?;
-        let mut req = client.post(url).json(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t.expose());
-        }
+        let req = client.post(url).json(body).bearer_auth(token.expose());
         let resp = req.send().await.map_err(|e| {
             CliError::failed(format!(
                 "the daemon is not reachable at {url}: {}",

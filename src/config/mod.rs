@@ -66,12 +66,14 @@ pub struct PublicLoaded {
 }
 
 /// The configuration as the read-only commands see it: every key validated and every secret
-/// path resolved, no secret read. `daemon.api_token` is always `None` here.
+/// path resolved, no secret read. `daemon.api_token` and `daemon.api_read_token` are always
+/// `None` here.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublicConfig {
     pub path: PathBuf,
     pub daemon: DaemonConfig,
     pub api_token_file: Option<SecretFile>,
+    pub api_read_token_file: Option<SecretFile>,
     pub apple: AppleConfig,
     pub webhook: WebhookConfig,
     pub reconcile: ReconcileConfig,
@@ -99,6 +101,7 @@ impl PublicConfig {
     /// Every secret file the configuration names, in file order.
     pub fn secret_files(&self) -> Vec<&SecretFile> {
         let mut v: Vec<&SecretFile> = self.api_token_file.iter().collect();
+        v.extend(self.api_read_token_file.iter());
         for t in &self.tokens {
             v.push(&t.token_file);
             v.push(&t.notification_auth_token_file);
@@ -185,8 +188,16 @@ pub struct DaemonConfig {
     /// Absolute, or relative to the working directory if the config path was relative.
     pub database: PathBuf,
     pub api_listen: SocketAddr,
+    /// The local API's token file; `None`: `api-token` beside the database, created by the
+    /// daemon at its first start ([`crate::api::token_file`]).
     pub api_token_file: Option<PathBuf>,
+    /// Read with the secrets when `api_token_file` is set.
     pub api_token: Option<Secret>,
+    /// Optional read-only token (GET routes and the status page only).
+    pub api_read_token_file: Option<PathBuf>,
+    pub api_read_token: Option<Secret>,
+    /// `Host` names (maybe with ports) the local API answers besides loopback ones.
+    pub api_hosts: Vec<crate::api::Authority>,
     /// `None`: not configured; journald when stderr is the journal, else JSON
     /// ([`crate::telemetry::choose_format`]).
     pub log_format: Option<LogFormat>,

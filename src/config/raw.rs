@@ -39,6 +39,8 @@ pub(super) struct RawDaemon {
     pub(super) database: Option<String>,
     pub(super) api_listen: Option<String>,
     pub(super) api_token_file: Option<String>,
+    pub(super) api_read_token_file: Option<String>,
+    pub(super) api_hosts: Option<Vec<String>>,
     pub(super) log_format: Option<String>,
     pub(super) log_level: Option<String>,
 }

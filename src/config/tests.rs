@@ -643,3 +643,69 @@ fn store_section_defaults_and_checks() {
         "{e}"
     );
 }
+
+#[test]
+fn api_hosts_and_the_read_only_token() {
+    let f = Fixture::new();
+    let c = f.load(TOKEN).unwrap().config;
+    assert!(c.daemon.api_hosts.is_empty());
+    assert!(c.daemon.api_read_token.is_none());
+
+    f.write("api-token", "full-api-token\n");
+    f.write("api-read", "read-api-token\n");
+    let l = f
+        .load(&format!(
+            "[daemon]\napi_token_file = \"api-token\"\napi_read_token_file = \"api-read\"\n\
+             api_hosts = [\"VPPR.example.com\", \"10.0.0.5:8787\", \"[fd00::5]\"]\n{TOKEN}"
+        ))
+        .unwrap();
+    let d = &l.config.daemon;
+    assert_eq!(
+        d.api_read_token.as_ref().map(|s| s.expose()),
+        Some("read-api-token")
+    );
+    let hosts: Vec<String> = d.api_hosts.iter().map(|h| h.to_string()).collect();
+    assert_eq!(hosts, ["vppr.example.com", "10.0.0.5:8787", "[fd00::5]"]);
+    assert!(!format!("{:?}", l.config).contains("read-api-token"));
+
+    let e = f.err(&format!(
+        "[daemon]\napi_hosts = [\"ok.example\", \"evil@host\"]\n{TOKEN}"
+    ));
+    assert!(
+        e.contains("daemon.api_hosts[1] \"evil@host\" is not a host name"),
+        "{e}"
+    );
+    let e = f.err(&format!("[daemon]\napi_hosts = [\"h:99999\"]\n{TOKEN}"));
+    assert!(e.contains("daemon.api_hosts[0]"), "{e}");
+    let e = f.err(&format!("[daemon]\napi_hosts = \"one\"\n{TOKEN}"));
+    assert!(e.contains("api_hosts"), "{e}");
+
+    // The read-only token must not be the full one.
+    f.write("api-read", "full-api-token\n");
+    let e = f.err(&format!(
+        "[daemon]\napi_token_file = \"api-token\"\napi_read_token_file = \"api-read\"\n{TOKEN}"
+    ));
+    assert!(
+        e.contains("daemon.api_read_token_file") && e.contains("must differ"),
+        "{e}"
+    );
+    assert!(!e.contains("full-api-token"), "{e}");
+    f.write("api-read", "");
+    let e = f.err(&format!(
+        "[daemon]\napi_read_token_file = \"api-read\"\n{TOKEN}"
+    ));
+    assert!(
+        e.contains("daemon.api_read_token_file") && e.contains("is empty"),
+        "{e}"
+    );
+
+    // Off loopback: a warning that Host must then be listed.
+    let l = f
+        .load(&format!("[daemon]\napi_listen = \"0.0.0.0:8787\"\n{TOKEN}"))
+        .unwrap();
+    assert!(
+        l.warnings.iter().any(|w| w.contains("daemon.api_hosts")),
+        "{:?}",
+        l.warnings
+    );
+}

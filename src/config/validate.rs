@@ -45,7 +45,7 @@ impl Validator<'_> {
 
     /// Validates the file and resolves secret paths without opening any secret file.
     pub(super) fn public(&mut self, raw: RawConfig) -> Result<PublicConfig, ConfigError> {
-        let (daemon, api_token_file) = self.daemon(raw.daemon)?;
+        let (daemon, api_token_file, api_read_token_file) = self.daemon(raw.daemon)?;
         let apple = self.apple(raw.apple)?;
         let webhook = self.webhook(raw.webhook)?;
         let reconcile = self.reconcile(raw.reconcile)?;
@@ -77,6 +77,7 @@ impl Validator<'_> {
             path: self.path.to_path_buf(),
             daemon,
             api_token_file,
+            api_read_token_file,
             apple,
             webhook,
             reconcile,
@@ -162,6 +163,7 @@ impl Validator<'_> {
             path,
             mut daemon,
             api_token_file,
+            api_read_token_file,
             apple,
             webhook,
             reconcile,
@@ -186,6 +188,21 @@ impl Validator<'_> {
         if let Some(f) = &api_token_file {
             let text = self.read_secret_file(&f.key, f)?;
             daemon.api_token = Some(self.auth_token(&f.key, f, &text)?);
+        }
+        if let Some(f) = &api_read_token_file {
+            let text = self.read_secret_file(&f.key, f)?;
+            let read = self.auth_token(&f.key, f, &text)?;
+            if daemon.api_token.as_ref() == Some(&read) {
+                return Err(self.err(
+                    &f.key,
+                    format!(
+                        "{} holds the same token as daemon.api_token_file; the read-only token \
+                         must differ",
+                        f.shown()
+                    ),
+                ));
+            }
+            daemon.api_read_token = Some(read);
         }
         let mut tokens = Vec::with_capacity(public_tokens.len());
         for (i, t) in public_tokens.into_iter().enumerate() {
@@ -282,10 +299,11 @@ impl Validator<'_> {
         })
     }
 
+    #[allow(clippy::type_complexity)]
     fn daemon(
         &mut self,
         raw: RawDaemon,
-    ) -> Result<(DaemonConfig, Option<SecretFile>), ConfigError> {
+    ) -> Result<(DaemonConfig, Option<SecretFile>, Option<SecretFile>), ConfigError> {
         let database = match raw.database {
             Some(s) if s.trim().is_empty() => {
                 return Err(self.err("daemon.database", "\"\" must be a file path"))
@@ -298,19 +316,17 @@ impl Validator<'_> {
             Some(f) => Some(self.secret_file("daemon.api_token_file", f)?),
             None => None,
         };
+        let api_read_token_file = match raw.api_read_token_file {
+            Some(f) => Some(self.secret_file("daemon.api_read_token_file", f)?),
+            None => None,
+        };
+        let api_hosts = self.api_hosts(raw.api_hosts.unwrap_or_default())?;
         if !api_listen.ip().is_loopback() {
-            if api_token_file.is_none() {
-                self.warn(format!(
-                    "daemon.api_listen {} is not a loopback address and no api_token_file is set: \
-                     anyone who can reach it can change the daemon's state",
-                    q(&api_listen.to_string())
-                ));
-            } else {
-                self.warn(format!(
-                    "daemon.api_listen {} is not a loopback address; keep the local API on loopback",
-                    q(&api_listen.to_string())
-                ));
-            }
+            self.warn(format!(
+                "daemon.api_listen {} is not a loopback address; keep the local API on loopback \
+                 (requests that name it must use a Host listed in daemon.api_hosts)",
+                q(&api_listen.to_string())
+            ));
         }
         let log_format = match raw.log_format {
             None => None,
@@ -337,11 +353,41 @@ impl Validator<'_> {
                 api_listen,
                 api_token_file: api_token_file.as_ref().map(|f| f.resolved.clone()),
                 api_token: None,
+                api_read_token_file: api_read_token_file.as_ref().map(|f| f.resolved.clone()),
+                api_read_token: None,
+                api_hosts,
                 log_format,
                 log_level,
             },
             api_token_file,
+            api_read_token_file,
         ))
+    }
+
+    /// `daemon.api_hosts`: host names or addresses, each with an optional port.
+    fn api_hosts(&self, raw: Vec<String>) -> Result<Vec<crate::api::Authority>, ConfigError> {
+        const MAX_API_HOSTS: usize = 64;
+        if raw.len() > MAX_API_HOSTS {
+            return Err(self.err(
+                "daemon.api_hosts",
+                format!("lists {} hosts; at most {MAX_API_HOSTS}", raw.len()),
+            ));
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                crate::api::Authority::parse(h.trim()).ok_or_else(|| {
+                    self.err(
+                        &format!("daemon.api_hosts[{i}]"),
+                        format!(
+                            "{} is not a host name or IP address with an optional port \
+                             (e.g. \"vppr.example.com\", \"10.0.0.5:8787\", \"[fd00::5]\")",
+                            q(h)
+                        ),
+                    )
+                })
+            })
+            .collect()
     }
 
     fn apple(&mut self, raw: RawApple) -> Result<AppleConfig, ConfigError> {

@@ -215,11 +215,11 @@ pub(super) async fn mirror_check(w: &World, t: &TokenInfo) -> Check {
                 w.http
                     .get(&w.sim_url(&format!("/_sim/truth/{}", t.uid)))
                     .await?,
-                w.http
+                w.api_http
                     .all(&format!("{base}/assignments"), "assignments")
                     .await?,
-                w.http.all(&format!("{base}/users"), "users").await?,
-                w.http.all(&format!("{base}/assets"), "assets").await?,
+                w.api_http.all(&format!("{base}/users"), "users").await?,
+                w.api_http.all(&format!("{base}/assets"), "assets").await?,
             ))
         };
         last = match read.await {

@@ -11,6 +11,24 @@ pub(super) struct Http {
 }
 
 impl Http {
+    /// A client for the daemon's local API: every request carries its bearer token.
+    pub(super) fn for_api(token: &crate::secret::Secret) -> Result<Http, String> {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| "the API token is not a valid header value".to_string())?;
+        value.set_sensitive(true);
+        let headers =
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            // The submit route may wait on the daemon's rate limiter and a Retry-After.
+            .timeout(std::time::Duration::from_secs(60))
+            .default_headers(headers)
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        Ok(Http { c })
+    }
+
     pub(super) async fn send(
         &self,
         rb: reqwest::RequestBuilder,

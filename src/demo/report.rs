@@ -77,7 +77,7 @@ pub(super) async fn report(
     timed_out: bool,
 ) -> Result<bool, DemoError> {
     let events = w
-        .http
+        .api_http
         .all(&w.api_url("/v1/events"), "events")
         .await
         .map_err(|e| failed(format!("cannot read the events from the daemon: {e}")))?;
@@ -102,7 +102,11 @@ pub(super) async fn report(
     let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     for e in &events {
         let id = s(&e["eventId"]);
-        if let Ok(d) = w.http.get(&w.api_url(&format!("/v1/events/{id}"))).await {
+        if let Ok(d) = w
+            .api_http
+            .get(&w.api_url(&format!("/v1/events/{id}")))
+            .await
+        {
             notes.insert(
                 id.to_string(),
                 d["notifications"].as_array().map_or(0, Vec::len),
@@ -306,7 +310,7 @@ pub(super) async fn report(
             answer_list.join(", ")
         );
     }
-    match w.http.all(&w.api_url("/v1/syncs"), "syncs").await {
+    match w.api_http.all(&w.api_url("/v1/syncs"), "syncs").await {
         Ok(syncs) => {
             let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
             for x in &syncs {

@@ -40,7 +40,10 @@ pub(super) struct SubmitLog {
 }
 
 pub(super) struct World {
+    /// For the simulator.
     pub(super) http: Http,
+    /// For the daemon's local API: sends its token (never to the simulator).
+    pub(super) api_http: Http,
     pub(super) sim: String,
     pub(super) api: String,
     pub(super) tokens: Vec<TokenInfo>,
@@ -173,6 +176,7 @@ pub(super) async fn run_in(
     std::fs::write(&config_path, toml)
         .map_err(|e| failed(format!("cannot write {}: {e}", config_path.display())))?;
     // The config warns about the demo timings (below Apple's floors); the header says so.
+    let token_path = crate::api::token_file::generated_path(&dir.path.join("state.db"));
     let config = crate::config::load(&config_path)
         .map_err(|e| failed(format!("the demo's own configuration is invalid: {e}")))?
         .config;
@@ -232,8 +236,12 @@ pub(super) async fn run_in(
         }
     }
 
+    // The daemon created its API token beside the database at start.
+    let token = crate::api::token_file::read(&token_path).map_err(|e| failed(e.to_string()))?;
+    let api_http = Http::for_api(&token).map_err(failed)?;
     let world = World {
         http,
+        api_http,
         sim: sim_base,
         api: format!("http://{api_addr}"),
         tokens,
@@ -285,8 +293,10 @@ pub(super) fn header(
         );
     }
     say!(
-        "  daemon     API {}  webhook http://{webhook}{PATH_PREFIX}/{{token}}",
-        w.api
+        "  daemon     API {}  webhook http://{webhook}{PATH_PREFIX}/{{token}}\n             \
+         (the API wants the bearer token in {})",
+        w.api,
+        crate::api::token_file::generated_path(&dir.path.join("state.db")).display()
     );
     say!(
         "  work dir   {}\n             ({})",
@@ -335,11 +345,14 @@ pub(super) async fn drive(
     let submitter = {
         let log = log.clone();
         let http = w.http.clone();
+        let api_http = w.api_http.clone();
         let api = w.api.clone();
         let sim = w.sim.clone();
         let names: Vec<&'static str> = w.tokens.iter().map(|t| t.name).collect();
         let requests = requests.clone();
-        tokio::spawn(async move { submit_all(http, api, sim, names, requests, log).await })
+        tokio::spawn(
+            async move { submit_all(http, api_http, api, sim, names, requests, log).await },
+        )
     };
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -356,7 +369,7 @@ pub(super) async fn drive(
             .lock()
             .map(|l| (l.done, l.finished))
             .unwrap_or((0, true));
-        let events = w.http.all(&w.api_url("/v1/events"), "events").await;
+        let events = w.api_http.all(&w.api_url("/v1/events"), "events").await;
         let stats = w.http.get(&w.sim_url("/_sim/stats")).await;
         let line = progress_line(started.elapsed(), done, total, &events, &stats, w);
         say!("{line}");
@@ -406,6 +419,7 @@ pub(super) async fn drive(
 
 pub(super) async fn submit_all(
     http: Http,
+    api_http: Http,
     api: String,
     sim: String,
     names: Vec<&'static str>,
@@ -428,9 +442,9 @@ pub(super) async fn submit_all(
         let url = format!("{api}/v1/tokens/{name}/requests/{}", r.kind);
         let mut result = Err("not sent".to_string());
         for attempt in 1..=SUBMIT_ATTEMPTS {
-            let answer = http
+            let answer = api_http
                 .send(
-                    http.c.post(&url).json(&r.body),
+                    api_http.c.post(&url).json(&r.body),
                     &format!("submit {}", r.kind),
                 )
                 .await;

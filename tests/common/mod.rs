@@ -102,6 +102,9 @@ pub struct TestEnv {
     pub api: SocketAddr,
     pub webhook: SocketAddr,
     pub tokens: Vec<TestToken>,
+    /// The API token planted and configured as `api_token_file` (`EnvOptions::api_token`);
+    /// without it the daemon generates `api-token` beside the database, which is the same
+    /// path: [`TestEnv::token`] reads either.
     pub api_token: Option<String>,
 }
 
@@ -222,6 +225,34 @@ impl TestEnv {
         self.dir.path().join(name)
     }
 
+    /// The local API's token: the planted one, else the one the daemon generated at start.
+    pub fn token(&self) -> String {
+        if let Some(t) = &self.api_token {
+            return t.clone();
+        }
+        let p = self.path("api-token");
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e} (has the daemon started?)", p.display()))
+            .trim()
+            .to_string()
+    }
+
+    /// An HTTP client for the local API: every request carries the bearer token (so start
+    /// the daemon first). Use another client for the simulator.
+    pub fn http(&self) -> reqwest::Client {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token())).unwrap();
+        value.set_sensitive(true);
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::AUTHORIZATION,
+                value,
+            )]))
+            .build()
+            .unwrap()
+    }
+
     /// Every secret planted in this environment (inner token, whole sToken, notify, API).
     pub fn secrets(&self) -> Vec<String> {
         let mut s = Vec::new();
@@ -237,6 +268,9 @@ impl TestEnv {
             }
         }
         s.extend(self.api_token.clone());
+        if let Ok(t) = std::fs::read_to_string(self.path("api-token")) {
+            s.push(t.trim().to_string());
+        }
         s
     }
 
@@ -293,20 +327,14 @@ impl TestEnv {
         method: reqwest::Method,
         path: &str,
     ) -> reqwest::RequestBuilder {
-        let req = c.request(method, self.api_url(path));
-        match &self.api_token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
+        c.request(method, self.api_url(path))
+            .bearer_auth(self.token())
     }
 
     /// The credential header lines (each ending in CRLF) of a hand-written request to the
     /// local API, as [`TestEnv::api_request`] adds them.
     pub fn api_auth_lines(&self) -> String {
-        match &self.api_token {
-            Some(t) => format!("Authorization: Bearer {t}\r\n"),
-            None => String::new(),
-        }
+        format!("Authorization: Bearer {}\r\n", self.token())
     }
 }
 
@@ -325,8 +353,9 @@ impl Daemon {
             {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ =
-                    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(
+                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                );
                 let mut buf = String::new();
                 let _ = s.read_to_string(&mut buf);
                 if buf.starts_with("HTTP/1.1 200") {
