@@ -100,8 +100,30 @@ fn set_private(f: &File, path: &Path) -> Result<(), PrivateFileError> {
 /// beside it (same directory, so the rename cannot cross filesystems) created at 0600,
 /// fsynced, renamed over `path`, and the directory fsynced so the rename survives a crash.
 /// A reader sees the old content or the new, never a part, and never a readable-by-others
-/// moment. For generated secrets (e.g. the local API token).
+/// moment.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), PrivateFileError> {
+    publish(path, bytes, |tmp, path| {
+        std::fs::rename(tmp, path).map_err(err(path, "rename a new file to"))
+    })
+}
+
+/// Creates `path` with `bytes` as its content, as [`write_private_file`] does, but never
+/// replaces an existing file: the new file is hard-linked to its name, which fails with
+/// `AlreadyExists` (in the error's `source`) when another process created it first. For
+/// generated secrets that others may already use (the local API token).
+pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<(), PrivateFileError> {
+    publish(path, bytes, |tmp, path| {
+        std::fs::hard_link(tmp, path).map_err(err(path, "create"))
+    })
+}
+
+/// Writes a private temporary beside `path`, gives it its name with `name_it`, then makes
+/// the name durable; the temporary is gone afterwards whatever happened.
+fn publish(
+    path: &Path,
+    bytes: &[u8],
+    name_it: impl FnOnce(&Path, &Path) -> Result<(), PrivateFileError>,
+) -> Result<(), PrivateFileError> {
     let tmp = temp_beside(path);
     let written = (|| {
         let mut f = OpenOptions::new()
@@ -113,11 +135,10 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), PrivateFileEr
         set_private(&f, &tmp)?;
         f.write_all(bytes).map_err(err(&tmp, "write"))?;
         f.sync_all().map_err(err(&tmp, "fsync"))?;
-        std::fs::rename(&tmp, path).map_err(err(path, "rename a new file to"))
+        name_it(&tmp, path)
     })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    // After a rename the temporary's name is gone already; after a link it is a second name.
+    let _ = std::fs::remove_file(&tmp);
     written?;
     sync_dir(path)
 }

@@ -3,8 +3,9 @@
 //!
 //! Layout: a pure [`core`] (event state machine, scheduling, backoff, sync coalescing) driven
 //! by one [`executor`] loop, surrounded by thin adapters: [`apple`] (client), [`store`]
-//! (SQLite), [`webhook`] (notifications in), [`api`] (local HTTP API), [`cli`], and the
-//! Apple API simulator [`sim`].
+//! (SQLite by default, PostgreSQL for several instances, which share the tokens by
+//! [`cluster`] leases), [`webhook`] (notifications in), [`api`] (local HTTP API), [`push`]
+//! (the feed to the MDM), [`cli`], and the Apple API simulator [`sim`].
 
 pub mod api;
 pub mod apple;

@@ -3,13 +3,14 @@
 //! which the daemon creates at its first start and reuses afterwards. The CLI reads the same
 //! file, so the commands that talk to the API need no extra setup.
 //!
-//! Creation is crash-safe and never clobbers: the token is written to a temporary file (mode
-//! 0600 whatever the umask), flushed to disk, then hard-linked to its name, which fails if
-//! another process created it first (its token is then used). A crash leaves either no
-//! `api-token` or a complete one, never a half-written file.
+//! Creation is crash-safe and never clobbers ([`crate::files::create_private_file`]): the
+//! token is written to a temporary file (mode 0600 whatever the umask), flushed to disk, then
+//! hard-linked to its name, which fails if another process created it first (its token is
+//! then used). A crash leaves either no `api-token` or a complete one, never a half-written
+//! file.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -108,32 +109,11 @@ fn new_token() -> Secret {
     ))
 }
 
+/// The token and a newline, published at 0600 without clobbering (see [`crate::files`]).
 fn create(path: &Path, token: &Secret) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{GENERATED_NAME}.{}.tmp",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // The mode above is masked by the umask; set it exactly.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(token.expose().as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()
-    })();
-    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
-    let _ = std::fs::remove_file(&tmp);
-    linked?;
-    // The new name is durable once the directory is.
-    std::fs::File::open(&dir)?.sync_all()
+    let mut content = token.expose().as_bytes().to_vec();
+    content.push(b'\n');
+    crate::files::create_private_file(path, &content).map_err(|e| e.source)
 }
 
 /// Reads one token: printable ASCII without spaces, trailing newline allowed, at most
