@@ -18,6 +18,12 @@
 //! another ([`PgStore::write_ordered`]), as the SQLite writer does. The feed's counter row
 //! is locked by the transaction that takes a number until it commits, so `seq` follows
 //! commit order across transactions and instances.
+//!
+//! How write transactions end is kept for `/healthz` ([`super::health`], whose rule says
+//! which errors are the database's): [`PgStore::write`] records its transaction, the ordered
+//! writer its batch. A batch that does not commit answers every job with why, and
+//! [`PgStore::write_ordered`] hands each job's input back with it, so the executor's turn
+//! comes back with every change failed (to be retried), never lost.
 
 pub mod migrations;
 pub mod mirror;
