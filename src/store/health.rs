@@ -29,7 +29,8 @@ use crate::time::Timestamp;
 /// job's own, by its SQLSTATE (`None`: no answer from the server: it could not be reached,
 /// the connection was lost or the operation timed out).
 ///
-/// The database's: connection exceptions (class 08), insufficient resources (53: disk full,
+/// The database's: connection exceptions (class 08), a connection refused by the server (28:
+/// the role or its password, 3D: no such database), insufficient resources (53: disk full,
 /// out of memory, too many connections), operator intervention (57: shutdown, recovery,
 /// `statement_timeout`), system errors (58: I/O), internal errors (XX: corruption), a
 /// read-only transaction (25006: a standby after a failover, `default_transaction_read_only`),
@@ -40,8 +41,10 @@ pub fn is_database_failure(sqlstate: Option<&str>) -> bool {
     let Some(code) = sqlstate else {
         return true;
     };
-    matches!(code.get(..2), Some("08" | "53" | "57" | "58" | "XX"))
-        || matches!(code, "25006" | "25P03" | "55P03" | "42501")
+    matches!(
+        code.get(..2),
+        Some("08" | "28" | "3D" | "53" | "57" | "58" | "XX")
+    ) || matches!(code, "25006" | "25P03" | "55P03" | "42501")
 }
 
 /// An error message kept at most this long (bytes), so `/healthz` stays small.
@@ -166,6 +169,8 @@ mod tests {
         for code in [
             None,
             Some("08006"), // connection failure
+            Some("28P01"), // password authentication failed
+            Some("3D000"), // no such database
             Some("53100"), // disk full
             Some("57P01"), // admin shutdown
             Some("57014"), // statement_timeout

@@ -83,8 +83,12 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> StoreError {
         match e {
             deadpool_postgres::PoolError::Closed => StoreError::Closed,
-            deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => StoreError::Database(pool_error_text(&other)),
+            // No connection, whatever the server's reason: never the job's (so not
+            // `Refused`, which the write health would weigh by its SQLSTATE).
+            other => StoreError::Database(format!(
+                "cannot connect to the database: {}",
+                pool_error_text(&other)
+            )),
         }
     }
 }
@@ -317,7 +321,7 @@ async fn run_batch(
             while let Some(job) = jobs.pop_front() {
                 completions.push(job(None).await.done);
             }
-            return Err(Unwritten::new("no database connection", e.into()));
+            return Err(Unwritten::new("no write transaction", e.into()));
         }
     };
     let finished = lent.finished();
@@ -748,7 +752,8 @@ impl PgStore {
 
     /// Runs `f` in a transaction of its own on a pooled connection and returns its result
     /// once committed; an error from `f` rolls the whole transaction back. (The PostgreSQL
-    /// counterpart of the SQLite writer's job: one operation, one transaction.)
+    /// counterpart of the SQLite writer's job: one operation, one transaction.) How it ended
+    /// goes to the write health ([`health`]).
     pub(in crate::store) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send,

@@ -309,3 +309,51 @@ async fn a_change_failing_on_its_own_data_is_not_a_write_failure() {
     store.close().await.unwrap();
     db.drop_now().await;
 }
+
+/// No connection at all (the server refuses the database's connections, its sessions
+/// ended): the turn comes back undone, every change failed, and writes show failing until
+/// the server lets the store in again and a turn commits.
+#[tokio::test]
+async fn no_connection_hands_the_turn_back_undone() {
+    let db = TempDb::new().await;
+    let store = Store::Postgres(PgStore::connect(&db.url, None).await.unwrap());
+    admin(
+        &db,
+        &format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false; {}",
+            db.name,
+            end_sessions(&db)
+        ),
+    )
+    .await;
+    // Until the pool tries a new connection (one just ended may fail first: undone too).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = commit(&store, inserts(&["n1", "n2"])).await.unwrap();
+        assert_eq!(c.errors.len(), 2);
+        assert!(c.errors.iter().all(Option::is_some), "{c:?}");
+        let failing = store.writes_failing().expect("writes failing");
+        if failing.error.contains("cannot connect to the database") {
+            assert!(
+                failing
+                    .error
+                    .contains("not currently accepting connections"),
+                "{failing:?}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{failing:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin(
+        &db,
+        &format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.name),
+    )
+    .await;
+    let c = commit(&store, inserts(&["n1", "n2"])).await.unwrap();
+    assert_eq!(c.errors, vec![None, None]);
+    assert_eq!(store.writes_failing(), None);
+    assert_eq!(stored(&db, &["n1", "n2"]).await, ["n1", "n2"]);
+    store.close().await.unwrap();
+    db.drop_now().await;
+}
