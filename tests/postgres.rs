@@ -352,3 +352,101 @@ async fn check_config_and_the_daemon_over_tls() {
         "{err}"
     );
 }
+
+/// Writes the database refuses (read-only, as a standby after a failover): `/healthz` is
+/// degraded with the server's reason while the daemon lives on, tracking answers 503 (the
+/// turn is handed back, not lost), and once the server takes writes again `/healthz` is ok
+/// by itself and every acknowledged event is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_writes_show_in_healthz_on_postgres() {
+    let env = TestEnv::new(EnvOptions {
+        backend: Backend::Postgres,
+        reconcile: "notification_grace = \"1h\"",
+        ..Default::default()
+    });
+    let daemon = env.start_daemon();
+    let c = env.http();
+    let track = |id: String| {
+        let req = c
+            .post(env.api_url("/v1/events"))
+            .json(&json!({"token": "acme", "eventId": id, "type": "ASSOCIATE"}));
+        async move { req.send().await.expect("POST /v1/events").status().as_u16() }
+    };
+    let healthz = || async {
+        let r = c.get(env.api_url("/healthz")).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let mut acked = vec!["before".to_string()];
+    assert_eq!(track("before".into()).await, 201);
+    assert_eq!(healthz().await, (200, json!({"status": "ok"})));
+
+    let pg = env.pg.as_ref().unwrap();
+    pg.set_read_only(true);
+    // Until the server's refusal shows (the first writes may meet ended connections).
+    let start = std::time::Instant::now();
+    let mut i = 0;
+    let health = loop {
+        i += 1;
+        match track(format!("during-{i}")).await {
+            503 => {}
+            201 => acked.push(format!("during-{i}")),
+            other => panic!("tracking while read-only: {other}\n{}", daemon.log_text()),
+        }
+        let (status, health) = healthz().await;
+        let error = health["store"]["error"].as_str().unwrap_or_default();
+        if status == 200 && error.contains("read-only transaction") {
+            break health;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{status} {health}\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(health["status"], "degraded", "{health}");
+    let store = &health["store"];
+    assert_eq!(store["writes"], "failing", "{health}");
+    assert!(store["since"].as_str().is_some(), "{health}");
+    assert!(store["lastFailureAt"].as_str().is_some(), "{health}");
+    assert!(store["failedCommits"].as_u64() >= Some(1), "{health}");
+    assert_eq!(
+        track("refused".into()).await,
+        503,
+        "tracking is refused, not left waiting"
+    );
+
+    pg.set_read_only(false);
+    let start = std::time::Instant::now();
+    loop {
+        let id = format!("after-{i}");
+        i += 1;
+        if track(id.clone()).await == 201 {
+            acked.push(id);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(healthz().await, (200, json!({"status": "ok"})));
+    assert!(
+        daemon.log_text().contains("store writes succeed again"),
+        "{}",
+        daemon.log_text()
+    );
+    for id in &acked {
+        let r = c
+            .get(env.api_url(&format!("/v1/events/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "acknowledged {id} is kept");
+    }
+    let log = daemon.log.clone();
+    assert!(daemon.terminate().success(), "{}", common::log_text(&log));
+}

@@ -2,7 +2,8 @@
 //!
 //! `/healthz`: 200 `ok`; 200 `degraded` with `tokens` (tokens Apple refused, expired...)
 //! and/or `store` (`{"writes":"failing","since":...,"error":...}` while the database takes
-//! no writes, e.g. a full disk; it clears by itself once a write commits); 503 `unhealthy`
+//! no writes, e.g. a full disk or a read-only PostgreSQL server; it clears by itself once a
+//! write commits); 503 `unhealthy`
 //! when the store's writer does not answer or the executor loop stalled.
 
 use std::collections::HashSet;
@@ -34,8 +35,9 @@ pub(super) async fn healthz(State(state): State<ApiState>) -> Response {
                     (name, serde_json::to_value(t).unwrap_or(Value::Null))
                 })
                 .collect();
-            // The ping commits an empty transaction, which a full disk lets through: the
-            // writer's own record says whether data can be written.
+            // The ping writes nothing (SQLite: an empty commit, which a full disk lets
+            // through; PostgreSQL: a read, which a read-only server answers): the store's own
+            // record of its write transactions says whether data can be written.
             let writes = state.store.writes_failing();
             if tokens.is_empty() && writes.is_none() {
                 return (StatusCode::OK, Json(json!({"status": "ok"}))).into_response();

@@ -345,7 +345,8 @@ impl Executor {
         let result = match result {
             Ok(r) => r,
             Err(e) => {
-                // The whole job is lost (the writer stopped or the commit failed): nothing
+                // The whole job is lost (the writer stopped, or SQLite's turn failed in its
+                // own work; a commit that failed hands the turn back undone instead): nothing
                 // of it is durable. Its changes are gone with the job, so the events affected
                 // are re-polled from their last durable state after a restart.
                 tracing::error!(error = %e, "a turn could not be committed");

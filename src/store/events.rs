@@ -5,6 +5,7 @@
 use tokio::sync::oneshot;
 
 use super::postgres::queries as pq;
+use super::postgres::{refusal as pg_refusal, Ran};
 use super::sqlite::queries as q;
 use super::views::{EventDetail, EventView};
 use super::{Store, StoreError, SyncStart};
@@ -45,7 +46,8 @@ pub struct TurnCommit {
 
 impl TurnCommit {
     /// The turn's work was done but its transaction did not commit (a full disk, an I/O
-    /// error, SQLite rolling the batch back): every change is answered failed, so the core
+    /// error, SQLite rolling the batch back, PostgreSQL unreachable or refusing the work):
+    /// every change is answered failed, so the core
     /// retries it and a tracker waiting for an insert hears the error, rather than the
     /// changes being lost with the turn.
     fn undone(self, e: StoreError) -> Result<TurnCommit, StoreError> {
@@ -56,6 +58,39 @@ impl TurnCommit {
             early: Vec::new(),
             changes: self.changes,
         })
+    }
+}
+
+/// What a PostgreSQL turn's work gives, to be joined with the turn it ran
+/// ([`TurnCommit::of_turn`]).
+struct TurnParts {
+    errors: Vec<Option<String>>,
+    syncs_written: Vec<bool>,
+    early: Vec<NotificationInput>,
+}
+
+impl TurnCommit {
+    /// A PostgreSQL turn's answer: what its work gave once committed; if its work failed or
+    /// its transaction did not commit, the turn [`TurnCommit::undone`].
+    fn of_turn(
+        turn: TurnWrite,
+        ran: Result<TurnParts, StoreError>,
+    ) -> Result<TurnCommit, StoreError> {
+        match ran {
+            Ok(p) => Ok(TurnCommit {
+                changes: turn.changes,
+                errors: p.errors,
+                syncs_written: p.syncs_written,
+                early: p.early,
+            }),
+            Err(e) => TurnCommit {
+                errors: Vec::new(),
+                syncs_written: vec![false; turn.syncs.len()],
+                early: Vec::new(),
+                changes: turn.changes,
+            }
+            .undone(e),
+        }
     }
 }
 
@@ -118,7 +153,8 @@ impl Store {
             Store::Postgres(p) => {
                 let me = p.instance().map(str::to_string);
                 p.write_ordered(
-                    move |tx| {
+                    turn,
+                    move |tx, turn| {
                         Box::pin(async move {
                             let TurnWrite { changes, syncs } = turn;
                             // With leases, only the holder's changes of a token commit; an
@@ -137,9 +173,19 @@ impl Store {
                                 None => None,
                             };
                             let holds = |t: &str| held.as_ref().is_none_or(|h| h.contains(t));
-                            let errors = apply_fenced(tx, &changes, &holds, now).await;
+                            let applied = apply_fenced(tx, changes, &holds, now).await;
+                            // A change the database refused (a read-only server) fails alone,
+                            // yet writes are failing.
+                            let mut refused = applied
+                                .iter()
+                                .filter_map(|r| r.as_ref().err())
+                                .find_map(pg_refusal);
+                            let errors: Vec<Option<String>> = applied
+                                .into_iter()
+                                .map(|r| r.err().map(|e| e.to_string()))
+                                .collect();
                             let mut syncs_written = Vec::with_capacity(syncs.len());
-                            for s in &syncs {
+                            for s in syncs {
                                 if !holds(&s.token) {
                                     syncs_written.push(false);
                                     continue;
@@ -147,18 +193,20 @@ impl Store {
                                 // A failed statement would abort the whole transaction here:
                                 // each run row in a savepoint of its own.
                                 tx.batch_execute("SAVEPOINT sync").await?;
-                                let ok = pq::sync_started(
+                                let started = pq::sync_started(
                                     tx, s.id, &s.token, s.kind, s.full, &s.cause, now,
                                 )
-                                .await
-                                .is_ok();
-                                tx.batch_execute(if ok {
+                                .await;
+                                tx.batch_execute(if started.is_ok() {
                                     "RELEASE SAVEPOINT sync"
                                 } else {
                                     "ROLLBACK TO SAVEPOINT sync; RELEASE SAVEPOINT sync"
                                 })
                                 .await?;
-                                syncs_written.push(ok);
+                                if let Err(e) = &started {
+                                    refused = refused.or_else(|| pg_refusal(e));
+                                }
+                                syncs_written.push(started.is_ok());
                             }
                             // One query for all the events inserted.
                             let inserted: Vec<&str> = changes
@@ -168,14 +216,17 @@ impl Store {
                                 .map(|(c, _)| c.event.event_id.as_str())
                                 .collect();
                             let early = pq::unapplied_notifications_for_all(tx, &inserted).await?;
-                            Ok(TurnCommit {
-                                changes,
-                                errors,
-                                syncs_written,
-                                early,
+                            Ok(Ran {
+                                result: TurnParts {
+                                    errors,
+                                    syncs_written,
+                                    early,
+                                },
+                                refused,
                             })
                         })
                     },
+                    TurnCommit::of_turn,
                     on_commit,
                 )
                 .await
@@ -307,44 +358,40 @@ async fn apply_fenced(
     changes: &[Change],
     holds: &(dyn Fn(&str) -> bool + Sync),
     now: Timestamp,
-) -> Vec<Option<String>> {
+) -> Vec<Result<(), StoreError>> {
     if changes.iter().all(|c| holds(&c.event.token)) {
-        return pq::apply_changes(tx, changes).await;
+        return pq::apply_each(tx, changes).await;
     }
     let mut out = Vec::with_capacity(changes.len());
     for c in changes {
         let token = &c.event.token;
         if holds(token) {
-            out.extend(pq::apply_changes(tx, std::slice::from_ref(c)).await);
+            out.extend(pq::apply_each(tx, std::slice::from_ref(c)).await);
         } else if c.insert {
             // The insert and its handoff stand or fall together.
             if let Err(e) = tx.batch_execute("SAVEPOINT handoff").await {
-                out.push(Some(StoreError::from(e).to_string()));
+                out.push(Err(StoreError::from(e)));
                 continue;
             }
-            let mut e = pq::apply_changes(tx, std::slice::from_ref(c))
+            let mut r = pq::apply_each(tx, std::slice::from_ref(c))
                 .await
                 .pop()
-                .flatten();
-            if e.is_none() {
+                .unwrap_or(Ok(()));
+            if r.is_ok() {
                 let item = [super::Handoff::Event {
                     event_id: c.event.event_id.clone(),
                 }];
-                if let Err(err) = pq::handoffs::hand_off(tx, token, &item, now).await {
-                    e = Some(err.to_string());
-                }
+                r = pq::handoffs::hand_off(tx, token, &item, now).await;
             }
-            let end = if e.is_none() {
+            let end = if r.is_ok() {
                 "RELEASE SAVEPOINT handoff"
             } else {
                 "ROLLBACK TO SAVEPOINT handoff; RELEASE SAVEPOINT handoff"
             };
             let _ = tx.batch_execute(end).await;
-            out.push(e);
+            out.push(r);
         } else {
-            out.push(Some(format!(
-                "this instance no longer holds the lease of token {token}"
-            )));
+            out.push(Err(StoreError::LeaseLost(token.clone())));
         }
     }
     out

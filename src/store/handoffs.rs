@@ -146,18 +146,19 @@ impl Store {
                 p.write(move |tx| {
                     Box::pin(async move {
                         let changes = [change];
-                        let failed = super::postgres::queries::apply_changes(tx, &changes)
+                        let applied = super::postgres::queries::apply_each(tx, &changes)
                             .await
                             .pop()
-                            .flatten();
-                        match failed {
-                            None => {
+                            .unwrap_or(Ok(()));
+                        match applied {
+                            Ok(()) => {
                                 pq::hand_off(tx, &token, &item, now).await?;
                                 Ok(TrackedElsewhere::Inserted)
                             }
-                            Some(e) => match super::postgres::queries::get_event(tx, &id).await? {
+                            // As it is: whose failure it was shows in the write health.
+                            Err(e) => match super::postgres::queries::get_event(tx, &id).await? {
                                 Some(rec) => Ok(TrackedElsewhere::Exists(Box::new(rec))),
-                                None => Err(StoreError::Database(e)),
+                                None => Err(e),
                             },
                         }
                     })

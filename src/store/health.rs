@@ -7,12 +7,45 @@
 //! it. A commit that wrote nothing (the ping, a batch whose every job failed on its own)
 //! changes nothing: it says nothing about whether the disk takes data. A job refused for its
 //! own reasons (not found, lease lost) is not a write failure.
+//!
+//! PostgreSQL (a pool of transactions, not one writer; `store::postgres`) keeps the same
+//! cell by the same rule: a write transaction that could not get a connection, begin or
+//! commit, or that ran out of time, is a failure; so is a statement in it that the server
+//! refused for a reason of its own ([`is_database_failure`]), even when the job absorbed it
+//! (a change of a turn fails alone, the rest commits). A commit that wrote (the transaction
+//! had a transaction id) clears it; a write transaction that wrote nothing, and the ping (a
+//! plain `SELECT`, no write transaction), change nothing. By SQLSTATE: the server refusing
+//! writes or failing to take them is the database's failure; a constraint or data error is
+//! the job's own data, and a serialization failure or deadlock (class 40) a conflict between
+//! concurrent transactions that running again resolves: neither is.
 
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
 use crate::time::Timestamp;
+
+/// Whether a PostgreSQL error is the database's failure to take writes rather than the
+/// job's own, by its SQLSTATE (`None`: no answer from the server: it could not be reached,
+/// the connection was lost or the operation timed out).
+///
+/// The database's: connection exceptions (class 08), a connection refused by the server (28:
+/// the role or its password, 3D: no such database), insufficient resources (53: disk full,
+/// out of memory, too many connections), operator intervention (57: shutdown, recovery,
+/// `statement_timeout`), system errors (58: I/O), internal errors (XX: corruption), a
+/// read-only transaction (25006: a standby after a failover, `default_transaction_read_only`),
+/// `idle_in_transaction_session_timeout` (25P03), `lock_timeout` (55P03) and a role that may
+/// not write (42501). Everything else (constraints, data, serialization, a bug's syntax error)
+/// is the job's.
+pub fn is_database_failure(sqlstate: Option<&str>) -> bool {
+    let Some(code) = sqlstate else {
+        return true;
+    };
+    matches!(
+        code.get(..2),
+        Some("08" | "28" | "3D" | "53" | "57" | "58" | "XX")
+    ) || matches!(code, "25006" | "25P03" | "55P03" | "42501")
+}
 
 /// An error message kept at most this long (bytes), so `/healthz` stays small.
 const ERROR_CAP: usize = 512;
@@ -129,6 +162,37 @@ mod tests {
             "an empty commit (the ping) does not clear it; since stays the first failure"
         );
         assert_eq!(s.after(&WriteOutcome::Wrote, t(5)), WriteState(None));
+    }
+
+    #[test]
+    fn whose_failure_a_postgresql_error_is() {
+        for code in [
+            None,
+            Some("08006"), // connection failure
+            Some("28P01"), // password authentication failed
+            Some("3D000"), // no such database
+            Some("53100"), // disk full
+            Some("57P01"), // admin shutdown
+            Some("57014"), // statement_timeout
+            Some("58030"), // I/O error
+            Some("XX001"), // data corrupted
+            Some("25006"), // read-only transaction
+            Some("25P03"),
+            Some("55P03"),
+            Some("42501"), // insufficient privilege
+        ] {
+            assert!(is_database_failure(code), "{code:?}");
+        }
+        for code in [
+            "23505", // unique violation: the job's data
+            "23503", "22001", // value too long
+            "40001", // serialization failure: running again resolves it
+            "40P01", // deadlock
+            "42601", // syntax error
+            "42P01", "25P02", // in a failed transaction: the earlier error counts
+        ] {
+            assert!(!is_database_failure(Some(code)), "{code}");
+        }
     }
 
     #[test]

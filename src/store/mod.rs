@@ -79,6 +79,11 @@ pub enum StoreError {
     /// driver's error into this, so no driver type shows here.)
     #[error("database error: {0}")]
     Database(String),
+    /// PostgreSQL refused a statement: its message and SQLSTATE, kept apart so the write
+    /// health can tell the database's failure from the job's own
+    /// ([`health::is_database_failure`]).
+    #[error("database error: {message} ({code})")]
+    Refused { message: String, code: String },
     #[error("cannot open database {target}: {reason}")]
     Open { target: String, reason: String },
     /// The TLS settings of a PostgreSQL URL (`sslmode`, `sslrootcert`) are wrong, or its
@@ -204,13 +209,13 @@ impl Store {
         }
     }
 
-    /// `Some` while the writer's transactions fail (disk full, I/O errors; see [`health`]),
-    /// which [`Store::ping`] does not show. Kept by SQLite's writer; PostgreSQL answers each
-    /// write's error to its caller and is not tracked here (`None`).
+    /// `Some` while the writes' transactions fail (disk full, I/O errors, a read-only
+    /// PostgreSQL server; see [`health`]), which [`Store::ping`] does not show. Kept by
+    /// SQLite's writer, and by PostgreSQL's write transactions.
     pub fn writes_failing(&self) -> Option<health::WritesFailing> {
         match self {
             Store::Sqlite(s) => s.writes_failing(),
-            Store::Postgres(_) => None,
+            Store::Postgres(p) => p.writes_failing(),
         }
     }
 }

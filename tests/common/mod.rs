@@ -84,6 +84,22 @@ impl PgDb {
         let url = format!("{base}/{name}");
         PgDb { admin, name, url }
     }
+
+    /// Makes the database refuse writes (`default_transaction_read_only`, as a standby
+    /// after a failover does) or take them again, and ends its sessions (the daemon's
+    /// among them) so the next ones start under the new setting.
+    pub fn set_read_only(&self, on: bool) {
+        let setting = match on {
+            true => "SET default_transaction_read_only = on",
+            false => "RESET default_transaction_read_only",
+        };
+        let sql = format!(
+            "ALTER DATABASE {name} {setting}; SELECT pg_terminate_backend(pid) FROM \
+             pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+            name = self.name
+        );
+        pg_execute(&self.admin, &sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
 }
 
 impl Drop for PgDb {

@@ -18,6 +18,12 @@
 //! another ([`PgStore::write_ordered`]), as the SQLite writer does. The feed's counter row
 //! is locked by the transaction that takes a number until it commits, so `seq` follows
 //! commit order across transactions and instances.
+//!
+//! How write transactions end is kept for `/healthz` ([`super::health`], whose rule says
+//! which errors are the database's): [`PgStore::write`] records its transaction, the ordered
+//! writer its batch. A batch that does not commit answers every job with why, and
+//! [`PgStore::write_ordered`] hands each job's input back with it, so the executor's turn
+//! comes back with every change failed (to be retried), never lost.
 
 pub mod migrations;
 pub mod mirror;
@@ -42,6 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::session::SessionLimits;
 use self::session::CONNECT_TIMEOUT;
 use self::url::redact;
+use super::health::{self, WriteHealth, WriteOutcome, WritesFailing};
 use super::StoreError;
 
 /// Connections in the pool at most.
@@ -50,18 +57,38 @@ const POOL_SIZE: usize = 16;
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
         match e.as_db_error() {
-            Some(db) => StoreError::Database(format!("{} ({})", db.message(), db.code().code())),
+            Some(db) => StoreError::Refused {
+                message: db.message().to_string(),
+                code: db.code().code().to_string(),
+            },
             None => StoreError::Database(error_text(&e)),
         }
     }
+}
+
+/// `e`'s words when it is the database's failure to take a write rather than the write's
+/// own ([`health::is_database_failure`]): a statement the server refused for its own reason,
+/// or no answer at all (the driver's or the pool's error: unreachable, connection lost; the
+/// operation's time limit).
+pub(in crate::store) fn refusal(e: &StoreError) -> Option<String> {
+    let database = match e {
+        StoreError::Refused { code, .. } => health::is_database_failure(Some(code)),
+        StoreError::Database(_) | StoreError::Timeout(_) => health::is_database_failure(None),
+        _ => false,
+    };
+    database.then(|| e.to_string())
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> StoreError {
         match e {
             deadpool_postgres::PoolError::Closed => StoreError::Closed,
-            deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => StoreError::Database(pool_error_text(&other)),
+            // No connection, whatever the server's reason: never the job's (so not
+            // `Refused`, which the write health would weigh by its SQLSTATE).
+            other => StoreError::Database(format!(
+                "cannot connect to the database: {}",
+                pool_error_text(&other)
+            )),
         }
     }
 }
@@ -109,10 +136,53 @@ struct Queued {
 /// Answers a job's caller once its batch committed (or did not).
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A job of the ordered writer: runs inside the batch's transaction (`None`: none could be
-/// started) and says whether it succeeded, with what to call after the commit.
-type OrderedJob = Box<
-    dyn for<'t> FnOnce(Option<&'t Transaction<'t>>) -> BoxFuture<'t, (bool, Completion)> + Send,
->;
+/// started) and says how it went, with what to call after the commit.
+type OrderedJob =
+    Box<dyn for<'t> FnOnce(Option<&'t Transaction<'t>>) -> BoxFuture<'t, JobEnd> + Send>;
+
+/// How an ordered job ran.
+struct JobEnd {
+    /// Its work succeeded (its savepoint is kept).
+    ok: bool,
+    /// A write the database refused for a reason of its own ([`refusal`]), the job's error
+    /// or one it absorbed: the batch's transaction counts as failing writes.
+    refused: Option<String>,
+    done: Completion,
+}
+
+/// What an ordered job's work hands back: its result, and the first write in it that the
+/// database refused for a reason of its own ([`refusal`]) and the work absorbed (a change of
+/// a turn failing alone), which the write health must still see.
+pub(in crate::store) struct Ran<R> {
+    pub result: R,
+    pub refused: Option<String>,
+}
+
+/// An ordered job's input and its caller, shared by the job and its abort: whichever
+/// answers first takes them.
+struct Slot<I, A> {
+    input: Option<I>,
+    reply: Option<oneshot::Sender<A>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running job's input: dropped unfinished (its batch ran out of time), it goes back to
+/// the [`Slot`], so the abort still answers the caller with it.
+struct Held<I, A> {
+    slot: Arc<Mutex<Slot<I, A>>>,
+    input: Option<I>,
+}
+
+impl<I, A> Drop for Held<I, A> {
+    fn drop(&mut self) {
+        if let Some(input) = self.input.take() {
+            lock(&self.slot).input = Some(input);
+        }
+    }
+}
 
 /// Jobs the ordered writer commits together at most.
 const ORDERED_BATCH: usize = 256;
@@ -137,13 +207,22 @@ pub struct PgStore {
     /// The connector made from the URL's `sslmode`/`sslrootcert`.
     connector: tls::Connector,
     limits: SessionLimits,
+    /// How write transactions end, for `/healthz` ([`health`]).
+    health: WriteHealth,
 }
 
 /// Runs `batch` in one transaction, each job in a savepoint of its own (a failed job is
-/// rolled back alone, as on SQLite), commits once, then answers every job in order. The
-/// whole batch gets `limit`: past it, every job fails with [`StoreError::Timeout`] and the
-/// connection is closed.
-async fn commit_batch(pool: &Pool, batch: &mut Vec<Queued>, limit: std::time::Duration) {
+/// rolled back alone, as on SQLite), commits once, then answers every job in order and
+/// records how the transaction ended in `health`. When it does not commit (no connection,
+/// an aborted transaction, a failed `COMMIT`), every job is answered with why, the executor's
+/// turns as undone ([`PgStore::write_ordered`]). The whole batch gets `limit`: past it, every
+/// job fails with [`StoreError::Timeout`] and the connection is closed.
+async fn commit_batch(
+    pool: &Pool,
+    batch: &mut Vec<Queued>,
+    limit: std::time::Duration,
+    health: &WriteHealth,
+) {
     if batch.is_empty() {
         return;
     }
@@ -154,11 +233,30 @@ async fn commit_batch(pool: &Pool, batch: &mut Vec<Queued>, limit: std::time::Du
         aborts.push(q.abort);
     }
     let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
-    let ran = tokio::time::timeout(limit, run_batch(pool, &mut jobs, &mut completions)).await;
-    match ran {
-        Ok(commit) => {
+    let mut refused = None;
+    let ran = tokio::time::timeout(
+        limit,
+        run_batch(pool, &mut jobs, &mut completions, &mut refused),
+    )
+    .await;
+    let outcome = match ran {
+        Ok(Ok(wrote)) => {
             for done in completions {
-                done(commit.clone().map_err(StoreError::Database));
+                done(Ok(()));
+            }
+            match refused {
+                Some(why) => WriteOutcome::Failed(why),
+                None if wrote => WriteOutcome::Wrote,
+                None => WriteOutcome::NothingWritten,
+            }
+        }
+        Ok(Err(unwritten)) => {
+            for done in completions {
+                done(Err(StoreError::Database(unwritten.why.clone())));
+            }
+            match unwritten.database {
+                true => WriteOutcome::Failed(unwritten.why),
+                false => WriteOutcome::NothingWritten,
             }
         }
         Err(_) => {
@@ -170,31 +268,60 @@ async fn commit_batch(pool: &Pool, batch: &mut Vec<Queued>, limit: std::time::Du
             for done in completions {
                 done(Err(StoreError::Timeout(limit)));
             }
+            WriteOutcome::Failed(StoreError::Timeout(limit).to_string())
         }
-    }
-    // The jobs that did not answer above: the one running when time ran out, and those
-    // after it.
+    };
+    health.record(&outcome);
+    // The jobs that did not answer above: the one running when time ran out (its work was
+    // dropped with the batch), and those after it.
+    drop(jobs);
     for abort in aborts {
         abort(StoreError::Timeout(limit));
     }
 }
 
-/// [`commit_batch`]'s transaction: answers the commit's outcome (`Err`: why it failed, for
-/// every job) once each job pushed its completion.
+/// Why a batch did not commit: what every job is answered, and whether it is the
+/// database's failure ([`refusal`]).
+struct Unwritten {
+    why: String,
+    database: bool,
+}
+
+impl Unwritten {
+    fn new(stage: &str, e: StoreError) -> Unwritten {
+        Unwritten {
+            database: refusal(&e).is_some(),
+            why: format!("{stage}: {}", error_words(&e)),
+        }
+    }
+}
+
+/// An error's words without the "database error: " of its kind (the answer adds its own).
+fn error_words(e: &StoreError) -> String {
+    match e {
+        StoreError::Database(m) => m.clone(),
+        StoreError::Refused { message, code } => format!("{message} ({code})"),
+        e => e.to_string(),
+    }
+}
+
+/// [`commit_batch`]'s transaction: answers whether the commit wrote (the transaction had an
+/// id), or why nothing committed, once each job pushed its completion (and the first
+/// refusal of the database a job saw, into `refused`).
 async fn run_batch(
     pool: &Pool,
     jobs: &mut VecDeque<OrderedJob>,
     completions: &mut Vec<Completion>,
-) -> Result<(), String> {
+    refused: &mut Option<String>,
+) -> Result<bool, Unwritten> {
     let mut lent = match pool.get().await {
         Ok(c) => Lent::new(c),
         Err(e) => {
             tracing::error!(error = %e, "cannot get a database connection for a write");
             while let Some(job) = jobs.pop_front() {
-                let (_, done) = job(None).await;
-                completions.push(done);
+                completions.push(job(None).await.done);
             }
-            return Err(pool_error_text(&e));
+            return Err(Unwritten::new("no write transaction", e.into()));
         }
     };
     let finished = lent.finished();
@@ -202,39 +329,75 @@ async fn run_batch(
         Ok(tx) => tx,
         Err(e) => {
             while let Some(job) = jobs.pop_front() {
-                let (_, done) = job(None).await;
-                completions.push(done);
+                completions.push(job(None).await.done);
             }
             finished.set();
-            return Err(error_text(&e));
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            return Err(Unwritten::new("cannot begin a write transaction", e.into()));
         }
     };
     // The end of one job's savepoint and the start of the next go in one round trip; a
-    // failure of either (the transaction is then aborted) fails the job that follows.
+    // failure of either aborts the transaction: the job that follows fails unrun, and the
+    // batch does not commit (PostgreSQL would answer its COMMIT by rolling back, silently).
     const BEGIN: &str = "SAVEPOINT job";
     let mut ended = None;
+    let mut aborted = None;
     while let Some(job) = jobs.pop_front() {
-        let sp = match ended.take() {
-            Some(end) => tx.batch_execute(&format!("{end}; {BEGIN}")).await,
-            None => tx.batch_execute(BEGIN).await,
+        let sp = match (&aborted, ended.take()) {
+            (Some(_), _) => None,
+            (None, Some(end)) => Some(tx.batch_execute(&format!("{end}; {BEGIN}")).await),
+            (None, None) => Some(tx.batch_execute(BEGIN).await),
         };
-        let (ok, done) = job(sp.is_ok().then_some(&tx)).await;
-        ended = sp.is_ok().then_some(if ok {
-            "RELEASE SAVEPOINT job"
-        } else {
-            "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"
-        });
-        completions.push(done);
+        if let Some(Err(e)) = sp {
+            aborted = Some(StoreError::from(e));
+        }
+        let run = aborted.is_none().then_some(&tx);
+        let end = job(run).await;
+        if run.is_some() {
+            ended = Some(if end.ok {
+                "RELEASE SAVEPOINT job"
+            } else {
+                "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"
+            });
+        }
+        if refused.is_none() {
+            *refused = end.refused;
+        }
+        completions.push(end.done);
     }
-    if let Some(end) = ended {
-        let _ = tx.batch_execute(end).await;
+    // The last savepoint's end, and whether the transaction wrote, in one round trip.
+    let mut wrote = false;
+    if let (None, Some(end)) = (&aborted, ended) {
+        let asked = tx
+            .simple_query(&format!(
+                "{end}; SELECT txid_current_if_assigned() IS NOT NULL"
+            ))
+            .await;
+        match asked {
+            Ok(messages) => {
+                wrote = messages.iter().any(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("t"),
+                    _ => false,
+                })
+            }
+            Err(e) => aborted = Some(e.into()),
+        }
     }
-    let commit = tx.commit().await.map_err(|e| error_text(&e));
+    if let Some(e) = aborted {
+        tracing::error!(error = %e, "a write transaction was aborted; the batch is rolled back");
+        let _ = tx.rollback().await;
+        finished.set();
+        return Err(Unwritten::new("the transaction was aborted", e));
+    }
+    let commit = tx.commit().await;
     finished.set();
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, "commit failed; the batch is rolled back");
+    match commit {
+        Ok(()) => Ok(wrote),
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed; the batch is rolled back");
+            Err(Unwritten::new("commit failed", e.into()))
+        }
     }
-    commit.map_err(|e| format!("commit failed: {e}"))
 }
 
 /// A pooled connection lent to one operation. Dropped before its [`Finished`] was set (the
@@ -457,8 +620,16 @@ impl PgStore {
         password: Option<&str>,
         lease_ttl: std::time::Duration,
     ) -> Result<PgStore, StoreError> {
+        PgStore::connect_limited(url, password, SessionLimits::new(lease_ttl)).await
+    }
+
+    /// [`PgStore::connect`] under `limits`.
+    async fn connect_limited(
+        url: &str,
+        password: Option<&str>,
+        limits: SessionLimits,
+    ) -> Result<PgStore, StoreError> {
         let open_error = |reason: String| open_error(url, reason);
-        let limits = SessionLimits::new(lease_ttl);
         let (config, tls) = connection_config(url, password, &limits)?;
         let connector = connector(url, &tls)?;
         let manager = Manager::from_config(
@@ -500,6 +671,8 @@ impl PgStore {
         let (tx, mut rx) = mpsc::channel::<Ordered>(ORDERED_QUEUE);
         let batch_pool = pool.clone();
         let batch_limit = limits.operation_timeout;
+        let health = WriteHealth::default();
+        let batch_health = health.clone();
         tokio::spawn(async move {
             let mut batch: Vec<Queued> = Vec::with_capacity(ORDERED_BATCH);
             while let Some(msg) = rx.recv().await {
@@ -516,7 +689,7 @@ impl PgStore {
                         Err(_) => break,
                     }
                 }
-                commit_batch(&batch_pool, &mut batch, batch_limit).await;
+                commit_batch(&batch_pool, &mut batch, batch_limit, &batch_health).await;
                 if let Some(done) = close {
                     rx.close();
                     let _ = done.send(());
@@ -532,6 +705,7 @@ impl PgStore {
             instance: Default::default(),
             connector,
             limits,
+            health,
         })
     }
 
@@ -578,7 +752,8 @@ impl PgStore {
 
     /// Runs `f` in a transaction of its own on a pooled connection and returns its result
     /// once committed; an error from `f` rolls the whole transaction back. (The PostgreSQL
-    /// counterpart of the SQLite writer's job: one operation, one transaction.)
+    /// counterpart of the SQLite writer's job: one operation, one transaction.) How it ended
+    /// goes to the write health ([`health`]).
     pub(in crate::store) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send,
@@ -597,31 +772,75 @@ impl PgStore {
         R: Send,
         F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>> + Send,
     {
-        self.bounded(async {
-            let mut lent = Lent::new(self.pool.get().await?);
-            let finished = lent.finished();
-            let tx = lent
-                .client()
-                .build_transaction()
-                .isolation_level(level)
-                .start()
-                .await;
-            let r = match tx {
-                Err(e) => Err(e.into()),
-                Ok(tx) => match f(&tx).await {
-                    Ok(r) => tx.commit().await.map(|()| r).map_err(StoreError::from),
-                    Err(e) => {
-                        // Dropping the transaction rolls it back too; saying so frees the
-                        // server now.
-                        let _ = tx.rollback().await;
-                        Err(e)
-                    }
-                },
-            };
-            finished.set();
-            r
-        })
-        .await
+        // Whether writes fail now: only then is a commit asked whether it wrote (a round
+        // trip), since only then can it clear anything.
+        let failing = self.health.failing().is_some();
+        let r = self
+            .bounded(async {
+                let mut lent = Lent::new(self.pool.get().await?);
+                let finished = lent.finished();
+                let tx = lent
+                    .client()
+                    .build_transaction()
+                    .isolation_level(level)
+                    .start()
+                    .await;
+                let r = match tx {
+                    Err(e) => Err(e.into()),
+                    Ok(tx) => match f(&tx).await {
+                        Ok(r) => {
+                            // Also refused when the transaction was aborted by an error the
+                            // work absorbed: its COMMIT would quietly roll back.
+                            let wrote = match failing {
+                                true => tx
+                                    .query_one("SELECT txid_current_if_assigned() IS NOT NULL", &[])
+                                    .await
+                                    .map(|row| Some(row.get::<_, bool>(0))),
+                                false => Ok(None),
+                            };
+                            match wrote {
+                                Ok(wrote) => tx.commit().await.map(|()| (r, wrote)),
+                                Err(e) => {
+                                    let _ = tx.rollback().await;
+                                    Err(e)
+                                }
+                            }
+                            .map_err(StoreError::from)
+                        }
+                        Err(e) => {
+                            // Dropping the transaction rolls it back too; saying so frees the
+                            // server now.
+                            let _ = tx.rollback().await;
+                            Err(e)
+                        }
+                    },
+                };
+                finished.set();
+                r
+            })
+            .await;
+        match r {
+            Ok((r, wrote)) => {
+                match wrote {
+                    Some(true) => self.health.record(&WriteOutcome::Wrote),
+                    Some(false) => self.health.record(&WriteOutcome::NothingWritten),
+                    // Not failing: a success changes nothing.
+                    None => {}
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                if let Some(why) = refusal(&e) {
+                    self.health.record(&WriteOutcome::Failed(why));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `Some` while write transactions fail ([`health`]).
+    pub fn writes_failing(&self) -> Option<WritesFailing> {
+        self.health.failing()
     }
 
     /// Makes this handle fence its writes by the leases of instance `me` (once; later calls
@@ -676,42 +895,63 @@ impl PgStore {
         .await
     }
 
-    /// Queues `f` behind every job queued before it and returns without waiting; the jobs
-    /// waiting together commit in one transaction, each in a savepoint of its own, and are
-    /// answered on `on_commit` in queue order.
+    /// Queues `f` over `input` behind every job queued before it and returns without
+    /// waiting; the jobs waiting together commit in one transaction, each in a savepoint of
+    /// its own, and are answered on `on_commit` in queue order with what `answer` makes of
+    /// the input and the work's result once committed, or of the input and why not: the
+    /// work failed (its savepoint rolled back), or its transaction did not commit (no
+    /// connection, the server's refusal, a timeout, even while the work ran). So the
+    /// executor's turn is handed back with every change failed, to be retried, never lost.
     /// For the executor's turns.
-    pub(in crate::store) async fn write_ordered<R, F>(
+    pub(in crate::store) async fn write_ordered<I, R, A, F>(
         &self,
+        input: I,
         f: F,
-        on_commit: oneshot::Sender<Result<R, StoreError>>,
+        answer: fn(I, Result<R, StoreError>) -> A,
+        on_commit: oneshot::Sender<A>,
     ) -> Result<(), StoreError>
     where
+        I: Send + 'static,
         R: Send + 'static,
-        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, StoreError>>
+        A: Send + 'static,
+        F: for<'t> FnOnce(&'t Transaction<'t>, &'t I) -> BoxFuture<'t, Result<Ran<R>, StoreError>>
             + Send
             + 'static,
     {
-        // Whoever answers first, the job or the batch's abort, takes the sender.
-        let answer = Arc::new(Mutex::new(Some(on_commit)));
-        let send = |answer: &Mutex<Option<oneshot::Sender<_>>>, r| {
-            let sender = answer.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(s) = sender {
-                let _ = s.send(r);
+        let slot = Arc::new(Mutex::new(Slot {
+            input: Some(input),
+            reply: Some(on_commit),
+        }));
+        // Answers the caller once: with `input`, or the input left in the slot.
+        let settle = move |slot: &Mutex<Slot<I, A>>, input: Option<I>, r: Result<R, StoreError>| {
+            let mut s = lock(slot);
+            let input = input.or_else(|| s.input.take());
+            if let (Some(reply), Some(input)) = (s.reply.take(), input) {
+                let _ = reply.send(answer(input, r));
             }
         };
-        let for_abort = answer.clone();
-        let abort = Box::new(move |e: StoreError| send(&for_abort, Err(e)));
+        let for_abort = slot.clone();
+        let abort = Box::new(move |e: StoreError| settle(&for_abort, None, Err(e)));
         let job: OrderedJob = Box::new(move |tx| {
             Box::pin(async move {
-                let result = match tx {
-                    Some(tx) => f(tx).await,
-                    None => Err(StoreError::Closed),
+                let mut held = Held {
+                    input: lock(&slot).input.take(),
+                    slot: slot.clone(),
                 };
-                let ok = result.is_ok();
+                let ran = match (tx, &held.input) {
+                    (Some(tx), Some(input)) => f(tx, input).await,
+                    _ => Err(StoreError::Closed),
+                };
+                let input = held.input.take();
+                drop(held);
+                let (ok, refused, result) = match ran {
+                    Ok(Ran { result, refused }) => (true, refused, Ok(result)),
+                    Err(e) => (false, refusal(&e), Err(e)),
+                };
                 let done: Completion = Box::new(move |commit: Result<(), StoreError>| {
-                    send(&answer, commit.and(result));
+                    settle(&slot, input, commit.and(result));
                 });
-                (ok, done)
+                JobEnd { ok, refused, done }
             })
         });
         self.ordered

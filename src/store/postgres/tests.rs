@@ -11,6 +11,7 @@ use crate::store::sqlite;
 use crate::store::StoreError;
 
 mod fake_server;
+mod health;
 mod tls;
 
 #[test]

@@ -154,22 +154,32 @@ async fn write_event(
 /// that fails is undone alone and reported, the others stay (and commit with the turn).
 /// Returns, per change, `None` or why it failed.
 pub async fn apply_changes(tx: &PoolTx<'_>, changes: &[Change]) -> Vec<Option<String>> {
+    apply_each(tx, changes)
+        .await
+        .into_iter()
+        .map(|r| r.err().map(|e| e.to_string()))
+        .collect()
+}
+
+/// [`apply_changes`] with each change's error as it is (whose failure it was is for the
+/// write health to tell).
+pub async fn apply_each(tx: &PoolTx<'_>, changes: &[Change]) -> Vec<Result<(), StoreError>> {
     let mut out = Vec::with_capacity(changes.len());
     for c in changes {
         if let Err(e) = tx.batch_execute("SAVEPOINT change").await {
-            out.push(Some(StoreError::from(e).to_string()));
+            out.push(Err(StoreError::from(e)));
             continue;
         }
         match apply_change(tx, c).await {
             Ok(()) => {
                 let _ = tx.batch_execute("RELEASE SAVEPOINT change").await;
-                out.push(None);
+                out.push(Ok(()));
             }
             Err(e) => {
                 let _ = tx
                     .batch_execute("ROLLBACK TO SAVEPOINT change; RELEASE SAVEPOINT change")
                     .await;
-                out.push(Some(e.to_string()));
+                out.push(Err(e));
             }
         }
     }
