@@ -280,7 +280,7 @@ pub async fn serve_with_reload(
 ) -> Result<(), DaemonError> {
     // Before the store: a token that cannot be created is a deployment error, found at once.
     let access = Access::new(api_policy(&config)?);
-    let store = Store::open_configured(&config.daemon.database, config.store.as_ref()).await?;
+    let store = Store::open_target(config.store_target()).await?;
     let now = Timestamp::now();
     let token_rows = token_rows(&config);
     let timings = timings(&config);
@@ -505,7 +505,7 @@ async fn serve_core(
     if let Some(h) = &health {
         background.spawn(h.clone().run(shutdown.clone()));
     }
-    match scheduler::parse_schedule(&config.reconcile.full_sync_schedule) {
+    match crate::schedule::parse_schedule(&config.reconcile.full_sync_schedule) {
         Ok(schedule) => {
             background.spawn(scheduler::run_cron(
                 schedule,

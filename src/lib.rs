@@ -22,6 +22,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod mirror;
 pub mod push;
+pub mod schedule;
 pub mod scheduler;
 pub mod secret;
 pub mod serve;

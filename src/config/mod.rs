@@ -173,6 +173,19 @@ impl Config {
         self.tokens.iter().find(|t| t.name == name)
     }
 
+    /// The store this configuration names: PostgreSQL with `[store]`, else the SQLite file
+    /// `daemon.database`.
+    pub fn store_target(&self) -> crate::store::Target {
+        match &self.store {
+            Some(s) => crate::store::Target::Postgres {
+                url: s.url.clone(),
+                password: s.password.clone(),
+                lease_ttl: s.lease_ttl,
+            },
+            None => crate::store::Target::Sqlite(self.daemon.database.clone()),
+        }
+    }
+
     /// The effective per-token cap before Service Config's `maxRequestPerSecond` is known.
     pub fn max_requests_per_second(&self, token: &TokenConfig) -> u32 {
         token
@@ -268,7 +281,7 @@ pub struct ReconcileConfig {
     pub poll_max: Duration,
     pub resubmit_after: Duration,
     pub give_up_after: Duration,
-    /// Six fields, with seconds, in UTC (`scheduler::parse_schedule`).
+    /// Six fields, with seconds, in UTC (`schedule::parse_schedule`).
     pub full_sync_schedule: String,
     pub retention: Duration,
 }

@@ -896,7 +896,7 @@ fn validate_cron(expr: &str) -> Result<(), String> {
              e.g. \"0 0 3 * * *\""
         ));
     }
-    crate::scheduler::parse_schedule(expr)
+    crate::schedule::parse_schedule(expr)
         .map(|_| ())
         .map_err(|_| {
             "is not a valid cron expression (sec min hour day-of-month month day-of-week), \
