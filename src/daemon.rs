@@ -137,7 +137,7 @@ pub fn build_client(
         max_requests_per_second: config.apple.max_requests_per_second,
         max_concurrent_requests: config.apple.max_concurrent_requests,
         read_retries: 3,
-        metrics: metrics.clone(),
+        metrics: crate::apple::Observer::new(metrics.clone()),
     })
     .map_err(|e| DaemonError::Task(format!("cannot build the Apple client: {e}")))?;
     for t in &config.tokens {
@@ -415,7 +415,7 @@ async fn serve_core(
     let metrics = Metrics::new();
     let apple = build_client(&config, &metrics)?;
     if let Some(client) = &apple {
-        client.set_leases(leases.clone());
+        client.set_send_gate(std::sync::Arc::new(leases.clone()));
         // Apple's limits before the first authenticated request, so recovered work starts at
         // Apple's rate and not only the configured one; the webhook and API do not wait.
         client.warm_up(Duration::from_secs(5));
