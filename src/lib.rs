@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod apple;
+pub mod authority;
 pub mod cli;
 pub mod cluster;
 pub mod config;
