@@ -137,7 +137,7 @@ pub fn build_client(
         max_requests_per_second: config.apple.max_requests_per_second,
         max_concurrent_requests: config.apple.max_concurrent_requests,
         read_retries: 3,
-        metrics: metrics.clone(),
+        metrics: crate::apple::Observer::new(metrics.clone()),
     })
     .map_err(|e| DaemonError::Task(format!("cannot build the Apple client: {e}")))?;
     for t in &config.tokens {
@@ -280,7 +280,7 @@ pub async fn serve_with_reload(
 ) -> Result<(), DaemonError> {
     // Before the store: a token that cannot be created is a deployment error, found at once.
     let access = Access::new(api_policy(&config)?);
-    let store = Store::open_configured(&config.daemon.database, config.store.as_ref()).await?;
+    let store = Store::open_target(config.store_target()).await?;
     let now = Timestamp::now();
     let token_rows = token_rows(&config);
     let timings = timings(&config);
@@ -415,7 +415,7 @@ async fn serve_core(
     let metrics = Metrics::new();
     let apple = build_client(&config, &metrics)?;
     if let Some(client) = &apple {
-        client.set_leases(leases.clone());
+        client.set_send_gate(std::sync::Arc::new(leases.clone()));
         // Apple's limits before the first authenticated request, so recovered work starts at
         // Apple's rate and not only the configured one; the webhook and API do not wait.
         client.warm_up(Duration::from_secs(5));
@@ -505,7 +505,7 @@ async fn serve_core(
     if let Some(h) = &health {
         background.spawn(h.clone().run(shutdown.clone()));
     }
-    match scheduler::parse_schedule(&config.reconcile.full_sync_schedule) {
+    match crate::schedule::parse_schedule(&config.reconcile.full_sync_schedule) {
         Ok(schedule) => {
             background.spawn(scheduler::run_cron(
                 schedule,

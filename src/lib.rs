@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod apple;
+pub mod authority;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod mirror;
 pub mod push;
+pub mod schedule;
 pub mod scheduler;
 pub mod secret;
 pub mod serve;

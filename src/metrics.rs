@@ -476,6 +476,14 @@ pub struct LeaseGauges<'a> {
     pub snapshot: &'a LeaseSnapshot,
 }
 
+/// The Apple client reports each call here: its latency and its outcome.
+impl crate::apple::CallObserver for Metrics {
+    fn call_finished(&self, token: &str, endpoint: &str, status: &str, seconds: f64) {
+        self.observe_api_latency(endpoint, seconds);
+        self.api_request(token, endpoint, status);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,16 +24,6 @@ pub const NOTIFICATION_TYPES: [&str; 4] = [
     "USER_ASSOCIATED",
 ];
 
-/// The full-sync schedule: six fields with seconds, in UTC. Config validation parses it with
-/// this too, so what is accepted is what runs.
-pub fn parse_schedule(expr: &str) -> Result<croner::Cron, String> {
-    croner::Cron::new(expr)
-        .with_seconds_required()
-        .with_dom_and_dow()
-        .parse()
-        .map_err(|e| e.to_string())
-}
-
 /// Longest single sleep of the cron loop: the wall clock is read again at least this often,
 /// so a clock step (NTP, suspend) moves the next run with it.
 const CRON_MAX_NAP: std::time::Duration = std::time::Duration::from_secs(60);
@@ -363,22 +353,5 @@ mod tests {
         assert_eq!(expiry_threshold(now, Timestamp(now.0 + day / 2)), Some(1));
         assert_eq!(expiry_threshold(now, now), Some(0));
         assert_eq!(expiry_threshold(now, at(-3)), Some(0));
-    }
-
-    #[test]
-    fn the_schedule_has_seconds_and_runs_in_utc() {
-        let cron = parse_schedule("0 0 3 * * *").expect("valid");
-        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
-        let next = cron
-            .find_next_occurrence(&at("2026-01-01T04:00:00Z"), false)
-            .unwrap();
-        assert_eq!(next, at("2026-01-02T03:00:00Z"));
-        // Exactly at a time: the next one, not the same (the loop asks after firing).
-        let next = cron
-            .find_next_occurrence(&at("2026-01-02T03:00:00Z"), false)
-            .unwrap();
-        assert_eq!(next, at("2026-01-03T03:00:00Z"));
-        assert!(parse_schedule("0 3 * * *").is_err(), "five fields");
-        assert!(parse_schedule("0 0 25 * * *").is_err(), "hour 25");
     }
 }

@@ -25,12 +25,12 @@ use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
-use crate::cluster::held::Leases;
 use crate::secret::Secret;
 use crate::time::Timestamp;
 
 use super::error::{error_body, parse_retry_after, truncate, ApiError};
 use super::gate::{Gate, GateConfig, Outcome};
+use super::hooks::{Observer, SendGate};
 use super::model::{
     Assignment, ClientConfigRequest, ClientConfigResponse, EventResponse, GetAssetsResponse,
     GetAssignmentsResponse, GetUsersResponse, Limits, RequestKind, ResponseAsset, ResponseUser,
@@ -85,9 +85,9 @@ pub struct ClientOptions {
     pub max_concurrent_requests: usize,
     /// Extra attempts for a read after a retryable error.
     pub read_retries: u32,
-    /// Where calls and their latency are recorded (the daemon passes its registry; the
-    /// default is a registry of its own that nobody scrapes).
-    pub metrics: crate::metrics::Metrics,
+    /// Where calls and their latency are reported (the daemon passes its metrics registry;
+    /// the default reports nowhere).
+    pub metrics: Observer,
 }
 
 impl Default for ClientOptions {
@@ -98,7 +98,7 @@ impl Default for ClientOptions {
             max_requests_per_second: 15,
             max_concurrent_requests: 5,
             read_retries: 3,
-            metrics: crate::metrics::Metrics::default(),
+            metrics: Observer::default(),
         }
     }
 }
@@ -134,8 +134,9 @@ struct Inner {
     /// False while the start-up Service Config read runs: authenticated requests wait for
     /// it (bounded), so they start at Apple's limits, while the daemon already serves.
     warm: tokio::sync::watch::Sender<bool>,
-    /// Which tokens this instance may call Apple for (several instances: the lease holder's).
-    leases: RwLock<Leases>,
+    /// Which tokens this instance may call Apple for (several instances: the lease holder's);
+    /// `None`: every token.
+    send_gate: RwLock<Option<Arc<dyn SendGate>>>,
 }
 
 struct ServiceState {
@@ -244,7 +245,7 @@ impl AppleClient {
                 tokens: Mutex::new(HashMap::new()),
                 health: tokio::sync::watch::channel(0).0,
                 warm: tokio::sync::watch::channel(true).0,
-                leases: RwLock::new(Leases::All),
+                send_gate: RwLock::new(None),
             }),
         })
     }
@@ -765,8 +766,7 @@ impl AppleClient {
             Err(e) => transport_error(e),
             Ok(resp) => read_response(resp, call.endpoint).await,
         };
-        let metrics = &self.inner.opts.metrics;
-        metrics.observe_api_latency(call.endpoint, sent_at.elapsed().as_secs_f64());
+        let seconds = sent_at.elapsed().as_secs_f64();
         let status = match &result {
             Ok(_) => "ok".to_string(),
             Err(ApiError::Timeout) => "timeout".to_string(),
@@ -777,7 +777,7 @@ impl AppleClient {
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "error".to_string()),
         };
-        metrics.api_request(token, call.endpoint, &status);
+        (self.inner.opts.metrics).call_finished(token, call.endpoint, &status, seconds);
         let now = self.inner.clock.now();
         let (became_unhealthy, paused) = {
             let mut st = lock(&slot.state);
@@ -816,23 +816,24 @@ impl AppleClient {
         }
     }
 
-    /// Calls for a token go out only while `leases` says this instance may make them
+    /// Calls for a token go out only while `gate` says this instance may make them
     /// (docs/architecture.md, "Several instances"); the default is always.
-    pub fn set_leases(&self, leases: Leases) {
+    pub fn set_send_gate(&self, gate: Arc<dyn SendGate>) {
         *self
             .inner
-            .leases
+            .send_gate
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = leases;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(gate);
     }
 
     /// Whether a request for `token` may be sent now.
     pub fn may_call(&self, token: &str) -> bool {
         self.inner
-            .leases
+            .send_gate
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .may_call(token)
+            .as_ref()
+            .is_none_or(|g| g.may_send(token))
     }
 
     async fn send_unauthenticated(&self, url: Url) -> Result<Vec<u8>, ApiError> {

@@ -6,6 +6,8 @@
 //! - [`gate`]: the pure per-token rate limiter / Retry-After / backoff / health gate.
 //! - [`pagination`]: traversal of paginated reads with versionId consistency.
 //! - [`client`]: [`AppleClient`], the async adapter tying them to reqwest.
+//! - [`hooks`]: what the client asks of the rest of the daemon ([`SendGate`]: may it send
+//!   for a token now; [`CallObserver`]: where each call is reported).
 //!
 //! Invariant for the whole module: a content token never appears in a log line, an error's
 //! `Display`/`Debug`, or anywhere but the `Authorization` header of a request to Apple.
@@ -13,6 +15,7 @@
 pub mod client;
 pub mod error;
 pub mod gate;
+pub mod hooks;
 pub mod model;
 pub mod pagination;
 
@@ -22,6 +25,7 @@ pub use client::{
 };
 pub use error::{parse_retry_after, ApiError};
 pub use gate::{Gate, GateConfig, Outcome as GateOutcome, Refused};
+pub use hooks::{CallObserver, Observer, SendGate};
 pub use model::{
     count_entities, parse_notification, split_request, Assignment, ClientConfigRequest,
     ClientConfigResponse, ErrorResponse, EventResponse, EventStatus, Limits, ManageAssetsRequest,

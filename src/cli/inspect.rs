@@ -12,6 +12,7 @@ use super::{
 };
 use crate::api::ListQuery;
 use crate::config::PublicConfig;
+use crate::demo::done_req;
 use crate::store::{Store, StoreError};
 use crate::time::Timestamp;
 
@@ -169,14 +170,6 @@ pub fn events(config_path: &Path, args: EventsArgs) -> CliResult {
     }
     print_table(&rows, &[5, 6]);
     Ok(())
-}
-
-/// Entities completed/requested, as `events` and the demo show them (`?` while unknown).
-pub fn done_req(done: u32, requested: Option<u32>) -> String {
-    format!(
-        "{done}/{}",
-        requested.map_or("?".to_string(), |n| n.to_string())
-    )
 }
 
 pub fn event(config_path: &Path, args: EventArgs) -> CliResult {

@@ -10,7 +10,6 @@ mod backup;
 mod check_config;
 mod demo;
 mod inspect;
-pub use inspect::done_req;
 mod push;
 mod run;
 mod sim;

@@ -76,3 +76,10 @@ impl Leases {
         }
     }
 }
+
+/// The Apple client sends for a token only while this instance may call Apple for it.
+impl crate::apple::SendGate for Leases {
+    fn may_send(&self, token: &str) -> bool {
+        self.may_call(token)
+    }
+}

@@ -155,22 +155,25 @@ pub struct Config {
     pub store: Option<StoreConfig>,
 }
 
-/// `[push]`: every change of the feed POSTed to the MDM, signed (Standard Webhooks).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PushConfig {
-    pub url: String,
-    /// Resolved path of the secret file.
-    pub secret_file: PathBuf,
-    /// `whsec_` + base64, checked at load.
-    pub secret: Secret,
-    pub max_batch: u32,
-    pub timeout: Duration,
-    pub dead_after: Duration,
-}
+/// `[push]`: its settings are the push module's own type, which validation builds.
+pub use crate::push::PushConfig;
 
 impl Config {
     pub fn token(&self, name: &str) -> Option<&TokenConfig> {
         self.tokens.iter().find(|t| t.name == name)
+    }
+
+    /// The store this configuration names: PostgreSQL with `[store]`, else the SQLite file
+    /// `daemon.database`.
+    pub fn store_target(&self) -> crate::store::Target {
+        match &self.store {
+            Some(s) => crate::store::Target::Postgres {
+                url: s.url.clone(),
+                password: s.password.clone(),
+                lease_ttl: s.lease_ttl,
+            },
+            None => crate::store::Target::Sqlite(self.daemon.database.clone()),
+        }
     }
 
     /// The effective per-token cap before Service Config's `maxRequestPerSecond` is known.
@@ -197,7 +200,7 @@ pub struct DaemonConfig {
     pub api_read_token_file: Option<PathBuf>,
     pub api_read_token: Option<Secret>,
     /// `Host` names (maybe with ports) the local API answers besides loopback ones.
-    pub api_hosts: Vec<crate::api::Authority>,
+    pub api_hosts: Vec<crate::authority::Authority>,
     /// `None`: not configured; journald when stderr is the journal, else JSON
     /// ([`crate::telemetry::choose_format`]).
     pub log_format: Option<LogFormat>,
@@ -268,7 +271,7 @@ pub struct ReconcileConfig {
     pub poll_max: Duration,
     pub resubmit_after: Duration,
     pub give_up_after: Duration,
-    /// Six fields, with seconds, in UTC (`scheduler::parse_schedule`).
+    /// Six fields, with seconds, in UTC (`schedule::parse_schedule`).
     pub full_sync_schedule: String,
     pub retention: Duration,
 }

@@ -365,7 +365,7 @@ impl Validator<'_> {
     }
 
     /// `daemon.api_hosts`: host names or addresses, each with an optional port.
-    fn api_hosts(&self, raw: Vec<String>) -> Result<Vec<crate::api::Authority>, ConfigError> {
+    fn api_hosts(&self, raw: Vec<String>) -> Result<Vec<crate::authority::Authority>, ConfigError> {
         const MAX_API_HOSTS: usize = 64;
         if raw.len() > MAX_API_HOSTS {
             return Err(self.err(
@@ -376,7 +376,7 @@ impl Validator<'_> {
         raw.iter()
             .enumerate()
             .map(|(i, h)| {
-                crate::api::Authority::parse(h.trim()).ok_or_else(|| {
+                crate::authority::Authority::parse(h.trim()).ok_or_else(|| {
                     self.err(
                         &format!("daemon.api_hosts[{i}]"),
                         format!(
@@ -896,7 +896,7 @@ fn validate_cron(expr: &str) -> Result<(), String> {
              e.g. \"0 0 3 * * *\""
         ));
     }
-    crate::scheduler::parse_schedule(expr)
+    crate::schedule::parse_schedule(expr)
         .map(|_| ())
         .map_err(|_| {
             "is not a valid cron expression (sec min hour day-of-month month day-of-week), \

@@ -81,5 +81,6 @@ mod run;
 mod workdir;
 mod workload;
 
+pub use report::done_req;
 pub use run::run;
 pub use workload::{workload, Request};

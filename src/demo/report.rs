@@ -182,7 +182,7 @@ pub(super) async fn report(
             short(id).to_string(),
             s(&e["type"]).to_string(),
             result,
-            crate::cli::done_req(
+            done_req(
                 u32::try_from(e["numCompleted"].as_i64().unwrap_or(0)).unwrap_or(0),
                 e["numRequested"]
                     .as_i64()
@@ -507,6 +507,15 @@ pub(super) async fn report(
         }
     );
     Ok(all_ok)
+}
+
+/// Entities completed/requested, as the demo's report and the `events` command show them
+/// (`?` while unknown). Here, below the CLI, so the demo does not depend on the CLI.
+pub fn done_req(done: u32, requested: Option<u32>) -> String {
+    format!(
+        "{done}/{}",
+        requested.map_or("?".to_string(), |n| n.to_string())
+    )
 }
 
 #[cfg(test)]

@@ -9,9 +9,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{after_attempt, due, Attempt, Batch, Next, Policy, SigningKey};
+use super::{after_attempt, due, Attempt, Batch, Next, Policy, PushConfig, SigningKey};
 use crate::cluster::held::Leases;
-use crate::config::PushConfig;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::time::Timestamp;

@@ -29,6 +29,20 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Longest Retry-After honoured (a broken header must not stop delivery for days).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
+/// `[push]`: every change of the feed POSTed to the MDM, signed (Standard Webhooks). Built
+/// by configuration validation (`crate::config`), defined here so push does not depend on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushConfig {
+    pub url: String,
+    /// Resolved path of the secret file.
+    pub secret_file: std::path::PathBuf,
+    /// `whsec_` + base64, checked at load.
+    pub secret: crate::secret::Secret,
+    pub max_batch: u32,
+    pub timeout: Duration,
+    pub dead_after: Duration,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PushError {
     #[error("the push secret must start with \"whsec_\"")]

@@ -73,6 +73,21 @@ pub use views::{
 /// The schema version this binary writes, the same number in every backend's migrations.
 pub const SCHEMA_VERSION: i64 = sqlite::migrations::LATEST;
 
+/// Where the store lives: built by the caller from its configuration, so the store does not
+/// depend on the configuration's types.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The SQLite file (`daemon.database`).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database (`[store]`): its URL without a password, the password read from
+    /// its secret file, and how long a token's lease lasts without renewal.
+    Postgres {
+        url: String,
+        password: Option<crate::secret::Secret>,
+        lease_ttl: std::time::Duration,
+    },
+}
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// The engine refused a statement; the engine's own message. (Each backend converts its
@@ -158,26 +173,23 @@ impl Store {
         ))
     }
 
-    /// Opens the store a configuration names: PostgreSQL with `[store]` (design §9), else the
-    /// SQLite file `database` (blocking file IO runs off the runtime threads).
-    pub async fn open_configured(
-        database: &Path,
-        store: Option<&crate::config::StoreConfig>,
-    ) -> Result<Store, StoreError> {
-        match store {
-            Some(s) => {
-                let password = s.password.as_ref().map(|p| p.expose().to_string());
+    /// Opens the store `target` names: PostgreSQL (design §9) or the SQLite file (blocking
+    /// file IO runs off the runtime threads).
+    pub async fn open_target(target: Target) -> Result<Store, StoreError> {
+        match target {
+            Target::Postgres {
+                url,
+                password,
+                lease_ttl,
+            } => {
+                let password = password.as_ref().map(|p| p.expose().to_string());
                 Ok(Store::Postgres(
-                    postgres::PgStore::connect_with(&s.url, password.as_deref(), s.lease_ttl)
-                        .await?,
+                    postgres::PgStore::connect_with(&url, password.as_deref(), lease_ttl).await?,
                 ))
             }
-            None => {
-                let db = database.to_path_buf();
-                tokio::task::spawn_blocking(move || Store::open(&db))
-                    .await
-                    .map_err(|e| StoreError::Database(format!("cannot open the store: {e}")))?
-            }
+            Target::Sqlite(db) => tokio::task::spawn_blocking(move || Store::open(&db))
+                .await
+                .map_err(|e| StoreError::Database(format!("cannot open the store: {e}")))?,
         }
     }
 
