@@ -11,9 +11,7 @@ pub mod licences;
 pub mod notifications;
 pub mod push;
 pub mod stats;
-pub mod status;
 pub mod syncs;
-pub mod tokens;
 
 pub use events::*;
 pub use feed::*;
@@ -21,7 +19,6 @@ pub use licences::*;
 pub use notifications::*;
 pub use push::*;
 pub use syncs::*;
-pub use tokens::*;
 
 use crate::time::Timestamp;
 

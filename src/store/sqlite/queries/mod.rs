@@ -12,9 +12,7 @@ pub mod leases;
 pub mod licences;
 pub mod notifications;
 pub mod push;
-pub mod status;
 pub mod syncs;
-pub mod tokens;
 
 pub use events::*;
 pub use feed::*;
@@ -22,7 +20,6 @@ pub use licences::*;
 pub use notifications::*;
 pub use push::*;
 pub use syncs::*;
-pub use tokens::*;
 
 use crate::time::Timestamp;
 
