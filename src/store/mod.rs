@@ -39,6 +39,7 @@ pub mod mirror;
 pub mod notifications;
 pub mod postgres;
 pub mod push;
+pub mod sql;
 pub mod sqlite;
 pub mod stats;
 pub mod status;
@@ -49,7 +50,11 @@ pub mod views;
 
 use std::path::Path;
 
+use futures::future::BoxFuture;
 use thiserror::Error;
+
+use sql::postgres::PgTx;
+pub(crate) use sql::Tx;
 
 pub use events::{EventFilter, RecoveryStart, TurnCommit, TurnWrite};
 pub use feed::{licence_transition, LicenceCounts, TokenStatus};
@@ -218,6 +223,38 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.ping().await,
             Store::Postgres(p) => p.ping().await,
+        }
+    }
+
+    /// Runs `f` as one write of its own, whole or not at all, answering once committed (the
+    /// one entry point of every backend: SQLite's writer thread, a PostgreSQL transaction).
+    pub(in crate::store) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R, StoreError>> + Send + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => s.write(move |c| sql::sqlite::run(c, f)).await,
+            Store::Postgres(p) => {
+                p.write(move |t| Box::pin(async move { f(&mut PgTx::new(t)).await }))
+                    .await
+            }
+        }
+    }
+
+    /// Runs `f` as a read (SQLite: a pooled read connection; PostgreSQL: a read-only
+    /// snapshot).
+    pub(in crate::store) async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R, StoreError>> + Send + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => s.read(move |c| sql::sqlite::run(c, f)).await,
+            Store::Postgres(p) => {
+                p.read(move |t| Box::pin(async move { f(&mut PgTx::new(t)).await }))
+                    .await
+            }
         }
     }
 

@@ -11,10 +11,8 @@ pub mod licences;
 pub mod notifications;
 pub mod push;
 pub mod stats;
-pub mod status;
 pub mod submissions;
 pub mod syncs;
-pub mod tokens;
 
 pub use events::*;
 pub use feed::*;
@@ -23,7 +21,6 @@ pub use notifications::*;
 pub use push::*;
 pub use submissions::*;
 pub use syncs::*;
-pub use tokens::*;
 
 use crate::time::Timestamp;
 

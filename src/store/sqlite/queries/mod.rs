@@ -12,10 +12,8 @@ pub mod leases;
 pub mod licences;
 pub mod notifications;
 pub mod push;
-pub mod status;
 pub mod submissions;
 pub mod syncs;
-pub mod tokens;
 
 pub use events::*;
 pub use feed::*;
@@ -24,7 +22,6 @@ pub use notifications::*;
 pub use push::*;
 pub use submissions::*;
 pub use syncs::*;
-pub use tokens::*;
 
 use crate::time::Timestamp;
 
