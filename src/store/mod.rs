@@ -10,12 +10,15 @@
 //! [`stats`] (the metrics); [`views`] holds the JSON shapes the API and the CLI print. No
 //! code outside this module sees a database connection or SQL.
 //!
-//! A backend is one variant of [`Store`]; every operation is a `match` over them, so adding
-//! one is adding a variant and an arm per operation (no trait objects on the hot path).
-//! [`sqlite`] (one file, WAL, one writer thread group-committing every write) is the one the
-//! configuration opens; [`postgres`] (a pool, one transaction per operation) mirrors it
-//! file for file, with the same migrations (same version numbers) in its own dialect, and is
-//! not selectable in the configuration yet.
+//! A backend is one variant of [`Store`]: [`sqlite`] (one file, WAL, one writer thread
+//! group-committing every write) when the configuration has no `[store]`, [`postgres`] (a
+//! pool, one transaction per operation, token leases for several instances) with
+//! `[store] url`; both have the same migrations (same version numbers), each in its dialect.
+//! Queries are written once over [`sql::Tx`] where they have been converted ([`syncs`],
+//! [`tokens`], [`status`], the feed's writers): `Store::write` and `Store::read` choose
+//! the backend once, and the SQL is one text unless the dialects differ
+//! (docs/architecture.md, "One query source"). The other operations are still a `match` over
+//! the variants with a twin query per backend (`sqlite::queries`, `postgres::queries`).
 //!
 //! Guarantees every backend keeps:
 //! - a write answers only once committed (an acknowledged notification or a tracked event

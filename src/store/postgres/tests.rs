@@ -772,7 +772,7 @@ async fn events_queries_answer_as_sqlites() {
 #[tokio::test]
 async fn tokens_feed_and_notifications_answer_alike_on_both_backends() {
     use crate::core::{Change, EventRecord, EventType, Failure, Timings, TrackRequest};
-    use crate::store::sql::tests::{in_both, old};
+    use crate::store::sql::tests::{old, on_both};
     use crate::store::sql::Tx;
     use crate::store::{feed, tokens};
     use crate::store::{
@@ -906,7 +906,7 @@ async fn tokens_feed_and_notifications_answer_alike_on_both_backends() {
         ))
     }
 
-    let (lite, pg) = in_both(|tx| Box::pin(steps(tx))).await;
+    let (lite, pg) = on_both(|tx| Box::pin(steps(tx))).await;
     assert_eq!(lite, pg);
     let dbg = format!("{pg:?}");
     // Spot checks of what both answered.

@@ -19,19 +19,6 @@ macro_rules! old {
 }
 pub(crate) use old;
 
-/// Runs `steps` in one transaction on SQLite and one on PostgreSQL, and answers both.
-pub(crate) async fn in_both<R, F>(steps: F) -> (R, R)
-where
-    R: Send + 'static,
-    F: for<'t> Fn(&'t mut dyn Tx) -> BoxFuture<'t, Result<R, StoreError>>
-        + Send
-        + Sync
-        + Clone
-        + 'static,
-{
-    on_both(steps).await
-}
-
 /// A SQLite store and a PostgreSQL one (its database dropped by the caller).
 pub(crate) async fn both_stores() -> (tempfile::TempDir, Store, Store, TempDb) {
     let dir = tempfile::tempdir().unwrap();
@@ -45,8 +32,8 @@ pub(crate) async fn both_stores() -> (tempfile::TempDir, Store, Store, TempDb) {
     (dir, lite, pg, db)
 }
 
-/// Runs `f` as a write on both backends and answers both results.
-async fn on_both<R, F>(f: F) -> (R, R)
+/// Runs `f` as a write (one transaction) on SQLite and on PostgreSQL; answers both results.
+pub(crate) async fn on_both<R, F>(f: F) -> (R, R)
 where
     R: Send + 'static,
     F: for<'t> Fn(&'t mut dyn Tx) -> BoxFuture<'t, Result<R, StoreError>>

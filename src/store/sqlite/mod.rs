@@ -16,8 +16,9 @@
 //! database's mode ([`open_write_connection`]).
 //!
 //! The closures over a [`Connection`] ([`SqliteStore::write`], [`SqliteStore::read`], ...) are
-//! this backend's own: [`super::Store`]'s operations use them with the functions of
-//! [`queries`] and [`mirror`]; nothing outside `crate::store` does.
+//! this backend's own: [`super::Store`]'s operations use them, with the queries written once
+//! (`crate::store::sql::sqlite::SqliteTx` over the connection) or the functions of
+//! [`queries`] and [`mirror`] not yet converted; nothing outside `crate::store` does.
 
 pub mod backup;
 pub mod migrations;

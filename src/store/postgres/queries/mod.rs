@@ -1,7 +1,8 @@
-//! The PostgreSQL queries, one module per table as in `store::sqlite::queries`, each
-//! function the counterpart of the SQLite one of the same name, over a transaction
-//! ([`super::PgStore::write`] / [`super::PgStore::read`]). [`status`] and [`stats`] are named by module, as in SQLite;
-//! the mirror's rows are in `postgres::mirror`, as `sqlite::mirror`.
+//! The PostgreSQL queries not yet written once for both backends (see `crate::store::sql`),
+//! one module per table as in `store::sqlite::queries`, each function the counterpart of
+//! the SQLite one of the same name, over a transaction ([`super::PgStore::write`] /
+//! [`super::PgStore::read`]); [`stats`] is named by module, as in SQLite; the mirror's rows
+//! are in `postgres::mirror`, as `sqlite::mirror`.
 
 pub mod events;
 pub mod feed;
