@@ -213,7 +213,9 @@ impl Store {
                 s.write(move |c| {
                     let mut out = Loaded::default();
                     q::load_token(c, &token, now, |rec, notes| out.events.push((rec, notes)))?;
-                    out.paused_until = super::sqlite::queries::paused_until(c, &token)?;
+                    let mut t = super::sql::sqlite::SqliteTx::new(c);
+                    let paused = super::tokens::paused_until(&mut t, &token);
+                    out.paused_until = futures::executor::block_on(paused)?;
                     Ok(out)
                 })
                 .await
@@ -224,8 +226,8 @@ impl Store {
                         let mut out = Loaded::default();
                         pq::load_token(tx, &token, now, |rec, notes| out.events.push((rec, notes)))
                             .await?;
-                        out.paused_until =
-                            super::postgres::queries::paused_until(tx, &token).await?;
+                        let mut t = super::sql::postgres::PgTx::new(tx);
+                        out.paused_until = super::tokens::paused_until(&mut t, &token).await?;
                         Ok(out)
                     })
                 })
@@ -238,27 +240,20 @@ impl Store {
     /// keeping the later end, for whichever instance holds the token next.
     pub async fn record_pause(&self, token: &str, until: Timestamp) -> Result<(), StoreError> {
         let token = token.to_string();
-        match self {
-            Store::Sqlite(s) => {
-                s.write(move |c| super::sqlite::queries::record_pause(c, &token, until))
-                    .await
-            }
-            Store::Postgres(p) => {
-                p.write(move |tx| {
-                    Box::pin(async move {
-                        super::postgres::queries::record_pause(tx, &token, until).await
-                    })
-                })
-                .await
-            }
-        }
+        self.write(move |tx| {
+            Box::pin(async move { super::tokens::record_pause(tx, &token, until).await })
+        })
+        .await
     }
 
     /// The first sync id this instance's core may use: on PostgreSQL a block no other
     /// instance numbers its runs from; on SQLite the next id.
     pub async fn reserve_sync_ids(&self) -> Result<u64, StoreError> {
         match self {
-            Store::Sqlite(s) => s.read(super::sqlite::queries::next_sync_id).await,
+            Store::Sqlite(_) => {
+                self.read(|tx| Box::pin(super::syncs::next_sync_id(tx)))
+                    .await
+            }
             Store::Postgres(p) => {
                 p.write(move |tx| Box::pin(async move { pq::reserve_sync_ids(tx).await }))
                     .await

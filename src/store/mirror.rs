@@ -7,6 +7,7 @@
 use serde_json::Value;
 
 use super::postgres::mirror as pm;
+use super::sql::Tx;
 use super::sqlite::mirror as m;
 use super::{Store, StoreError, SyncCommit};
 use crate::apple::model::{Assignment, ResponseAsset, ResponseUser};
@@ -174,4 +175,23 @@ impl Store {
             }
         }
     }
+}
+
+pub(crate) fn stage_table(kind: SyncKind) -> &'static str {
+    match kind {
+        SyncKind::Assets => "mirror_stage_assets",
+        SyncKind::Assignments => "mirror_stage_assignments",
+        SyncKind::Users => "mirror_stage_users",
+    }
+}
+
+/// Deletes every staged row: at start no sync runs, so any stage is a crashed sync's. (With
+/// several instances this must become "the stages of runs no live instance holds".)
+pub(crate) async fn discard_all_stages(tx: &mut dyn Tx) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for kind in [SyncKind::Assets, SyncKind::Assignments, SyncKind::Users] {
+        let sql = format!("DELETE FROM {}", stage_table(kind));
+        n += tx.execute(&sql, &[]).await?;
+    }
+    Ok(n)
 }

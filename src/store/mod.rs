@@ -10,12 +10,15 @@
 //! [`stats`] (the metrics); [`views`] holds the JSON shapes the API and the CLI print. No
 //! code outside this module sees a database connection or SQL.
 //!
-//! A backend is one variant of [`Store`]; every operation is a `match` over them, so adding
-//! one is adding a variant and an arm per operation (no trait objects on the hot path).
-//! [`sqlite`] (one file, WAL, one writer thread group-committing every write) is the one the
-//! configuration opens; [`postgres`] (a pool, one transaction per operation) mirrors it
-//! file for file, with the same migrations (same version numbers) in its own dialect, and is
-//! not selectable in the configuration yet.
+//! A backend is one variant of [`Store`]: [`sqlite`] (one file, WAL, one writer thread
+//! group-committing every write) when the configuration has no `[store]`, [`postgres`] (a
+//! pool, one transaction per operation, token leases for several instances) with
+//! `[store] url`; both have the same migrations (same version numbers), each in its dialect.
+//! Queries are written once over [`sql::Tx`] where they have been converted ([`syncs`],
+//! [`tokens`], [`status`], the feed's writers): `Store::write` and `Store::read` choose
+//! the backend once, and the SQL is one text unless the dialects differ
+//! (docs/architecture.md, "One query source"). The other operations are still a `match` over
+//! the variants with a twin query per backend (`sqlite::queries`, `postgres::queries`).
 //!
 //! Guarantees every backend keeps:
 //! - a write answers only once committed (an acknowledged notification or a tracked event
@@ -39,6 +42,7 @@ pub mod mirror;
 pub mod notifications;
 pub mod postgres;
 pub mod push;
+pub mod sql;
 pub mod sqlite;
 pub mod stats;
 pub mod status;
@@ -49,7 +53,11 @@ pub mod views;
 
 use std::path::Path;
 
+use futures::future::BoxFuture;
 use thiserror::Error;
+
+use sql::postgres::PgTx;
+pub(crate) use sql::Tx;
 
 pub use events::{EventFilter, RecoveryStart, TurnCommit, TurnWrite};
 pub use feed::{licence_transition, LicenceCounts, TokenStatus};
@@ -218,6 +226,38 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.ping().await,
             Store::Postgres(p) => p.ping().await,
+        }
+    }
+
+    /// Runs `f` as one write of its own, whole or not at all, answering once committed (the
+    /// one entry point of every backend: SQLite's writer thread, a PostgreSQL transaction).
+    pub(in crate::store) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R, StoreError>> + Send + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => s.write(move |c| sql::sqlite::run(c, f)).await,
+            Store::Postgres(p) => {
+                p.write(move |t| Box::pin(async move { f(&mut PgTx::new(t)).await }))
+                    .await
+            }
+        }
+    }
+
+    /// Runs `f` as a read (SQLite: a pooled read connection; PostgreSQL: a read-only
+    /// snapshot).
+    pub(in crate::store) async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R, StoreError>> + Send + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => s.read(move |c| sql::sqlite::run(c, f)).await,
+            Store::Postgres(p) => {
+                p.read(move |t| Box::pin(async move { f(&mut PgTx::new(t)).await }))
+                    .await
+            }
         }
     }
 

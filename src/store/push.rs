@@ -77,7 +77,7 @@ impl Store {
     /// The outbox's state.
     pub async fn push_state(&self) -> Result<PushRow, StoreError> {
         match self {
-            Store::Sqlite(s) => s.read(q::push_state).await,
+            Store::Sqlite(s) => s.read(|c| q::push_state(c)).await,
             Store::Postgres(p) => p.read(|tx| Box::pin(pq::push_state(tx))).await,
         }
     }
@@ -193,7 +193,7 @@ impl Store {
     /// The outbox for `push` and the status page.
     pub async fn push_status(&self) -> Result<PushStatusView, StoreError> {
         match self {
-            Store::Sqlite(s) => s.read(q::push_status).await,
+            Store::Sqlite(s) => s.read(|c| q::push_status(c)).await,
             Store::Postgres(p) => p.read(|tx| Box::pin(pq::push_status(tx))).await,
         }
     }

@@ -2,8 +2,7 @@
 //! finished by the run, listed for the API and the CLI. The final step of a streamed sync is
 //! in [`super::mirror`].
 
-use super::postgres::queries as pq;
-use super::sqlite::queries as q;
+use super::sql::{args, Row, Tx};
 use super::views::SyncView;
 use super::{Store, StoreError};
 use crate::core::SyncKind;
@@ -53,31 +52,8 @@ impl Store {
     /// Writes the run row of a sync that starts now (the executor writes it with its turn;
     /// this is for tools and benchmarks).
     pub async fn sync_started(&self, start: SyncStart, at: Timestamp) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                s.write(move |c| {
-                    q::sync_started(
-                        c,
-                        start.id,
-                        &start.token,
-                        start.kind,
-                        start.full,
-                        &start.cause,
-                        at,
-                    )
-                })
-                .await
-            }
-            Store::Postgres(p) => {
-                p.write(move |tx| {
-                    Box::pin(async move {
-                        let s = &start;
-                        pq::sync_started(tx, s.id, &s.token, s.kind, s.full, &s.cause, at).await
-                    })
-                })
-                .await
-            }
-        }
+        self.write(move |tx| Box::pin(async move { sync_started(tx, &start, at).await }))
+            .await
     }
 
     /// Finishes a run row (a failed run; a successful one ends with
@@ -88,18 +64,8 @@ impl Store {
         at: Timestamp,
         end: SyncEnd,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                s.write(move |c| q::sync_finished(c, sync_id, at, &end))
-                    .await
-            }
-            Store::Postgres(p) => {
-                p.write(move |tx| {
-                    Box::pin(async move { pq::sync_finished(tx, sync_id, at, &end).await })
-                })
-                .await
-            }
-        }
+        self.write(move |tx| Box::pin(async move { sync_finished(tx, sync_id, at, &end).await }))
+            .await
     }
 
     /// The newest runs, of one token or all, at most `limit`.
@@ -108,18 +74,7 @@ impl Store {
         token: Option<String>,
         limit: u32,
     ) -> Result<Vec<SyncView>, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                s.read(move |c| q::list_syncs(c, token.as_deref(), limit))
-                    .await
-            }
-            Store::Postgres(p) => {
-                p.read(move |tx| {
-                    Box::pin(async move { pq::list_syncs(tx, token.as_deref(), limit).await })
-                })
-                .await
-            }
-        }
+        self.list_syncs_page(token, None, limit).await
     }
 
     /// A page of runs newest first, before the run id `before` when given.
@@ -129,19 +84,111 @@ impl Store {
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<SyncView>, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                s.read(move |c| q::list_syncs_page(c, token.as_deref(), before, limit))
-                    .await
-            }
-            Store::Postgres(p) => {
-                p.read(move |tx| {
-                    Box::pin(async move {
-                        pq::list_syncs_page(tx, token.as_deref(), before, limit).await
-                    })
-                })
-                .await
-            }
-        }
+        self.read(move |tx| {
+            Box::pin(async move { list_syncs_page(tx, token.as_deref(), before, limit).await })
+        })
+        .await
     }
+}
+
+pub(crate) async fn next_sync_id(tx: &mut dyn Tx) -> Result<u64, StoreError> {
+    let row = tx
+        .query_one("SELECT COALESCE(MAX(id), 0) + 1 FROM syncs", &[])
+        .await?;
+    Ok(row.i64(0)?.max(1) as u64)
+}
+
+/// Writes the run row of a sync starting at `at`; a row with this id starts over.
+pub(crate) async fn sync_started(
+    tx: &mut dyn Tx,
+    s: &SyncStart,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO syncs (id, token, kind, \"full\", cause, started_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (id) DO UPDATE SET token = excluded.token, kind = excluded.kind, \
+         \"full\" = excluded.\"full\", cause = excluded.cause, started_at = excluded.started_at, \
+         finished_at = NULL, pages = 0, records = 0, result = 'running', error = NULL, \
+         version_id = NULL",
+        args![s.id, &s.token, s.kind.as_str(), s.full, &s.cause, at],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn sync_finished(
+    tx: &mut dyn Tx,
+    id: u64,
+    at: Timestamp,
+    end: &SyncEnd,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE syncs SET finished_at = $2, pages = $3, records = $4, result = $5, error = $6, \
+         version_id = $7 WHERE id = $1",
+        args![
+            id,
+            at,
+            end.pages,
+            end.records,
+            if end.ok { "ok" } else { "failed" },
+            &end.error,
+            &end.version_id
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks runs left `running` by a crash as abandoned.
+pub(crate) async fn abandon_running_syncs(
+    tx: &mut dyn Tx,
+    at: Timestamp,
+) -> Result<u64, StoreError> {
+    tx.execute(
+        "UPDATE syncs SET result = 'abandoned', finished_at = $1 WHERE result = 'running'",
+        args![at],
+    )
+    .await
+}
+
+pub(crate) const SYNC_COLS: &str =
+    "id, token, kind, \"full\", cause, started_at, finished_at, pages, records, result, error";
+
+pub(crate) fn sync_from_row(r: &Row) -> Result<SyncView, StoreError> {
+    let started = r.i64(5)?;
+    let finished = r.opt_i64(6)?;
+    Ok(SyncView {
+        id: r.u64(0)?,
+        token: r.string(1)?,
+        kind: r.string(2)?,
+        full: r.bool(3)?,
+        cause: r.opt_string(4)?,
+        started_at: Timestamp(started),
+        finished_at: finished.map(Timestamp),
+        duration_ms: finished.map(|f| f - started),
+        pages: r.u32(7)?,
+        records: r.u64(8)?,
+        result: r.string(9)?,
+        error: r.opt_string(10)?,
+    })
+}
+
+/// Sync runs newest first, strictly older than the run `before` when given (the local API's
+/// cursor).
+pub(crate) async fn list_syncs_page(
+    tx: &mut dyn Tx,
+    token: Option<&str>,
+    before: Option<u64>,
+    limit: u32,
+) -> Result<Vec<SyncView>, StoreError> {
+    let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+    let sql = format!(
+        "SELECT {SYNC_COLS} FROM syncs WHERE (CAST($1 AS TEXT) IS NULL OR token = $1) AND id < $2 \
+         ORDER BY id DESC LIMIT $3"
+    );
+    let rows = tx
+        .query(&sql, args![token, before, limit.clamp(1, 10_000)])
+        .await?;
+    rows.iter().map(sync_from_row).collect()
 }

@@ -5,9 +5,12 @@
 //! operations on it, chosen by `[store] url`; TLS as that URL's `sslmode`, `sslrootcert`
 //! and `channel_binding` ask ([`tls`]); a URL is shown only redacted and may hold no
 //! password ([`url`]); every connection runs under the timeouts of [`session`], and every
-//! operation is bounded on the client too (a frozen connection is closed, not reused). For several
-//! instances there are token leases (`queries::leases`, driven by `crate::cluster::keeper`),
-//! not yet consulted by the executor; nothing yet for the stages of other instances' syncs.
+//! operation is bounded on the client too (a frozen connection is closed, not reused). For
+//! several instances there are token leases (`queries::leases`, kept by
+//! `crate::cluster::keeper`), which fence the executor's writes (`queries::handoffs`);
+//! nothing yet for the stages of other instances' syncs. The queries written once for both
+//! backends are in `crate::store` over `crate::store::sql::Tx` (this module's transaction
+//! behind `sql::postgres::PgTx`).
 //!
 //! Where SQLite has one writer thread that group-commits, PostgreSQL takes concurrent
 //! transactions itself: each operation runs as one transaction on a pooled connection

@@ -412,17 +412,12 @@ async fn event_counts_follow_every_insert_update_and_delete() {
 
 /// The same sync runs written through both backends' queries read back the same.
 #[tokio::test]
-async fn syncs_queries_answer_as_sqlites() {
+async fn syncs_queries_answer_alike_on_both_backends() {
     use crate::core::SyncKind;
-    use crate::store::postgres::queries as pq;
-    use crate::store::sqlite::queries as sq;
-    use crate::store::SyncEnd;
+    use crate::store::{syncs, SyncEnd, SyncStart};
     use crate::time::Timestamp;
 
-    let db = TempDb::new().await;
-    let pg = PgStore::connect(&db.url, None).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let lite = sqlite::open_write_connection(&dir.path().join("s.db")).unwrap();
+    let (_dir, lite, pg, db) = crate::store::sql::tests::both_stores().await;
     let end = SyncEnd {
         pages: 3,
         records: 250,
@@ -440,78 +435,71 @@ async fn syncs_queries_answer_as_sqlites() {
         (2, "beta", SyncKind::Assignments, false, "notification"),
         (3, "acme", SyncKind::Users, false, "cron"),
         (4, "acme", SyncKind::Assignments, true, "counts"),
+        // Restarting run 4 starts its row over, as INSERT OR REPLACE does.
+        (4, "acme", SyncKind::Assignments, true, "again"),
     ];
-    for (id, token, kind, full, cause) in runs {
-        let at = Timestamp(1_000 * id as i64);
-        sq::sync_started(&lite, id, token, kind, full, cause, at).unwrap();
-        pg.write(move |tx| {
-            Box::pin(async move { pq::sync_started(tx, id, token, kind, full, cause, at).await })
-        })
-        .await
-        .unwrap();
+    let mut answers = Vec::new();
+    for store in [&lite, &pg] {
+        for (id, token, kind, full, cause) in runs {
+            let start = SyncStart {
+                id,
+                token: token.into(),
+                kind,
+                full,
+                cause: cause.into(),
+            };
+            let at = Timestamp(1_000 * id as i64 + if cause == "again" { 500 } else { 0 });
+            store.sync_started(start, at).await.unwrap();
+        }
+        store
+            .sync_finished(1, Timestamp(1_700), end.clone())
+            .await
+            .unwrap();
+        store
+            .sync_finished(2, Timestamp(2_100), failed.clone())
+            .await
+            .unwrap();
+        let abandoned = store
+            .write(|tx| Box::pin(syncs::abandon_running_syncs(tx, Timestamp(9_000))))
+            .await
+            .unwrap();
+        // A failing operation leaves nothing behind.
+        let refused = store
+            .write(|tx| {
+                Box::pin(async move {
+                    let s = SyncStart {
+                        id: 9,
+                        token: "acme".into(),
+                        kind: SyncKind::Assets,
+                        full: true,
+                        cause: "x".into(),
+                    };
+                    syncs::sync_started(tx, &s, Timestamp(1)).await?;
+                    Err::<(), _>(StoreError::Corrupt("refused".into()))
+                })
+            })
+            .await;
+        assert!(refused.is_err());
+        answers.push((
+            abandoned,
+            store.list_syncs(None, 10).await.unwrap(),
+            store.list_syncs(Some("acme".into()), 2).await.unwrap(),
+            store
+                .list_syncs_page(Some("acme".into()), Some(4), 10)
+                .await
+                .unwrap(),
+            store
+                .read(|tx| Box::pin(syncs::next_sync_id(tx)))
+                .await
+                .unwrap(),
+        ));
     }
-    // Restarting run 4 starts its row over, as INSERT OR REPLACE does.
-    let at = Timestamp(4_500);
-    sq::sync_started(&lite, 4, "acme", SyncKind::Assignments, true, "again", at).unwrap();
-    pg.write(move |tx| {
-        Box::pin(async move {
-            pq::sync_started(tx, 4, "acme", SyncKind::Assignments, true, "again", at).await
-        })
-    })
-    .await
-    .unwrap();
-    sq::sync_finished(&lite, 1, Timestamp(1_700), &end).unwrap();
-    sq::sync_finished(&lite, 2, Timestamp(2_100), &failed).unwrap();
-    sq::abandon_running_syncs(&lite, Timestamp(9_000)).unwrap();
-    let (e, f) = (end.clone(), failed.clone());
-    let abandoned = pg
-        .write(move |tx| {
-            Box::pin(async move {
-                pq::sync_finished(tx, 1, Timestamp(1_700), &e).await?;
-                pq::sync_finished(tx, 2, Timestamp(2_100), &f).await?;
-                pq::abandon_running_syncs(tx, Timestamp(9_000)).await
-            })
-        })
-        .await
-        .unwrap();
-    assert_eq!(abandoned, 2);
-    let lite_views = (
-        sq::list_syncs(&lite, None, 10).unwrap(),
-        sq::list_syncs(&lite, Some("acme"), 2).unwrap(),
-        sq::list_syncs_page(&lite, Some("acme"), Some(4), 10).unwrap(),
-        sq::next_sync_id(&lite).unwrap(),
-    );
-    let pg_views = pg
-        .read(|tx| {
-            Box::pin(async move {
-                Ok((
-                    pq::list_syncs(tx, None, 10).await?,
-                    pq::list_syncs(tx, Some("acme"), 2).await?,
-                    pq::list_syncs_page(tx, Some("acme"), Some(4), 10).await?,
-                    pq::next_sync_id(tx).await?,
-                ))
-            })
-        })
-        .await
-        .unwrap();
-    assert_eq!(pg_views, lite_views);
-    assert_eq!(pg_views.0.len(), 4);
-    assert_eq!(pg_views.3, 5);
-    // A failing operation leaves nothing behind.
-    let refused = pg
-        .write(|tx| {
-            Box::pin(async move {
-                pq::sync_started(tx, 9, "acme", SyncKind::Assets, true, "x", Timestamp(1)).await?;
-                Err::<(), _>(StoreError::Corrupt("refused".into()))
-            })
-        })
-        .await;
-    assert!(refused.is_err());
-    let next = pg
-        .read(|tx| Box::pin(async move { pq::next_sync_id(tx).await }))
-        .await
-        .unwrap();
-    assert_eq!(next, 5, "the refused run was rolled back");
+    assert_eq!(answers[0], answers[1]);
+    let pg_views = &answers[1];
+    assert_eq!(pg_views.0, 2);
+    assert_eq!(pg_views.1.len(), 4);
+    assert_eq!(pg_views.1[0].cause.as_deref(), Some("again"));
+    assert_eq!(pg_views.4, 5, "the refused run was rolled back");
     pg.close().await.unwrap();
     db.drop_now().await;
 }
@@ -779,252 +767,156 @@ async fn events_queries_answer_as_sqlites() {
     db.drop_now().await;
 }
 
-/// Tokens, their feed items, notifications and the quarantine through both backends'
-/// queries answer the same.
+/// Tokens, their feed items, notifications and the quarantine answer the same on both
+/// backends.
 #[tokio::test]
-async fn tokens_feed_and_notifications_queries_answer_as_sqlites() {
+async fn tokens_feed_and_notifications_answer_alike_on_both_backends() {
     use crate::core::{Change, EventRecord, EventType, Failure, Timings, TrackRequest};
-    use crate::store::postgres::queries as pq;
-    use crate::store::sqlite::queries as sq;
+    use crate::store::sql::tests::{old, on_both};
+    use crate::store::sql::Tx;
+    use crate::store::{feed, tokens};
     use crate::store::{
         ChangeView, FeedItem, LicenceCounts, NewNotification, TokenRow, TokenStatus,
     };
     use crate::time::Timestamp;
 
-    let db = TempDb::new().await;
-    let pg = PgStore::connect(&db.url, None).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let lite = sqlite::open_write_connection(&dir.path().join("s.db")).unwrap();
-    let t = Timestamp;
-    let rows = vec![
-        TokenRow {
-            name: "acme".into(),
-            org_name: Some("Acme".into()),
-            expires_at: Some(t(99_000)),
-        },
-        TokenRow {
-            name: "beta".into(),
-            org_name: None,
-            expires_at: None,
-        },
-    ];
-    let revoked = TokenStatus::new("revoked", Some("9625".into()));
-    let healthy = TokenStatus::new("healthy", None);
-    let soon = TokenStatus {
-        health: "expiring_soon".into(),
-        reason: Some("soon".into()),
-        days_left: Some(5),
-        threshold: Some(7),
-    };
-    let counts = LicenceCounts {
-        adam_id: "42",
-        pricing_param: "STDQ",
-        product_type: Some("App"),
-        before: Some(0),
-        available: 5,
-        assigned: 1,
-        total: 6,
-    };
-    let note = |id: &str| NewNotification {
-        notification_id: id.into(),
-        token: "acme".into(),
-        notification_type: "ASSET_MANAGEMENT".into(),
-        event_id: Some("e1".into()),
-        result: Some("FAILURE".into()),
-        entities: Some(2),
-        error: Some(Failure {
-            error_number: 9610,
-            error_message: "x".into(),
-            error_info: None,
-        }),
-        received_at: t(50),
-        body: format!(r#"{{"id":"{id}"}}"#),
-    };
-    let rec = EventRecord::new_tracked(
-        t(40),
-        TrackRequest {
-            event_id: "e1".into(),
+    async fn steps(tx: &mut dyn Tx) -> Result<impl PartialEq + std::fmt::Debug, StoreError> {
+        let t = Timestamp;
+        let rows = vec![
+            TokenRow {
+                name: "acme".into(),
+                org_name: Some("Acme".into()),
+                expires_at: Some(t(99_000)),
+            },
+            TokenRow {
+                name: "beta".into(),
+                org_name: None,
+                expires_at: None,
+            },
+        ];
+        let revoked = TokenStatus::new("revoked", Some("9625".into()));
+        let healthy = TokenStatus::new("healthy", None);
+        let soon = TokenStatus {
+            health: "expiring_soon".into(),
+            reason: Some("soon".into()),
+            days_left: Some(5),
+            threshold: Some(7),
+        };
+        let counts = LicenceCounts {
+            adam_id: "42",
+            pricing_param: "STDQ",
+            product_type: Some("App"),
+            before: Some(0),
+            available: 5,
+            assigned: 1,
+            total: 6,
+        };
+        let note = |id: &str| NewNotification {
+            notification_id: id.into(),
             token: "acme".into(),
-            event_type: EventType::Associate,
-            submitted_at: None,
-            num_requested: Some(2),
-            has_request: false,
-            supersedes: None,
-        },
-        &Timings::default(),
-    );
-    let mut tracked = Change::of(&rec);
-    tracked.insert = true;
-    tracked.feed = true;
-
-    // SQLite.
-    sq::upsert_tokens(&lite, &rows, t(1)).unwrap();
-    sq::set_token_health(&lite, "acme", "unhealthy", Some("9625"), t(10), &revoked).unwrap();
-    sq::set_token_health(&lite, "acme", "healthy", None, t(20), &healthy).unwrap();
-    let lite_items = vec![
-        sq::record_token_status(&lite, "beta", &soon, t(30)).unwrap(),
-        sq::record_token_status(&lite, "beta", &soon, t(31)).unwrap(),
-        sq::record_licence_counts(&lite, "acme", &counts, t(32)).unwrap(),
-    ];
-    sq::set_token_location(
-        &lite,
-        "beta",
-        Some("u1"),
-        Some("HQ"),
-        Some("m1"),
-        Some("other"),
-    )
-    .unwrap();
-    sq::set_token_location(&lite, "beta", None, None, Some("m1"), None).unwrap();
-    assert_eq!(sq::apply_changes(&lite, &[tracked.clone()]), vec![None]);
-    let lite_notes = vec![
-        sq::insert_notification(&lite, &note("n1")).unwrap(),
-        sq::insert_notification(&lite, &note("n1")).unwrap(),
-        sq::insert_notification(&lite, &note("n2")).unwrap(),
-    ];
-    for i in 0..3u8 {
-        sq::quarantine(&lite, "acme", t(60), "bad", &[i], 2).unwrap();
-    }
-    let lite_end = (
-        sq::list_tokens(&lite).unwrap(),
-        sq::unhealthy_tokens(&lite)
-            .unwrap()
-            .into_iter()
-            .map(|u| (u.name, u.health, u.reason, u.mdm_conflict))
-            .collect::<Vec<_>>(),
-        sq::changes_after(&lite, 0, 100).unwrap(),
-        sq::changes_between(&lite, 2, 4, 10).unwrap(),
-        sq::unapplied_notifications_for(&lite, "e1").unwrap(),
-        sq::unapplied_for_unsettled(&lite).unwrap(),
-        sq::mirror_notification_bodies_since(&lite, "acme", t(50)).unwrap(),
-    );
-    let lite_quarantine: Vec<Vec<u8>> = lite
-        .prepare("SELECT body FROM quarantine ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-
-    // PostgreSQL, one operation per transaction as the store would run them.
-    let (r, rv, h, sn, c) = (
-        rows.clone(),
-        revoked.clone(),
-        healthy.clone(),
-        soon.clone(),
-        counts,
-    );
-    let pg_items = pg
-        .write(move |tx| {
-            Box::pin(async move {
-                pq::upsert_tokens(tx, &r, t(1)).await?;
-                pq::set_token_health(tx, "acme", "unhealthy", Some("9625"), t(10), &rv).await?;
-                pq::set_token_health(tx, "acme", "healthy", None, t(20), &h).await?;
-                Ok(vec![
-                    pq::record_token_status(tx, "beta", &sn, t(30)).await?,
-                    pq::record_token_status(tx, "beta", &sn, t(31)).await?,
-                    pq::record_licence_counts(tx, "acme", &c, t(32)).await?,
-                ])
-            })
-        })
-        .await
-        .unwrap();
-    pg.write(|tx| {
-        Box::pin(async move {
-            pq::set_token_location(
-                tx,
-                "beta",
-                Some("u1"),
-                Some("HQ"),
-                Some("m1"),
-                Some("other"),
-            )
-            .await?;
-            pq::set_token_location(tx, "beta", None, None, Some("m1"), None).await
-        })
-    })
-    .await
-    .unwrap();
-    let tr = tracked.clone();
-    let applied = pg
-        .write(move |tx| Box::pin(async move { Ok(pq::apply_changes(tx, &[tr]).await) }))
-        .await
-        .unwrap();
-    assert_eq!(applied, vec![None]);
-    let mut pg_notes = Vec::new();
-    for id in ["n1", "n1", "n2"] {
-        let n = note(id);
-        pg_notes.push(
-            pg.write(move |tx| Box::pin(async move { pq::insert_notification(tx, &n).await }))
-                .await
-                .unwrap(),
+            notification_type: "ASSET_MANAGEMENT".into(),
+            event_id: Some("e1".into()),
+            result: Some("FAILURE".into()),
+            entities: Some(2),
+            error: Some(Failure {
+                error_number: 9610,
+                error_message: "x".into(),
+                error_info: None,
+            }),
+            received_at: t(50),
+            body: format!(r#"{{"id":"{id}"}}"#),
+        };
+        let rec = EventRecord::new_tracked(
+            t(40),
+            TrackRequest {
+                event_id: "e1".into(),
+                token: "acme".into(),
+                event_type: EventType::Associate,
+                submitted_at: None,
+                num_requested: Some(2),
+                has_request: false,
+                supersedes: None,
+            },
+            &Timings::default(),
         );
-    }
-    for i in 0..3u8 {
-        pg.write(move |tx| {
-            Box::pin(async move { pq::quarantine(tx, "acme", t(60), "bad", &[i], 2).await })
-        })
-        .await
-        .unwrap();
-    }
-    let pg_end = pg
-        .read(|tx| {
-            Box::pin(async move {
-                Ok((
-                    pq::list_tokens(tx).await?,
-                    pq::unhealthy_tokens(tx)
-                        .await?
-                        .into_iter()
-                        .map(|u| (u.name, u.health, u.reason, u.mdm_conflict))
-                        .collect::<Vec<_>>(),
-                    pq::changes_after(tx, 0, 100).await?,
-                    pq::changes_between(tx, 2, 4, 10).await?,
-                    pq::unapplied_notifications_for(tx, "e1").await?,
-                    pq::unapplied_for_unsettled(tx).await?,
-                    pq::mirror_notification_bodies_since(tx, "acme", t(50)).await?,
-                ))
-            })
-        })
-        .await
-        .unwrap();
-    let pg_quarantine: Vec<Vec<u8>> = db
-        .client()
-        .await
-        .query("SELECT body FROM quarantine ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        let mut tracked = Change::of(&rec);
+        tracked.insert = true;
+        tracked.feed = true;
 
-    // set_token_location stamps its items with the clock: compare without `at`.
-    let no_at = |v: &Vec<ChangeView>| -> Vec<ChangeView> {
-        v.iter()
-            .cloned()
-            .map(|mut c| {
-                if let FeedItem::Token(m) = &mut c.item {
-                    m.remove("at");
-                }
-                c
-            })
-            .collect()
-    };
-    assert_eq!(pg_items, lite_items);
-    assert_eq!(pg_notes, lite_notes);
-    assert_eq!(lite_notes, vec![true, false, true]);
-    assert_eq!(pg_quarantine, lite_quarantine);
-    assert_eq!(pg_quarantine, vec![vec![1u8], vec![2u8]]);
-    assert_eq!(pg_end.0, lite_end.0, "list_tokens");
-    assert_eq!(pg_end.0[0].pending + pg_end.0[0].syncing, 1);
-    assert_eq!(pg_end.1, lite_end.1, "unhealthy_tokens");
-    assert_eq!(no_at(&pg_end.2), no_at(&lite_end.2), "changes_after");
-    assert_eq!(no_at(&pg_end.3), no_at(&lite_end.3), "changes_between");
-    assert!(pg_end.2.len() >= 6, "{:?}", pg_end.2);
-    assert_eq!(pg_end.4, lite_end.4);
-    assert_eq!(pg_end.5, lite_end.5);
-    assert_eq!(pg_end.6, lite_end.6);
-    pg.close().await.unwrap();
-    db.drop_now().await;
+        tokens::upsert_tokens(tx, &rows, t(1)).await?;
+        tokens::set_token_health(tx, "acme", "unhealthy", Some("9625"), t(10), &revoked).await?;
+        tokens::set_token_health(tx, "acme", "healthy", None, t(20), &healthy).await?;
+        let items = vec![
+            feed::record_token_status(tx, "beta", &soon, t(30)).await?,
+            feed::record_token_status(tx, "beta", &soon, t(31)).await?,
+            feed::record_licence_counts(tx, "acme", &counts, t(32)).await?,
+        ];
+        tokens::set_token_location(
+            tx,
+            "beta",
+            Some("u1"),
+            Some("HQ"),
+            Some("m1"),
+            Some("other"),
+        )
+        .await?;
+        tokens::set_token_location(tx, "beta", None, None, Some("m1"), None).await?;
+        let applied = old!(tx, apply_changes(&[tracked.clone()]));
+        let mut notes = Vec::new();
+        for id in ["n1", "n1", "n2"] {
+            notes.push(old!(tx, insert_notification(&note(id)))?);
+        }
+        for i in 0..3u8 {
+            old!(tx, quarantine("acme", t(60), "bad", &[i], 2))?;
+        }
+        let mut quarantined = Vec::new();
+        for r in tx
+            .query("SELECT body FROM quarantine ORDER BY id", &[])
+            .await?
+        {
+            quarantined.push(r.opt_blob(0)?.map(<[u8]>::to_vec));
+        }
+        // set_token_location stamps its items with the clock: compare without `at`.
+        let no_at = |v: Vec<ChangeView>| -> Vec<ChangeView> {
+            v.into_iter()
+                .map(|mut c| {
+                    if let FeedItem::Token(m) = &mut c.item {
+                        m.remove("at");
+                    }
+                    c
+                })
+                .collect()
+        };
+        Ok((
+            items,
+            applied,
+            notes,
+            quarantined,
+            tokens::list_tokens(tx).await?,
+            tokens::unhealthy_tokens(tx)
+                .await?
+                .into_iter()
+                .map(|u| (u.name, u.health, u.reason, u.mdm_conflict))
+                .collect::<Vec<_>>(),
+            no_at(old!(tx, changes_after(0, 100))?),
+            no_at(old!(tx, changes_between(2, 4, 10))?),
+            old!(tx, unapplied_notifications_for("e1"))?,
+            old!(tx, unapplied_for_unsettled())?,
+            old!(tx, mirror_notification_bodies_since("acme", t(50)))?,
+        ))
+    }
+
+    let (lite, pg) = on_both(|tx| Box::pin(steps(tx))).await;
+    assert_eq!(lite, pg);
+    let dbg = format!("{pg:?}");
+    // Spot checks of what both answered.
+    assert!(
+        dbg.starts_with(
+            "([Some(3), None, Some(4)], [None], [true, false, true], [Some([1]), Some([2])]"
+        ),
+        "{dbg}"
+    );
+    assert!(dbg.contains("pending: 1"), "{dbg}");
 }
 
 /// Listing, the status page, the metrics' counts, the licence report and retention through
@@ -1045,7 +937,7 @@ async fn reads_and_retention_answer_as_sqlites() {
     let db = TempDb::new().await;
     let pg = PgStore::connect(&db.url, None).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let lite = sqlite::open_write_connection(&dir.path().join("s.db")).unwrap();
+    let mut lite = sqlite::open_write_connection(&dir.path().join("s.db")).unwrap();
     let t = Timestamp;
     let hour = 3_600_000i64;
     let now = t(100 * hour);
@@ -1155,7 +1047,7 @@ async fn reads_and_retention_answer_as_sqlites() {
         },
     ];
     let configured: HashSet<String> = ["acme".to_string(), "beta".to_string()].into();
-    let lite_reads = |c: &rusqlite::Connection| {
+    let lite_reads = |c: &mut rusqlite::Connection| {
         let mut pages = Vec::new();
         for f in &filters {
             let mut f = f.clone();
@@ -1172,13 +1064,16 @@ async fn reads_and_retention_answer_as_sqlites() {
             pages,
             sq::list_event_view(c, "e05").unwrap(),
             sq::due_events(c, t(i64::MAX), 100).unwrap(),
-            sq::status::status_snapshot(c, now).unwrap(),
+            crate::store::sql::sqlite::run(c, |tx| {
+                Box::pin(crate::store::status::status_snapshot(tx, now))
+            })
+            .unwrap(),
             super::super::sqlite::stats::store_stats(c, &configured).unwrap(),
             sq::licence_report(c, None).unwrap(),
             sq::licence_report(c, Some("acme")).unwrap(),
         )
     };
-    let lite_before = lite_reads(&lite);
+    let lite_before = lite_reads(&mut lite);
     let (fs, cf) = (filters.clone(), configured.clone());
     let pg_reads = move |pg: PgStore| {
         let (fs, cf) = (fs.clone(), cf.clone());
@@ -1201,7 +1096,11 @@ async fn reads_and_retention_answer_as_sqlites() {
                         pages,
                         pq::list_event_view(tx, "e05").await?,
                         pq::due_events(tx, t(i64::MAX), 100).await?,
-                        pq::status::status_snapshot(tx, now).await?,
+                        crate::store::status::status_snapshot(
+                            &mut super::super::sql::postgres::PgTx::new(tx),
+                            now,
+                        )
+                        .await?,
                         pq::stats::store_stats(tx, &cf).await?,
                         pq::licence_report(tx, None).await?,
                         pq::licence_report(tx, Some("acme")).await?,
@@ -1245,7 +1144,7 @@ async fn reads_and_retention_answer_as_sqlites() {
         .unwrap();
     assert_eq!(pg_pruned, lite_pruned);
     assert_eq!(pg_pruned.0, 2);
-    let lite_after = lite_reads(&lite);
+    let lite_after = lite_reads(&mut lite);
     let pg_after = pg_reads(pg.clone()).await;
     assert_eq!(pg_after.0, lite_after.0);
     assert_eq!(pg_after.3, lite_after.3);

@@ -16,8 +16,9 @@
 //! database's mode ([`open_write_connection`]).
 //!
 //! The closures over a [`Connection`] ([`SqliteStore::write`], [`SqliteStore::read`], ...) are
-//! this backend's own: [`super::Store`]'s operations use them with the functions of
-//! [`queries`] and [`mirror`]; nothing outside `crate::store` does.
+//! this backend's own: [`super::Store`]'s operations use them, with the queries written once
+//! (`crate::store::sql::sqlite::SqliteTx` over the connection) or the functions of
+//! [`queries`] and [`mirror`] not yet converted; nothing outside `crate::store` does.
 
 pub mod backup;
 pub mod migrations;
@@ -54,7 +55,7 @@ type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A unit of work for the writer: runs inside the batch's transaction (`None`: none could be
 /// had, so it only hands back its completion, to be failed), says whether it succeeded (the
 /// error's text if not), and answers after commit.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> (Result<(), String>, Completion) + Send>;
+type Job = Box<dyn FnOnce(Option<&mut Connection>) -> (Result<(), String>, Completion) + Send>;
 
 /// What the writer thread receives: work, or the request to stop after the work before it.
 enum Msg {
@@ -220,7 +221,7 @@ impl SqliteStore {
     pub(in crate::store) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
         self.write_then(f, |_| {}).await
     }
@@ -230,7 +231,7 @@ impl SqliteStore {
     pub(in crate::store) async fn write_then<R, F, H>(&self, f: F, hook: H) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
         H: FnOnce(&R) + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
@@ -269,7 +270,7 @@ impl SqliteStore {
     ) -> Result<(), StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
         self.writer()?
             .send(Msg::Job(detached_job(f, on_commit, undone)))
@@ -296,11 +297,11 @@ impl SqliteStore {
     pub(in crate::store) async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = match pool.idle.lock().ok().and_then(|mut v| v.pop()) {
+            let mut conn = match pool.idle.lock().ok().and_then(|mut v| v.pop()) {
                 Some(c) => c,
                 None => {
                     let c = Connection::open_with_flags(
@@ -312,7 +313,7 @@ impl SqliteStore {
                     c
                 }
             };
-            let r = f(&conn);
+            let r = f(&mut conn);
             if let Ok(mut idle) = pool.idle.lock() {
                 if idle.len() < 8 {
                     idle.push(conn);
@@ -335,9 +336,9 @@ impl SqliteStore {
 }
 
 /// Runs a job's closure on the connection, or fails it when there is none.
-fn run_job<R, F>(f: F, conn: Option<&Connection>) -> Result<R, StoreError>
+fn run_job<R, F>(f: F, conn: Option<&mut Connection>) -> Result<R, StoreError>
 where
-    F: FnOnce(&Connection) -> Result<R, StoreError>,
+    F: FnOnce(&mut Connection) -> Result<R, StoreError>,
 {
     match conn {
         Some(c) => f(c),
@@ -364,7 +365,7 @@ fn detached_job<R, F>(
 ) -> Job
 where
     R: Send + 'static,
-    F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
 {
     Box::new(move |conn| {
         let result = run_job(f, conn);
@@ -381,7 +382,7 @@ where
     })
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, health: WriteHealth) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, health: WriteHealth) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -402,7 +403,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, health: WriteHealt
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, &mut batch, &health);
+        commit_batch(&mut conn, &mut batch, &health);
         if close.is_some() {
             break;
         }
@@ -454,7 +455,7 @@ fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
 /// committed, nor "done" while undone). The jobs after it run in a fresh transaction; without
 /// that check, the next job's `SAVEPOINT` would open a transaction of its own and its
 /// `RELEASE` commit it alone, while the batch's failed `COMMIT` reported it failed.
-fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, health: &WriteHealth) {
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>, health: &WriteHealth) {
     let mut jobs = batch.drain(..).peekable();
     while jobs.peek().is_some() {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
@@ -486,7 +487,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, health: &WriteHealth) {
                 ))));
                 break;
             }
-            let (result, done) = job(Some(conn));
+            let (result, done) = job(Some(&mut *conn));
             if !conn.is_autocommit() {
                 let end = match result {
                     Ok(()) => "RELEASE job",

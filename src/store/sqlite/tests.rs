@@ -29,6 +29,18 @@ fn rec(id: &str, now: Timestamp) -> EventRecord {
     )
 }
 
+use crate::store::sql::sqlite::run;
+
+/// Runs a query written once on the connection `c` (`lite!(c, tokens::f(a, b))`).
+macro_rules! lite {
+    ($c:expr, $($f:ident)::+ ( $($a:expr),* $(,)? )) => {
+        futures::executor::block_on(crate::store::$($f)::+(
+            &mut crate::store::sql::sqlite::SqliteTx::new(&mut $c),
+            $($a),*
+        ))
+    };
+}
+
 fn temp() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
@@ -376,7 +388,7 @@ fn store_stats_groups_events_and_reports_configured_tokens_only() {
     use super::stats::store_stats;
     use crate::store::{EventCount, TokenExpiry};
     let (_d, path) = temp();
-    let c = super::open_write_connection(&path).unwrap();
+    let mut c = super::open_write_connection(&path).unwrap();
     let now = Timestamp(5_000);
     for id in ["e1", "e2"] {
         insert_tracked(&c, &rec(id, now), None, "tracked").unwrap();
@@ -393,7 +405,7 @@ fn store_stats_groups_events_and_reports_configured_tokens_only() {
             expires_at: Some(Timestamp(1)),
         },
     ];
-    queries::upsert_tokens(&c, &rows, now).unwrap();
+    lite!(c, tokens::upsert_tokens(&rows, now)).unwrap();
     let configured = ["acme".to_string()].into_iter().collect();
     let stats = store_stats(&c, &configured).unwrap();
     assert_eq!(
@@ -416,10 +428,9 @@ fn store_stats_groups_events_and_reports_configured_tokens_only() {
 
 #[test]
 fn status_snapshot_counts_by_state_and_hour_within_bounds() {
-    use super::queries::status;
     use crate::store::status::HOUR_MS;
     let (_d, path) = temp();
-    let c = super::open_write_connection(&path).unwrap();
+    let mut c = super::open_write_connection(&path).unwrap();
     // 10:30 on some day; the chart starts at 11:00 the day before.
     let now = Timestamp(1_764_000_000_000 / HOUR_MS * HOUR_MS + HOUR_MS / 2);
     let since = crate::store::status::chart_start(now);
@@ -469,7 +480,10 @@ fn status_snapshot_counts_by_state_and_hour_within_bounds() {
     )
     .unwrap();
 
-    let s = status::status_snapshot(&c, now).unwrap();
+    let s = run(&mut c, |tx| {
+        Box::pin(crate::store::status::status_snapshot(tx, now))
+    })
+    .unwrap();
     assert_eq!(s.since, since);
     let counts: Vec<(&str, Option<&str>, u64)> = s
         .events
@@ -499,7 +513,7 @@ fn status_snapshot_counts_by_state_and_hour_within_bounds() {
 fn status_queries_read_through_indexes_never_a_whole_table() {
     let (_d, path) = temp();
     let c = super::open_write_connection(&path).unwrap();
-    for (sql, args) in super::queries::status::planned() {
+    for (sql, args) in crate::store::status::planned() {
         let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let plan: Vec<String> = stmt
             .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
@@ -824,34 +838,42 @@ fn licence_items_follow_available_transitions_atomically() {
 #[test]
 fn token_items_share_the_seq_counter_and_skip_unchanged_states() {
     let (_d, path) = temp();
-    let c = super::open_write_connection(&path).unwrap();
+    let mut c = super::open_write_connection(&path).unwrap();
     let now = Timestamp(1_000);
-    queries::upsert_tokens(
-        &c,
-        &[crate::store::TokenRow {
-            name: "acme".into(),
-            ..Default::default()
-        }],
-        now,
-    )
-    .unwrap();
+    let acme = [crate::store::TokenRow {
+        name: "acme".into(),
+        ..Default::default()
+    }];
+    lite!(c, tokens::upsert_tokens(&acme, now)).unwrap();
     let healthy = crate::store::TokenStatus::new("healthy", None);
     let revoked = crate::store::TokenStatus::new("revoked", Some("9625".into()));
     // A first healthy is no change.
-    queries::set_token_health(&c, "acme", "healthy", None, now, &healthy).unwrap();
+    lite!(
+        c,
+        tokens::set_token_health("acme", "healthy", None, now, &healthy)
+    )
+    .unwrap();
     insert_tracked(&c, &rec("e1", now), None, "tracked").unwrap();
-    queries::set_token_health(&c, "acme", "unhealthy", Some("9625"), now, &revoked).unwrap();
-    queries::set_token_health(&c, "acme", "unhealthy", Some("9625"), now, &revoked).unwrap();
+    lite!(
+        c,
+        tokens::set_token_health("acme", "unhealthy", Some("9625"), now, &revoked)
+    )
+    .unwrap();
+    lite!(
+        c,
+        tokens::set_token_health("acme", "unhealthy", Some("9625"), now, &revoked)
+    )
+    .unwrap();
     let soon = crate::store::TokenStatus {
         health: "expiring_soon".into(),
         reason: None,
         days_left: Some(6),
         threshold: Some(7),
     };
-    assert!(queries::record_token_status(&c, "acme", &soon, now)
+    assert!(lite!(c, feed::record_token_status("acme", &soon, now))
         .unwrap()
         .is_some());
-    assert!(queries::record_token_status(&c, "acme", &soon, now)
+    assert!(lite!(c, feed::record_token_status("acme", &soon, now))
         .unwrap()
         .is_none());
     let f = feed_kinds(&c);
@@ -915,12 +937,12 @@ fn nearly_full() -> (tempfile::TempDir, rusqlite::Connection) {
 
 #[test]
 fn an_automatic_rollback_mid_batch_fails_exactly_the_jobs_it_undid() {
-    let (_d, c) = nearly_full();
+    let (_d, mut c) = nearly_full();
     let health = crate::store::health::WriteHealth::default();
     // 1 fits; 2 needs pages the database may not grow by: SQLITE_FULL, and SQLite rolls
     // back the transaction, 1 with it; 3 and 4 come after.
     let (mut batch, answers) = insert_jobs(&[(1, 10), (2, 100_000), (3, 10), (4, 10)]);
-    super::commit_batch(&c, &mut batch, &health);
+    super::commit_batch(&mut c, &mut batch, &health);
     let answers: Vec<Result<(), StoreError>> = answers
         .into_iter()
         .map(|mut rx| rx.try_recv().expect("every job answered"))
@@ -942,10 +964,10 @@ fn an_automatic_rollback_mid_batch_fails_exactly_the_jobs_it_undid() {
 
 #[test]
 fn writes_failing_until_a_write_commits() {
-    let (_d, c) = nearly_full();
+    let (_d, mut c) = nearly_full();
     let health = crate::store::health::WriteHealth::default();
     let (mut batch, answers) = insert_jobs(&[(1, 10), (2, 100_000)]);
-    super::commit_batch(&c, &mut batch, &health);
+    super::commit_batch(&mut c, &mut batch, &health);
     for mut rx in answers {
         assert!(rx.try_recv().unwrap().is_err());
     }
@@ -959,12 +981,12 @@ fn writes_failing_until_a_write_commits() {
         tx,
         |_, e| Err(e),
     )];
-    super::commit_batch(&c, &mut ping, &health);
+    super::commit_batch(&mut c, &mut ping, &health);
     assert!(rx.try_recv().unwrap().is_ok());
     assert_eq!(health.failing().map(|f| f.since), Some(failing.since));
     // A write that commits does.
     let (mut batch, answers) = insert_jobs(&[(5, 10)]);
-    super::commit_batch(&c, &mut batch, &health);
+    super::commit_batch(&mut c, &mut batch, &health);
     assert!(answers
         .into_iter()
         .all(|mut rx| rx.try_recv().unwrap().is_ok()));
@@ -975,13 +997,13 @@ fn writes_failing_until_a_write_commits() {
 #[test]
 fn a_job_failing_on_its_own_is_not_a_write_failure() {
     let (_d, path) = temp();
-    let c = super::open_write_connection(&path).unwrap();
+    let mut c = super::open_write_connection(&path).unwrap();
     c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)")
         .unwrap();
     let health = crate::store::health::WriteHealth::default();
     // 1 twice: the second breaks the primary key, is undone alone; the others commit.
     let (mut batch, answers) = insert_jobs(&[(1, 1), (1, 1), (2, 1)]);
-    super::commit_batch(&c, &mut batch, &health);
+    super::commit_batch(&mut c, &mut batch, &health);
     let ok: Vec<bool> = answers
         .into_iter()
         .map(|mut rx| rx.try_recv().unwrap().is_ok())

@@ -7,27 +7,10 @@ use tokio_postgres::Transaction;
 
 use super::events::{event_at, next_change_seq, view_from_record, EVENT_COLS};
 use crate::core::EventRecord;
-use crate::store::feed::{licence_item_body, merge, stored_item, token_item_body};
+use crate::store::feed::{licence_item_body, merge, stored_item};
 use crate::store::views::{ChangeView, FeedItem};
-use crate::store::{licence_transition, LicenceCounts, StoreError, TokenStatus};
+use crate::store::{licence_transition, LicenceCounts, StoreError};
 use crate::time::Timestamp;
-
-/// The state of the newest item about `subject`, if any.
-async fn last_state(
-    tx: &Transaction<'_>,
-    kind: &str,
-    token: &str,
-    subject: &str,
-) -> Result<Option<String>, StoreError> {
-    Ok(tx
-        .query_opt(
-            "SELECT state FROM feed_items WHERE kind = $1 AND token = $2 AND subject = $3 \
-             ORDER BY seq DESC LIMIT 1",
-            &[&kind, &token, &subject],
-        )
-        .await?
-        .map(|r| r.get(0)))
-}
 
 async fn insert_item(
     tx: &Transaction<'_>,
@@ -54,25 +37,6 @@ async fn insert_item(
     )
     .await?;
     Ok(seq)
-}
-
-/// Writes a `token` feed item when the token's status differs from its last item. A first
-/// `healthy` is not a change (nothing was reported before). Returns the item's seq.
-pub async fn record_token_status(
-    tx: &Transaction<'_>,
-    token: &str,
-    status: &TokenStatus,
-    at: Timestamp,
-) -> Result<Option<i64>, StoreError> {
-    let state = status.state();
-    let last = last_state(tx, "token", token, token).await?;
-    if last.as_deref() == Some(state.as_str()) || (last.is_none() && status.health == "healthy") {
-        return Ok(None);
-    }
-    let body = token_item_body(token, status, at);
-    insert_item(tx, "token", token, token, &state, at, body)
-        .await
-        .map(Some)
 }
 
 /// Writes a `licence` feed item when `c` is a transition (see [`licence_transition`]).

@@ -1,7 +1,8 @@
-//! The PostgreSQL queries, one module per table as in `store::sqlite::queries`, each
-//! function the counterpart of the SQLite one of the same name, over a transaction
-//! ([`super::PgStore::write`] / [`super::PgStore::read`]). [`status`] and [`stats`] are named by module, as in SQLite;
-//! the mirror's rows are in `postgres::mirror`, as `sqlite::mirror`.
+//! The PostgreSQL queries not yet written once for both backends (see `crate::store::sql`),
+//! one module per table as in `store::sqlite::queries`, each function the counterpart of
+//! the SQLite one of the same name, over a transaction ([`super::PgStore::write`] /
+//! [`super::PgStore::read`]); [`stats`] is named by module, as in SQLite; the mirror's rows
+//! are in `postgres::mirror`, as `sqlite::mirror`.
 
 pub mod events;
 pub mod feed;
@@ -11,10 +12,8 @@ pub mod licences;
 pub mod notifications;
 pub mod push;
 pub mod stats;
-pub mod status;
 pub mod submissions;
 pub mod syncs;
-pub mod tokens;
 
 pub use events::*;
 pub use feed::*;
@@ -23,7 +22,6 @@ pub use notifications::*;
 pub use push::*;
 pub use submissions::*;
 pub use syncs::*;
-pub use tokens::*;
 
 use crate::time::Timestamp;
 

@@ -10,9 +10,9 @@ use serde_json::{Map, Value};
 
 use super::events::{event_at, view_from_record, EVENT_COLS};
 use crate::core::EventRecord;
-use crate::store::feed::{licence_item_body, merge, stored_item, token_item_body};
+use crate::store::feed::{licence_item_body, merge, stored_item};
 use crate::store::views::{ChangeView, FeedItem};
-use crate::store::{licence_transition, LicenceCounts, StoreError, TokenStatus};
+use crate::store::{licence_transition, LicenceCounts, StoreError};
 use crate::time::Timestamp;
 
 /// Takes the next feed sequence number. A counter of its own (not `MAX(change_seq)`), so a
@@ -41,22 +41,6 @@ impl ItemKind {
     }
 }
 
-/// The state of the newest item about `subject`, if any.
-fn last_state(
-    conn: &Connection,
-    kind: ItemKind,
-    token: &str,
-    subject: &str,
-) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT state FROM feed_items WHERE kind = ?1 AND token = ?2 AND subject = ?3 \
-             ORDER BY seq DESC LIMIT 1",
-        )?
-        .query_row(params![kind.as_str(), token, subject], |r| r.get(0))
-        .optional()?)
-}
-
 fn insert_item(
     conn: &Connection,
     kind: ItemKind,
@@ -81,23 +65,6 @@ fn insert_item(
         Value::Object(body.clone()).to_string()
     ])?;
     Ok(seq)
-}
-
-/// Writes a `token` feed item when the token's status differs from its last item. A first
-/// `healthy` is not a change (nothing was reported before). Returns the item's seq.
-pub fn record_token_status(
-    conn: &Connection,
-    token: &str,
-    status: &TokenStatus,
-    at: Timestamp,
-) -> Result<Option<i64>, StoreError> {
-    let state = status.state();
-    let last = last_state(conn, ItemKind::Token, token, token)?;
-    if last.as_deref() == Some(state.as_str()) || (last.is_none() && status.health == "healthy") {
-        return Ok(None);
-    }
-    let body = token_item_body(token, status, at);
-    insert_item(conn, ItemKind::Token, token, token, &state, at, &body).map(Some)
 }
 
 /// Writes a `licence` feed item when `c` is a transition (see [`licence_transition`]).

@@ -1,9 +1,11 @@
-//! The SQLite queries. Plain functions over a `&Connection`, run by the operations of
-//! [`crate::store::Store`] inside the writer's transaction or on a read connection. One
-//! module per table: [`events`] (with their history, failures and polls), [`notifications`],
-//! [`syncs`], [`tokens`], [`feed`] (the changes feed), [`push`] (the outbox), [`licences`];
-//! the types they take and return live in `crate::store`. Everything is re-exported here,
-//! except [`status`] (the status page's reads across tables), named as `queries::status::X`.
+//! The SQLite queries not yet written once for both backends (see `crate::store::sql`).
+//! Plain functions over a `&Connection`, run by the operations of [`crate::store::Store`]
+//! inside the writer's transaction or on a read connection. One module per table:
+//! [`events`] (with their history, failures and polls), [`notifications`], [`syncs`] (what
+//! the unconverted events and mirror still call), [`feed`] (reading the changes feed),
+//! [`push`] (the outbox), [`licences`], and [`leases`] / [`handoffs`] (to be deleted: one
+//! SQLite instance has nothing to lease); the types they take and return live in
+//! `crate::store`. Everything is re-exported here.
 
 pub mod events;
 pub mod feed;
@@ -12,10 +14,8 @@ pub mod leases;
 pub mod licences;
 pub mod notifications;
 pub mod push;
-pub mod status;
 pub mod submissions;
 pub mod syncs;
-pub mod tokens;
 
 pub use events::*;
 pub use feed::*;
@@ -24,7 +24,6 @@ pub use notifications::*;
 pub use push::*;
 pub use submissions::*;
 pub use syncs::*;
-pub use tokens::*;
 
 use crate::time::Timestamp;
 
