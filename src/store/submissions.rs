@@ -4,8 +4,8 @@
 //! so a retry with the key answers the same eventIds instead of spending licences twice, also
 //! after a restart and on another instance. Pruned with the settled events (`retention`).
 
-use super::postgres::queries as pq;
-use super::sqlite::queries as q;
+use super::sql::args;
+use super::sql::Tx;
 use super::{Store, StoreError};
 use crate::time::Timestamp;
 
@@ -69,20 +69,11 @@ impl Store {
             key.to_string(),
             body_hash.to_string(),
         );
-        let existing = match self {
-            Store::Sqlite(s) => {
-                s.write(move |c| q::claim_submission(c, &token, &kind, &key, &hash, now))
-                    .await?
-            }
-            Store::Postgres(p) => {
-                p.write(move |tx| {
-                    Box::pin(async move {
-                        pq::claim_submission(tx, &token, &kind, &key, &hash, now).await
-                    })
-                })
-                .await?
-            }
-        };
+        let existing = self
+            .write(move |tx| {
+                Box::pin(async move { claim(tx, &token, &kind, &key, &hash, now).await })
+            })
+            .await?;
         Ok(match existing {
             (_, true) => SubmissionClaim::Claimed,
             // Released between the insert and the read (PostgreSQL): ask again shortly.
@@ -107,20 +98,10 @@ impl Store {
             key.to_string(),
             answer.to_string(),
         );
-        match self {
-            Store::Sqlite(s) => {
-                s.write(move |c| q::finish_submission(c, &token, &kind, &key, status, &answer, now))
-                    .await
-            }
-            Store::Postgres(p) => {
-                p.write(move |tx| {
-                    Box::pin(async move {
-                        pq::finish_submission(tx, &token, &kind, &key, status, &answer, now).await
-                    })
-                })
-                .await
-            }
-        }
+        self.write(move |tx| {
+            Box::pin(async move { finish(tx, &token, &kind, &key, status, &answer, now).await })
+        })
+        .await
     }
 
     /// Gives `key` up (its submission reached Apple with no part): a retry submits anew.
@@ -131,19 +112,82 @@ impl Store {
         key: &str,
     ) -> Result<(), StoreError> {
         let (token, kind, key) = (token.to_string(), kind.to_string(), key.to_string());
-        match self {
-            Store::Sqlite(s) => {
-                s.write(move |c| q::release_submission(c, &token, &kind, &key))
-                    .await
-            }
-            Store::Postgres(p) => {
-                p.write(move |tx| {
-                    Box::pin(async move { pq::release_submission(tx, &token, &kind, &key).await })
-                })
-                .await
-            }
-        }
+        self.write(move |tx| Box::pin(async move { release(tx, &token, &kind, &key).await }))
+            .await
     }
+}
+
+/// Inserts the key's row unless it exists; returns the row that was there (if any) and
+/// whether the insert took.
+async fn claim(
+    tx: &mut dyn Tx,
+    token: &str,
+    kind: &str,
+    key: &str,
+    body_hash: &str,
+    now: Timestamp,
+) -> Result<(Option<SubmissionRow>, bool), StoreError> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO submissions (token, kind, idem_key, body_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            args![token, kind, key, body_hash, now],
+        )
+        .await?;
+    if inserted == 1 {
+        return Ok((None, true));
+    }
+    let row = tx
+        .query_opt(
+            "SELECT body_hash, status, answer, created_at FROM submissions \
+             WHERE token = $1 AND kind = $2 AND idem_key = $3",
+            args![token, kind, key],
+        )
+        .await?;
+    let row = match row {
+        None => None,
+        Some(r) => Some(SubmissionRow {
+            body_hash: r.string(0)?,
+            status: r
+                .opt_i64(1)?
+                .map(|s| {
+                    u16::try_from(s)
+                        .map_err(|_| StoreError::Corrupt(format!("submissions.status {s}")))
+                })
+                .transpose()?,
+            answer: r.opt_string(2)?,
+            created_at: r.ts(3)?,
+        }),
+    };
+    Ok((row, false))
+}
+
+async fn finish(
+    tx: &mut dyn Tx,
+    token: &str,
+    kind: &str,
+    key: &str,
+    status: u16,
+    answer: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE submissions SET status = $4, answer = $5, finished_at = $6 \
+         WHERE token = $1 AND kind = $2 AND idem_key = $3",
+        args![token, kind, key, u32::from(status), answer, now],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn release(tx: &mut dyn Tx, token: &str, kind: &str, key: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM submissions WHERE token = $1 AND kind = $2 AND idem_key = $3 \
+         AND status IS NULL",
+        args![token, kind, key],
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
