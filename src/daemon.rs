@@ -46,7 +46,7 @@ pub enum DaemonError {
     ApiToken(#[from] ApiTokenError),
 }
 
-/// The local API's tokens and accepted hosts (design §12): the configured token file, else
+/// The local API's tokens and accepted hosts (README "Security"): the configured token file, else
 /// `api-token` beside the database, created at the first start and reused afterwards.
 pub fn api_policy(config: &Config) -> Result<AccessPolicy, ApiTokenError> {
     let (full, created) = token_file::for_daemon(config)?;
@@ -284,7 +284,7 @@ pub async fn serve_with_reload(
     let now = Timestamp::now();
     let token_rows = token_rows(&config);
     let timings = timings(&config);
-    // Several instances may share a PostgreSQL database (design §9): this one works the
+    // Several instances may share a PostgreSQL database (README "PostgreSQL"): this one works the
     // tokens whose leases it holds, loading each when acquired.
     let shared = match &config.store {
         Some(s) => Some((store.claim_instance(&host_name()).await?, s.lease_ttl)),

@@ -267,7 +267,7 @@ pub enum Ownership {
     Conflict(String),
 }
 
-/// The ownership rule (design §4): Client Config is changed only while the location's
+/// The ownership rule (config/vpp-reconciler.toml): Client Config is changed only while the location's
 /// mdmInfo.id equals the token's `mdm_id`, or when the location has no mdmInfo and the
 /// operator opted in to claiming it. Without `notification_url` nothing is written; another
 /// MDM's mdmInfo is still reported when `mdm_id` says whose the location should be.

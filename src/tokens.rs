@@ -222,7 +222,7 @@ impl HealthWriter {
     }
 }
 
-/// The feed's word for a token's health (design §10).
+/// The feed's word for a token's health (README "Using it").
 pub fn feed_health(health: &TokenHealth) -> &'static str {
     use crate::apple::ApiError;
     match health {

@@ -1,4 +1,4 @@
-//! Who may use the local API, decided from the request line and headers alone (design §12):
+//! Who may use the local API, decided from the request line and headers alone (README "Security"):
 //! pure rules, no IO, so every refusal is unit-tested here and the middleware in [`super::auth`]
 //! only applies them.
 //!

@@ -1,4 +1,4 @@
-//! The local API's access layers (design §12), applying the rules of [`super::access`]:
+//! The local API's access layers (README "Security"), applying the rules of [`super::access`]:
 //! [`require_host`] wraps every route (`/healthz` and `/metrics` too: a DNS-rebinding page
 //! must not read them either), [`require_access`] the `/v1` routes and the status page. The
 //! tokens and hosts sit behind [`Access`], so a configuration reload can replace them.

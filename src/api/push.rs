@@ -1,4 +1,4 @@
-//! The push outbox and the licence report (design §10): `POST /v1/push/replay` re-queues
+//! The push outbox and the licence report (README "Using it"): `POST /v1/push/replay` re-queues
 //! changes for delivery; `GET /v1/push` shows the outbox; `GET /v1/tokens/{token}/licences`
 //! is the licence report of one token, computed from the store only.
 

@@ -1,4 +1,4 @@
-//! The local API's token file (design §12): `daemon.api_token_file` when configured, else
+//! The local API's token file (README "Security"): `daemon.api_token_file` when configured, else
 //! `api-token` in the directory of `daemon.database` (the state directory on both backends),
 //! which the daemon creates at its first start and reuses afterwards. The CLI reads the same
 //! file, so the commands that talk to the API need no extra setup.

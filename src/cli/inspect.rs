@@ -1,6 +1,6 @@
 //! Read-only inspection commands (`events`, `event`, `tokens`, `instances`, `syncs`). They
 //! open the SQLite file read-only, so they work whether or not the daemon runs, and they load
-//! the configuration without opening any secret file (design §3): an operator needs only the
+//! the configuration without opening any secret file (README "Using it"): an operator needs only the
 //! configuration and read access to the database.
 
 use std::future::Future;

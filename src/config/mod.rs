@@ -80,7 +80,7 @@ pub struct PublicConfig {
     pub tokens: Vec<PublicToken>,
     /// `[push]` as written; it names a secret file, so it is checked with the secrets.
     pub push: Option<raw::RawPush>,
-    /// `[store]` (design §9): PostgreSQL instead of the SQLite file, when set.
+    /// `[store]` (README "PostgreSQL"): PostgreSQL instead of the SQLite file, when set.
     pub store: Option<StoreConfig>,
 }
 
@@ -149,9 +149,9 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub reconcile: ReconcileConfig,
     pub tokens: Vec<TokenConfig>,
-    /// `[push]` (design §10), when set.
+    /// `[push]` (README "Using it"), when set.
     pub push: Option<PushConfig>,
-    /// `[store]` (design §9), when set: PostgreSQL instead of `daemon.database`.
+    /// `[store]` (README "PostgreSQL"), when set: PostgreSQL instead of `daemon.database`.
     pub store: Option<StoreConfig>,
 }
 
@@ -287,7 +287,7 @@ pub struct TokenConfig {
     pub notification_auth_token: Secret,
     pub notification_url: Option<String>,
     pub max_requests_per_second: Option<u32>,
-    /// The `mdmInfo.id` of the MDM this location belongs to (design §4). With
+    /// The `mdmInfo.id` of the MDM this location belongs to (config/vpp-reconciler.toml). With
     /// `notification_url` set, Client Config is changed only while the location's mdmInfo.id
     /// equals it.
     pub mdm_id: Option<String>,

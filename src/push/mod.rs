@@ -1,4 +1,4 @@
-//! Push (design §10): every change of the feed POSTed to the MDM in batches, signed as
+//! Push (README "Using it"): every change of the feed POSTed to the MDM in batches, signed as
 //! Standard Webhooks do, at-least-once, in `seq` order, one batch in flight.
 //!
 //! Split as the rest of the daemon is: this module holds the pure decisions (which changes

@@ -1,4 +1,4 @@
-//! The changes feed (design §5, §10): events, token and licence items in one `seq` order.
+//! The changes feed (README "Using it"): events, token and licence items in one `seq` order.
 
 use serde_json::{json, Map, Value};
 

@@ -1,4 +1,4 @@
-//! Instances and token leases (issue 10, design §9): each token is worked by the one
+//! Instances and token leases (README "PostgreSQL"): each token is worked by the one
 //! instance holding its lease. Every time here is on the database's clock, never the
 //! caller's, so instances whose clocks disagree still agree on who holds what; the pure
 //! planner is `crate::cluster::lease`, the loop that drives these `crate::cluster::keeper`.

@@ -1,4 +1,4 @@
-//! The licence report (design §3 `report licences`, §10): per asset of a token, the counts
+//! The licence report (README "Using it", `report licences`): per asset of a token, the counts
 //! from the mirror, and the mirrored assignments split by origin: created through a tracked
 //! ASSOCIATE event (its stored request body names the asset and the serial number or
 //! clientUserId) or not ("unknown origin": assigned by another tool or a person, candidates

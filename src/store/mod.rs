@@ -181,7 +181,7 @@ impl Store {
         ))
     }
 
-    /// Opens the store `target` names: PostgreSQL (design §9) or the SQLite file (blocking
+    /// Opens the store `target` names: PostgreSQL (README "PostgreSQL") or the SQLite file (blocking
     /// file IO runs off the runtime threads).
     pub async fn open_target(target: Target) -> Result<Store, StoreError> {
         match target {

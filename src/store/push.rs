@@ -1,4 +1,4 @@
-//! The push outbox (design §10): the durable cursor of what the MDM acknowledged, the
+//! The push outbox (README "Using it"): the durable cursor of what the MDM acknowledged, the
 //! pinned batch in flight, and the parked changes. Every update of the batch is conditional
 //! on the batch still being the one pinned (`false` when it is not), so a `push replay` that
 //! happens while an attempt is in flight is never overwritten by that attempt's answer.

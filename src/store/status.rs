@@ -1,4 +1,4 @@
-//! What the status page (`GET /`, design §5 and §10) shows, read in one go. Every query is
+//! What the status page (`GET /`, README "Using it") shows, read in one go. Every query is
 //! bounded: unsettled events through the `events_unsettled` partial index, settled ones and
 //! the hourly chart through range scans of time indexes (`events_settled`, and `polls_at`,
 //! `syncs_started` from migration 4), failures and sync runs newest first by id with a

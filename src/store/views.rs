@@ -94,7 +94,7 @@ impl EventView {
     }
 }
 
-/// One item of the outcome feed (design §5, §10): `seq` from the one `change_seq` counter,
+/// One item of the outcome feed (README "Using it"): `seq` from the one `change_seq` counter,
 /// and a `kind`. `event` items are the event's JSON as listed (an event whose state or
 /// outcome changed); `token` and `licence` items carry the fields stored with them. Old
 /// consumers that ignore `kind` see event items exactly as before, plus that key.

@@ -1,4 +1,4 @@
-//! `GET /`: the status page for people (design §5 and §10). Server-rendered HTML with inline
+//! `GET /`: the status page for people (README "Using it"). Server-rendered HTML with inline
 //! CSS and an inline SVG chart; no JavaScript at all, refreshed by `<meta http-equiv=refresh>`.
 //!
 //! The handler reads one [`StatusSnapshot`](crate::store::status::StatusSnapshot) from the

@@ -1,4 +1,4 @@
-//! The PostgreSQL backend (issue 10, design §9): a connection pool (deadpool-postgres), the
+//! The PostgreSQL backend (README "PostgreSQL"): a connection pool (deadpool-postgres), the
 //! migrations in PostgreSQL's dialect under SQLite's version numbers ([`migrations`]), the
 //! queries by table ([`queries`]) and the mirror's rows ([`mirror`], [`notify`]), each the
 //! counterpart of the SQLite function of the same name; `Store::Postgres` runs the store's
